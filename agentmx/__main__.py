@@ -1,0 +1,5 @@
+import sys
+
+from agentmx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""The `agentmx` command. Each subcommand imports only what it needs (the pipe path stays lean)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import DEFAULT_PATH, ConfigError, load_config
+
+
+def _config_path(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("AGENTMX_CONFIG") or DEFAULT_PATH)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(name)s[%(process)d]: %(levelname)s %(message)s")
+
+
+def cmd_milter(args) -> int:
+    config = load_config(_config_path(args.config))
+    from agentmx.milter import service
+    service.run(config)
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    config = load_config(_config_path(args.config))
+    print(f"{config.path}: ok (authserv-id {config.authserv_id}, {len(config.routes)} route(s))")
+    return 0
+
+
+def _parse_dns(text: str) -> tuple[tuple[str, int], ...]:
+    from .config import _dns_servers
+    try:
+        return _dns_servers([text])
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"--dns wants IP or IP:PORT ({exc})") from None
+
+
+def cmd_auth(args) -> int:
+    from agentmx.milter import arheader
+    from agentmx.milter.authenticate import Envelope, authenticate
+    from agentmx.resolver import Resolver
+
+    authserv_id, servers, timeout, budget = "agentmx.local", (), 2.0, 40
+    path = _config_path(args.config)
+    if args.config or path.exists():
+        config = load_config(path)
+        authserv_id, servers = config.authserv_id, config.dns.servers
+        timeout, budget = config.dns.timeout, config.dns.lookup_budget
+    if args.dns:
+        servers = args.dns
+    if args.timeout:
+        timeout = args.timeout
+    try:
+        message = Path(args.message).read_bytes() if args.message != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        print(f"agentmx auth: {args.message}: {exc.strerror}", file=sys.stderr)
+        return 2
+    env = Envelope(client_ip=args.client_ip, helo=args.helo, mail_from=args.mail_from,
+                   receiver=authserv_id)
+    lookups = Resolver(servers, timeout).session(budget)
+    res = authenticate(message, env, lookups, sample=args.sample)
+    header = arheader.render(authserv_id, res)
+    if args.json:
+        out = asdict(res)
+        out["authenticationResults"] = header
+        print(json.dumps(out, indent=2))
+    else:
+        print(explain(res, header))
+    return 0
+
+
+def explain(res, header: str) -> str:
+    """A postmaster's reading of the verdicts: each result with its reason."""
+    lines = []
+    s, h = res.spf, res.spf_helo
+    lines.append(f"SPF  MAIL FROM {s.address or '<>'}: {s.result}" + (f" ({s.reason})" if s.reason else ""))
+    lines.append(f"SPF  HELO {h.address or '-'}: {h.result}" + (f" ({h.reason})" if h.reason else ""))
+    if not res.dkim:
+        lines.append("DKIM: none (the message has no DKIM-Signature)")
+    for d in res.dkim:
+        lines.append(f"DKIM d={d.domain} s={d.selector} a={d.algorithm}: {d.result}"
+                     + (f" ({d.reason})" if d.reason else ""))
+    lines.append(f"ARC: {res.arc.result}" + (f" ({res.arc.reason})" if res.arc.reason else ""))
+    dm = res.dmarc
+    lines.append(f"DMARC From {dm.from_domain or '?'}: {dm.result}" + (f" ({dm.reason})" if dm.reason else ""))
+    if dm.record is not None:
+        lines.append(f"  record at _dmarc.{dm.record_domain}: {dm.record.raw}")
+        lines.append(f"  policy {dm.policy} (p={dm.record.p} sp={dm.record.sp or '-'} pct={dm.record.pct}"
+                     f" adkim={dm.record.adkim} aspf={dm.record.aspf}); applies to this message: {dm.disposition}")
+        lines.append(f"  aligned: DKIM {dm.dkim_aligned or 'no'}, SPF {dm.spf_aligned or 'no'}")
+    for note in res.notes:
+        lines.append(f"internal error: {note}")
+    lines.append(f"DNS lookups: {res.dns_lookups}")
+    lines.append(f"Authentication-Results: {header}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents, on Postfix.")
+    p.add_argument("--config", help=f"configuration file (default $AGENTMX_CONFIG or {DEFAULT_PATH})")
+    p.add_argument("--log-level", default="info")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("milter", help="run the authentication milter on its unix socket")
+    m.set_defaults(func=cmd_milter)
+
+    c = sub.add_parser("check-config", help="load and validate the configuration, then exit")
+    c.set_defaults(func=cmd_check_config)
+
+    a = sub.add_parser("auth", help="verify SPF, DKIM, ARC and DMARC of a message file, offline",
+                       description="Runs the milter's checks on MESSAGE and explains each verdict.")
+    a.add_argument("message", help="the message file (.eml), or - for standard input")
+    a.add_argument("--client-ip", required=True, help="the connecting client's IP address")
+    a.add_argument("--helo", default="", help="the name the client gave in HELO/EHLO")
+    a.add_argument("--mail-from", default="", help="the envelope sender (empty: null sender)")
+    a.add_argument("--dns", type=_parse_dns, help="DNS server as IP or IP:PORT (default: config, else system)")
+    a.add_argument("--timeout", type=float, help="seconds per DNS lookup")
+    a.add_argument("--sample", type=float, default=0.0, help="DMARC pct sample in [0,1) (default 0)")
+    a.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    a.set_defaults(func=cmd_auth)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"agentmx: {exc}", file=sys.stderr)
+        return 78          # EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""The configuration: one TOML file, loaded once into a frozen, validated object.
+
+Every key is documented in config/agentmx.toml. An unknown key or a bad value raises ConfigError,
+whose message names the file and the key (``agentmx.toml: [dns] timeout: must be a number > 0``),
+so that a service refuses to start rather than run with a setting it misread.
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_PATH = Path("/etc/agentmx/agentmx.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    servers: tuple[tuple[str, int], ...] = ()   # empty: the system's /etc/resolv.conf
+    timeout: float = 2.0                        # seconds for one lookup, retries included
+    lookup_budget: int = 40                     # lookups per message over SPF, DKIM, ARC, DMARC
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    reject_dmarc: bool = False     # 550 5.7.1 for a DMARC fail whose policy (after pct) is reject
+    reject_spf_fail: bool = False  # 550 5.7.23 for an SPF fail of the MAIL FROM identity
+    defer_temperror: bool = False  # 451 4.7.24 when SPF or DMARC is temperror
+
+    @property
+    def records_only(self) -> bool:
+        return not (self.reject_dmarc or self.reject_spf_fail or self.defer_temperror)
+
+
+@dataclass(frozen=True)
+class MilterConfig:
+    socket: Path = Path("/run/agentmx/milter.sock")
+    socket_mode: int = 0o660
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    timeout: int = 600             # libmilter's I/O timeout towards Postfix, seconds
+    policy: PolicyConfig = PolicyConfig()
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_networks)
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    name: str
+    policy: PolicyConfig           # the inbound policy for mail to this domain
+
+
+@dataclass(frozen=True)
+class Route:
+    match: str                     # "agent@example.com", or "@example.com" for the whole domain
+    endpoint: str
+    secret: str = field(repr=False)
+    timeout: float = 10.0
+
+    @property
+    def is_domain(self) -> bool:
+        return self.match.startswith("@")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    authserv_id: str
+    data_dir: Path = Path("/var/lib/agentmx")
+    dns: DnsConfig = DnsConfig()
+    milter: MilterConfig = MilterConfig()
+    domains: tuple[DomainConfig, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+    def policy_for(self, domain: str) -> PolicyConfig:
+        """The inbound policy for a recipient domain: its own section, else [milter.policy]."""
+        domain = domain.lower().rstrip(".")
+        for d in self.domains:
+            if d.name == domain:
+                return d.policy
+        return self.milter.policy
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used so that unknown ones are errors."""
+
+    def __init__(self, path: Path, name: str, table: Any):
+        self.path, self.name = path, name
+        if not isinstance(table, dict):
+            raise self.error(None, "must be a table")
+        self.table = table
+        self.used: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        where = f"[{self.name}]" if key is None else f"[{self.name}] {key}"
+        return ConfigError(f"{self.path}: {where}: {message}")
+
+    def get(self, key: str, default: Any, check: Callable[[Any], Any], what: str) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        try:
+            return check(self.table[key])
+        except (TypeError, ValueError) as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            raise self.error(key, f"must be {what}{detail}") from None
+
+    def sub(self, key: str) -> "_Section":
+        self.used.add(key)
+        return _Section(self.path, f"{self.name}.{key}", self.table.get(key, {}))
+
+    def finish(self, *subsections: str) -> None:
+        unknown = sorted(set(self.table) - self.used - set(subsections))
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError()
+    return v
+
+
+def _positive_number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ValueError()
+    return float(v)
+
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError()
+    return v
+
+
+def _nonempty_str(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError()
+    return v.strip()
+
+
+def _hostname(v: Any) -> str:
+    v = _nonempty_str(v)
+    if any(c.isspace() or c in ';()"\\' for c in v):
+        raise ValueError("no spaces, semicolons, parentheses or quotes")
+    return v
+
+
+def _dns_servers(v: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(v, list):
+        raise TypeError()
+    out = []
+    for item in v:
+        host, port = _nonempty_str(item), 53
+        if host.startswith("["):                       # [::1]:5353
+            host, _, rest = host[1:].partition("]")
+            if rest.startswith(":"):
+                port = int(rest[1:])
+        elif host.count(":") == 1:                     # 127.0.0.1:5353
+            host, p = host.split(":")
+            port = int(p)
+        ipaddress.ip_address(host)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port in {item!r}")
+        out.append((host, port))
+    return tuple(out)
+
+
+def _networks(v: Any) -> tuple:
+    if not isinstance(v, list):
+        raise TypeError()
+    return tuple(ipaddress.ip_network(_nonempty_str(x), strict=False) for x in v)
+
+
+def _mode(v: Any) -> int:
+    if isinstance(v, str):
+        v = int(v, 8)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o777:
+        raise ValueError()
+    return v
+
+
+def _endpoint(v: Any) -> str:
+    v = _nonempty_str(v)
+    if not (v.startswith("https://") or v.startswith("http://")):
+        raise ValueError("an http:// or https:// URL")
+    return v
+
+
+def _match(v: Any) -> str:
+    v = _nonempty_str(v).lower()
+    local, at, domain = v.rpartition("@")
+    if not at or not domain or "." not in domain or "+" in local:
+        raise ValueError("an address (agent@example.com) or a domain (@example.com), without a +tag")
+    return v
+
+
+def _policy(sec: _Section, default: PolicyConfig) -> PolicyConfig:
+    return PolicyConfig(
+        reject_dmarc=sec.get("reject_dmarc", default.reject_dmarc, _bool, "true or false"),
+        reject_spf_fail=sec.get("reject_spf_fail", default.reject_spf_fail, _bool, "true or false"),
+        defer_temperror=sec.get("defer_temperror", default.defer_temperror, _bool, "true or false"),
+    )
+
+
+def _read_secret(sec: _Section) -> str:
+    secret = sec.get("secret", None, _nonempty_str, "a whsec_ string")
+    secret_file = sec.get("secret_file", None, _nonempty_str, "a file path")
+    if (secret is None) == (secret_file is None):
+        raise sec.error("secret", "give exactly one of secret or secret_file")
+    if secret_file is not None:
+        try:
+            secret = Path(secret_file).read_text().strip()
+        except OSError as exc:
+            raise sec.error("secret_file", f"cannot be read ({exc.strerror})") from None
+    if not secret.startswith("whsec_") or len(secret) < 16:
+        raise sec.error("secret" if secret_file is None else "secret_file",
+                        "must be a whsec_ secret (whsec_ followed by base64)")
+    return secret
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Validate the TOML text of a configuration file; `path` is only used in error messages."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    top = _Section(path, "top level", doc)
+    top.finish("server", "dns", "milter", "domains", "routes")
+
+    server = _Section(path, "server", doc.get("server", {}))
+    server.used.add("authserv_id")
+    if "authserv_id" not in server.table:
+        raise server.error("authserv_id", "is required (the host name in our Authentication-Results)")
+    authserv_id = server.get("authserv_id", None, _hostname, "a host name")
+    data_dir = server.get("data_dir", Config.data_dir, lambda v: Path(_nonempty_str(v)), "a path")
+    server.finish()
+
+    dns_sec = _Section(path, "dns", doc.get("dns", {}))
+    dns = DnsConfig(
+        servers=dns_sec.get("servers", (), _dns_servers, 'a list of "IP" or "IP:PORT" strings'),
+        timeout=dns_sec.get("timeout", DnsConfig.timeout, _positive_number, "a number > 0"),
+        lookup_budget=dns_sec.get("lookup_budget", DnsConfig.lookup_budget, _positive_int,
+                                  "a whole number > 0"),
+    )
+    dns_sec.finish()
+
+    m = _Section(path, "milter", doc.get("milter", {}))
+    policy_sec = m.sub("policy")
+    milter = MilterConfig(
+        socket=m.get("socket", MilterConfig.socket, lambda v: Path(_nonempty_str(v)), "a path"),
+        socket_mode=m.get("socket_mode", MilterConfig.socket_mode, _mode, 'an octal mode like "0660"'),
+        trusted_networks=m.get("trusted_networks", MilterConfig.trusted_networks, _networks,
+                               "a list of networks like 192.0.2.0/24"),
+        timeout=m.get("timeout", MilterConfig.timeout, _positive_int, "a whole number > 0"),
+        policy=_policy(policy_sec, PolicyConfig()),
+    )
+    policy_sec.finish()
+    m.finish()
+
+    domains = []
+    dom_table = doc.get("domains", {})
+    if not isinstance(dom_table, dict):
+        raise ConfigError(f"{path}: [domains]: must be a table of domain names")
+    for name, table in dom_table.items():
+        d = _Section(path, f'domains."{name}"', table)
+        domains.append(DomainConfig(name=name.lower().rstrip("."), policy=_policy(d, milter.policy)))
+        d.finish()
+
+    routes = []
+    route_list = doc.get("routes", [])
+    if not isinstance(route_list, list):
+        raise ConfigError(f"{path}: [[routes]]: must be an array of tables")
+    for i, table in enumerate(route_list):
+        r = _Section(path, f"routes[{i}]", table)
+        r.used.update({"match", "endpoint"})
+        for key in ("match", "endpoint"):
+            if key not in r.table:
+                raise r.error(key, "is required")
+        routes.append(Route(
+            match=r.get("match", None, _match, "an address or @domain"),
+            endpoint=r.get("endpoint", None, _endpoint, "a URL"),
+            secret=_read_secret(r),
+            timeout=r.get("timeout", Route.timeout, _positive_number, "a number of seconds > 0"),
+        ))
+        r.finish()
+
+    return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, dns=dns, milter=milter,
+                  domains=tuple(domains), routes=tuple(routes))
+
+
+def load_config(path: str | Path = DEFAULT_PATH) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8") from None
+    return parse_config(text, path)

@@ -1,0 +1,73 @@
+"""The Authentication-Results header (RFC 8601): rendering ours, recognising forged ones."""
+from __future__ import annotations
+
+import re
+
+import authres
+from authres.core import AuthenticationResultProperty as Prop
+
+from .results import AuthResults
+
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def _reason(text: str) -> str | None:
+    """A reason fit for a quoted-string: printable ASCII, no quotes or backslashes, short."""
+    text = _UNSAFE.sub("?", " ".join((text or "").split()))
+    return text[:160] or None
+
+
+def _comment(text: str) -> str | None:
+    text = _UNSAFE.sub("?", " ".join((text or "").split())).replace("(", "[").replace(")", "]")
+    return text[:160] or None
+
+
+def render(authserv_id: str, res: AuthResults) -> str:
+    """The value of our Authentication-Results header (without the field name)."""
+    results = [
+        authres.SPFAuthenticationResult(
+            result=res.spf.result, smtp_mailfrom=res.spf.address or None,
+            reason=_reason(res.spf.reason) if res.spf.result not in ("pass", "none") else None),
+        authres.SPFAuthenticationResult(
+            result=res.spf_helo.result, smtp_helo=res.spf_helo.address or None,
+            reason=_reason(res.spf_helo.reason) if res.spf_helo.result not in ("pass", "none") else None),
+    ]
+    if not res.dkim:
+        results.append(authres.DKIMAuthenticationResult(result="none", reason="no signature"))
+    for d in res.dkim:
+        props = [Prop("header", "b", d.header_b)] if d.header_b else None
+        results.append(authres.DKIMAuthenticationResult(
+            result=d.result, reason=_reason(d.reason), properties=props,
+            header_d=d.domain or None, header_s=d.selector or None, header_a=d.algorithm or None))
+    results.append(authres.ARCAuthenticationResult(
+        result=res.arc.result, reason=_reason(res.arc.reason) if res.arc.result != "pass" else None))
+    dm = res.dmarc
+    comment = None
+    if dm.record is not None:
+        comment = f"p={dm.record.p} sp={dm.record.sp or dm.record.p} pct={dm.record.pct} dis={dm.disposition}"
+    results.append(authres.DMARCAuthenticationResult(
+        result=dm.result, result_comment=_comment(comment or ""),
+        reason=_reason(dm.reason) if dm.result not in ("pass",) else None,
+        header_from=dm.from_domain or None,
+        policy=dm.policy if dm.record is not None else None))
+    header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
+    return str(header).split(":", 1)[1].strip()
+
+
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+
+
+def authserv_id_of(value: str) -> str:
+    """The authserv-id an Authentication-Results value claims (lower case), '' if none."""
+    text = value
+    for _ in range(5):                       # nested comments, innermost first
+        stripped = _COMMENT.sub(" ", text)
+        if stripped == text:
+            break
+        text = stripped
+    token = re.split(r"[;\s]", text.strip(), maxsplit=1)[0] if text.strip() else ""
+    return token.strip('"').rstrip(".").lower()
+
+
+def claims_our_id(value: str, authserv_id: str) -> bool:
+    return authserv_id_of(value) == authserv_id.lower().rstrip(".")

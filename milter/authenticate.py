@@ -1,0 +1,62 @@
+"""authenticate(): every inbound check of one message, as one pure call.
+
+Input: the message as received (bytes), the SMTP envelope, a DNS session, a sample in [0, 1) for
+DMARC's pct. Output: AuthResults. No I/O but DNS through the session; no exception escapes for
+any message: a check that breaks on input it cannot read reports permerror; DNS failures and
+our own unexpected errors report temperror, so that no bug of ours can ever cause a 5xx.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from agentmx.resolver import Lookups
+
+from . import dkim_check, dmarc_check, spf_check
+from .results import ArcResult, AuthResults, DkimResult, DmarcResult, SpfResult
+
+log = logging.getLogger("agentmx.milter.authenticate")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    client_ip: str
+    helo: str
+    mail_from: str                  # without angle brackets; "" for the null sender
+    receiver: str = ""              # our host name, for SPF's %{r} macro
+
+
+def from_header_values(message: bytes) -> list[str]:
+    headers = BytesHeaderParser(policy=compat32).parsebytes(message)
+    values = headers.get_all("From") or []
+    return [str(v) for v in values]
+
+
+def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float = 0.0) -> AuthResults:
+    notes = []
+    helo = _guard("spf helo", notes, lambda: spf_check.check_helo(lookups, env.client_ip, env.helo, env.receiver),
+                  SpfResult("temperror", "helo", env.helo, env.helo, "internal error"))
+    mfrom = _guard("spf mailfrom", notes,
+                   lambda: spf_check.check_mailfrom(lookups, env.client_ip, env.mail_from, env.helo, helo, env.receiver),
+                   SpfResult("temperror", "mailfrom", "", env.mail_from, "internal error"))
+    dkim = _guard("dkim", notes, lambda: dkim_check.verify_dkim(message, lookups),
+                  (DkimResult("temperror", reason="internal error reading the signatures"),))
+    arc = _guard("arc", notes, lambda: dkim_check.verify_arc(message, lookups),
+                 ArcResult("temperror", reason="internal error reading the ARC set"))
+    dmarc = _guard("dmarc", notes,
+                   lambda: dmarc_check.evaluate(lookups, from_header_values(message), mfrom, dkim, sample),
+                   DmarcResult("temperror", reason="internal error"))
+    return AuthResults(spf=mfrom, spf_helo=helo, dkim=dkim, arc=arc, dmarc=dmarc,
+                       dns_lookups=lookups.count, notes=tuple(notes))
+
+
+def _guard(stage: str, notes: list, run, fallback):
+    """Run one check; an unexpected exception becomes the fallback verdict and a logged note."""
+    try:
+        return run()
+    except Exception as exc:          # the milter must survive any message: say what broke
+        log.exception("%s check failed on this message", stage)
+        notes.append(f"{stage}: {exc.__class__.__name__}")
+        return fallback

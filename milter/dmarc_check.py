@@ -1,0 +1,188 @@
+"""DMARC (RFC 7489): record discovery, alignment, result and the policy that would apply.
+
+discover_record(): _dmarc.<From domain>, then _dmarc.<organizational domain>; a name with several
+v=DMARC1 records has none (and the walk stops there); a DNS failure is temperror.
+evaluate(): pass when an SPF or DKIM pass is aligned with the From domain (relaxed: same
+organizational domain; strict: the same name); fail otherwise, or temperror when an identifier
+that could have aligned could not be checked because of DNS.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+from typing import Iterable
+
+from agentmx.resolver import DnsTempError, Lookups
+
+from .orgdomain import normalize, org_domain
+from .results import DkimResult, DmarcRecord, DmarcResult, SpfResult
+
+_POLICIES = ("none", "quarantine", "reject")
+_TAG = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", re.S)
+_VERSION = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)", re.I)
+
+
+def parse_record(text: str) -> DmarcRecord | None:
+    """A DMARC record, or None when it is not one or asks for no DMARC processing (6.6.3 step 6)."""
+    parts = text.split(";")
+    first = _TAG.match(parts[0])
+    if not first or first.group(1).lower() != "v" or first.group(2) != "DMARC1":
+        return None
+    tags: dict[str, str] = {}
+    for part in parts[1:]:
+        m = _TAG.match(part)
+        if m:
+            tags.setdefault(m.group(1).lower(), m.group(2))
+    p = tags.get("p", "").lower()
+    sp = tags.get("sp", "").lower() or None
+    rua = tags.get("rua") or None
+    if p not in _POLICIES or (sp is not None and sp not in _POLICIES):
+        # No valid p (or a bad sp): act as p=none when there is a reporting address, else no DMARC.
+        if not rua or not re.search(r"^\s*[a-z][a-z0-9+.-]*:", rua, re.I):
+            return None
+        p, sp = "none", None
+    return DmarcRecord(
+        raw=text,
+        p=p,
+        sp=sp,
+        adkim=_choice(tags.get("adkim"), ("r", "s"), "r"),
+        aspf=_choice(tags.get("aspf"), ("r", "s"), "r"),
+        pct=_int(tags.get("pct"), 0, 100, 100),
+        rua=rua,
+        ruf=tags.get("ruf") or None,
+        fo=tags.get("fo", "0"),
+        ri=_int(tags.get("ri"), 0, 2**32 - 1, 86400),
+    )
+
+
+def _choice(value: str | None, allowed: tuple[str, ...], default: str) -> str:
+    value = (value or "").lower()
+    return value if value in allowed else default   # syntax errors take the default (6.3)
+
+
+def _int(value: str | None, lo: int, hi: int, default: int) -> int:
+    if value is not None and value.strip().isdigit():
+        n = int(value)
+        if lo <= n <= hi:
+            return n
+    return default
+
+
+@dataclass(frozen=True)
+class Discovery:
+    record: DmarcRecord | None
+    domain: str            # where it was found ("" when none)
+    is_org: bool           # found at the organizational domain, not the From domain
+
+
+def _records_at(lookups: Lookups, domain: str) -> list[str]:
+    texts = []
+    for raw in lookups.txt(f"_dmarc.{domain}"):
+        text = raw.decode("utf-8", "replace")
+        if _VERSION.match(text):
+            texts.append(text)
+    return texts
+
+
+def discover_record(lookups: Lookups, from_domain: str) -> Discovery:
+    """RFC 7489 section 6.6.3. Raises DnsTempError when a lookup fails."""
+    candidates = [from_domain]
+    org = org_domain(from_domain)
+    if org and org != from_domain:
+        candidates.append(org)
+    for domain in candidates:
+        texts = _records_at(lookups, domain)
+        if len(texts) > 1:
+            return Discovery(None, "", False)          # several records: none, and no walk on
+        if texts:
+            record = parse_record(texts[0])
+            if record is None:
+                return Discovery(None, "", False)
+            return Discovery(record, domain, domain != from_domain)
+    return Discovery(None, "", False)
+
+
+def from_domains(from_values: Iterable[str]) -> tuple[list[str], str]:
+    """The domains of the From header field(s), and a reason when there is not exactly one."""
+    values = list(from_values)
+    if not values:
+        return [], "no From header"
+    addresses = [addr for _, addr in getaddresses(values) if addr]
+    domains = {normalize(addr.rpartition("@")[2]) for addr in addresses if "@" in addr}
+    domains.discard("")
+    if len(values) > 1 and len(domains) != 1:
+        return sorted(domains), f"{len(values)} From headers"
+    if not domains:
+        return [], "From has no usable domain"
+    if len(domains) > 1:
+        return sorted(domains), "From has addresses in several domains"
+    return sorted(domains), ""
+
+
+def aligned(domain: str, from_domain: str, mode: str) -> bool:
+    domain = normalize(domain)
+    if not domain:
+        return False
+    if mode == "s":
+        return domain == from_domain
+    return org_domain(domain) == org_domain(from_domain)
+
+
+def evaluate(lookups: Lookups, from_values: Iterable[str], spf: SpfResult,
+             dkim: Iterable[DkimResult], sample: float = 0.0) -> DmarcResult:
+    """The DMARC result for one message. `sample` in [0, 1) is compared with pct/100."""
+    domains, problem = from_domains(from_values)
+    if problem:
+        return DmarcResult("permerror", from_domain=",".join(domains), reason=problem)
+    from_domain = domains[0]
+    try:
+        found = discover_record(lookups, from_domain)
+    except DnsTempError as exc:
+        return DmarcResult("temperror", from_domain=from_domain, reason=f"record lookup failed: {exc}")
+    if found.record is None:
+        return DmarcResult("none", from_domain=from_domain, reason="no DMARC record")
+    rec = found.record
+    policy = rec.sp if (found.is_org and rec.sp) else rec.p
+
+    dkim = list(dkim)
+    dkim_ok = next((d.domain for d in dkim if d.result == "pass"
+                    and aligned(d.domain, from_domain, rec.adkim)), None)
+    spf_ok = spf.domain if (spf.result == "pass" and aligned(spf.domain, from_domain, rec.aspf)) else None
+    common = dict(from_domain=from_domain, record_domain=found.domain, record=rec, policy=policy,
+                  dkim_aligned=dkim_ok, spf_aligned=spf_ok)
+    if dkim_ok or spf_ok:
+        via = f"DKIM d={dkim_ok}" if dkim_ok else f"SPF {spf_ok}"
+        return DmarcResult("pass", disposition="none", reason=f"aligned {via}", **common)
+
+    temp = [f"DKIM d={d.domain}" for d in dkim if d.result == "temperror"
+            and aligned(d.domain, from_domain, rec.adkim)]
+    if spf.result == "temperror" and aligned(spf.domain, from_domain, rec.aspf):
+        temp.append(f"SPF {spf.domain}")
+    if temp:
+        return DmarcResult("temperror", disposition="none",
+                           reason="could not check " + ", ".join(temp), **common)
+
+    disposition = policy
+    if sample * 100 >= rec.pct:          # not sampled: the next policy down (6.6.4)
+        disposition = {"reject": "quarantine", "quarantine": "none"}.get(policy, "none")
+    return DmarcResult("fail", disposition=disposition, reason=_why_fail(dkim, spf, from_domain, rec),
+                       **common)
+
+
+def _why_fail(dkim: list[DkimResult], spf: SpfResult, from_domain: str, rec: DmarcRecord) -> str:
+    parts = []
+    if not dkim:
+        parts.append("no DKIM signature")
+    for d in dkim:
+        if d.result != "pass":
+            parts.append(f"DKIM d={d.domain or '?'} {d.result}")
+        else:
+            parts.append(f"DKIM d={d.domain} passed but is not aligned "
+                         f"({'strict' if rec.adkim == 's' else 'relaxed'}) with {from_domain}")
+    if spf.result != "pass":
+        parts.append(f"SPF {spf.domain or '?'} {spf.result}")
+    else:
+        parts.append(f"SPF {spf.domain} passed but is not aligned "
+                     f"({'strict' if rec.aspf == 's' else 'relaxed'}) with {from_domain}")
+    return "; ".join(parts)

@@ -1,0 +1,78 @@
+"""Verdicts as values: what each check found, in RFC 8601 result words."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# RFC 8601 section 2.7 words used by agentmx (policy is DMARC's "policy" for local overrides).
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy")
+
+
+@dataclass(frozen=True)
+class SpfResult:
+    result: str
+    identity: str              # "mailfrom" or "helo"
+    domain: str                # the domain checked (MAIL FROM's, or the HELO name)
+    address: str               # smtp.mailfrom value (postmaster@HELO for a null sender), or the HELO name
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DkimResult:
+    result: str
+    domain: str = ""           # d=
+    selector: str = ""         # s=
+    algorithm: str = ""        # a=
+    header_b: str = ""         # first 8 characters of b=, to tell signatures apart (RFC 6008)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ArcResult:
+    result: str                # pass, fail, none (temperror when DNS failed)
+    instances: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DmarcRecord:
+    raw: str
+    p: str                     # none, quarantine, reject
+    sp: str | None = None
+    adkim: str = "r"
+    aspf: str = "r"
+    pct: int = 100
+    rua: str | None = None
+    ruf: str | None = None
+    fo: str = "0"
+    ri: int = 86400
+
+
+@dataclass(frozen=True)
+class DmarcResult:
+    result: str                # pass, fail, none, temperror, permerror
+    from_domain: str = ""      # header.from
+    record_domain: str = ""    # where the record was found (the From domain or its org domain)
+    record: DmarcRecord | None = None
+    policy: str = "none"       # the policy the domain asks for (p, or sp for a subdomain)
+    disposition: str = "none"  # what applies to this message: none, quarantine or reject (after pct)
+    dkim_aligned: str | None = None   # the aligned, passing d= domain
+    spf_aligned: str | None = None    # the aligned, passing MAIL FROM domain
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AuthResults:
+    spf: SpfResult
+    spf_helo: SpfResult
+    dkim: tuple[DkimResult, ...]
+    arc: ArcResult
+    dmarc: DmarcResult
+    dns_lookups: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def dkim_summary(self) -> str:
+        """One word for all signatures: pass if any passed, else the first signature's result."""
+        if any(d.result == "pass" for d in self.dkim):
+            return "pass"
+        return self.dkim[0].result if self.dkim else "none"

@@ -1,0 +1,204 @@
+"""The milter process: pymilter callbacks around authenticate(). The only I/O edge of inbound checks.
+
+Per message: collect the envelope, the headers (raw, with their leading space) and the body; at
+end of message remove every Authentication-Results header that claims our authserv-id, verify,
+prepend one Authentication-Results header, and answer per policy. Mail from trusted networks
+and SASL-authenticated clients is not verified (forged headers are still removed).
+
+Any unexpected exception in a callback answers TEMPFAIL (4xx), never 5xx; Postfix's
+milter_default_action = tempfail covers a milter that is not running.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import random
+import re
+import socket
+import time
+
+import Milter
+
+from agentmx.config import Config
+from agentmx.resolver import Resolver
+
+from . import arheader, policy
+from .authenticate import Envelope, authenticate
+
+log = logging.getLogger("agentmx.milter")
+
+AR = "Authentication-Results"
+
+
+class QueueIdAdapter(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return f"{self.extra.get('qid') or 'NOQUEUE'}: {msg}", kwargs
+
+
+def _tempfail_on_error(callback):
+    """A bug of ours must never become a 5xx or a dead thread: log it and answer TEMPFAIL."""
+    @functools.wraps(callback)
+    def wrapper(self, *args):
+        try:
+            return callback(self, *args)
+        except Exception:
+            self.log.exception("internal error in %s; answering tempfail", callback.__name__)
+            try:
+                self.setreply("451", "4.3.0", "Temporary local problem, try again later")
+            except Exception:
+                self.log.debug("setreply unavailable in %s", callback.__name__)
+            return Milter.TEMPFAIL
+    return wrapper
+
+
+@Milter.header_leading_space
+class AuthMilter(Milter.Base):
+    """One instance per SMTP connection (pymilter's factory); never shared between threads."""
+
+    def __init__(self, config: Config, resolver: Resolver, rng: random.Random):
+        super().__init__()
+        self.config = config
+        self.resolver = resolver
+        self.rng = rng
+        self.client_ip = ""
+        self.client_name = ""
+        self.helo_name = ""
+        self.trusted = False
+        self.log = QueueIdAdapter(log, {"qid": None})
+        self._reset()
+
+    def _reset(self) -> None:
+        self.mail_from = ""
+        self.rcpt_domains: list[str] = []
+        self.headers: list[bytes] = []
+        self.forged: list[int] = []          # 1-based indexes among Authentication-Results fields
+        self.ar_count = 0
+        self.body_buf = io.BytesIO()
+        self.skip_reason = ""
+        self.log = QueueIdAdapter(log, {"qid": None})
+
+    # --- SMTP stages ----------------------------------------------------------------------------
+
+    @_tempfail_on_error
+    def connect(self, hostname, family, hostaddr):
+        self.client_name = hostname or ""
+        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+            self.client_ip = str(hostaddr[0])
+        else:
+            self.client_ip = "127.0.0.1"       # local submission (pickup, sendmail)
+        self.trusted = self.config.milter.is_trusted(self.client_ip)
+        return Milter.CONTINUE
+
+    @_tempfail_on_error
+    def hello(self, heloname):
+        self.helo_name = heloname or ""
+        return Milter.CONTINUE
+
+    @_tempfail_on_error
+    def envfrom(self, mailfrom, *params):
+        self._reset()
+        self.mail_from = (mailfrom or "").strip().strip("<>")
+        self.log.extra["qid"] = self.getsymval("i")
+        if self.trusted:
+            self.skip_reason = f"trusted network {self.client_ip}"
+        elif self.getsymval("{auth_authen}"):
+            self.skip_reason = "SASL-authenticated client"
+        return Milter.CONTINUE
+
+    @_tempfail_on_error
+    def envrcpt(self, rcpt, *params):
+        self.rcpt_domains.append(rcpt.strip().strip("<>").rpartition("@")[2].lower())
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")
+    @_tempfail_on_error
+    def header(self, name, value):
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        if name.lower() == AR.lower():
+            self.ar_count += 1
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            if arheader.claims_our_id(text, self.config.authserv_id):
+                self.forged.append(self.ar_count)
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        self.headers.append(name.encode("ascii", "replace") + b":" + value)
+        return Milter.CONTINUE
+
+    @_tempfail_on_error
+    def body(self, chunk):
+        self.body_buf.write(chunk)
+        return Milter.CONTINUE
+
+    @_tempfail_on_error
+    def eom(self):
+        qid = self.getsymval("i") or self.log.extra.get("qid")
+        self.log.extra["qid"] = qid
+        for idx in reversed(self.forged):
+            self.chgheader(AR, idx, "")          # an empty value deletes the field
+        if self.forged:
+            self.log.warning("removed %d Authentication-Results header(s) claiming %s",
+                             len(self.forged), self.config.authserv_id)
+        if self.skip_reason:
+            self.log.info("not verified: %s", self.skip_reason)
+            return Milter.ACCEPT
+
+        started = time.monotonic()
+        message = _assemble(self.headers, self.body_buf.getvalue())
+        env = Envelope(client_ip=self.client_ip, helo=self.helo_name, mail_from=self.mail_from,
+                       receiver=self.config.authserv_id)
+        lookups = self.resolver.session(self.config.dns.lookup_budget)
+        res = authenticate(message, env, lookups, sample=self.rng.random())
+        self.addheader(AR, arheader.render(self.config.authserv_id, res), 0)
+
+        decision = policy.decide(res, policy.combine(self.config.policy_for(d) for d in self.rcpt_domains))
+        self.log.info(
+            "spf=%s helo=%s dkim=%s arc=%s dmarc=%s from=%s client=%s lookups=%d ms=%d action=%s",
+            res.spf.result, res.spf_helo.result, ",".join(d.result for d in res.dkim) or "none",
+            res.arc.result, res.dmarc.result, res.dmarc.from_domain or "-", self.client_ip,
+            res.dns_lookups, (time.monotonic() - started) * 1000, decision.action)
+        if decision.action == "accept":
+            return Milter.ACCEPT
+        self.setreply(decision.code, decision.xcode, decision.text)
+        return Milter.REJECT if decision.action == "reject" else Milter.TEMPFAIL
+
+    def abort(self):
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self):
+        return Milter.CONTINUE
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _assemble(headers: list[bytes], body: bytes) -> bytes:
+    """The message as the client sent it: header lines with CRLF, a blank line, the body."""
+    out = io.BytesIO()
+    for h in headers:
+        out.write(_BARE_LF.sub(b"\r\n", h))
+        out.write(b"\r\n")
+    out.write(b"\r\n")
+    out.write(body)
+    return out.getvalue()
+
+
+def run(config: Config) -> None:
+    """Serve on the configured unix socket until stopped."""
+    sock = config.milter.socket
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sock.unlink()                        # a stale socket from a previous run
+    except FileNotFoundError:
+        pass
+    resolver = Resolver.from_config(config.dns)
+    rng = random.Random()
+    Milter.factory = lambda: AuthMilter(config, resolver, rng)
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    os.umask(0o777 & ~config.milter.socket_mode)
+    log.info("listening on unix:%s (authserv-id %s)", sock, config.authserv_id)
+    Milter.runmilter("agentmx", f"unix:{sock}", config.milter.timeout)
+    log.info("stopped")

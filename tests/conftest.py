@@ -1,0 +1,52 @@
+"""Shared fixtures: the suites' location, a loopback DNS server, DNS sessions on it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+SHARED = Path(__import__("os").environ.get("AGENTMX_SHARED", ROOT.parent / "shared"))
+SUITES = SHARED / "suites"
+CORPUS = SHARED / "corpus"
+
+sys.path.insert(0, str(TESTS))          # tests/support as the package `support`
+
+from support.dnszone import DnsServer  # noqa: E402
+
+from agentmx.resolver import Resolver  # noqa: E402
+
+
+def pytest_report_header(config):
+    return f"shared: {SHARED} ({'present' if SUITES.is_dir() else 'MISSING'})"
+
+
+@pytest.fixture(scope="session")
+def dns_server():
+    server = DnsServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zone(dns_server):
+    """Set the zone for one test: zone({...}); the server is emptied afterwards."""
+    def set_zone(data: dict):
+        dns_server.set_zone(data)
+        return dns_server
+    yield set_zone
+    dns_server.set_zone({})
+    dns_server.resolver.silent = False
+    dns_server.resolver.timeout_mode = "servfail"
+
+
+@pytest.fixture(scope="session")
+def resolver(dns_server):
+    return Resolver(dns_server.servers, timeout=1.0)
+
+
+@pytest.fixture
+def lookups(resolver):
+    return resolver.session(budget=200)
