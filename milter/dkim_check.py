@@ -115,6 +115,18 @@ def verify_arc(message: bytes, lookups: Lookups) -> ArcResult:
         return ArcResult("fail", reason=str(exc))
     except Exception as exc:   # hostile ARC headers must not crash the milter
         return ArcResult("fail", reason=f"malformed ARC set ({exc.__class__.__name__})")
-    word = cv.decode("ascii", "replace").lower() if isinstance(cv, bytes) else str(cv).lower()
-    return ArcResult(word or "none", instances=len(results or ()),
-                     reason=comment if isinstance(comment, str) else "")
+    word = (cv.decode("ascii", "replace").lower() if isinstance(cv, bytes) else str(cv).lower()) or "none"
+    if word == "none" and _has_arc_seal(message):
+        # dkimpy says "none" when a seal carries cv=fail; RFC 8617 section 5.2 step 2 says fail
+        # ("none" is for a message without ARC sets).
+        word = "fail"
+    return ArcResult(word, instances=len(results or ()), reason=comment if isinstance(comment, str) else "")
+
+
+_ARC_SEAL = re.compile(rb"^arc-seal[ \t]*:", re.I | re.M)
+
+
+def _has_arc_seal(message: bytes) -> bool:
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[:end]
+    return bool(_ARC_SEAL.search(head))

@@ -111,7 +111,7 @@ def from_domains(from_values: Iterable[str]) -> tuple[list[str], str]:
     addresses = [addr for _, addr in getaddresses(values) if addr]
     domains = {normalize(addr.rpartition("@")[2]) for addr in addresses if "@" in addr}
     domains.discard("")
-    if len(values) > 1 and len(domains) != 1:
+    if len(values) > 1:                     # RFC 5322 allows one From field: never evaluated
         return sorted(domains), f"{len(values)} From headers"
     if not domains:
         return [], "From has no usable domain"
