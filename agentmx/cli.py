@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -62,6 +63,7 @@ def cmd_auth(args) -> int:
     except OSError as exc:
         print(f"agentmx auth: {args.message}: {exc.strerror}", file=sys.stderr)
         return 2
+    message = re.sub(rb"(?<!\r)\n", b"\r\n", message)      # a file with LF ends, as on the wire
     env = Envelope(client_ip=args.client_ip, helo=args.helo, mail_from=args.mail_from,
                    receiver=authserv_id)
     lookups = Resolver(servers, timeout).session(budget)

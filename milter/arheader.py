@@ -4,7 +4,9 @@ from __future__ import annotations
 import re
 
 import authres
+from authres.arc import ARCAuthenticationResult
 from authres.core import AuthenticationResultProperty as Prop
+from authres.dmarc import DMARCAuthenticationResult
 
 from .results import AuthResults
 
@@ -39,19 +41,35 @@ def render(authserv_id: str, res: AuthResults) -> str:
         results.append(authres.DKIMAuthenticationResult(
             result=d.result, reason=_reason(d.reason), properties=props,
             header_d=d.domain or None, header_s=d.selector or None, header_a=d.algorithm or None))
-    results.append(authres.ARCAuthenticationResult(
-        result=res.arc.result, reason=_reason(res.arc.reason) if res.arc.result != "pass" else None))
+    results.append(ARCAuthenticationResult(
+        result=res.arc.result, reason=_reason(res.arc.reason) if res.arc.result not in ("pass", "none") else None))
     dm = res.dmarc
     comment = None
     if dm.record is not None:
         comment = f"p={dm.record.p} sp={dm.record.sp or dm.record.p} pct={dm.record.pct} dis={dm.disposition}"
-    results.append(authres.DMARCAuthenticationResult(
+    results.append(DMARCAuthenticationResult(
         result=dm.result, result_comment=_comment(comment or ""),
         reason=_reason(dm.reason) if dm.result not in ("pass",) else None,
         header_from=dm.from_domain or None,
         policy=dm.policy if dm.record is not None else None))
     header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
     return str(header).split(":", 1)[1].strip()
+
+
+def fold(value: str, width: int = 78) -> str:
+    """Fold an Authentication-Results value after its semicolons, for a header field with a
+    leading space: ' value' with continuation lines starting with a tab."""
+    parts = [p.strip() for p in value.split("; ")]
+    lines, line = [], ""
+    for i, part in enumerate(parts):
+        piece = part + (";" if i < len(parts) - 1 else "")
+        if line and len(line) + 1 + len(piece) > width:
+            lines.append(line)
+            line = piece
+        else:
+            line = f"{line} {piece}" if line else piece
+    lines.append(line)
+    return " " + "\n\t".join(lines)
 
 
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")

@@ -176,7 +176,7 @@ def _why_fail(dkim: list[DkimResult], spf: SpfResult, from_domain: str, rec: Dma
         parts.append("no DKIM signature")
     for d in dkim:
         if d.result != "pass":
-            parts.append(f"DKIM d={d.domain or '?'} {d.result}")
+            parts.append(f"DKIM d={d.domain or '?'} {d.result}" + (f" ({d.reason})" if d.reason else ""))
         else:
             parts.append(f"DKIM d={d.domain} passed but is not aligned "
                          f"({'strict' if rec.adkim == 's' else 'relaxed'}) with {from_domain}")

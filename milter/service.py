@@ -151,7 +151,8 @@ class AuthMilter(Milter.Base):
                        receiver=self.config.authserv_id)
         lookups = self.resolver.session(self.config.dns.lookup_budget)
         res = authenticate(message, env, lookups, sample=self.rng.random())
-        self.addheader(AR, arheader.render(self.config.authserv_id, res), 0)
+        # With header_leading_space negotiated, the value carries its own leading space.
+        self.addheader(AR, arheader.fold(arheader.render(self.config.authserv_id, res)), 0)
 
         decision = policy.decide(res, policy.combine(self.config.policy_for(d) for d in self.rcpt_domains))
         self.log.info(

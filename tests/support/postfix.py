@@ -1,0 +1,211 @@
+"""A private Postfix instance on loopback (../shared/POSTFIX-IN-TESTS.md), and the milter process.
+
+PostfixInstance makes its own config, queue and data directories under one temp folder, listens
+on 127.0.0.1:<port>, logs to <base>/log/maillog, and is stopped and removed by stop(). Nothing of
+the host's own Postfix is touched. Messages for the relay domains go to a pipe transport `sink`
+that writes each delivered copy into <base>/out (or to whatever transport a test configures).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SINK_SCRIPT = """#!/bin/sh
+# A pipe(8) program for tests: keep the delivered copy. argv: OUTDIR
+umask 022
+f="$1/$(date +%s%N).$$.eml"
+cat > "$f.tmp" && mv "$f.tmp" "$f"
+"""
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _run(*cmd, check=True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+class PostfixInstance:
+    def __init__(self, name: str, hostname: str, relay_domains: str = "", port: int | None = None,
+                 main: dict | None = None, master: list[str] | None = None):
+        self.name = name
+        self.base = Path(tempfile.mkdtemp(prefix=f"agentmx-{name}-", dir="/tmp"))
+        os.chmod(self.base, 0o755)
+        self.etc = self.base / "etc"
+        self.out = self.base / "out"
+        self.port = port or free_tcp_port()
+        self.hostname = hostname
+        for d in ("etc", "spool", "data", "log", "out"):
+            (self.base / d).mkdir()
+        os.chmod(self.out, 0o777)
+        shutil.chown(self.base / "data", "postfix", "postfix")
+        shutil.copy("/etc/postfix/main.cf", self.etc / "main.cf")
+        shutil.copy("/etc/postfix/master.cf", self.etc / "master.cf")
+        sink = self.base / "sink.sh"
+        sink.write_text(SINK_SCRIPT)
+        sink.chmod(0o755)
+        settings = {
+            "queue_directory": str(self.base / "spool"),
+            "data_directory": str(self.base / "data"),
+            "multi_instance_name": f"postfix-{name}",
+            "syslog_name": f"postfix-{name}",
+            "myhostname": hostname,
+            "mydestination": "",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.2/32",
+            "smtpd_peername_lookup": "no",
+            "smtp_host_lookup": "native",
+            "alias_maps": "",
+            "alias_database": "",
+            "maillog_file_prefixes": f"/var, /dev/stdout, {self.base / 'log'}",
+            "maillog_file": str(self.base / "log" / "maillog"),
+            "relay_domains": relay_domains,
+            "transport_maps": f"inline:{{ {relay_domains}=sink: }}" if relay_domains else "",
+            "sink_destination_recipient_limit": "1",
+            "smtputf8_enable": "no",
+            "compatibility_level": "3.6",
+            "queue_run_delay": "300s",
+            "minimal_backoff_time": "300s",
+            "maximal_backoff_time": "600s",
+        }
+        settings.update(main or {})
+        self.postconf(*(f"{k} = {v}" for k, v in settings.items()))
+        _run("postconf", "-c", str(self.etc), "-F", "*/*/chroot = n")
+        _run("postconf", "-c", str(self.etc), "-MX", "smtp/inet")
+        entries = [f"{self.port}/inet = 127.0.0.1:{self.port} inet n - n - - smtpd",
+                   f"sink/unix = sink unix - n n - - pipe flags=Rq user=nobody argv={sink} {self.out}"]
+        for entry in entries + list(master or []):
+            _run("postconf", "-c", str(self.etc), "-M", entry)
+
+    def postconf(self, *settings: str) -> None:
+        _run("postconf", "-c", str(self.etc), "-e", *settings)
+
+    def start(self) -> "PostfixInstance":
+        _run("postfix", "-c", str(self.etc), "start")
+        wait_for(self._listening, what=f"postfix {self.name} on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                return s.recv(200).startswith(b"220")
+        except OSError:
+            return False
+
+    def reload(self) -> None:
+        _run("postfix", "-c", str(self.etc), "reload")
+
+    def stop(self, remove: bool = True) -> None:
+        _run("postfix", "-c", str(self.etc), "stop", check=False)
+        pid_file = self.base / "spool" / "pid" / "master.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            wait_for(lambda: not _alive(pid), timeout=10, what="postfix master to exit")
+        except (OSError, ValueError, TimeoutError):
+            pass
+        if remove and not os.environ.get("AGENTMX_KEEP_TMP"):
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    # --- what tests look at ---------------------------------------------------------------------
+
+    def queue(self) -> str:
+        return _run("postqueue", "-c", str(self.etc), "-p", check=False).stdout
+
+    def queue_is_empty(self) -> bool:
+        return "Mail queue is empty" in self.queue()
+
+    def flush(self) -> None:
+        _run("postqueue", "-c", str(self.etc), "-f", check=False)
+
+    def log(self) -> str:
+        try:
+            return (self.base / "log" / "maillog").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def delivered(self) -> list[Path]:
+        return sorted(p for p in self.out.iterdir() if p.suffix == ".eml")
+
+    def wait_delivered(self, count: int, timeout: float = 30.0) -> list[Path]:
+        return wait_for(lambda: len(self.delivered()) >= count and self.delivered(), timeout=timeout,
+                        what=f"{count} delivered message(s) in {self.out}\n{self.log()[-3000:]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class MilterProcess:
+    """`agentmx milter` as a real process on its unix socket, with the given config file."""
+
+    def __init__(self, config_path: Path, socket_path: Path, log_path: Path):
+        self.config_path, self.socket_path, self.log_path = config_path, socket_path, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "MilterProcess":
+        agentmx = Path(sys.executable).with_name("agentmx")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(agentmx), "--config", str(self.config_path), "milter"],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for(self._ready, timeout=20, what=f"milter socket {self.socket_path}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"milter exited with {self.proc.returncode}: {self.log()[-2000:]}")
+        if not self.socket_path.exists():
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(self.socket_path))
+            return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """Stop it hard (SIGKILL), as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""

@@ -1,0 +1,91 @@
+"""The configuration loader: every error names the file and the key; the example file loads."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+from agentmx.config import ConfigError, load_config, parse_config
+
+P = Path("/etc/agentmx/agentmx.toml")
+MIN = '[server]\nauthserv_id = "mx.example.com"\n'
+
+
+def test_example_config_loads_with_every_section():
+    cfg = load_config(ROOT / "config" / "agentmx.toml")
+    assert cfg.authserv_id == "mx.example.com"
+    assert cfg.dns.timeout > 0 and cfg.dns.lookup_budget > 0
+    assert cfg.milter.policy.records_only
+    assert cfg.routes and cfg.domains
+
+
+def test_minimal_config_has_safe_defaults():
+    cfg = parse_config(MIN, P)
+    assert cfg.milter.policy.records_only           # never rejects unless asked
+    assert cfg.milter.is_trusted("127.0.0.1") and not cfg.milter.is_trusted("192.0.2.1")
+    assert cfg.dns.servers == ()
+
+
+def test_config_is_frozen():
+    cfg = parse_config(MIN, P)
+    with pytest.raises(Exception):
+        cfg.authserv_id = "x"
+
+
+@pytest.mark.parametrize("text,where", [
+    ("", "[server] authserv_id: is required"),
+    (MIN + "[dns]\ntimeout = 0\n", "[dns] timeout: must be a number > 0"),
+    (MIN + "[dns]\ntimout = 2\n", "[dns] timout: unknown key"),
+    (MIN + "[dns]\nservers = [\"nonsense\"]\n", "[dns] servers: must be"),
+    (MIN + "[milter]\ntrusted_networks = [\"10.0.0.0/33\"]\n", "[milter] trusted_networks: must be"),
+    (MIN + "[milter.policy]\nreject_dmarc = \"yes\"\n", "[milter.policy] reject_dmarc: must be true or false"),
+    (MIN + "[milter.policy]\nreject_everything = true\n", "[milter.policy] reject_everything: unknown key"),
+    (MIN + "[domains.\"a.example\"]\nreject_dmarc = 1\n", '[domains."a.example"] reject_dmarc: must be true or false'),
+    (MIN + "bogus = 1\n", "[server] bogus: unknown key"),
+    (MIN + "[[routes]]\nmatch = \"agent@example.com\"\n", "[routes[0]] endpoint: is required"),
+    (MIN + "[[routes]]\nmatch = \"a+b@example.com\"\nendpoint = \"https://x\"\nsecret = \"whsec_abcdefghijkl\"\n",
+     "[routes[0]] match: must be"),
+    (MIN + "[[routes]]\nmatch = \"a@example.com\"\nendpoint = \"https://x\"\nsecret = \"plain\"\n",
+     "[routes[0]] secret: must be a whsec_ secret"),
+    (MIN + "[[routes]]\nmatch = \"a@example.com\"\nendpoint = \"https://x\"\nsecret_file = \"/nonexistent\"\n",
+     "[routes[0]] secret_file: cannot be read"),
+    ("[server\n", "not valid TOML"),
+])
+def test_errors_name_the_file_and_the_key(text, where):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, P)
+    assert str(exc.value).startswith(f"{P}: ") and where in str(exc.value)
+
+
+def test_unknown_top_level_table():
+    with pytest.raises(ConfigError, match=r"\[top level\] mystery: unknown key"):
+        parse_config(MIN + "[mystery]\n", P)
+
+
+def test_secret_never_in_repr(tmp_path):
+    secret_file = tmp_path / "s"
+    secret_file.write_text("whsec_c2VjcmV0c2VjcmV0c2VjcmV0\n")
+    cfg = parse_config(MIN + f'[[routes]]\nmatch = "@example.com"\nendpoint = "https://x"\nsecret_file = "{secret_file}"\n', P)
+    assert cfg.routes[0].secret == "whsec_c2VjcmV0c2VjcmV0c2VjcmV0"
+    assert "whsec_" not in repr(cfg)
+
+
+def test_per_domain_policy_falls_back_to_global():
+    cfg = parse_config(MIN + "[milter.policy]\ndefer_temperror = true\n[domains.\"Strict.Example\"]\nreject_dmarc = true\n", P)
+    strict = cfg.policy_for("strict.example")
+    assert strict.reject_dmarc and strict.defer_temperror      # inherits the global settings
+    assert not cfg.policy_for("other.example").reject_dmarc
+
+
+def test_missing_file_is_named():
+    with pytest.raises(ConfigError, match="/nonexistent.toml: cannot be read"):
+        load_config("/nonexistent.toml")
+
+
+def test_dns_server_forms():
+    cfg = parse_config(MIN + '[dns]\nservers = ["127.0.0.1:5353", "192.0.2.1", "[::1]:53"]\n', P)
+    assert cfg.dns.servers == (("127.0.0.1", 5353), ("192.0.2.1", 53), ("::1", 53))
+    assert ipaddress.ip_network("::1/128") in parse_config(MIN, P).milter.trusted_networks

@@ -1,0 +1,187 @@
+"""End to end: a private Postfix on loopback, the real milter process on its unix socket, real DNS
+on loopback, messages sent over SMTP (signed with keys the test publishes in its DNS), and the
+delivered copy read from the pipe transport's output.
+"""
+from __future__ import annotations
+
+import email
+import smtplib
+import time
+
+import pytest
+
+from e2e_helpers import Ed25519Key, RsaKey, message, our_results, send, sign, verdicts
+from support.postfix import MilterProcess, PostfixInstance, wait_for
+
+AUTHSERV = "mx.agentmx.test"
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return {"rsa": RsaKey(), "ed": Ed25519Key()}
+
+
+@pytest.fixture(scope="module")
+def mx_zone(keys):
+    return {
+        "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"], "A": ["127.0.0.1"]},
+        "mail.sender.test": {"A": ["127.0.0.1"], "TXT": ["v=spf1 a -all"]},
+        "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject; rua=mailto:dmarc@sender.test"]},
+        "rsa._domainkey.sender.test": {"TXT": [keys["rsa"].txt]},
+        "ed._domainkey.sender.test": {"TXT": [keys["ed"].txt]},
+        "bank.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+        "_dmarc.bank.test": {"TXT": ["v=DMARC1; p=reject"]},
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(dns_server, mx_zone, tmp_path_factory):
+    """Postfix (mx.agentmx.test) + `agentmx milter`; yields (postfix, milter)."""
+    dns_server.set_zone(mx_zone)
+    pf = PostfixInstance("mx", "mx.agentmx.test", relay_domains="agentmx.test, strict.agentmx.test", main={
+        "transport_maps": "inline:{ agentmx.test=sink:, strict.agentmx.test=sink: }",
+    })
+    sock = pf.base / "milter" / "milter.sock"
+    config = pf.base / "agentmx.toml"
+    config.write_text(f"""
+[server]
+authserv_id = "{AUTHSERV}"
+data_dir = "{pf.base / 'data-agentmx'}"
+
+[dns]
+servers = ["127.0.0.1:{dns_server.port}"]
+timeout = 0.5
+
+[milter]
+socket = "{sock}"
+socket_mode = "0666"
+trusted_networks = []          # the test client is 127.0.0.1: verify it like any outside client
+
+[domains."strict.agentmx.test"]
+reject_dmarc = true
+reject_spf_fail = true
+""")
+    pf.postconf(f"smtpd_milters = unix:{sock}", "non_smtpd_milters = $smtpd_milters",
+                "milter_default_action = tempfail", "milter_protocol = 6")
+    milter = MilterProcess(config, sock, pf.base / "milter.log").start()
+    pf.start()
+    yield pf, milter
+    milter.stop()
+    pf.stop()
+
+
+@pytest.fixture
+def mx(stack, dns_server, mx_zone):
+    pf, milter = stack
+    dns_server.set_zone(mx_zone)
+    dns_server.resolver.silent = False
+    for p in pf.delivered():
+        p.unlink()
+    return pf
+
+
+def only_ours(path):
+    headers = our_results(path, AUTHSERV)
+    assert len(headers) == 1, f"expected exactly one Authentication-Results of ours, got {len(headers)}"
+    return verdicts(headers[0])
+
+
+@pytest.mark.parametrize("selector", ["rsa", "ed"])
+def test_signed_message_passes_everything(mx, keys, selector):
+    raw = sign(message("Alice <alice@sender.test>", "agent@agentmx.test"), "sender.test", selector, keys[selector])
+    send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw)
+    (path,) = mx.wait_delivered(1)
+    v = only_ours(path)
+    assert v["spf"][0].result == "pass" and v["spf"][0].smtp_mailfrom == "alice@sender.test"
+    assert v["spf"][1].result == "pass" and v["spf"][1].smtp_helo == "mail.sender.test"
+    (d,) = v["dkim"]
+    assert (d.result, d.header_d, d.header_s) == ("pass", "sender.test", selector)
+    assert d.header_a == keys[selector].algorithm.decode()
+    assert v["arc"][0].result == "none"
+    assert v["dmarc"][0].result == "pass" and v["dmarc"][0].header_from == "sender.test"
+    assert v["dmarc"][0].policy == "reject"
+
+
+def test_forged_results_are_removed_and_foreign_ones_kept(mx, keys):
+    forged = [("Authentication-Results", f"{AUTHSERV}; dkim=pass header.d=bank.test; dmarc=pass header.from=bank.test"),
+              ("Authentication-Results", f"(comment) {AUTHSERV.upper()} ; spf=pass smtp.mailfrom=bank.test"),
+              ("Authentication-Results", "other.example; spf=fail smtp.mailfrom=x.test")]
+    raw = message("Bank <support@bank.test>", "agent@agentmx.test", extra_headers=forged)
+    send(mx.port, "support@bank.test", ["agent@agentmx.test"], raw)
+    (path,) = mx.wait_delivered(1)
+    v = only_ours(path)
+    assert v["dmarc"][0].result == "fail" and v["dmarc"][0].header_from == "bank.test"
+    assert v["spf"][0].result == "fail"
+    assert v["dkim"][0].result == "none"
+    all_ar = email.message_from_bytes(path.read_bytes()).get_all("Authentication-Results")
+    assert len(all_ar) == 2 and any(a.strip().startswith("other.example;") for a in all_ar)
+    assert "dkim=pass" not in path.read_text()
+
+
+def test_default_policy_records_a_spoof_and_delivers_it(mx):
+    raw = message("Bank <support@bank.test>", "agent@agentmx.test", subject="Reset your password")
+    send(mx.port, "bounce@sender.test", ["agent@agentmx.test"], raw)
+    (path,) = mx.wait_delivered(1)
+    v = only_ours(path)
+    assert v["spf"][0].result == "pass"           # the envelope domain authorizes us...
+    dm = v["dmarc"][0]
+    assert dm.result == "fail" and dm.header_from == "bank.test"   # ...but it is not the author's
+
+
+def test_opt_in_policy_rejects_dmarc_and_spf_failures(mx):
+    raw = message("Bank <support@bank.test>", "agent@strict.agentmx.test")
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(mx.port, "bounce@sender.test", ["agent@strict.agentmx.test"], raw)
+    assert exc.value.smtp_code == 550 and b"5.7.1" in exc.value.smtp_error
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(mx.port, "support@bank.test", ["agent@strict.agentmx.test"],
+             message("x <x@elsewhere.test>", "agent@strict.agentmx.test"))
+    assert exc.value.smtp_code == 550 and b"5.7.23" in exc.value.smtp_error
+    time.sleep(0.5)
+    assert mx.delivered() == [] and mx.queue_is_empty()
+
+
+def test_null_sender_is_checked_as_postmaster_at_helo(mx):
+    raw = message("MAILER-DAEMON <postmaster@sender.test>", "agent@agentmx.test", subject="Undelivered")
+    send(mx.port, "", ["agent@agentmx.test"], raw)
+    (path,) = mx.wait_delivered(1)
+    v = only_ours(path)
+    assert v["spf"][0].result == "pass" and v["spf"][0].smtp_mailfrom == "postmaster@mail.sender.test"
+
+
+def test_dns_silent_gives_temperror_not_fail_and_no_crash(mx, keys, stack, dns_server):
+    _, milter = stack
+    raw = sign(message("Alice <alice@sender.test>", "agent@agentmx.test"), "sender.test", "rsa", keys["rsa"])
+    dns_server.resolver.silent = True          # from here on every lookup times out
+    try:
+        send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw)
+        (path,) = mx.wait_delivered(1, timeout=60)
+    finally:
+        dns_server.resolver.silent = False
+    v = only_ours(path)
+    assert v["spf"][0].result == "temperror"
+    assert v["dkim"][0].result == "temperror" and v["dkim"][0].header_d == "sender.test"
+    assert v["dmarc"][0].result == "temperror"
+    assert "fail" not in {r.result for rs in v.values() for r in rs}
+    assert milter.proc.poll() is None, "the milter must survive"
+    # and it verifies the next message normally
+    send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw)
+    paths = mx.wait_delivered(2)
+    assert only_ours(paths[-1])["dkim"][0].result == "pass"
+
+
+def test_milter_down_means_4xx_and_nothing_accepted_unverified(mx, stack):
+    _, milter = stack
+    milter.kill()
+    try:
+        raw = message("Alice <alice@sender.test>", "agent@agentmx.test")
+        with pytest.raises(smtplib.SMTPResponseException) as exc:
+            send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw)
+        assert 400 <= exc.value.smtp_code < 500
+        time.sleep(0.5)
+        assert mx.delivered() == [] and mx.queue_is_empty()
+    finally:
+        milter.start()
+    send(mx.port, "alice@sender.test", ["agent@agentmx.test"], message("Alice <alice@sender.test>", "agent@agentmx.test"))
+    (path,) = mx.wait_delivered(1)
+    assert only_ours(path)["spf"][0].result == "pass"
