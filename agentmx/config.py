@@ -39,7 +39,7 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class MilterConfig:
-    socket: Path = Path("/run/agentmx/milter.sock")
+    socket: Path = Path("/var/spool/postfix/agentmx/milter.sock")
     socket_mode: int = 0o660
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from e2e_helpers import Ed25519Key, RsaKey, message, our_results, send, sign, verdicts
-from support.postfix import MilterProcess, PostfixInstance, wait_for
+from conftest import ROOT
+from support.postfix import MilterProcess, PostfixInstance, fragment_settings
 
 AUTHSERV = "mx.agentmx.test"
 
@@ -61,8 +62,8 @@ trusted_networks = []          # the test client is 127.0.0.1: verify it like an
 reject_dmarc = true
 reject_spf_fail = true
 """)
-    pf.postconf(f"smtpd_milters = unix:{sock}", "non_smtpd_milters = $smtpd_milters",
-                "milter_default_action = tempfail", "milter_protocol = 6")
+    # The settings we ship, with the socket where this test's milter listens (chroot = n here).
+    pf.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{sock}"))
     milter = MilterProcess(config, sock, pf.base / "milter.log").start()
     pf.start()
     yield pf, milter

@@ -152,6 +152,18 @@ class PostfixInstance:
                         what=f"{count} delivered message(s) in {self.out}\n{self.log()[-3000:]}")
 
 
+def fragment_settings(path: Path, **overrides: str) -> list[str]:
+    """The `name = value` lines of a shipped main.cf fragment, with some values replaced."""
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name = line.split("=", 1)[0].strip()
+        out.append(f"{name} = {overrides[name]}" if name in overrides else line)
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
