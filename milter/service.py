@@ -84,11 +84,15 @@ class AuthMilter(Milter.Base):
     @_tempfail_on_error
     def connect(self, hostname, family, hostaddr):
         self.client_name = hostname or ""
-        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+        self.log.debug("connect %r family=%s hostaddr=%r", hostname, family, hostaddr)
+        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr and hostaddr[1]:
             self.client_ip = str(hostaddr[0])
+            self.trusted = self.config.milter.is_trusted(self.client_ip)
         else:
-            self.client_ip = "127.0.0.1"       # local submission (pickup, sendmail)
-        self.trusted = self.config.milter.is_trusted(self.client_ip)
+            # Local submission (sendmail(1), pickup via non_smtpd_milters): Postfix's cleanup
+            # presents it as localhost 127.0.0.1 with port 0, which no SMTP client can have.
+            self.client_ip = "127.0.0.1"
+            self.trusted = True
         return Milter.CONTINUE
 
     @_tempfail_on_error
@@ -102,7 +106,7 @@ class AuthMilter(Milter.Base):
         self.mail_from = (mailfrom or "").strip().strip("<>")
         self.log.extra["qid"] = self.getsymval("i")
         if self.trusted:
-            self.skip_reason = f"trusted network {self.client_ip}"
+            self.skip_reason = f"trusted client {self.client_ip} ({self.client_name or 'local'})"
         elif self.getsymval("{auth_authen}"):
             self.skip_reason = "SASL-authenticated client"
         return Milter.CONTINUE

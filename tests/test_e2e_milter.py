@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import smtplib
+import subprocess
 import time
 
 import pytest
@@ -186,3 +187,13 @@ def test_milter_down_means_4xx_and_nothing_accepted_unverified(mx, stack):
     send(mx.port, "alice@sender.test", ["agent@agentmx.test"], message("Alice <alice@sender.test>", "agent@agentmx.test"))
     (path,) = mx.wait_delivered(1)
     assert only_ours(path)["spf"][0].result == "pass"
+
+
+def test_local_submission_is_not_verified_but_forged_results_still_go(mx):
+    raw = message("Agent <agent@agentmx.test>", "agent@agentmx.test",
+                  extra_headers=[("Authentication-Results", f"{AUTHSERV}; dmarc=pass header.from=bank.test")])
+    subprocess.run(["sendmail", "-C", str(mx.etc), "-f", "agent@agentmx.test", "agent@agentmx.test"],
+                   input=raw, check=True, timeout=30)
+    (path,) = mx.wait_delivered(1)
+    assert our_results(path, AUTHSERV) == []
+    assert "dmarc=pass" not in path.read_text()
