@@ -104,6 +104,67 @@ def explain(res, header: str) -> str:
     return "\n".join(lines)
 
 
+def cmd_deliver(args) -> int:
+    """The Postfix pipe program: the message on stdin, exit 0 or 75 (never anything else)."""
+    from agentmx.deliver.core import EX_TEMPFAIL, Envelope, deliver
+    qid = args.queue_id or "NOQUEUE"
+    try:
+        config = load_config(_config_path(args.config))
+    except ConfigError as exc:
+        print(f"agentmx deliver: {qid}: {exc} (deferred)", file=sys.stderr)
+        return EX_TEMPFAIL
+    try:
+        raw = sys.stdin.buffer.read()
+        env = Envelope(sender=args.sender, recipient=args.recipient, queue_id=args.queue_id,
+                       client_address=args.client_address, client_helo=args.client_helo,
+                       original_recipient=args.original_recipient)
+        outcome = deliver(raw, env, config)
+    except Exception as exc:       # a bug of ours must keep the message: Postfix retries
+        logging.getLogger("agentmx.deliver").exception("%s: internal error", qid)
+        print(f"agentmx deliver: {qid}: internal error {exc.__class__.__name__} (deferred)", file=sys.stderr)
+        return EX_TEMPFAIL
+    line = (f"{qid}: {outcome.state} to={args.recipient} id={outcome.event_id or '-'} "
+            f"status={outcome.status if outcome.status is not None else '-'} ({outcome.reason})")
+    logging.getLogger("agentmx.deliver").info("%s", line)
+    if outcome.exit_code != 0:
+        print(f"agentmx: {line}", file=sys.stderr)       # Postfix logs it as the deferral reason
+    return outcome.exit_code
+
+
+def cmd_parse(args) -> int:
+    """Print the event deliver would send for a message file, without storing or sending."""
+    import time as _time
+    from agentmx.deliver import route as routing
+    from agentmx.deliver.core import Envelope, build_event
+    from .config import Config
+    path = _config_path(args.config)
+    config = load_config(path) if (args.config or path.exists()) else Config(path=path, authserv_id="agentmx.local")
+    try:
+        raw = Path(args.message).read_bytes() if args.message != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        print(f"agentmx parse: {args.message}: {exc.strerror}", file=sys.stderr)
+        return 2
+    recipient = args.recipient or "agent@example.com"
+    env = Envelope(sender=args.mail_from, recipient=recipient)
+    event, _ = build_event(raw, env, config, None, _time.time(), routing.match(recipient, config.routes))
+    print(json.dumps(event, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_postfix_map(args) -> int:
+    from agentmx.deliver.route import postfix_map
+    config = load_config(_config_path(args.config))
+    sys.stdout.write(postfix_map(config.routes))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    config = load_config(_config_path(args.config))
+    from agentmx import serve
+    serve.run(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents, on Postfix.")
     p.add_argument("--config", help=f"configuration file (default $AGENTMX_CONFIG or {DEFAULT_PATH})")
@@ -127,6 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--sample", type=float, default=0.0, help="DMARC pct sample in [0,1) (default 0)")
     a.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     a.set_defaults(func=cmd_auth)
+
+    d = sub.add_parser("deliver", help="the Postfix pipe program: message on stdin, exit 0 or 75")
+    d.add_argument("--sender", default="", help="${sender}")
+    d.add_argument("--recipient", required=True, help="${recipient}")
+    d.add_argument("--queue-id", help="${queue_id}")
+    d.add_argument("--client-address", help="${client_address}")
+    d.add_argument("--client-helo", help="${client_helo}")
+    d.add_argument("--original-recipient", help="${original_recipient}")
+    d.set_defaults(func=cmd_deliver)
+
+    pa = sub.add_parser("parse", help="print the event a message file would become, without sending it")
+    pa.add_argument("message", help="the message file (.eml), or - for standard input")
+    pa.add_argument("--recipient", help="the envelope recipient (default agent@example.com)")
+    pa.add_argument("--mail-from", default="sender@example.net", help="the envelope sender")
+    pa.set_defaults(func=cmd_parse)
+
+    pm = sub.add_parser("postfix-map", help="print relay_recipient_maps for the routed addresses")
+    pm.set_defaults(func=cmd_postfix_map)
+
+    sv = sub.add_parser("serve", help="serve signed attachment and raw-message URLs over HTTP")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

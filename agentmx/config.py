@@ -62,12 +62,20 @@ class DomainConfig:
     policy: PolicyConfig           # the inbound policy for mail to this domain
 
 
+TRUST_POLICIES = ("deliver", "require-dmarc", "flag")
+ATTACHMENT_MODES = ("url", "inline")
+
+
 @dataclass(frozen=True)
 class Route:
     match: str                     # "agent@example.com", or "@example.com" for the whole domain
     endpoint: str
     secret: str = field(repr=False)
     timeout: float = 10.0
+    attachments: str = "url"       # url: signed links; inline: base64 in the event up to inline_max_bytes
+    inline_max_bytes: int = 1_000_000
+    mailkite_signature: bool = False
+    trust: str = "deliver"         # deliver, require-dmarc (others kept aside, not sent), flag
 
     @property
     def is_domain(self) -> bool:
@@ -79,6 +87,10 @@ class Config:
     path: Path
     authserv_id: str
     data_dir: Path = Path("/var/lib/agentmx")
+    public_url: str = "http://127.0.0.1:8025"     # how agents reach `agentmx serve` (attachment URLs)
+    listen: tuple[str, int] = ("127.0.0.1", 8025)  # where `agentmx serve` listens
+    url_secret: str = field(default="", repr=False)  # HMAC key of signed attachment URLs
+    url_ttl: int = 7 * 24 * 3600                    # seconds an attachment URL stays valid
     dns: DnsConfig = DnsConfig()
     milter: MilterConfig = MilterConfig()
     domains: tuple[DomainConfig, ...] = ()
@@ -209,6 +221,37 @@ def _match(v: Any) -> str:
     return v
 
 
+def _one_of(allowed: tuple[str, ...]):
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError()
+        return v
+    return check
+
+
+def _listen(v: Any) -> tuple[str, int]:
+    host, _, port = _nonempty_str(v).rpartition(":")
+    ipaddress.ip_address(host.strip("[]"))
+    if not 0 < int(port) < 65536:
+        raise ValueError()
+    return host.strip("[]"), int(port)
+
+
+def _read_plain_secret(sec: _Section, key: str, min_len: int) -> str:
+    value = sec.get(key, None, _nonempty_str, "a string")
+    path = sec.get(f"{key}_file", None, _nonempty_str, "a file path")
+    if value is not None and path is not None:
+        raise sec.error(key, f"give {key} or {key}_file, not both")
+    if path is not None:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise sec.error(f"{key}_file", f"cannot be read ({exc.strerror})") from None
+    if value is not None and len(value) < min_len:
+        raise sec.error(key if path is None else f"{key}_file", f"must be at least {min_len} characters")
+    return value or ""
+
+
 def _policy(sec: _Section, default: PolicyConfig) -> PolicyConfig:
     return PolicyConfig(
         reject_dmarc=sec.get("reject_dmarc", default.reject_dmarc, _bool, "true or false"),
@@ -249,6 +292,10 @@ def parse_config(text: str, path: Path) -> Config:
         raise server.error("authserv_id", "is required (the host name in our Authentication-Results)")
     authserv_id = server.get("authserv_id", None, _hostname, "a host name")
     data_dir = server.get("data_dir", Config.data_dir, lambda v: Path(_nonempty_str(v)), "a path")
+    public_url = server.get("public_url", Config.public_url, _endpoint, "an http:// or https:// URL").rstrip("/")
+    listen = server.get("listen", Config.listen, _listen, '"IP:PORT"')
+    url_ttl = server.get("url_ttl", Config.url_ttl, _positive_int, "a whole number of seconds > 0")
+    url_secret = _read_plain_secret(server, "url_secret", min_len=16)
     server.finish()
 
     dns_sec = _Section(path, "dns", doc.get("dns", {}))
@@ -297,10 +344,20 @@ def parse_config(text: str, path: Path) -> Config:
             endpoint=r.get("endpoint", None, _endpoint, "a URL"),
             secret=_read_secret(r),
             timeout=r.get("timeout", Route.timeout, _positive_number, "a number of seconds > 0"),
+            attachments=r.get("attachments", Route.attachments, _one_of(ATTACHMENT_MODES),
+                              " or ".join(ATTACHMENT_MODES)),
+            inline_max_bytes=r.get("inline_max_bytes", Route.inline_max_bytes, _positive_int,
+                                   "a whole number of bytes > 0"),
+            mailkite_signature=r.get("mailkite_signature", False, _bool, "true or false"),
+            trust=r.get("trust", Route.trust, _one_of(TRUST_POLICIES), ", ".join(TRUST_POLICIES)),
         ))
         r.finish()
+    if routes and not url_secret:
+        raise server.error("url_secret", "is required with routes (it signs the raw-message and "
+                           "attachment URLs in events): give url_secret or url_secret_file")
 
-    return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, dns=dns, milter=milter,
+    return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
+                  listen=listen, url_secret=url_secret, url_ttl=url_ttl, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes))
 
 

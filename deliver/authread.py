@@ -1,0 +1,76 @@
+"""The `auth` field of the event, read from our own Authentication-Results header only.
+
+Trusted: the first Authentication-Results header whose authserv-id is ours AND that stands above
+every Received header (the milter inserts it at the top, above the Received line our Postfix
+adds; a header the sender wrote sits below it). Anything else is ignored. A message without it
+says `none` for every method, never `pass`.
+"""
+from __future__ import annotations
+
+from agentmx.milter.arheader import authserv_id_of
+
+WORDS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
+
+
+def _word(value) -> str:
+    value = str(value or "none").lower()
+    return value if value in WORDS else "permerror"
+
+
+def empty(authserv_id: str, note: str) -> dict:
+    return {"spf": "none", "dkim": "none", "dmarc": "none", "arc": "none", "spam": "unknown",
+            "authservId": authserv_id,
+            "details": {"spf": None, "spfHelo": None, "dkim": [], "dmarc": None, "arc": None, "note": note}}
+
+
+def read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
+    ours = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "received":
+            break
+        if lname == "authentication-results" and authserv_id_of(value) == authserv_id.lower():
+            ours = value
+            break
+    if ours is None:
+        return empty(authserv_id, "no Authentication-Results header of ours: not verified")
+    import authres
+    try:
+        parsed = authres.all_features().parse_value(" ".join(ours.split()))
+    except Exception as exc:
+        return empty(authserv_id, f"our Authentication-Results header could not be read ({exc.__class__.__name__})")
+    out = empty(authserv_id, "")
+    details = out["details"]
+    dkims = []
+    for r in parsed.results:
+        method = r.method
+        if method == "spf":
+            entry = {"result": _word(r.result), "reason": getattr(r, "reason", None)}
+            if getattr(r, "smtp_helo", None):
+                details["spfHelo"] = {**entry, "helo": r.smtp_helo}
+            else:
+                mailfrom = getattr(r, "smtp_mailfrom", None)
+                details["spf"] = {**entry, "mailFrom": mailfrom,
+                                  "domain": mailfrom.rpartition("@")[2] if mailfrom else None}
+                out["spf"] = entry["result"]
+        elif method == "dkim":
+            props = {(p.type, p.name): p.value for p in r.properties}
+            dkims.append({"result": _word(r.result), "domain": props.get(("header", "d")),
+                          "selector": props.get(("header", "s")), "algorithm": props.get(("header", "a")),
+                          "reason": getattr(r, "reason", None)})
+        elif method == "arc":
+            out["arc"] = _word(r.result)
+            details["arc"] = {"result": out["arc"], "reason": getattr(r, "reason", None)}
+        elif method == "dmarc":
+            props = {(p.type, p.name): p.value for p in r.properties}
+            comment = r.result_comment or ""
+            dis = next((part.split("=", 1)[1] for part in comment.split() if part.startswith("dis=")), None)
+            out["dmarc"] = _word(r.result)
+            details["dmarc"] = {"result": out["dmarc"], "from": props.get(("header", "from")),
+                                "policy": props.get(("policy", "dmarc")), "disposition": dis,
+                                "reason": getattr(r, "reason", None)}
+    details["dkim"] = [d for d in dkims if d["domain"] or d["result"] != "none"]
+    if details["dkim"]:
+        out["dkim"] = "pass" if any(d["result"] == "pass" for d in details["dkim"]) else details["dkim"][0]["result"]
+    details["note"] = None
+    return out

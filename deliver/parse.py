@@ -1,0 +1,322 @@
+"""parse(raw) -> Parsed: a MIME message as Unicode text, addresses and attachments, never raising.
+
+The stdlib parser (policy.default) with the guards measured on the corpus (shared/PARSING.md):
+- every header is decoded on its own, falling back to email.header on the raw value;
+- a body is decoded with its declared charset strictly, then UTF-8 strictly, then the declared
+  charset (or windows-1252) with replacement, and the event's `defects` say so;
+- where get_body() finds nothing, the first text part that is not an attachment is the body;
+- attachments are every other leaf, a message/rfc822 counted once (as a .eml), TNEF unpacked;
+- nothing is re-serialised with policy.default (seconds on some corpus messages).
+What could not be decoded is named in `defects`; nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import codecs
+import email
+import email.header
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+
+MAX_DEPTH = 40            # MIME nesting deeper than this is not walked (a defect says so)
+MAX_PARTS = 2000          # leaves beyond this are not listed (a defect says so)
+
+_CHARSET_ALIASES = {
+    "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "cp936": "gb18030", "euc-cn": "gb18030",
+    "big5": "big5hkscs", "x-big5": "big5hkscs",
+    "ks_c_5601-1987": "cp949", "ks_c_5601": "cp949", "euc-kr": "cp949",
+    "iso-8859-8-i": "iso-8859-8", "iso-8859-6-i": "iso-8859-6",
+    "x-sjis": "cp932", "shift_jis": "cp932", "sjis": "cp932", "windows-31j": "cp932",
+    "iso-2022-jp": "iso2022_jp_ext",
+    "unicode-1-1-utf-7": "utf-7", "x-unicode-2-0-utf-7": "utf-7",
+    "ansi_x3.4-1968": "ascii", "us-ascii": "ascii", "iso-8859-1": "cp1252", "latin1": "cp1252",
+    "x-user-defined": "cp1252",
+}
+
+
+@dataclass
+class Attachment:
+    filename: str | None
+    content_type: str
+    disposition: str | None
+    content_id: str | None
+    data: bytes
+
+
+@dataclass
+class Parsed:
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    text: str | None = None
+    html: str | None = None
+    attachments: list[Attachment] = field(default_factory=list)
+    calendars: list[str] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+    content_type: str = "text/plain"
+    message: Message | None = None
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for n, v in self.headers if n.lower() == name), None)
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for n, v in self.headers if n.lower() == name]
+
+
+# --- text decoding ------------------------------------------------------------------------------
+
+def codec_for(label: str | None) -> str | None:
+    if not label:
+        return None
+    label = label.strip().strip('"').lower()
+    label = _CHARSET_ALIASES.get(label, label)
+    try:
+        return codecs.lookup(label).name
+    except LookupError:
+        return None
+
+
+def decode_text(data: bytes, charset: str | None, defects: list[str], where: str) -> str:
+    codec = codec_for(charset)
+    if charset and codec is None:
+        defects.append(f"{where}: unknown charset {charset!r}")
+    for candidate in (codec, "utf-8"):
+        if candidate:
+            try:
+                return _clean(data.decode(candidate), defects, where)
+            except (UnicodeDecodeError, LookupError):
+                continue
+    fallback = codec or "cp1252"
+    defects.append(f"{where}: bytes not valid in {charset or 'the default charset'} were replaced")
+    return _clean(data.decode(fallback, errors="replace"), defects, where)
+
+
+def _clean(text: str, defects: list[str], where: str) -> str:
+    if "\x00" in text:
+        defects.append(f"{where}: NUL characters removed")
+        text = text.replace("\x00", "")
+    return text
+
+
+def _unsurrogate(value: str) -> str:
+    """Header text read with surrogateescape (raw 8-bit bytes): UTF-8 if valid, else windows-1252."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in value):
+        return value
+    raw = value.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def decode_header(name: str, raw_value: str, defects: list[str]) -> str:
+    value = _unsurrogate(_FOLD.sub("", raw_value)).replace("\r", "").replace("\n", "")
+    try:
+        text = str(email.policy.default.header_factory(name, value))
+    except Exception:    # header classes raise on odd input (groups in DSNs, CR/LF in addresses)
+        try:
+            text = str(email.header.make_header(email.header.decode_header(value)))
+        except Exception:
+            defects.append(f"header {name}: could not be decoded, kept as sent")
+            text = value
+    return _clean(text, defects, f"header {name}")
+
+
+# --- the walk -----------------------------------------------------------------------------------
+
+def parse(raw: bytes) -> Parsed:
+    """Parse one message. Never raises for any input; see Parsed.defects."""
+    out = Parsed()
+    try:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+    except Exception as exc:                      # not seen on the corpus; kept as a guard
+        out.defects.append(f"message could not be parsed ({exc.__class__.__name__}); raw kept")
+        return out
+    out.message = msg
+    out.defects.extend(_defect_names("message", msg))
+    for name, value in msg.raw_items():
+        out.headers.append((name, decode_header(name, value, out.defects)))
+    out.content_type = _content_type(msg)
+
+    text_part = _get_body(msg, ("plain",), out.defects)
+    html_part = _get_body(msg, ("html",), out.defects)
+    if text_part is None and html_part is None:
+        text_part = _first_text_leaf(msg)
+        if text_part is not None and _content_type(text_part) == "text/html":
+            html_part, text_part = text_part, None
+    chosen = {id(p) for p in (text_part, html_part) if p is not None}
+    if text_part is not None:
+        out.text = decode_text(_payload(text_part, out.defects, "text body"), text_part.get_content_charset(),
+                               out.defects, "text body")
+    if html_part is not None:
+        out.html = decode_text(_payload(html_part, out.defects, "html body"), html_part.get_content_charset(),
+                               out.defects, "html body")
+    _walk(msg, out, chosen, text_part, depth=0)
+    return out
+
+
+def _get_body(msg: Message, prefs: tuple[str, ...], defects: list[str]) -> Message | None:
+    try:
+        return msg.get_body(preferencelist=prefs) if isinstance(msg, EmailMessage) else None
+    except Exception as exc:
+        defects.append(f"body structure could not be read ({exc.__class__.__name__})")
+        return None
+
+
+def _first_text_leaf(msg: Message) -> Message | None:
+    for part in msg.walk():
+        if part.is_multipart() or _is_attachment(part):
+            continue
+        if _content_type(part) in ("text/plain", "text/html"):
+            return part
+    return None
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:
+        return "application/octet-stream"
+
+
+def _is_attachment(part: Message) -> bool:
+    try:
+        return part.get_content_disposition() == "attachment" or bool(part.get_filename())
+    except Exception:
+        return False
+
+
+def _payload(part: Message, defects: list[str], where: str) -> bytes:
+    try:
+        data = part.get_payload(decode=True)
+    except Exception as exc:
+        defects.append(f"{where}: content could not be decoded ({exc.__class__.__name__})")
+        return b""
+    if data is None:
+        return b""
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogateescape")
+    return data
+
+
+def _defect_names(where: str, part: Message) -> list[str]:
+    return [f"{where}: {d.__class__.__name__}" for d in getattr(part, "defects", []) or []]
+
+
+def _walk(part: Message, out: Parsed, chosen: set[int], text_part, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        out.defects.append(f"MIME nesting deeper than {MAX_DEPTH}: inner parts not listed")
+        return
+    ctype = _content_type(part)
+    if depth > 0:
+        out.defects.extend(_defect_names(f"part {ctype}", part))
+    if ctype == "message/rfc822" and depth > 0:
+        _add(out, Attachment(_filename(part, out) or _embedded_name(part), ctype,
+                             _disposition(part), _content_id(part), _embedded_bytes(part, out)))
+        return
+    if part.is_multipart():
+        try:
+            children = list(part.iter_parts())
+        except Exception as exc:
+            out.defects.append(f"multipart could not be split ({exc.__class__.__name__})")
+            return
+        for child in children:
+            _walk(child, out, chosen, text_part, depth + 1)
+        return
+    if id(part) in chosen:
+        return
+    data = _payload(part, out.defects, f"part {ctype}")
+    name = _filename(part, out)
+    if ctype == "text/calendar":
+        out.calendars.append(decode_text(data, part.get_content_charset(), out.defects, "calendar"))
+    if ctype == "application/ms-tnef" or (name or "").lower() == "winmail.dat":
+        if _unpack_tnef(data, out):
+            return
+    if (text_part is not None and ctype == "text/plain" and name is None
+            and _disposition(part) != "attachment" and out.text is not None
+            and _content_type(text_part) == "text/plain"):
+        # Apple Mail and others: text, image, more text in one multipart/mixed: one body.
+        out.text += "\n" + decode_text(data, part.get_content_charset(), out.defects, "text body")
+        return
+    _add(out, Attachment(name, ctype, _disposition(part), _content_id(part), data))
+
+
+def _add(out: Parsed, att: Attachment) -> None:
+    if len(out.attachments) >= MAX_PARTS:
+        if len(out.attachments) == MAX_PARTS:
+            out.defects.append(f"more than {MAX_PARTS} attachments: the rest are not listed")
+            out.attachments.append(att)   # one past the limit marks that the defect is recorded
+        return
+    out.attachments.append(att)
+
+
+def _filename(part: Message, out: Parsed) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:
+        out.defects.append("an attachment's filename could not be decoded")
+        return None
+    if name is None:
+        return None
+    return _clean(_unsurrogate(str(name)), out.defects, "filename").strip() or None
+
+
+def _disposition(part: Message) -> str | None:
+    try:
+        return part.get_content_disposition()
+    except Exception:
+        return None
+
+
+def _content_id(part: Message) -> str | None:
+    value = part.get("Content-ID")
+    return str(value).strip().strip("<>") or None if value else None
+
+
+def _embedded_name(part: Message) -> str:
+    try:
+        inner = part.get_payload(0)
+        subject = str(inner.get("Subject", "") or "").strip()
+    except Exception:
+        subject = ""
+    subject = re.sub(r'[\\/:*?"<>|\x00-\x1f]+', " ", subject).strip()[:80]
+    return f"{subject or 'forwarded message'}.eml"
+
+
+def _embedded_bytes(part: Message, out: Parsed) -> bytes:
+    try:
+        inner = part.get_payload(0)
+        return inner.as_bytes(policy=email.policy.compat32)
+    except Exception as exc:
+        out.defects.append(f"an embedded message could not be re-read ({exc.__class__.__name__})")
+        return b""
+
+
+def _unpack_tnef(data: bytes, out: Parsed) -> bool:
+    """Replace winmail.dat by the files it carries (and its body, if the message had none)."""
+    try:
+        from tnefparse import TNEF
+        tnef = TNEF(data)
+    except Exception as exc:
+        out.defects.append(f"winmail.dat could not be unpacked ({exc.__class__.__name__}); kept as is")
+        return False
+    for att in tnef.attachments:
+        try:
+            name = att.long_filename() or att.name
+        except Exception:
+            name = getattr(att, "name", None)
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        _add(out, Attachment(name or None, "application/octet-stream", "attachment", None, bytes(att.data or b"")))
+    if out.html is None and getattr(tnef, "htmlbody", None):
+        body = tnef.htmlbody
+        out.html = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    if out.text is None and getattr(tnef, "body", None):
+        body = tnef.body
+        out.text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    return True

@@ -1,0 +1,66 @@
+"""A real HTTP endpoint on loopback standing in for the agent: records every POST, answers from a
+script (status codes, delays), or hangs, or is down (stopped)."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict
+    body: bytes
+    at: float = field(default_factory=time.time)
+
+
+class Receiver:
+    def __init__(self, port: int = 0):
+        self.requests: list[Request] = []
+        self.script: list[tuple[int, float]] = []       # (status, delay seconds) per request
+        self.default = (200, 0.0)
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                with receiver._lock:
+                    receiver.requests.append(Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    status, delay = receiver.script.pop(0) if receiver.script else receiver.default
+                if delay:
+                    time.sleep(delay)
+                out = b'{"ok":true}' if status < 300 else b'{"error":"scripted"}'
+                try:
+                    self.send_response(status)
+                    if status == 503:
+                        self.send_header("retry-after", "120")
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hooks/email"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def events(self) -> list[dict]:
+        import json
+        return [json.loads(r.body) for r in self.requests]

@@ -1,0 +1,202 @@
+"""deliver(): one message, one recipient, one exit code; a real HTTP endpoint on loopback and a
+real data directory. (End to end through Postfix: test_e2e_deliver.py.)"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from conftest import ROOT
+from support.receiver import Receiver
+
+from agentmx.config import parse_config
+from agentmx.deliver.core import EX_OK, EX_TEMPFAIL, Envelope, deliver
+from agentmx.store import Store
+from agentmx.webhook import verify, verify_mailkite
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+SCHEMA = json.loads((ROOT / "docs" / "email.received.v1.schema.json").read_text())
+AUTHSERV = "mx.agentmx.test"
+
+OUR_AR = (f"Authentication-Results: {AUTHSERV}; spf=pass smtp.mailfrom=alice@sender.test;\r\n"
+          f"\tspf=none smtp.helo=mail.sender.test; dkim=pass header.d=sender.test header.s=s1 header.a=rsa-sha256;\r\n"
+          f"\tarc=none; dmarc=pass (p=reject sp=reject pct=100 dis=none) header.from=sender.test policy.dmarc=reject\r\n")
+RECEIVED = ("Received: from mail.sender.test (unknown [192.0.2.1])\r\n\tby mx.agentmx.test (Postfix) with ESMTPS id"
+            " 4ABC\r\n\tfor <agent@agentmx.test>; Fri, 27 Nov 2026 19:42:03 +0000 (UTC)\r\n")
+BODY = ("From: Alice <alice@sender.test>\r\nTo: agent@agentmx.test\r\nSubject: Hi\r\n"
+        "Message-ID: <m1@sender.test>\r\nDate: Fri, 27 Nov 2026 19:40:00 +0000\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nHello agent\r\n--b\r\n"
+        "Content-Type: application/pdf; name=\"r\xc3\xa9sum\xc3\xa9.pdf\"\r\nContent-Disposition: attachment;"
+        " filename*=utf-8''r%C3%A9sum%C3%A9.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n")
+
+
+def raw(ours: bool = True) -> bytes:
+    return ((OUR_AR if ours else "") + RECEIVED + BODY).encode("latin-1")
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def config(tmp_path: Path, endpoint: str, **route) -> "object":
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in route.items())
+    return parse_config(f"""
+[server]
+authserv_id = "{AUTHSERV}"
+data_dir = "{tmp_path / 'data'}"
+public_url = "http://127.0.0.1:8025"
+url_secret = "0123456789abcdef0123"
+[[routes]]
+match = "agent@agentmx.test"
+endpoint = "{endpoint}"
+secret = "{SECRET}"
+timeout = 2
+{extra}
+[[routes]]
+match = "@agentmx.test"
+endpoint = "{endpoint}"
+secret = "{SECRET}"
+trust = "require-dmarc"
+""", tmp_path / "agentmx.toml")
+
+
+ENV = Envelope(sender="alice@sender.test", recipient="agent@agentmx.test", queue_id="4ABC",
+               client_address="192.0.2.1", client_helo="mail.sender.test")
+
+
+def test_2xx_delivers_a_signed_schema_valid_event(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url)
+    out = deliver(raw(), ENV, cfg)
+    assert (out.exit_code, out.state, out.status) == (EX_OK, "delivered", 200)
+    (req,) = receiver.requests
+    event = json.loads(req.body)
+    jsonschema.validate(event, SCHEMA)
+    assert req.headers["webhook-id"] == event["id"] == out.event_id
+    verify(req.headers, req.body, SECRET)
+    assert Webhook(SECRET).verify(req.body, req.headers)["id"] == event["id"]
+    assert event["auth"]["dmarc"] == "pass" and event["auth"]["dkim"] == "pass"
+    assert event["auth"]["details"]["dkim"][0]["domain"] == "sender.test"
+    assert event["envelope"] == {"mailFrom": "alice@sender.test", "rcptTo": "agent@agentmx.test",
+                                 "clientIp": "192.0.2.1", "helo": "mail.sender.test", "tls": True}
+    assert event["createdAt"] == "2026-11-27T19:42:03Z"
+    (att,) = event["attachments"]
+    assert att["filename"] == "résumé.pdf" and att["size"] == 9 and att["id"] == f"{event['id']}:1"
+    store = Store(cfg.data_dir)
+    assert store.blob_path(att["sha256"]).read_bytes() == b"%PDF-1.4\n"
+    assert store.blob_path(event["raw"]["sha256"]).read_bytes() == raw()
+    assert store.get_state(event["id"])["state"] == "delivered"
+
+
+def test_retries_carry_the_same_webhook_id(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url)
+    receiver.script = [(500, 0), (200, 0)]
+    first = deliver(raw(), ENV, cfg)
+    assert (first.exit_code, first.state, first.status) == (EX_TEMPFAIL, "deferred", 500)
+    second = deliver(raw(), ENV, cfg)
+    assert (second.exit_code, second.state) == (EX_OK, "delivered")
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    assert ids[0] == ids[1] == first.event_id == second.event_id
+    assert Store(cfg.data_dir).get_state(first.event_id)["attempts"] == 2
+    other = deliver(raw(), Envelope(**{**ENV.__dict__, "recipient": "agent+news@agentmx.test"}), cfg)
+    assert other.event_id != first.event_id
+    assert receiver.events()[-1]["mailboxHash"] == "news"
+
+
+def test_406_is_a_refusal_kept_and_not_retried(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url)
+    receiver.default = (406, 0)
+    out = deliver(raw(), ENV, cfg)
+    assert (out.exit_code, out.state, out.status) == (EX_OK, "refused", 406)
+    store = Store(cfg.data_dir)
+    assert store.get_state(out.event_id)["state"] == "refused"
+    assert json.loads(store.get_event(out.event_id))["id"] == out.event_id
+
+
+@pytest.mark.parametrize("status", [301, 400, 401, 404, 409, 429, 500, 502, 503])
+def test_anything_else_is_a_tempfail(tmp_path, receiver, status):
+    receiver.default = (status, 0)
+    out = deliver(raw(), ENV, config(tmp_path, receiver.url))
+    assert (out.exit_code, out.state, out.status) == (EX_TEMPFAIL, "deferred", status)
+    if status == 503:
+        assert "Retry-After 120" in out.reason
+
+
+def test_endpoint_hanging_past_the_timeout(tmp_path, receiver):
+    receiver.default = (200, 5)
+    started = time.monotonic()
+    out = deliver(raw(), ENV, config(tmp_path, receiver.url))
+    assert (out.exit_code, out.status) == (EX_TEMPFAIL, 0) and "no answer within 2s" in out.reason
+    assert time.monotonic() - started < 4.5
+
+
+def test_endpoint_down(tmp_path, receiver):
+    url = receiver.url
+    receiver.stop()
+    out = deliver(raw(), ENV, config(tmp_path, url))
+    assert (out.exit_code, out.state, out.status) == (EX_TEMPFAIL, "deferred", 0)
+
+
+def test_require_dmarc_keeps_the_rest_aside(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url)
+    env = Envelope(**{**ENV.__dict__, "recipient": "billing@agentmx.test"})
+    held = deliver(raw(ours=False), env, cfg)
+    assert (held.exit_code, held.state) == (EX_OK, "held") and receiver.requests == []
+    assert Store(cfg.data_dir).get_event(held.event_id)
+    passed = deliver(raw(), env, cfg)
+    assert passed.state == "delivered" and len(receiver.requests) == 1
+
+
+def test_forged_results_below_received_are_not_trusted(tmp_path, receiver):
+    forged = (RECEIVED + OUR_AR + BODY).encode("latin-1")
+    deliver(forged, ENV, config(tmp_path, receiver.url))
+    auth = receiver.events()[0]["auth"]
+    assert (auth["spf"], auth["dkim"], auth["dmarc"]) == ("none", "none", "none")
+    assert "not verified" in auth["details"]["note"]
+
+
+def test_flag_policy_marks_unauthenticated_mail(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url, trust="flag")
+    deliver(raw(ours=False), ENV, cfg)
+    deliver(raw(), Envelope(**{**ENV.__dict__, "queue_id": "5DEF"}), cfg)
+    assert [e["flagged"] for e in receiver.events()] == [True, False]
+
+
+def test_inline_attachments_and_mailkite_header(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url, attachments="inline", inline_max_bytes=100, mailkite_signature=True)
+    deliver(raw(), ENV, cfg)
+    (req,) = receiver.requests
+    verify_mailkite(req.headers, req.body, SECRET)
+    (att,) = json.loads(req.body)["attachments"]
+    assert base64.b64decode(att["content"]) == b"%PDF-1.4\n"
+
+
+def test_no_route_and_unwritable_store_keep_the_message(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url)
+    out = deliver(raw(), Envelope(**{**ENV.__dict__, "recipient": "x@elsewhere.test"}), cfg)
+    assert out.exit_code == EX_TEMPFAIL and "no route" in out.reason
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data directory should be")
+    out = deliver(raw(), ENV, cfg, store=Store(blocker))
+    assert out.exit_code == EX_TEMPFAIL and "data directory" in out.reason
+    assert receiver.requests == []
+
+
+@pytest.mark.parametrize("junk", [b"", b"\x00\x01\x02 not a message at all \xff\xfe",
+                                  b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Transfer-Encoding:"
+                                  b" base64\r\n\r\n!!!not base64!!!\r\n"])
+def test_unparseable_input_is_still_delivered(tmp_path, receiver, junk):
+    out = deliver(junk, ENV, config(tmp_path, receiver.url))
+    assert out.exit_code == EX_OK
+    event = receiver.events()[0]
+    jsonschema.validate(event, SCHEMA)
+    assert event["size"] == len(junk)
+    assert Store(tmp_path / "data").blob_path(event["raw"]["sha256"]).read_bytes() == junk
