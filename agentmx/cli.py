@@ -125,9 +125,9 @@ def cmd_deliver(args) -> int:
         return EX_TEMPFAIL
     line = (f"{qid}: {outcome.state} to={args.recipient} id={outcome.event_id or '-'} "
             f"status={outcome.status if outcome.status is not None else '-'} ({outcome.reason})")
+    # One line on stderr: Postfix's pipe(8) puts it into the status text of the delivery, so the
+    # mail log (and postqueue -p for a deferral) says what happened and why.
     logging.getLogger("agentmx.deliver").info("%s", line)
-    if outcome.exit_code != 0:
-        print(f"agentmx: {line}", file=sys.stderr)       # Postfix logs it as the deferral reason
     return outcome.exit_code
 
 

@@ -232,7 +232,7 @@ def _one_of(allowed: tuple[str, ...]):
 def _listen(v: Any) -> tuple[str, int]:
     host, _, port = _nonempty_str(v).rpartition(":")
     ipaddress.ip_address(host.strip("[]"))
-    if not 0 < int(port) < 65536:
+    if not 0 <= int(port) < 65536:          # 0: any free port (tests)
         raise ValueError()
     return host.strip("[]"), int(port)
 

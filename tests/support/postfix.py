@@ -101,6 +101,10 @@ class PostfixInstance:
     def postconf(self, *settings: str) -> None:
         _run("postconf", "-c", str(self.etc), "-e", *settings)
 
+    def postconf_master(self, *entries: str) -> None:
+        for entry in entries:
+            _run("postconf", "-c", str(self.etc), "-M", entry)
+
     def start(self) -> "PostfixInstance":
         _run("postfix", "-c", str(self.etc), "start")
         wait_for(self._listening, what=f"postfix {self.name} on port {self.port}")

@@ -50,16 +50,25 @@ class Receiver:
                 except OSError:
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._handler = Handler
+        self.port = port
+        self.server = None
+        self.start()
+        self.url = f"http://127.0.0.1:{self.port}/hooks/email"
+
+    def start(self):
+        """Listen (again) on the same port: an endpoint that comes back."""
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hooks/email"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        """Stop listening: connections are refused, as for an endpoint that is down."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
     def events(self) -> list[dict]:
         import json

@@ -1,0 +1,235 @@
+"""End to end: a private Postfix with the milter and the agentmx pipe transport (run as nobody),
+a real HTTP endpoint on loopback, `agentmx serve` for attachment URLs, DNS on loopback.
+Messages go in over SMTP; what the endpoint receives, what Postfix keeps, and what it retries
+are checked."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import ROOT
+from e2e_helpers import RsaKey, send, sign
+from support.postfix import MilterProcess, PostfixInstance, fragment_settings, wait_for
+from support.receiver import Receiver
+
+from agentmx.config import load_config
+from agentmx.serve import make_server
+from agentmx.webhook import verify
+
+AUTHSERV = "mx2.agentmx.test"
+SECRET = "whsec_" + base64.b64encode(b"e2e-secret-e2e-secret-e2e-secret").decode()
+SCHEMA = json.loads((ROOT / "docs" / "email.received.v1.schema.json").read_text())
+AGENTMX = str(Path(sys.executable).with_name("agentmx"))
+
+
+@pytest.fixture(scope="module")
+def key():
+    return RsaKey()
+
+
+@pytest.fixture(scope="module")
+def world(dns_server, key):
+    dns_server.set_zone(zone := {
+        "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+        "mail.sender.test": {"A": ["127.0.0.1"]},
+        "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject"]},
+        "s1._domainkey.sender.test": {"TXT": [key.txt]},
+    })
+    receiver = Receiver()
+    pf = PostfixInstance("dl", AUTHSERV, relay_domains="agentmx.test", main={
+        "transport_maps": "inline:{ agentmx.test=agentmx: }",
+        "agentmx_destination_recipient_limit": "1",
+        "recipient_delimiter": "+",
+        "message_size_limit": "52428800",
+    })
+    data = pf.base / "data-agentmx"
+    data.mkdir()
+    shutil.chown(data, "nobody", "nogroup")
+    sock = pf.base / "milter" / "milter.sock"
+    cfg_path = pf.base / "agentmx.toml"
+    cfg_path.write_text(f"""
+[server]
+authserv_id = "{AUTHSERV}"
+data_dir = "{data}"
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:0"
+url_secret = "e2e-url-secret-0123456789"
+[dns]
+servers = ["127.0.0.1:{dns_server.port}"]
+timeout = 1.0
+[milter]
+socket = "{sock}"
+socket_mode = "0666"
+trusted_networks = []
+[[routes]]
+match = "agent@agentmx.test"
+endpoint = "{receiver.url}"
+secret = "{SECRET}"
+timeout = 3
+""")
+    os.chmod(cfg_path, 0o644)
+    recipients = pf.base / "recipients"
+    recipients.write_text(subprocess.run([AGENTMX, "--config", str(cfg_path), "postfix-map"], check=True,
+                                         capture_output=True, text=True).stdout)
+    pf.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{sock}"),
+                f"relay_recipient_maps = texthash:{recipients}")
+    pf.postconf_master(
+        f"agentmx/unix = agentmx unix - n n - - pipe flags=Rq user=nobody argv={AGENTMX} --config {cfg_path} "
+        "deliver --sender=${sender} --recipient=${recipient} --queue-id=${queue_id} "
+        "--client-address=${client_address} --client-helo=${client_helo} --original-recipient=${original_recipient}")
+    milter = MilterProcess(cfg_path, sock, pf.base / "milter.log").start()
+    pf.start()
+    config = load_config(cfg_path)
+    server = make_server(config)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield {"pf": pf, "receiver": receiver, "config": config, "zone": zone, "serve": serve_base}
+    server.shutdown()
+    milter.stop()
+    pf.stop()
+    receiver.stop()
+
+
+@pytest.fixture
+def w(world, dns_server):
+    dns_server.set_zone(world["zone"])
+    if world["receiver"].server is None:
+        world["receiver"].start()
+    world["receiver"].requests.clear()
+    world["receiver"].script.clear()
+    world["receiver"].default = (200, 0.0)
+    world["pf"].flush()
+    return world
+
+
+def mail(key, subject="Hello", attachment: bytes | None = None, to="agent@agentmx.test") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Alice <alice@sender.test>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = formatdate()
+    msg["Message-ID"] = make_msgid(domain="sender.test")
+    msg.set_content("Hi agent,\n\nyour code is 551234.\n\nAlice\n")
+    if attachment is not None:
+        msg.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="data.bin")
+    import email.policy
+    return sign(msg.as_bytes(policy=email.policy.SMTP), "sender.test", "s1", key)
+
+
+def wait_requests(receiver, n, timeout=30):
+    return wait_for(lambda: len(receiver.requests) >= n and receiver.requests, timeout=timeout,
+                    what=f"{n} POST(s) at the endpoint")
+
+
+def wait_log(pf, text, timeout=30):
+    return wait_for(lambda: text in pf.log(), timeout=timeout, what=f"{text!r} in the Postfix log")
+
+
+def test_signed_mail_arrives_as_a_verified_event_with_fetchable_attachments(w, key):
+    pf, receiver = w["pf"], w["receiver"]
+    payload = os.urandom(3000)
+    send(pf.port, "alice@sender.test", ["agent+orders@agentmx.test"], mail(key, attachment=payload))
+    (req,) = wait_requests(receiver, 1)
+    verify(req.headers, req.body, SECRET)
+    event = json.loads(req.body)
+    jsonschema.validate(event, SCHEMA)
+    assert event["auth"]["spf"] == "pass" and event["auth"]["dkim"] == "pass" and event["auth"]["dmarc"] == "pass"
+    assert event["auth"]["authservId"] == AUTHSERV
+    assert event["recipient"] == "agent+orders@agentmx.test" and event["mailboxHash"] == "orders"
+    assert event["envelope"]["clientIp"] == "127.0.0.1" and event["envelope"]["helo"] == "mail.sender.test"
+    assert event["codes"] == ["551234"] and event["textReply"].startswith("Hi agent")
+    (att,) = event["attachments"]
+    assert att["size"] == len(payload) and att["sha256"] == hashlib.sha256(payload).hexdigest()
+    url = att["url"].replace("http://127.0.0.1:0", w["serve"])
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.read() == payload
+    wait_log(pf, "status=sent (delivered via agentmx service")
+
+
+def test_unrouted_address_is_refused_at_smtp_time(w, key):
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as exc:
+        send(w["pf"].port, "alice@sender.test", ["nobody@agentmx.test"], mail(key, to="nobody@agentmx.test"))
+    code, text = exc.value.recipients["nobody@agentmx.test"]
+    assert code == 550 and b"5.1.1" in text
+
+
+def test_endpoint_down_then_back_delivers_once_with_the_same_id(w, key):
+    pf, receiver = w["pf"], w["receiver"]
+    receiver.stop()
+    try:
+        send(pf.port, "alice@sender.test", ["agent@agentmx.test"], mail(key, subject="while down"))
+        wait_log(pf, "status=deferred")
+        assert "agent@agentmx.test" in pf.queue()
+    finally:
+        receiver.start()
+    pf.flush()
+    (req,) = wait_requests(receiver, 1)
+    event = json.loads(req.body)
+    assert event["subject"] == "while down"
+    state = json.loads((Path(w["config"].data_dir) / "state" / f"{event['id']}.json").read_text())
+    assert state["state"] == "delivered" and state["attempts"] == 2     # one deferred, one delivered
+    wait_for(pf.queue_is_empty, timeout=20, what="an empty queue")
+
+
+def test_500_then_200_same_webhook_id(w, key):
+    pf, receiver = w["pf"], w["receiver"]
+    receiver.script = [(500, 0)]
+    send(pf.port, "alice@sender.test", ["agent@agentmx.test"], mail(key, subject="retry me"))
+    wait_requests(receiver, 1)
+    wait_for(lambda: "agent@agentmx.test" in pf.queue(), timeout=20, what="the message deferred")
+    pf.flush()
+    first, second = wait_requests(receiver, 2)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    assert json.loads(first.body)["id"] == json.loads(second.body)["id"]
+    wait_for(pf.queue_is_empty, timeout=20, what="an empty queue")
+
+
+def test_hanging_endpoint_defers(w, key):
+    pf, receiver = w["pf"], w["receiver"]
+    receiver.script = [(200, 6)]
+    send(pf.port, "alice@sender.test", ["agent@agentmx.test"], mail(key, subject="slow"))
+    wait_for(lambda: "no answer within 3s" in pf.log(), timeout=30, what="the deferral for a timeout")
+    assert "agent@agentmx.test" in pf.queue()
+    pf.flush()
+    wait_requests(receiver, 2)
+    wait_for(pf.queue_is_empty, timeout=20, what="an empty queue")
+
+
+def test_406_is_not_retried(w, key):
+    pf, receiver = w["pf"], w["receiver"]
+    receiver.script = [(406, 0)]
+    send(pf.port, "alice@sender.test", ["agent@agentmx.test"], mail(key, subject="unwanted"))
+    (req,) = wait_requests(receiver, 1)
+    event_id = json.loads(req.body)["id"]
+    wait_for(lambda: (Path(w["config"].data_dir) / "state" / f"{event_id}.json").exists(), timeout=20,
+             what="the refusal recorded")
+    wait_for(pf.queue_is_empty, timeout=20, what="an empty queue")
+    state = json.loads((Path(w["config"].data_dir) / "state" / f"{event_id}.json").read_text())
+    assert state["state"] == "refused"
+
+
+def test_20_mb_attachment(w, key):
+    pf, receiver = w["pf"], w["receiver"]
+    payload = os.urandom(20 * 1024 * 1024)
+    send(pf.port, "alice@sender.test", ["agent@agentmx.test"], mail(key, subject="big", attachment=payload))
+    (req,) = wait_requests(receiver, 1, timeout=120)
+    event = json.loads(req.body)
+    (att,) = event["attachments"]
+    assert att["size"] == len(payload) and att["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert event["size"] > 27_000_000 and event["auth"]["dkim"] == "pass"
+    assert len(req.body) < 200_000       # the bytes travel by URL, not in the event

@@ -1,0 +1,82 @@
+"""`agentmx serve`: signed blob URLs over real HTTP. Forged, altered or expired: 403."""
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+
+from agentmx import urls
+from agentmx.config import parse_config
+from agentmx.serve import make_server
+from agentmx.store import Store
+
+KEY = "serve-test-secret-0123456789"
+
+
+@pytest.fixture
+def served(tmp_path):
+    cfg = parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
+                       f'url_secret = "{KEY}"\n', tmp_path / "c.toml")
+    server = make_server(cfg)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = Store(tmp_path)
+    yield base, store
+    server.shutdown()
+    server.server_close()
+
+
+def get(url: str) -> tuple[int, bytes, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def test_valid_url_serves_the_blob_with_a_safe_disposition(served):
+    base, store = served
+    sha = store.put_blob(b"%PDF-1.4 hello")
+    url = urls.sign_url(base, KEY, sha, "application/pdf", '../../etc/passwd"\x00.pdf', 60)
+    status, body, headers = get(url)
+    assert (status, body) == (200, b"%PDF-1.4 hello")
+    assert headers["content-type"] == "application/pdf"
+    cd = headers["content-disposition"]
+    assert cd.startswith('attachment; filename="../../etc/passwd_?.pdf"') or "filename*=UTF-8''" in cd
+    assert "\x00" not in cd and '"\x00' not in cd
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def _tamper(url: str, **changes) -> str:
+    parts = urlsplit(url)
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    q.update(changes)
+    return parts._replace(query=urlencode(q)).geturl()
+
+
+@pytest.mark.parametrize("change", [
+    {"name": "other.pdf"}, {"type": "text/html"}, {"exp": "99999999999"}, {"sig": "0" * 64}, {"sig": ""},
+])
+def test_altered_url_is_403(served, change):
+    base, store = served
+    sha = store.put_blob(b"secret bytes")
+    url = urls.sign_url(base, KEY, sha, "application/pdf", "a.pdf", 60)
+    status, body, _ = get(_tamper(url, **change))
+    assert status == 403 and b"secret" not in body
+
+
+def test_expired_forged_and_other_paths(served):
+    base, store = served
+    sha = store.put_blob(b"x")
+    assert get(urls.sign_url(base, KEY, sha, "text/plain", "a.txt", -1))[0] == 403          # expired
+    assert get(urls.sign_url(base, "not-the-key-000000000", sha, "text/plain", "a.txt", 60))[0] == 403
+    other = store.put_blob(b"y")
+    assert get(urls.sign_url(base, KEY, sha, "text/plain", "a.txt", 60).replace(sha, other))[0] == 403
+    assert get(f"{base}/v1/blobs/..%2F..%2Fetc%2Fpasswd?exp=9&type=&name=&sig=")[0] in (403, 404)
+    assert get(urls.sign_url(base, KEY, "0" * 64, "text/plain", "gone.txt", 60))[0] == 404  # valid, not stored
+    assert get(f"{base}/healthz")[:2] == (200, b"ok\n")
+    assert get(f"{base}/etc/passwd")[0] == 404
