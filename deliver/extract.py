@@ -105,11 +105,29 @@ def _looks_like_year_or_date(code: str, line: str) -> bool:
 # --- auto-submitted -----------------------------------------------------------------------------
 
 
+# From lines only delivery systems use, and subjects only bounces have.
+_DAEMON_FROM = re.compile(r"^\s*<>\s*$|mailer[-_]?daemon@|^\s*mdaemon@|mail delivery (system|subsystem)", re.I)
+_BOUNCE_SUBJECT_STRONG = re.compile(r"^(undeliver(ed|able)|returned mail|mail delivery failed|delivery status "
+                                    r"notification \(failure\)|non[- ]?delivery|failure notice|mail could not be "
+                                    r"delivered|permanent delivery failure)", re.I)
+_BOUNCE_FROM = re.compile(r"mailer[-_]?daemon|postmaster|mail delivery|delivery subsystem|"
+                          r"mail administrator|mmdf|smtp32|noreply-dmarc|mailadmin", re.I)
+_BOUNCE_SUBJECT = re.compile(r"undeliver|delivery (status|fail|notification|problem)|failure notice|"
+                             r"returned mail|mail delivery failed|non[- ]?deliver|delivery report|"
+                             r"could not be delivered|warning: could not send|mail system error|"
+                             r"not delivered|delivery error|rejected|failure|failed|delayed|processing error|"
+                             r"delivery warning", re.I)
+
+
 def auto_submitted(parsed: Parsed, mail_from: str | None) -> str | None:
     """bounce, auto-replied, auto-generated, list, or None for a message written by a person."""
     h = {n.lower(): v for n, v in reversed(parsed.headers)}
     ctype = parsed.content_type
     if ctype == "multipart/report" or (mail_from is not None and mail_from.strip("<>") == ""):
+        return "bounce"
+    sender = h.get("from", "")
+    if _DAEMON_FROM.search(sender) or (_BOUNCE_FROM.search(sender) and _BOUNCE_SUBJECT.search(h.get("subject", ""))) \
+            or _BOUNCE_SUBJECT_STRONG.search(h.get("subject", "")):
         return "bounce"
     auto = (h.get("auto-submitted") or "").strip().lower().split(";")[0].strip()
     if auto == "auto-replied":

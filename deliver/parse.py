@@ -115,16 +115,41 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
 def decode_header(name: str, raw_value: str, defects: list[str]) -> str:
-    value = _unsurrogate(_FOLD.sub("", raw_value)).replace("\r", "").replace("\n", "")
+    # Raw 8-bit bytes arrive as surrogate escapes: the header classes decode them inside encoded
+    # words with the word's charset; what is left afterwards is read as UTF-8 or windows-1252.
+    value = _FOLD.sub("", raw_value).replace("\r", "").replace("\n", "")
+    if "=?" not in value:
+        value = _unsurrogate(value)       # plain 8-bit text: UTF-8, else windows-1252
     try:
         text = str(email.policy.default.header_factory(name, value))
     except Exception:    # header classes raise on odd input (groups in DSNs, CR/LF in addresses)
         try:
-            text = str(email.header.make_header(email.header.decode_header(value)))
+            text = str(email.header.make_header(email.header.decode_header(_unsurrogate(value))))
         except Exception:
             defects.append(f"header {name}: could not be decoded, kept as sent")
             text = value
-    return _clean(text, defects, f"header {name}")
+    return _clean(_unsurrogate(text), defects, f"header {name}")
+
+
+_HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_SPACE_BEFORE_COLON = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:")
+
+
+def _repair_header_block(raw: bytes) -> tuple[bytes, int]:
+    """Fix what stops the stdlib parser early though RFC 5322's obsolete syntax allows it:
+    white space between a field name and its colon ('Subject :'). Returns (bytes, lines changed)."""
+    end = re.search(rb"\r?\n\r?\n", raw)
+    head, rest = (raw[:end.start()], raw[end.start():]) if end else (raw, b"")
+    lines = head.splitlines(keepends=True)
+    out, changed = [], 0
+    for line in lines:
+        if _HEADER_LINE.match(line):
+            fixed = _SPACE_BEFORE_COLON.sub(rb"\1:", line)
+            changed += fixed != line
+            out.append(fixed)
+        else:
+            out.append(line)       # anything else stays: the stdlib ends the header block there
+    return b"".join(out) + rest, changed
 
 
 # --- the walk -----------------------------------------------------------------------------------
@@ -137,6 +162,12 @@ def parse(raw: bytes) -> Parsed:
     except Exception as exc:                      # not seen on the corpus; kept as a guard
         out.defects.append(f"message could not be parsed ({exc.__class__.__name__}); raw kept")
         return out
+    if any(type(d).__name__ in ("MissingHeaderBodySeparatorDefect", "InvalidHeaderDefect") for d in msg.defects) \
+            and _HEADER_LINE.match(raw[:200] + b":") is not None:
+        repaired, changed = _repair_header_block(raw)
+        if changed:
+            out.defects.append(f"message: {changed} header line(s) with a space before the colon repaired")
+            msg = email.message_from_bytes(repaired, policy=email.policy.default)
     out.message = msg
     out.defects.extend(_defect_names("message", msg))
     for name, value in msg.raw_items():
@@ -215,7 +246,7 @@ def _walk(part: Message, out: Parsed, chosen: set[int], text_part, depth: int) -
     ctype = _content_type(part)
     if depth > 0:
         out.defects.extend(_defect_names(f"part {ctype}", part))
-    if ctype == "message/rfc822" and depth > 0:
+    if ctype == "message/rfc822" and (depth > 0 or not part.is_multipart()):
         _add(out, Attachment(_filename(part, out) or _embedded_name(part), ctype,
                              _disposition(part), _content_id(part), _embedded_bytes(part, out)))
         return
@@ -290,6 +321,8 @@ def _embedded_name(part: Message) -> str:
 
 def _embedded_bytes(part: Message, out: Parsed) -> bytes:
     try:
+        if not part.is_multipart():            # base64 or quoted-printable message/rfc822
+            return _payload(part, out.defects, "embedded message")
         inner = part.get_payload(0)
         return inner.as_bytes(policy=email.policy.compat32)
     except Exception as exc:

@@ -19,6 +19,21 @@ from support.dnszone import DnsServer  # noqa: E402
 from agentmx.resolver import Resolver  # noqa: E402
 
 
+_REPORT: list[str] = []
+
+
+def report(line: str) -> None:
+    """A measured figure (suite counts, agreement rates) printed at the end of the run."""
+    _REPORT.append(line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        terminalreporter.section("agentmx measurements")
+        for line in _REPORT:
+            terminalreporter.write_line(f"REPORT {line}")
+
+
 def pytest_report_header(config):
     return f"shared: {SHARED} ({'present' if SUITES.is_dir() else 'MISSING'})"
 
