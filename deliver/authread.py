@@ -7,7 +7,7 @@ says `none` for every method, never `pass`.
 """
 from __future__ import annotations
 
-from agentmx.milter.arheader import authserv_id_of
+from agentmx.authservid import authserv_id_of
 
 WORDS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
 

@@ -8,6 +8,8 @@ from authres.arc import ARCAuthenticationResult
 from authres.core import AuthenticationResultProperty as Prop
 from authres.dmarc import DMARCAuthenticationResult
 
+from agentmx.authservid import authserv_id_of, claims_id  # noqa: F401  (authserv_id_of re-exported)
+
 from .results import AuthResults
 
 _UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
@@ -72,20 +74,5 @@ def fold(value: str, width: int = 78) -> str:
     return " " + "\n\t".join(lines)
 
 
-_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
-
-
-def authserv_id_of(value: str) -> str:
-    """The authserv-id an Authentication-Results value claims (lower case), '' if none."""
-    text = value
-    for _ in range(5):                       # nested comments, innermost first
-        stripped = _COMMENT.sub(" ", text)
-        if stripped == text:
-            break
-        text = stripped
-    token = re.split(r"[;\s]", text.strip(), maxsplit=1)[0] if text.strip() else ""
-    return token.strip('"').rstrip(".").lower()
-
-
 def claims_our_id(value: str, authserv_id: str) -> bool:
-    return authserv_id_of(value) == authserv_id.lower().rstrip(".")
+    return claims_id(value, authserv_id)

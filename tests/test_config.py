@@ -68,7 +68,7 @@ def test_unknown_top_level_table():
 def test_secret_never_in_repr(tmp_path):
     secret_file = tmp_path / "s"
     secret_file.write_text("whsec_c2VjcmV0c2VjcmV0c2VjcmV0\n")
-    cfg = parse_config(MIN + f'[[routes]]\nmatch = "@example.com"\nendpoint = "https://x"\nsecret_file = "{secret_file}"\n', P)
+    cfg = parse_config(MIN + f'url_secret = "0123456789abcdef"\n[[routes]]\nmatch = "@example.com"\nendpoint = "https://x"\nsecret_file = "{secret_file}"\n', P)
     assert cfg.routes[0].secret == "whsec_c2VjcmV0c2VjcmV0c2VjcmV0"
     assert "whsec_" not in repr(cfg)
 
