@@ -62,6 +62,7 @@ def render(parsed: Parsed, *, event_id: str, created_at: str, recipient: str, ma
     defects = list(parsed.defects)
     calendar = extract.calendar_entries(parsed.calendars, defects)
     mail_from = envelope.get("mailFrom")
+    auto = extract.auto_submitted(parsed, mail_from)
     return {
         "id": event_id,
         "type": EVENT_TYPE,
@@ -84,8 +85,9 @@ def render(parsed: Parsed, *, event_id: str, created_at: str, recipient: str, ma
         "textReply": extract.reply_text(text) if text else None,
         "headers": [[name, value] for name, value in parsed.headers],
         "auth": auth,
-        "autoSubmitted": extract.auto_submitted(parsed, mail_from),
-        "codes": extract.codes(subject, text),
+        "autoSubmitted": auto,
+        # a bounce quotes diagnostic codes and ids, never a code meant for the agent
+        "codes": [] if auto == "bounce" else extract.codes(subject, text),
         "links": extract.links(text, parsed.html),
         "attachments": attachments,
         "calendar": calendar,

@@ -82,16 +82,18 @@ def links(text: str | None, html: str | None) -> list[dict]:
 
 
 def codes(subject: str | None, text: str | None) -> list[str]:
-    """Verification codes: a 4-8 digit (or short alphanumeric) token near a word like "code"."""
+    """Verification codes: a 4-8 digit (or short alphanumeric) token near a word like "code", in
+    the same paragraph, or anywhere in a short paragraph when the subject speaks of a code."""
     found: list[str] = []
-    for chunk in [subject or ""] + re.split(r"\n\s*\n", text or ""):
-        if not _CODE_CONTEXT.search(chunk):
+    subject_says_code = bool(_CODE_CONTEXT.search(subject or ""))
+    for chunk in [subject or ""] + re.split(r"\n\s*\n", (text or "")[:20000]):
+        if not (_CODE_CONTEXT.search(chunk) or (subject_says_code and len(chunk) < 400)):
             continue
         for line in chunk.splitlines() or [chunk]:
-            window = line if _CODE_CONTEXT.search(line) or len(chunk) < 400 else ""
+            window = line if _CODE_CONTEXT.search(line) or len(chunk) < 400 or subject_says_code else ""
             for m in _CODE.finditer(_URL.sub(" ", window)):
                 code = m.group(1)
-                if _looks_like_year_or_date(code, line):
+                if _looks_like_year_or_date(code, line) or re.fullmatch(r"RFC\d+", code):
                     continue
                 if code not in found:
                     found.append(code)
