@@ -1,6 +1,7 @@
 """The configuration loader: every error names the file and the key; the example file loads."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def test_minimal_config_has_safe_defaults():
 
 def test_config_is_frozen():
     cfg = parse_config(MIN, P)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.authserv_id = "x"
 
 

@@ -13,7 +13,6 @@ import smtplib
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid

@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
