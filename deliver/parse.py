@@ -244,7 +244,7 @@ def _walk(part: Message, out: Parsed, chosen: set[int], text_part, depth: int) -
         out.defects.append(f"MIME nesting deeper than {MAX_DEPTH}: inner parts not listed")
         return
     ctype = _content_type(part)
-    if depth > 0:
+    if depth > 0 and (part.is_multipart() or id(part) in chosen):
         out.defects.extend(_defect_names(f"part {ctype}", part))
     if ctype == "message/rfc822" and (depth > 0 or not part.is_multipart()):
         _add(out, Attachment(_filename(part, out) or _embedded_name(part), ctype,
@@ -262,6 +262,8 @@ def _walk(part: Message, out: Parsed, chosen: set[int], text_part, depth: int) -
     if id(part) in chosen:
         return
     data = _payload(part, out.defects, f"part {ctype}")
+    if depth > 0:                 # decoding adds defects (bad base64): collect them afterwards
+        out.defects.extend(_defect_names(f"part {ctype}", part))
     name = _filename(part, out)
     if ctype == "text/calendar":
         out.calendars.append(decode_text(data, part.get_content_charset(), out.defects, "calendar"))
