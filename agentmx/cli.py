@@ -165,6 +165,52 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _key_config(args):
+    path = _config_path(args.config)
+    if args.config or path.exists():
+        return load_config(path)
+    from .config import Config
+    return Config(path=path, authserv_id="mx.example.com")
+
+
+def cmd_keygen(args) -> int:
+    from agentmx import dkimkeys
+    config = _key_config(args)
+    key_dir = Path(args.key_dir) if args.key_dir else config.key_dir
+    selector = args.selector or f"ax{__import__('time').strftime('%Y%m')}"
+    algs = ["rsa", "ed25519"] if args.algorithm == "both" else [args.algorithm]
+    try:
+        made = []
+        for alg in algs:
+            sel = selector + ({"rsa": "r", "ed25519": "e"}[alg] if len(algs) == 2 else "")
+            key = dkimkeys.generate(args.domain, sel, alg)
+            made.append((dkimkeys.write(key_dir, key), key))
+    except dkimkeys.KeyError_ as exc:
+        print(f"agentmx keygen: {exc}", file=sys.stderr)
+        return 1
+    for path, key in made:
+        print(f"; {path} (mode 0600); sign with it: [domains.\"{key.domain}\"] dkim_selectors = [\"{key.selector}\"]")
+        print(f"{key.dns_name}.\t3600\tIN\tTXT\t" + " ".join(f'"{p}"' for p in dkimkeys.txt_strings(key.txt)))
+    return 0
+
+
+def cmd_dns(args) -> int:
+    from agentmx import dnsrecords
+    sys.stdout.write(dnsrecords.zone_lines(dnsrecords.records(_key_config(args), args.domain)))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from agentmx import dnsrecords
+    from agentmx.resolver import Resolver
+    config = _key_config(args)
+    servers = args.dns or config.dns.servers
+    findings = dnsrecords.check(config, args.domain, Resolver(servers, config.dns.timeout).session(50))
+    for f in findings:
+        print(f"{f.status.upper():8} {f.record}: {f.detail}")
+    return 0 if all(f.status == "ok" for f in findings) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents, on Postfix.")
     p.add_argument("--config", help=f"configuration file (default $AGENTMX_CONFIG or {DEFAULT_PATH})")
@@ -209,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="serve signed attachment and raw-message URLs over HTTP")
     sv.set_defaults(func=cmd_serve)
+
+    kg = sub.add_parser("keygen", help="make a DKIM key (0600, under [server] key_dir) and print its DNS record")
+    kg.add_argument("domain")
+    kg.add_argument("--selector", help="the selector (default ax<YYYYMM>; with both: <S>r and <S>e)")
+    kg.add_argument("--algorithm", choices=("rsa", "ed25519", "both"), default="rsa")
+    kg.add_argument("--key-dir", help="override [server] key_dir")
+    kg.set_defaults(func=cmd_keygen)
+
+    dn = sub.add_parser("dns", help="print every DNS record to publish for DOMAIN, as zone-file lines")
+    dn.add_argument("domain")
+    dn.set_defaults(func=cmd_dns)
+
+    ck = sub.add_parser("check", help="query DNS and say, record by record, what is missing or wrong")
+    ck.add_argument("domain")
+    ck.add_argument("--dns", type=_parse_dns, help="DNS server as IP or IP:PORT (default: config, else system)")
+    ck.set_defaults(func=cmd_check)
     return p
 
 

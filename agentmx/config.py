@@ -7,6 +7,7 @@ so that a service refuses to start rather than run with a setting it misread.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ class MilterConfig:
 class DomainConfig:
     name: str
     policy: PolicyConfig           # the inbound policy for mail to this domain
+    dkim_selectors: tuple[str, ...] = ()   # keys that sign mail from this domain (rotation: edit the list)
 
 
 TRUST_POLICIES = ("deliver", "require-dmarc", "flag")
@@ -91,10 +93,16 @@ class Config:
     listen: tuple[str, int] = ("127.0.0.1", 8025)  # where `agentmx serve` listens
     url_secret: str = field(default="", repr=False)  # HMAC key of signed attachment URLs
     url_ttl: int = 7 * 24 * 3600                    # seconds an attachment URL stays valid
+    key_dir: Path = Path("/etc/agentmx/keys")       # DKIM private keys: <key_dir>/<domain>/<selector>.*
+    mail_host: str = ""                             # this server's MX name for `agentmx dns` (default authserv_id)
     dns: DnsConfig = DnsConfig()
     milter: MilterConfig = MilterConfig()
     domains: tuple[DomainConfig, ...] = ()
     routes: tuple[Route, ...] = ()
+
+    def domain(self, name: str) -> DomainConfig | None:
+        name = name.lower().rstrip(".")
+        return next((d for d in self.domains if d.name == name), None)
 
     def policy_for(self, domain: str) -> PolicyConfig:
         """The inbound policy for a recipient domain: its own section, else [milter.policy]."""
@@ -221,6 +229,18 @@ def _match(v: Any) -> str:
     return v
 
 
+def _selectors(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v:
+        raise TypeError()
+    out = []
+    for item in v:
+        item = _nonempty_str(item).lower()
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", item):
+            raise ValueError(f"{item!r} is not a selector")
+        out.append(item)
+    return tuple(out)
+
+
 def _one_of(allowed: tuple[str, ...]):
     def check(v: Any) -> str:
         if v not in allowed:
@@ -296,6 +316,8 @@ def parse_config(text: str, path: Path) -> Config:
     listen = server.get("listen", Config.listen, _listen, '"IP:PORT"')
     url_ttl = server.get("url_ttl", Config.url_ttl, _positive_int, "a whole number of seconds > 0")
     url_secret = _read_plain_secret(server, "url_secret", min_len=16)
+    key_dir = server.get("key_dir", Config.key_dir, lambda v: Path(_nonempty_str(v)), "a path")
+    mail_host = server.get("mail_host", authserv_id, _hostname, "a host name")
     server.finish()
 
     dns_sec = _Section(path, "dns", doc.get("dns", {}))
@@ -326,7 +348,14 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError(f"{path}: [domains]: must be a table of domain names")
     for name, table in dom_table.items():
         d = _Section(path, f'domains."{name}"', table)
-        domains.append(DomainConfig(name=name.lower().rstrip("."), policy=_policy(d, milter.policy)))
+        selectors = d.get("dkim_selectors", (), _selectors, "a list of selector names")
+        domain = name.lower().rstrip(".")
+        for sel in selectors:
+            base = key_dir / domain / sel
+            if not (Path(f"{base}.rsa.pem").exists() or Path(f"{base}.ed25519").exists()):
+                raise d.error("dkim_selectors", f"no key for selector {sel!r} in {key_dir / domain} "
+                                                f"(make one: agentmx keygen {domain} --selector {sel})")
+        domains.append(DomainConfig(name=domain, policy=_policy(d, milter.policy), dkim_selectors=selectors))
         d.finish()
 
     routes = []
@@ -357,7 +386,8 @@ def parse_config(text: str, path: Path) -> Config:
                            "attachment URLs in events): give url_secret or url_secret_file")
 
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
-                  listen=listen, url_secret=url_secret, url_ttl=url_ttl, dns=dns, milter=milter,
+                  listen=listen, url_secret=url_secret, url_ttl=url_ttl, key_dir=key_dir,
+                  mail_host=mail_host, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes))
 
 

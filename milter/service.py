@@ -2,8 +2,9 @@
 
 Per message: collect the envelope, the headers (raw, with their leading space) and the body; at
 end of message remove every Authentication-Results header that claims our authserv-id, verify,
-prepend one Authentication-Results header, and answer per policy. Mail from trusted networks
-and SASL-authenticated clients is not verified (forged headers are still removed).
+prepend one Authentication-Results header, and answer per policy. Mail from trusted networks,
+SASL-authenticated clients and local submission is not verified (forged headers are still
+removed): it is ours, and it is DKIM-signed with its From domain's keys (sign.py), if it has any.
 
 Any unexpected exception in a callback answers TEMPFAIL (4xx), never 5xx; Postfix's
 milter_default_action = tempfail covers a milter that is not running.
@@ -24,8 +25,8 @@ import Milter
 from agentmx.config import Config
 from agentmx.resolver import Resolver
 
-from . import arheader, policy
-from .authenticate import Envelope, authenticate
+from . import arheader, policy, sign
+from .authenticate import Envelope, authenticate, from_header_values
 
 log = logging.getLogger("agentmx.milter")
 
@@ -57,9 +58,11 @@ def _tempfail_on_error(callback):
 class AuthMilter(Milter.Base):
     """One instance per SMTP connection (pymilter's factory); never shared between threads."""
 
-    def __init__(self, config: Config, resolver: Resolver, rng: random.Random):
+    def __init__(self, config: Config, resolver: Resolver, rng: random.Random,
+                 signing_keys: dict[str, list] | None = None):
         super().__init__()
         self.config = config
+        self.signing_keys = signing_keys or {}
         self.resolver = resolver
         self.rng = rng
         self.client_ip = ""
@@ -147,6 +150,7 @@ class AuthMilter(Milter.Base):
                              len(self.forged), self.config.authserv_id)
         if self.skip_reason:
             self.log.info("not verified: %s", self.skip_reason)
+            self._sign()
             return Milter.ACCEPT
 
         started = time.monotonic()
@@ -168,6 +172,18 @@ class AuthMilter(Milter.Base):
             return Milter.ACCEPT
         self.setreply(decision.code, decision.xcode, decision.text)
         return Milter.REJECT if decision.action == "reject" else Milter.TEMPFAIL
+
+    def _sign(self) -> None:
+        """Our own mail (trusted, SASL, local): DKIM-sign it with its From domain's keys."""
+        message = _assemble(self.headers, self.body_buf.getvalue())
+        domain = sign.from_domain(from_header_values(message))
+        keys = self.signing_keys.get(domain or "")
+        if not keys:
+            self.log.info("not signed: %s", f"no DKIM key for {domain}" if domain else "no single From domain")
+            return
+        for value in sign.sign(message, keys):
+            self.addheader("DKIM-Signature", value, 0)
+        self.log.info("signed d=%s s=%s", domain, ",".join(k.selector for k in keys))
 
     def abort(self):
         self._reset()
@@ -191,6 +207,19 @@ def _assemble(headers: list[bytes], body: bytes) -> bytes:
     return out.getvalue()
 
 
+def signing_keys(config: Config) -> dict[str, list]:
+    """The keys that sign for each domain ([domains."d"] dkim_selectors), loaded once at start."""
+    from agentmx.dkimkeys import path_for, load
+    out: dict[str, list] = {}
+    for d in config.domains:
+        for sel in d.dkim_selectors:
+            for alg in ("rsa", "ed25519"):
+                path = path_for(config.key_dir, d.name, sel, alg)
+                if path.exists():
+                    out.setdefault(d.name, []).append(load(path, d.name))
+    return out
+
+
 def run(config: Config) -> None:
     """Serve on the configured unix socket until stopped."""
     sock = config.milter.socket
@@ -201,7 +230,8 @@ def run(config: Config) -> None:
         pass
     resolver = Resolver.from_config(config.dns)
     rng = random.Random()
-    Milter.factory = lambda: AuthMilter(config, resolver, rng)
+    keys = signing_keys(config)
+    Milter.factory = lambda: AuthMilter(config, resolver, rng, keys)
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     os.umask(0o777 & ~config.milter.socket_mode)
     log.info("listening on unix:%s (authserv-id %s)", sock, config.authserv_id)

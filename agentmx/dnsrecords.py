@@ -1,0 +1,103 @@
+"""What to publish in DNS for a domain agentmx receives and sends for, and a check of what is
+published: pure functions of the config, the keys on disk and (for the check) a DNS session."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import dkimkeys
+from .config import Config
+from .resolver import DnsTempError, Lookups
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str                 # fully qualified, without the trailing dot
+    rtype: str                # MX or TXT
+    value: str                # MX: "10 host"; TXT: the whole text (split into strings when printed)
+    what: str                 # for the reader: MX, SPF, DKIM <selector> (<alg>), DMARC
+
+
+def records(config: Config, domain: str) -> list[Record]:
+    domain = domain.lower().rstrip(".")
+    host = config.mail_host or config.authserv_id
+    out = [Record(domain, "MX", f"10 {host}", "MX"),
+           Record(domain, "TXT", f"v=spf1 mx a:{host} -all", "SPF")]
+    for key in dkimkeys.keys_of(config.key_dir, domain):
+        out.append(Record(key.dns_name, "TXT", key.txt, f"DKIM {key.selector} ({key.algorithm})"))
+    out.append(Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:dmarc-reports@{domain}",
+                      "DMARC"))
+    return out
+
+
+def zone_lines(recs: list[Record]) -> str:
+    lines = []
+    for r in recs:
+        if r.rtype == "TXT":
+            value = " ".join(f'"{part}"' for part in dkimkeys.txt_strings(r.value))
+        else:
+            value = r.value + "."
+        lines.append(f"; {r.what}\n{r.name}.\t3600\tIN\t{r.rtype}\t{value}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Finding:
+    record: str               # what (MX, SPF, DKIM s1 (rsa), DMARC)
+    status: str               # ok, missing, wrong, unknown (DNS failed)
+    detail: str
+
+
+def _tag(txt: str, tag: str) -> str | None:
+    m = re.search(rf"(?:^|;)\s*{tag}\s*=\s*([^;]*)", txt, re.I)
+    return re.sub(r"\s+", "", m.group(1)) if m else None
+
+
+def check(config: Config, domain: str, lookups: Lookups) -> list[Finding]:
+    """Record by record: is what we need published, and does it match?"""
+    domain = domain.lower().rstrip(".")
+    host = (config.mail_host or config.authserv_id).lower()
+    out: list[Finding] = []
+
+    def txt(name: str) -> list[str]:
+        return [r.decode("utf-8", "replace") for r in lookups.txt(name)]
+
+    try:
+        mx = [h.lower() for _, h in lookups.lookup(domain, "MX").records]
+        out.append(Finding("MX", "ok" if host in mx else ("wrong" if mx else "missing"),
+                           f"MX {', '.join(mx) or 'none'}; expected {host}"))
+    except DnsTempError as exc:
+        out.append(Finding("MX", "unknown", str(exc)))
+    try:
+        spf = [t for t in txt(domain) if t.lower().startswith("v=spf1")]
+        if not spf:
+            out.append(Finding("SPF", "missing", f"no v=spf1 record at {domain}"))
+        elif len(spf) > 1:
+            out.append(Finding("SPF", "wrong", f"{len(spf)} SPF records (permerror for every receiver)"))
+        else:
+            covers = re.search(rf"(^|\s)[+]?(mx|a:{re.escape(host)}|include:)", spf[0], re.I)
+            out.append(Finding("SPF", "ok" if covers else "wrong",
+                               spf[0] if covers else f"{spf[0]!r} does not cover {host} (add mx or a:{host})"))
+    except DnsTempError as exc:
+        out.append(Finding("SPF", "unknown", str(exc)))
+    for key in dkimkeys.keys_of(config.key_dir, domain):
+        what = f"DKIM {key.selector} ({key.algorithm})"
+        try:
+            published = [t for t in txt(key.dns_name) if _tag(t, "p") is not None]
+        except DnsTempError as exc:
+            out.append(Finding(what, "unknown", str(exc)))
+            continue
+        if not published:
+            out.append(Finding(what, "missing", f"no key at {key.dns_name}"))
+        elif _tag(published[0], "p") != key.public_b64:
+            out.append(Finding(what, "wrong", f"{key.dns_name} publishes a key that does not match the private key"))
+        else:
+            out.append(Finding(what, "ok", key.dns_name))
+    try:
+        dmarc = [t for t in txt(f"_dmarc.{domain}") if t.replace(" ", "").upper().startswith("V=DMARC1")]
+        out.append(Finding("DMARC", "ok" if len(dmarc) == 1 else ("wrong" if dmarc else "missing"),
+                           dmarc[0] if len(dmarc) == 1 else (f"{len(dmarc)} DMARC records" if dmarc
+                                                             else f"no record at _dmarc.{domain}")))
+    except DnsTempError as exc:
+        out.append(Finding("DMARC", "unknown", str(exc)))
+    return out

@@ -1,0 +1,111 @@
+"""DKIM keys (agentmx keygen), the records to publish (agentmx dns) and the check of what is
+published (agentmx check), against a real DNS server on loopback."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentmx import dkimkeys, dnsrecords
+from agentmx.config import parse_config
+from agentmx.milter.dkim_check import verify_dkim
+from agentmx.milter.sign import sign
+
+AGENTMX = str(Path(sys.executable).with_name("agentmx"))
+
+
+@pytest.fixture
+def config(tmp_path):
+    key_dir = tmp_path / "keys"
+    for sel, alg in (("s1", "rsa"), ("s1e", "ed25519")):
+        dkimkeys.write(key_dir, dkimkeys.generate("agents.example", sel, alg))
+    text = (f'[server]\nauthserv_id = "mx.agents.example"\nkey_dir = "{key_dir}"\n'
+            f'[domains."agents.example"]\ndkim_selectors = ["s1", "s1e"]\n')
+    path = tmp_path / "agentmx.toml"
+    path.write_text(text)
+    return parse_config(text, path)
+
+
+def zone_from(recs) -> dict:
+    zone: dict = {}
+    for r in recs:
+        value = r.value.split(" ", 1) if r.rtype == "MX" else r.value
+        zone.setdefault(r.name, {}).setdefault(r.rtype, []).append(value)
+    zone.setdefault("mx.agents.example", {})["A"] = ["192.0.2.25"]
+    return zone
+
+
+def test_keys_are_private_and_never_overwritten(config):
+    for path in (config.key_dir / "agents.example").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(dkimkeys.KeyError_, match="exists"):
+        dkimkeys.write(config.key_dir, dkimkeys.generate("agents.example", "s1", "rsa"))
+    with pytest.raises(dkimkeys.KeyError_):
+        dkimkeys.generate("agents.example", "../../etc", "rsa")
+
+
+def test_missing_key_for_a_configured_selector_names_it(tmp_path):
+    from agentmx.config import ConfigError
+    with pytest.raises(ConfigError, match=r'\[domains."a.example"\] dkim_selectors: no key for selector \'s9\''):
+        parse_config(f'[server]\nauthserv_id = "mx"\nkey_dir = "{tmp_path}"\n[domains."a.example"]\n'
+                     f'dkim_selectors = ["s9"]\n', tmp_path / "c.toml")
+
+
+def test_signed_with_both_keys_verifies_with_the_published_records(config, zone, lookups):
+    zone(zone_from(dnsrecords.records(config, "agents.example")))
+    keys = dkimkeys.keys_of(config.key_dir, "agents.example")
+    message = (b"From: Agent <agent@agents.example>\r\nTo: bob@example.org\r\nSubject: Re: hello\r\n"
+               b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-ID: <r1@agents.example>\r\n\r\nHi Bob\r\n")
+    headers = "".join(f"DKIM-Signature:{v.replace(chr(10), chr(13) + chr(10))}\r\n" for v in sign(message, keys))
+    results = verify_dkim(headers.encode() + message, lookups)
+    assert sorted((r.result, r.selector, r.algorithm) for r in results) == [
+        ("pass", "s1", "rsa-sha256"), ("pass", "s1e", "ed25519-sha256")]
+    h = re.search(r"h=([^;]*);", re.sub(r"\s+", "", headers)).group(1).split(":")
+    # oversigned: one more than present (an added From, Subject, ... would break the signature)
+    assert h.count("from") == 2 and h.count("subject") == 2 and h.count("reply-to") == 1
+
+
+def test_check_all_ok(config, zone, lookups):
+    zone(zone_from(dnsrecords.records(config, "agents.example")))
+    findings = dnsrecords.check(config, "agents.example", lookups)
+    assert [(f.record, f.status) for f in findings] == [
+        ("MX", "ok"), ("SPF", "ok"), ("DKIM s1 (rsa)", "ok"), ("DKIM s1e (ed25519)", "ok"), ("DMARC", "ok")]
+
+
+def test_check_reports_exactly_the_wrong_record(config, zone, tmp_path):
+    published = zone_from(dnsrecords.records(config, "agents.example"))
+    other = dkimkeys.generate("agents.example", "s1", "rsa")          # a key that is not ours
+    published["s1._domainkey.agents.example"]["TXT"] = [other.txt]
+    server = zone(published)
+    out = subprocess.run([AGENTMX, "--config", str(tmp_path / "agentmx.toml"), "check", "agents.example",
+                          "--dns", f"127.0.0.1:{server.port}"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    bad = [line for line in out.stdout.splitlines() if not line.startswith("OK")]
+    assert bad == ["WRONG    DKIM s1 (rsa): s1._domainkey.agents.example publishes a key that does not match "
+                   "the private key"]
+
+
+def test_check_missing_dmarc_and_spf_not_covering_us(config, zone, lookups):
+    published = zone_from(dnsrecords.records(config, "agents.example"))
+    del published["_dmarc.agents.example"]
+    published["agents.example"]["TXT"] = ["v=spf1 ip4:198.51.100.1 -all"]
+    zone(published)
+    status = {f.record: f.status for f in dnsrecords.check(config, "agents.example", lookups)}
+    assert status["DMARC"] == "missing" and status["SPF"] == "wrong" and status["MX"] == "ok"
+
+
+def test_keygen_and_dns_commands(tmp_path):
+    out = subprocess.run([AGENTMX, "keygen", "new.example", "--selector", "k1", "--algorithm", "both",
+                          "--key-dir", str(tmp_path / "k")], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "AGENTMX_CONFIG": "/nonexistent"})
+    assert out.returncode == 0, out.stderr
+    assert 'k1r._domainkey.new.example.\t3600\tIN\tTXT\t"v=DKIM1; k=rsa; p=' in out.stdout
+    assert 'k1e._domainkey.new.example.\t3600\tIN\tTXT\t"v=DKIM1; k=ed25519; p=' in out.stdout
+    again = subprocess.run([AGENTMX, "keygen", "new.example", "--selector", "k1r", "--key-dir", str(tmp_path / "k")],
+                           capture_output=True, text=True, timeout=30, env={**os.environ, "AGENTMX_CONFIG": "/x"})
+    assert again.returncode == 1 and "exists" in again.stderr
