@@ -211,6 +211,29 @@ def cmd_check(args) -> int:
     return 0 if all(f.status == "ok" for f in findings) else 1
 
 
+def cmd_send(args) -> int:
+    """Send through `agentmx serve`'s API, as any agent would (the same client)."""
+    from agentmx.client import ApiError, Client
+    key = args.api_key or os.environ.get("AGENTMX_API_KEY")
+    if not key:
+        print("agentmx send: give --api-key or set AGENTMX_API_KEY", file=sys.stderr)
+        return 2
+    text = sys.stdin.read() if args.text == "-" else args.text
+    try:
+        result = Client(args.url, key).send(from_=args.sender, to=args.to or None, cc=args.cc or None,
+                                            subject=args.subject, text=text, html=args.html,
+                                            attachments=args.attach or (), in_reply_to=args.in_reply_to,
+                                            force=args.force)
+    except ApiError as exc:
+        print(f"agentmx send: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"agentmx send: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents, on Postfix.")
     p.add_argument("--config", help=f"configuration file (default $AGENTMX_CONFIG or {DEFAULT_PATH})")
@@ -266,6 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     dn = sub.add_parser("dns", help="print every DNS record to publish for DOMAIN, as zone-file lines")
     dn.add_argument("domain")
     dn.set_defaults(func=cmd_dns)
+
+    se = sub.add_parser("send", help="send or reply through agentmx serve's API")
+    se.add_argument("--url", default=os.environ.get("AGENTMX_URL", "http://127.0.0.1:8025"))
+    se.add_argument("--api-key", help="default $AGENTMX_API_KEY")
+    se.add_argument("--from", dest="sender", required=True)
+    se.add_argument("--to", action="append", default=[])
+    se.add_argument("--cc", action="append", default=[])
+    se.add_argument("--subject")
+    se.add_argument("--text", help="the text body, or - for standard input")
+    se.add_argument("--html")
+    se.add_argument("--attach", action="append", default=[], help="a file to attach (repeatable)")
+    se.add_argument("--in-reply-to", help="an event id (msg_...) or a Message-ID (<...>)")
+    se.add_argument("--force", action="store_true", help="answer an auto-submitted message all the same")
+    se.set_defaults(func=cmd_send)
 
     ck = sub.add_parser("check", help="query DNS and say, record by record, what is missing or wrong")
     ck.add_argument("domain")

@@ -85,6 +85,27 @@ class Route:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    name: str
+    key: str = field(repr=False)
+    allow: tuple[str, ...] = ()     # addresses ("agent@example.com") and domains ("@example.com")
+
+    def may_send_as(self, address: str) -> bool:
+        address = address.lower()
+        return address in self.allow or ("@" + address.rpartition("@")[2]) in self.allow
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    smtp_host: str = "127.0.0.1"         # the local Postfix that takes the agent's mail
+    smtp_port: int = 25
+    auto_submitted: bool = True          # replies to an event carry Auto-Submitted: auto-replied
+    per_correspondent_per_hour: int = 30  # messages to one address in any hour
+    per_thread_per_hour: int = 10         # replies into one thread in any hour
+    max_request_bytes: int = 30_000_000
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     authserv_id: str
@@ -99,6 +120,8 @@ class Config:
     milter: MilterConfig = MilterConfig()
     domains: tuple[DomainConfig, ...] = ()
     routes: tuple[Route, ...] = ()
+    send: SendConfig = SendConfig()
+    api_keys: tuple[ApiKey, ...] = ()
 
     def domain(self, name: str) -> DomainConfig | None:
         name = name.lower().rstrip(".")
@@ -229,6 +252,10 @@ def _match(v: Any) -> str:
     return v
 
 
+def _raise():
+    raise ValueError()
+
+
 def _selectors(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not v:
         raise TypeError()
@@ -304,7 +331,7 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
     top = _Section(path, "top level", doc)
-    top.finish("server", "dns", "milter", "domains", "routes")
+    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys")
 
     server = _Section(path, "server", doc.get("server", {}))
     server.used.add("authserv_id")
@@ -385,10 +412,43 @@ def parse_config(text: str, path: Path) -> Config:
         raise server.error("url_secret", "is required with routes (it signs the raw-message and "
                            "attachment URLs in events): give url_secret or url_secret_file")
 
+    sd = _Section(path, "send", doc.get("send", {}))
+    send = SendConfig(
+        smtp_host=sd.get("smtp_host", SendConfig.smtp_host, _hostname, "a host name or IP"),
+        smtp_port=sd.get("smtp_port", SendConfig.smtp_port, _positive_int, "a port number"),
+        auto_submitted=sd.get("auto_submitted", True, _bool, "true or false"),
+        per_correspondent_per_hour=sd.get("per_correspondent_per_hour", SendConfig.per_correspondent_per_hour,
+                                          _positive_int, "a whole number > 0"),
+        per_thread_per_hour=sd.get("per_thread_per_hour", SendConfig.per_thread_per_hour, _positive_int,
+                                   "a whole number > 0"),
+        max_request_bytes=sd.get("max_request_bytes", SendConfig.max_request_bytes, _positive_int,
+                                 "a whole number of bytes > 0"),
+    )
+    sd.finish()
+
+    api_keys = []
+    key_list = doc.get("api_keys", [])
+    if not isinstance(key_list, list):
+        raise ConfigError(f"{path}: [[api_keys]]: must be an array of tables")
+    for i, table in enumerate(key_list):
+        k = _Section(path, f"api_keys[{i}]", table)
+        name = k.get("name", f"key{i}", _nonempty_str, "a string")
+        key = _read_plain_secret(k, "key", min_len=24)
+        if not key:
+            raise k.error("key", "give key or key_file (24 characters or more)")
+        allow = k.get("allow", (), lambda v: tuple(_match(x) for x in v) if isinstance(v, list) and v else _raise(),
+                      'a list of addresses ("agent@example.com") or domains ("@example.com")')
+        if not allow:
+            raise k.error("allow", "is required: the addresses or @domains this key may send as")
+        api_keys.append(ApiKey(name=name, key=key, allow=allow))
+        k.finish()
+    if len({k.key for k in api_keys}) != len(api_keys):
+        raise ConfigError(f"{path}: [[api_keys]]: two keys are the same")
+
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
                   listen=listen, url_secret=url_secret, url_ttl=url_ttl, key_dir=key_dir,
                   mail_host=mail_host, dns=dns, milter=milter,
-                  domains=tuple(domains), routes=tuple(routes))
+                  domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys))
 
 
 def load_config(path: str | Path = DEFAULT_PATH) -> Config:

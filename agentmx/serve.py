@@ -1,5 +1,6 @@
-"""`agentmx serve`: the HTTP service beside Postfix. This release: signed blob URLs.
+"""`agentmx serve`: the HTTP service beside Postfix.
 
+    POST /v1/send                                  send or reply (API key; see docs/openapi.json)
     GET /v1/blobs/{sha256}?exp=&type=&name=&sig=   a stored raw message or attachment
     GET /healthz                                   200 "ok"
 
@@ -9,15 +10,18 @@ only goes into Content-Disposition, quoted per RFC 6266.
 """
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
 import re
 import shutil
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
-from . import urls
+from . import send, urls
 from .config import Config
-from .store import Store
+from .store import Store, StoreError
 
 log = logging.getLogger("agentmx.serve")
 
@@ -27,7 +31,49 @@ def _disposition(name: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
+def handle_send(config: Config, store: Store, limiter: send.RateLimiter, authorization: str | None,
+                body: bytes) -> tuple[int, dict, dict]:
+    """(status, JSON body, extra headers) for one POST /v1/send."""
+    try:
+        key = send.authorize(config, authorization)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise send.SendError(400, "bad_json", "the body is not JSON") from None
+        req = send.parse_request(data)
+        send.check_sender(key, req)
+        original = None
+        if req.in_reply_to and req.in_reply_to.startswith("msg_"):
+            raw_event = store.get_event(req.in_reply_to)
+            if raw_event is None:
+                raise send.SendError(404, "unknown_event", f"no stored event {req.in_reply_to}")
+            original = json.loads(raw_event)
+            from agentmx.deliver.route import split
+            if not key.may_send_as(split(original.get("recipient", ""))[0]):
+                raise send.SendError(403, "forbidden_event", "this key may not answer mail sent to another address")
+        out = send.build(req, original, config)
+        limiter.take(out.correspondents, out.thread_id if original is not None or out.in_reply_to else None)
+        queue_id = send.submit(out, config)
+    except send.SendError as exc:
+        log.info("send refused (%s): %s", exc.status, exc.message)
+        headers = {"retry-after": str(exc.retry_after)} if exc.retry_after else {}
+        return exc.status, exc.body(), headers
+    send_id = "snd_" + base64.b32encode(os.urandom(16)).decode().lower().rstrip("=")
+    result = {"id": send_id, "messageId": out.message_id, "queueId": queue_id, "threadId": out.thread_id,
+              "inReplyTo": out.in_reply_to, "recipients": list(out.recipients)}
+    try:
+        store.put_sent(send_id, {**result, "key": key.name, "from": out.envelope_from,
+                                 "replyToEvent": original.get("id") if original else None})
+    except StoreError as exc:
+        log.warning("%s: sent as %s but not recorded: %s", send_id, queue_id, exc.strerror)
+    log.info("%s: queued as %s from=%s to=%s key=%s", send_id, queue_id, out.envelope_from,
+             ",".join(out.recipients), key.name)
+    return 200, result, {}
+
+
 def make_handler(config: Config, store: Store):
+    limiter = send.RateLimiter(config.send.per_correspondent_per_hour, config.send.per_thread_per_hour)
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "agentmx"
         sys_version = ""
@@ -42,6 +88,30 @@ def make_handler(config: Config, store: Store):
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _json(self, code: int, data: dict, headers: dict | None = None) -> None:
+            body = json.dumps(data).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            if urlsplit(self.path).path != "/v1/send":
+                return self._plain(404, "not found")
+            try:
+                length = int(self.headers.get("content-length", "0"))
+            except ValueError:
+                length = -1
+            if not 0 <= length <= config.send.max_request_bytes:
+                return self._json(413, {"error": {"code": "too_large", "message":
+                                  f"a request is at most {config.send.max_request_bytes} bytes"}})
+            body = self.rfile.read(length)
+            status, data, headers = handle_send(config, store, limiter, self.headers.get("authorization"), body)
+            self._json(status, data, headers)
 
         def do_GET(self):
             parts = urlsplit(self.path)

@@ -3,6 +3,7 @@
     <data_dir>/blobs/<sha[:2]>/<sha>     raw messages and attachments, by sha256 of their bytes
     <data_dir>/events/<id>.json          the event as last sent (or kept aside)
     <data_dir>/state/<id>.json           {"state": delivered|refused|held|deferred, "attempts", ...}
+    <data_dir>/sent/<snd_id>.json        what the send API submitted (ids, recipients, queue id)
 
 Nothing in a path comes from a message: only hex digests and our own event ids.
 """
@@ -15,7 +16,7 @@ import re
 import tempfile
 from pathlib import Path
 
-_EVENT_ID = re.compile(r"^msg_[a-z0-9]{16,64}$")
+_EVENT_ID = re.compile(r"^(msg|snd)_[a-z0-9]{16,64}$")
 
 
 class StoreError(OSError):
@@ -71,6 +72,9 @@ class Store:
             return self._event_path("events", event_id).read_bytes()
         except (OSError, ValueError):
             return None
+
+    def put_sent(self, send_id: str, record: dict) -> None:
+        self._write(self._event_path("sent", send_id), json.dumps(record, sort_keys=True).encode())
 
     def get_state(self, event_id: str) -> dict:
         try:

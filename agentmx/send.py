@@ -1,0 +1,321 @@
+"""POST /v1/send: what an agent sends becomes one well-formed, threaded message, handed to the
+local Postfix over SMTP (where the milter DKIM-signs it). Stages, each its own function:
+
+    authorize(config, header)            -> ApiKey            401
+    parse_request(json)                  -> SendRequest       400 (bad field, header injection)
+    check_sender(key, request)                                403 (not this key's address)
+    build(request, original, config)     -> Outgoing          409 (reply to an auto-submitted event)
+    RateLimiter.take(...)                                     429 (per correspondent, per thread)
+    submit(outgoing, config)             -> Postfix queue id  502 (Postfix refused or is down)
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import re
+import smtplib
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+
+from .config import ApiKey, Config
+
+
+class SendError(Exception):
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    address: str
+    name: str | None = None
+
+    def header(self) -> str:
+        local, _, domain = self.address.rpartition("@")
+        return str(Address(display_name=self.name or "", username=local, domain=domain))
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    sender: Mailbox
+    to: tuple[Mailbox, ...]
+    cc: tuple[Mailbox, ...] = ()
+    bcc: tuple[Mailbox, ...] = ()
+    reply_to: tuple[Mailbox, ...] = ()
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    in_reply_to: str | None = None          # an event id (msg_...) or a Message-ID (<...>)
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    message: EmailMessage
+    envelope_from: str
+    recipients: tuple[str, ...]
+    message_id: str
+    thread_id: str
+    in_reply_to: str | None
+    correspondents: tuple[str, ...]
+
+
+# --- authorize --------------------------------------------------------------------------------
+
+
+def authorize(config: Config, authorization: str | None) -> ApiKey:
+    token = (authorization or "").strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    for key in config.api_keys:
+        if token and hmac.compare_digest(token.encode(), key.key.encode()):
+            return key
+    raise SendError(401, "unauthorized", "send an API key from the config as: Authorization: Bearer <key>")
+
+
+def check_sender(key: ApiKey, req: SendRequest) -> None:
+    if not key.may_send_as(req.sender.address):
+        raise SendError(403, "forbidden_sender",
+                        f"API key {key.name!r} may not send as {req.sender.address} "
+                        f"(allowed: {', '.join(key.allow)})")
+
+
+# --- parse ----------------------------------------------------------------------------------------
+
+_ADDR = re.compile(r"^[^\s@<>()\[\],;:\\\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,70}$")
+_EVENT_ID = re.compile(r"^msg_[a-z0-9]{16,64}$")
+_MESSAGE_ID = re.compile(r"^<[^<>\s]{1,250}@[^<>\s]{1,250}>$")
+_FIELDS = {"from", "to", "cc", "bcc", "replyTo", "subject", "text", "html", "attachments", "headers",
+           "inReplyTo", "force"}
+
+
+def _no_breaks(name: str, value: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise SendError(400, "header_injection", f"{name} must not contain line breaks or NUL")
+    return value
+
+
+def _mailbox(name: str, value) -> Mailbox:
+    if isinstance(value, dict):
+        address, display = value.get("address"), value.get("name")
+    elif isinstance(value, str):
+        display, address = parseaddr(_no_breaks(name, value))
+        if not address:
+            raise SendError(400, "bad_address", f"{name}: {value!r} is not an address")
+    else:
+        raise SendError(400, "bad_address", f"{name}: an address is a string or {{address, name}}")
+    if not isinstance(address, str) or not _ADDR.match(_no_breaks(name, address)):
+        raise SendError(400, "bad_address", f"{name}: {address!r} is not an address")
+    if display is not None and not isinstance(display, str):
+        raise SendError(400, "bad_address", f"{name}: name must be a string")
+    return Mailbox(address, _no_breaks(name, display) if display else None)
+
+
+def _mailboxes(name: str, value) -> tuple[Mailbox, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list) or len(value) > 100:
+        raise SendError(400, "bad_address", f"{name}: a list of at most 100 addresses")
+    return tuple(_mailbox(name, v) for v in value)
+
+
+def _text(name: str, value, header: bool = False) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SendError(400, "bad_field", f"{name} must be a string")
+    return _no_breaks(name, value) if header else value
+
+
+def parse_request(data) -> SendRequest:
+    if not isinstance(data, dict):
+        raise SendError(400, "bad_request", "the body is a JSON object")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise SendError(400, "unknown_field", f"unknown field {unknown[0]!r}")
+    if "from" not in data:
+        raise SendError(400, "missing_field", "from is required")
+    attachments = []
+    for i, att in enumerate(data.get("attachments") or []):
+        if not isinstance(att, dict) or not isinstance(att.get("content"), str):
+            raise SendError(400, "bad_attachment", f"attachments[{i}] needs filename, contentType and base64 content")
+        try:
+            payload = base64.b64decode(att["content"], validate=True)
+        except (binascii.Error, ValueError):
+            raise SendError(400, "bad_attachment", f"attachments[{i}].content is not base64") from None
+        filename = _text(f"attachments[{i}].filename", att.get("filename") or f"attachment-{i + 1}", header=True)
+        ctype = _text(f"attachments[{i}].contentType", att.get("contentType") or "application/octet-stream", header=True)
+        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", ctype):
+            raise SendError(400, "bad_attachment", f"attachments[{i}].contentType {ctype!r} is not a MIME type")
+        attachments.append(Attachment(filename, ctype.lower(), payload))
+    headers = []
+    for hname, hvalue in (data.get("headers") or {}).items():
+        if not isinstance(hname, str) or not _HEADER_NAME.match(hname):
+            raise SendError(400, "bad_header", f"header {hname!r}: only X- headers may be set (the rest are fields)")
+        headers.append((hname, _text(f"headers[{hname}]", hvalue, header=True) or ""))
+    in_reply_to = _text("inReplyTo", data.get("inReplyTo"), header=True)
+    if in_reply_to is not None and not (_EVENT_ID.match(in_reply_to) or _MESSAGE_ID.match(in_reply_to)):
+        raise SendError(400, "bad_in_reply_to", "inReplyTo is an event id (msg_...) or a Message-ID (<...>)")
+    req = SendRequest(
+        sender=_mailbox("from", data["from"]),
+        to=_mailboxes("to", data.get("to")), cc=_mailboxes("cc", data.get("cc")),
+        bcc=_mailboxes("bcc", data.get("bcc")), reply_to=_mailboxes("replyTo", data.get("replyTo")),
+        subject=_text("subject", data.get("subject"), header=True),
+        text=_text("text", data.get("text")), html=_text("html", data.get("html")),
+        attachments=tuple(attachments), headers=tuple(headers), in_reply_to=in_reply_to,
+        force=bool(data.get("force", False)),
+    )
+    if req.text is None and req.html is None:
+        raise SendError(400, "missing_field", "text or html is required")
+    return req
+
+
+# --- build ----------------------------------------------------------------------------------------
+
+
+def _re(subject: str | None) -> str:
+    subject = (subject or "").strip()
+    return subject if re.match(r"^(re|aw|sv|antw)\s*:", subject, re.I) else f"Re: {subject}".rstrip()
+
+
+def build(req: SendRequest, original: dict | None, config: Config, now: float | None = None) -> Outgoing:
+    """The message; `original` is the stored event when inReplyTo names one."""
+    to = req.to
+    subject = req.subject
+    references: list[str] = []
+    parent = None
+    if original is not None:
+        if original.get("autoSubmitted") and not req.force:
+            raise SendError(409, "loop_risk", f"the event was {original['autoSubmitted']} mail: answering it "
+                                              "can start a mail loop; send force=true if you mean it")
+        parent = original.get("messageId")
+        references = list(original.get("references") or []) + ([parent] if parent else [])
+        if not to:                     # answer the sender: Reply-To if it set one, else From
+            candidates = original.get("replyTo") or ([original["from"]] if original.get("from") else [])
+            to = _mailboxes("to", [{"address": a["address"], "name": a.get("name")}
+                                   for a in candidates if a and a.get("address")])
+        if subject is None:
+            subject = _re(original.get("subject"))
+    elif req.in_reply_to and req.in_reply_to.startswith("<"):
+        parent = req.in_reply_to
+        references = [parent]
+    if not to and not req.cc and not req.bcc:
+        raise SendError(400, "missing_field", "to is required (or inReplyTo an event, to answer its sender)")
+
+    msg = EmailMessage()
+    msg["From"] = req.sender.header()
+    if to:
+        msg["To"] = ", ".join(m.header() for m in to)
+    if req.cc:
+        msg["Cc"] = ", ".join(m.header() for m in req.cc)
+    if req.reply_to:
+        msg["Reply-To"] = ", ".join(m.header() for m in req.reply_to)
+    msg["Subject"] = subject or ""
+    msg["Date"] = formatdate(now, localtime=False)
+    domain = req.sender.address.rpartition("@")[2]
+    message_id = make_msgid(domain=domain)
+    msg["Message-ID"] = message_id
+    if parent:
+        msg["In-Reply-To"] = parent
+        msg["References"] = " ".join(dict.fromkeys(references))
+    if original is not None and config.send.auto_submitted:
+        msg["Auto-Submitted"] = "auto-replied"
+    for hname, hvalue in req.headers:
+        msg[hname] = hvalue
+    if req.text is not None:
+        msg.set_content(req.text)
+        if req.html is not None:
+            msg.add_alternative(req.html, subtype="html")
+    else:
+        msg.set_content(req.html, subtype="html")
+    for att in req.attachments:
+        maintype, _, subtype = att.content_type.partition("/")
+        msg.add_attachment(att.data, maintype=maintype, subtype=subtype, filename=att.filename)
+    recipients = tuple(dict.fromkeys(m.address for m in (*to, *req.cc, *req.bcc)))
+    thread = (references[0] if references else None) or parent or message_id
+    return Outgoing(msg, req.sender.address, recipients, message_id, thread,
+                    parent, tuple(m.address.lower() for m in (*to, *req.cc, *req.bcc)))
+
+
+# --- rate limits ----------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Sliding one-hour windows per correspondent and per thread, in the serve process."""
+
+    def __init__(self, per_correspondent: int, per_thread: int, clock=time.time):
+        self.per_correspondent, self.per_thread, self.clock = per_correspondent, per_thread, clock
+        self._seen: dict[tuple[str, str], deque] = {}
+        self._lock = threading.Lock()
+
+    def _window(self, key: tuple[str, str], now: float) -> deque:
+        q = self._seen.setdefault(key, deque())
+        while q and q[0] <= now - 3600:
+            q.popleft()
+        return q
+
+    def take(self, correspondents: tuple[str, ...], thread: str | None) -> None:
+        now = self.clock()
+        with self._lock:
+            checks = [(("to", c), self.per_correspondent) for c in correspondents]
+            if thread:
+                checks.append((("thread", thread), self.per_thread))
+            for key, limit in checks:
+                q = self._window(key, now)
+                if len(q) >= limit:
+                    retry = int(q[0] + 3600 - now) + 1
+                    what = f"to {key[1]}" if key[0] == "to" else "into this thread"
+                    raise SendError(429, "rate_limited", f"more than {limit} messages {what} in an hour", retry)
+            for key, _ in checks:
+                self._seen[key].append(now)
+
+
+# --- submit ---------------------------------------------------------------------------------------
+
+
+def submit(out: Outgoing, config: Config) -> str:
+    """Hand the message to the local Postfix; returns its queue id."""
+    import email.policy
+    data = out.message.as_bytes(policy=email.policy.SMTP)
+    try:
+        with smtplib.SMTP(config.send.smtp_host, config.send.smtp_port, timeout=60,
+                          local_hostname=config.mail_host or config.authserv_id) as smtp:
+            code, resp = smtp.mail(out.envelope_from)
+            if code != 250:
+                raise SendError(502, "smtp_refused", f"Postfix refused the sender: {code} {resp.decode(errors='replace')}")
+            refused = []
+            for rcpt in out.recipients:
+                code, resp = smtp.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused.append(f"{rcpt}: {code} {resp.decode(errors='replace')}")
+            if refused:
+                raise SendError(502, "smtp_refused", "Postfix refused recipients: " + "; ".join(refused))
+            code, resp = smtp.data(data)
+            if code != 250:
+                raise SendError(502, "smtp_refused", f"Postfix refused the message: {code} {resp.decode(errors='replace')}")
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SendError(502, "smtp_unavailable", f"the local Postfix did not take the message ({exc.__class__.__name__})") from None
+    m = re.search(r"queued as ([A-Za-z0-9]+)", resp.decode(errors="replace"))
+    return m.group(1) if m else ""
