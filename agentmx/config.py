@@ -62,6 +62,8 @@ class DomainConfig:
     name: str
     policy: PolicyConfig           # the inbound policy for mail to this domain
     dkim_selectors: tuple[str, ...] = ()   # keys that sign mail from this domain (rotation: edit the list)
+    mta_sts: str | None = None             # MTA-STS mode to publish: testing or enforce (`agentmx dns`)
+    tls_rpt: str | None = None             # TLS-RPT report address (mailto: or https:)
 
 
 TRUST_POLICIES = ("deliver", "require-dmarc", "flag")
@@ -382,7 +384,11 @@ def parse_config(text: str, path: Path) -> Config:
             if not (Path(f"{base}.rsa.pem").exists() or Path(f"{base}.ed25519").exists()):
                 raise d.error("dkim_selectors", f"no key for selector {sel!r} in {key_dir / domain} "
                                                 f"(make one: agentmx keygen {domain} --selector {sel})")
-        domains.append(DomainConfig(name=domain, policy=_policy(d, milter.policy), dkim_selectors=selectors))
+        mta_sts = d.get("mta_sts", None, _one_of(("testing", "enforce")), "testing or enforce")
+        tls_rpt = d.get("tls_rpt", None, lambda v: v if isinstance(v, str) and re.match(r"^(mailto:\S+@\S+|https://\S+)$", v)
+                        else _raise(), "a mailto: or https: URI")
+        domains.append(DomainConfig(name=domain, policy=_policy(d, milter.policy), dkim_selectors=selectors,
+                                    mta_sts=mta_sts, tls_rpt=tls_rpt))
         d.finish()
 
     routes = []

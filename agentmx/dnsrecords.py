@@ -2,6 +2,7 @@
 published: pure functions of the config, the keys on disk and (for the check) a DNS session."""
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -27,6 +28,15 @@ def records(config: Config, domain: str) -> list[Record]:
         out.append(Record(key.dns_name, "TXT", key.txt, f"DKIM {key.selector} ({key.algorithm})"))
     out.append(Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:dmarc-reports@{domain}",
                       "DMARC"))
+    settings = config.domain(domain)
+    if settings and settings.mta_sts:
+        # The id changes whenever the policy does (mode or MX), so senders refetch it.
+        policy_id = hashlib.sha256(f"{settings.mta_sts} {host}".encode()).hexdigest()[:20]
+        out.append(Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={policy_id}",
+                          f"MTA-STS (serve https://mta-sts.{domain}/.well-known/mta-sts.txt: "
+                          f"version: STSv1 / mode: {settings.mta_sts} / mx: {host} / max_age: 604800)"))
+    if settings and settings.tls_rpt:
+        out.append(Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua={settings.tls_rpt}", "TLS-RPT"))
     return out
 
 

@@ -10,7 +10,9 @@
 - Deduplicates on webhook-id: a retry of a message already taken is acknowledged, not redone.
 - Answers 406 to mail it will never want (here: bounces), so agentmx stops retrying and keeps it.
 - Treats the message as untrusted: it looks at auth.dmarc before believing the From address.
-Replying through the send API comes with the outbound release; until then this prints a line.
+- With AGENTMX_API_KEY set, answers authenticated mail through `agentmx serve`'s send API
+  (threaded, DKIM-signed by the milter, Auto-Submitted: auto-replied); AGENTMX_URL names the API
+  (default http://127.0.0.1:8025).
 """
 from __future__ import annotations
 
@@ -32,6 +34,15 @@ def handle(event: dict) -> None:
     trusted = event["auth"]["dmarc"] == "pass"
     print(f"event {event['id']}: from {sender} ({'authenticated' if trusted else 'NOT authenticated'}) "
           f"subject {event['subject']!r} codes {event['codes']} thread {event['threadId']}", flush=True)
+    key = os.environ.get("AGENTMX_API_KEY")
+    if key and trusted and not event["autoSubmitted"]:
+        from agentmx.client import ApiError, Client
+        try:
+            sent = Client(os.environ.get("AGENTMX_URL", "http://127.0.0.1:8025"), key).reply(
+                event, text=f"Thanks, I got your message about {event['subject']!r}.\n")
+            print(f"replied {sent['id']} queued as {sent['queueId']} in thread {sent['threadId']}", flush=True)
+        except ApiError as exc:
+            print(f"could not reply: {exc}", flush=True)
 
 
 def worker() -> None:

@@ -109,3 +109,22 @@ def test_keygen_and_dns_commands(tmp_path):
     again = subprocess.run([AGENTMX, "keygen", "new.example", "--selector", "k1r", "--key-dir", str(tmp_path / "k")],
                            capture_output=True, text=True, timeout=30, env={**os.environ, "AGENTMX_CONFIG": "/x"})
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_rotation_publishes_every_key_but_signs_with_the_configured_ones(config, tmp_path):
+    from agentmx.milter.service import signing_keys
+    dkimkeys.write(config.key_dir, dkimkeys.generate("agents.example", "s2", "rsa"))      # the next key
+    published = [r.what for r in dnsrecords.records(config, "agents.example") if r.what.startswith("DKIM")]
+    assert published == ["DKIM s1 (rsa)", "DKIM s1e (ed25519)", "DKIM s2 (rsa)"]
+    assert [k.selector for k in signing_keys(config)["agents.example"]] == ["s1", "s1e"]
+
+
+def test_mta_sts_and_tls_rpt_where_configured(tmp_path):
+    cfg = parse_config(f'[server]\nauthserv_id = "mx.agents.example"\nkey_dir = "{tmp_path}"\n'
+                       '[domains."agents.example"]\nmta_sts = "enforce"\ntls_rpt = "mailto:tls@agents.example"\n',
+                       tmp_path / "c.toml")
+    lines = dnsrecords.zone_lines(dnsrecords.records(cfg, "agents.example"))
+    assert '_mta-sts.agents.example.\t3600\tIN\tTXT\t"v=STSv1; id=' in lines
+    assert "mode: enforce / mx: mx.agents.example" in lines
+    assert '_smtp._tls.agents.example.\t3600\tIN\tTXT\t"v=TLSRPTv1; rua=mailto:tls@agents.example"' in lines
+    assert "_mta-sts" not in dnsrecords.zone_lines(dnsrecords.records(cfg, "other.example"))

@@ -33,9 +33,17 @@ KEY_B = "amx_key_for_someone_else_0123456"
 WEBHOOK = "whsec_" + base64.b64encode(b"send-test-send-test-send-test-12").decode()
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def world(dns_server):
     receiver = Receiver()
+    example_port = free_port()
     rx = PostfixInstance("rx", "mx.remote.test", relay_domains="remote.test",
                          main={"transport_maps": "inline:{ remote.test=sink: }"})
     ox = PostfixInstance("ox", "mx.agents.test", main={"mynetworks": "127.0.0.0/8",
@@ -74,6 +82,10 @@ dkim_selectors = ["s1"]
 smtp_port = {ox.port}
 per_thread_per_hour = 3
 [[routes]]
+match = "helpdesk@rsa.agents.test"
+endpoint = "http://127.0.0.1:{example_port}/"
+secret = "{WEBHOOK}"
+[[routes]]
 match = "@rsa.agents.test"
 endpoint = "{receiver.url}"
 secret = "{WEBHOOK}"
@@ -84,7 +96,7 @@ secret = "{WEBHOOK}"
 [[api_keys]]
 name = "agent"
 key = "{KEY_A}"
-allow = ["agent@rsa.agents.test", "agent@ed.agents.test"]
+allow = ["agent@rsa.agents.test", "agent@ed.agents.test", "helpdesk@rsa.agents.test"]
 [[api_keys]]
 name = "other"
 key = "{KEY_B}"
@@ -102,7 +114,8 @@ allow = ["other@rsa.agents.test"]
     server = make_server(config)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     api = f"http://127.0.0.1:{server.server_address[1]}"
-    yield {"rx": rx, "ox": ox, "config": config, "api": api, "zone": zone, "receiver": receiver}
+    yield {"rx": rx, "ox": ox, "config": config, "api": api, "zone": zone, "receiver": receiver,
+           "example_port": example_port}
     server.shutdown()
     for m in (ox_milter, rx_milter):
         m.stop()
@@ -242,3 +255,35 @@ def test_send_with_attachment_and_cli(w, tmp_path):
     with pytest.raises(ApiError) as exc:
         Client(w["api"], KEY_B).send(from_="agent@rsa.agents.test", to=["bob@remote.test"], text="x")
     assert exc.value.status == 403
+
+
+def test_the_example_agent_answers_authenticated_mail(w):
+    """examples/receiver.py with an API key: it verifies the event and replies through the API."""
+    import os
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "receiver.py"), "--port", str(w["example_port"])],
+                            env={**os.environ, "AGENTMX_WEBHOOK_SECRET": WEBHOOK, "AGENTMX_API_KEY": KEY_A,
+                                 "AGENTMX_URL": w["api"]}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in proc.stdout.readline()
+        n = time.time_ns()
+        # As our milter writes it, above the Received line of our Postfix: DMARC passed.
+        raw = (f"Authentication-Results: mx.agents.test; spf=pass smtp.mailfrom=bob@remote.test;"
+               f" dkim=pass header.d=remote.test; dmarc=pass header.from=remote.test\r\n"
+               f"Received: from mx.remote.test by mx.agents.test (Postfix) with ESMTPS id Q{n};"
+               f" Fri, 27 Nov 2026 10:00:01 +0000\r\n"
+               f"From: Bob <bob@remote.test>\r\nTo: helpdesk@rsa.agents.test\r\nSubject: Printer\r\n"
+               f"Message-ID: <help-{n}@remote.test>\r\n\r\nThe printer is on fire.\r\n").encode()
+        out = deliver(raw, Envelope("bob@remote.test", "helpdesk@rsa.agents.test", queue_id=f"Q{n}"), w["config"])
+        assert out.state == "delivered"
+        assert "(authenticated)" in proc.stdout.readline()
+        replied = proc.stdout.readline()
+        assert replied.startswith("replied snd_"), replied
+        raw_reply = delivered_reply(w, f"<help-{n}@remote.test>")
+        msg = email.message_from_bytes(raw_reply)
+        assert msg["Subject"] == "Re: Printer" and msg["From"] == "helpdesk@rsa.agents.test"
+        assert verdicts(our_results(raw_reply, "mx.remote.test")[0])["dkim"][0].result == "pass"
+    finally:
+        proc.kill()
+        proc.wait()
