@@ -113,6 +113,10 @@ def cmd_deliver(args) -> int:
     except ConfigError as exc:
         print(f"agentmx deliver: {qid}: {exc} (deferred)", file=sys.stderr)
         return EX_TEMPFAIL
+    except Exception as exc:       # e.g. a file the pipe user may not read: keep the message
+        print(f"agentmx deliver: {qid}: cannot load the configuration: {exc.__class__.__name__}: {exc} (deferred)",
+              file=sys.stderr)
+        return EX_TEMPFAIL
     try:
         raw = sys.stdin.buffer.read()
         env = Envelope(sender=args.sender, recipient=args.recipient, queue_id=args.queue_id,
@@ -312,7 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # Postfix bounces a message whose pipe program exits with anything but 0 or 75
+        # (EX_TEMPFAIL): a deliver command line we cannot read must keep the message.
+        if "deliver" in argv and exc.code not in (0, None):
+            print("agentmx deliver: bad command line in master.cf (deferred)", file=sys.stderr)
+            return 75
+        raise
     _setup_logging(args.log_level)
     try:
         return args.func(args)

@@ -381,7 +381,13 @@ def parse_config(text: str, path: Path) -> Config:
         domain = name.lower().rstrip(".")
         for sel in selectors:
             base = key_dir / domain / sel
-            if not (Path(f"{base}.rsa.pem").exists() or Path(f"{base}.ed25519").exists()):
+            try:
+                present = Path(f"{base}.rsa.pem").exists() or Path(f"{base}.ed25519").exists()
+            except PermissionError:
+                # Not ours to read (deliver and serve run as users without the keys): only the
+                # milter, which signs, can tell; it checks again when it loads them.
+                continue
+            if not present:
                 raise d.error("dkim_selectors", f"no key for selector {sel!r} in {key_dir / domain} "
                                                 f"(make one: agentmx keygen {domain} --selector {sel})")
         mta_sts = d.get("mta_sts", None, _one_of(("testing", "enforce")), "testing or enforce")

@@ -136,3 +136,40 @@ def test_example_receiver_verifies_acks_and_dedupes(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_deliver_never_exits_with_anything_but_0_or_75(tmp_path):
+    """Postfix bounces on any other exit status: a broken command line, a config the pipe user
+    cannot read, keys it may not see must all keep the message (75)."""
+    bad_args = subprocess.run([AGENTMX, "deliver", "--no-such-flag"], input=MESSAGE, capture_output=True, timeout=30)
+    assert bad_args.returncode == 75 and b"bad command line" in bad_args.stderr
+    no_recipient = subprocess.run([AGENTMX, "deliver"], input=MESSAGE, capture_output=True, timeout=30)
+    assert no_recipient.returncode == 75
+
+
+def test_deliver_as_the_pipe_user_with_keys_it_cannot_read():
+    import shutil
+    import tempfile
+    from agentmx import dkimkeys
+    tmp_path = Path(tempfile.mkdtemp(prefix="agentmx-pipeuser-", dir="/tmp"))   # readable by nobody
+    os.chmod(tmp_path, 0o755)
+    receiver = Receiver()
+    try:
+        key_dir = tmp_path / "keys"
+        dkimkeys.write(key_dir, dkimkeys.generate("agentmx.test", "s1", "rsa"))       # 0750 dir, 0600 key
+        os.chmod(key_dir, 0o700)
+        data = tmp_path / "data"
+        data.mkdir()
+        os.chown(data, 65534, 65534)
+        cfg = write_config(tmp_path, receiver.url)
+        cfg.write_text(cfg.read_text().replace("[server]\n", f'[server]\nkey_dir = "{key_dir}"\n', 1)
+                       + '[domains."agentmx.test"]\ndkim_selectors = ["s1"]\n')
+        os.chmod(cfg, 0o644)
+        out = subprocess.run([AGENTMX, "--config", str(cfg), "deliver", "--sender=bob@example.org",
+                              "--recipient=agent@agentmx.test", "--queue-id=5NOBODY"],
+                             input=MESSAGE, capture_output=True, timeout=30, user=65534, group=65534)
+        assert out.returncode == 0, out.stderr
+        assert len(receiver.requests) == 1
+    finally:
+        receiver.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)
