@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.dnszone import DnsServer  # noqa: E402
-from support.postfix import MilterProcess, PostfixInstance, fragment_settings, free_tcp_port, wait_for  # noqa: E402
+from support.postfix import (MilterProcess, PostfixInstance, agentmx_config, free_tcp_port,  # noqa: E402
+                             install_deliver, wait_for)
 
 from agentmx import dkimkeys, dnsrecords  # noqa: E402
 from agentmx.config import load_config  # noqa: E402
@@ -103,19 +104,13 @@ def run(args, cleanup: list) -> int:
     data.mkdir()
     shutil.chown(data, "nobody", "nogroup")
 
-    def milter_config(pf: PostfixInstance, authserv: str, extra: str) -> tuple[Path, Path]:
-        sock = pf.base / "milter" / "milter.sock"
-        cfg = pf.base / "agentmx.toml"
-        cfg.write_text(f'[server]\nauthserv_id = "{authserv}"\ndata_dir = "{data}"\nkey_dir = "{key_dir}"\n'
-                       f'public_url = "http://127.0.0.1:{serve_port}"\nlisten = "127.0.0.1:{serve_port}"\n'
-                       f'url_secret = "{base64.b64encode(os.urandom(18)).decode()}"\n'
-                       f'[dns]\nservers = ["127.0.0.1:{dns.port}"]\n[milter]\nsocket = "{sock}"\n'
-                       f'socket_mode = "0666"\ntrusted_networks = ["127.0.0.1/32"]\n{extra}')
-        os.chmod(cfg, 0o644)
-        return cfg, sock
-
-    out_cfg, out_sock = milter_config(outside, "mx.sender.example", "")
-    our_cfg, our_sock = milter_config(ours, "mx.agents.example", f"""
+    server = "\n".join([f'data_dir = "{data}"', f'key_dir = "{key_dir}"', f'public_url = "http://127.0.0.1:{serve_port}"',
+                        f'listen = "127.0.0.1:{serve_port}"', f'url_secret = "{base64.b64encode(os.urandom(18)).decode()}"'])
+    # Local submission (127.0.0.1) is trusted and signed; the other MTA's client leaves from
+    # 127.0.0.2 or .3 and is verified like any outside client.
+    trusted = 'trusted_networks = ["127.0.0.1/32"]'
+    out_cfg, out_sock = agentmx_config(outside, "mx.sender.example", dns.port, server=server, milter=trusted)
+    our_cfg, our_sock = agentmx_config(ours, "mx.agents.example", dns.port, server=server, milter=trusted, rest=f"""
 [domains."agents.example"]
 dkim_selectors = ["ax1r", "ax1e"]
 [[routes]]
@@ -129,18 +124,8 @@ allow = ["agent@agents.example"]
 [send]
 smtp_port = {ours.port}
 """)
-    recipients = ours.base / "recipients"
-    recipients.write_text(subprocess.run([AGENTMX, "--config", str(our_cfg), "postfix-map"], check=True,
-                                         capture_output=True, text=True).stdout)
-    ours.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{our_sock}"),
-                  *fragment_settings(ROOT / "postfix" / "main.cf.deliver.fragment", relay_domains="agents.example",
-                                     transport_maps=f"inline:{{ agents.example=agentmx:, sender.example=smtp:[127.0.0.1]:{outside.port} }}",
-                                     relay_recipient_maps=f"texthash:{recipients}"))
-    (entry,) = [line for line in (ROOT / "postfix" / "master.cf.fragment").read_text().splitlines()
-                if line and not line.startswith("#")]
-    ours.postconf_master(entry.replace("user=agentmx", "user=nobody").replace("/opt/agentmx/venv/bin/agentmx", AGENTMX)
-                         .replace("/etc/agentmx/agentmx.toml", str(our_cfg)))
-    outside.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{out_sock}"))
+    install_deliver(ours, our_cfg, "agents.example", AGENTMX,
+                    transport_maps=f"inline:{{ agents.example=agentmx:, sender.example=smtp:[127.0.0.1]:{outside.port} }}")
     for pf, cfg, sock in ((outside, out_cfg, out_sock), (ours, our_cfg, our_sock)):
         milter = MilterProcess(cfg, sock, pf.base / "milter.log").start()
         cleanup.append(milter.stop)

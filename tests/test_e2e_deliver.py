@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import smtplib
-import subprocess
 import sys
 import threading
 import urllib.request
@@ -23,7 +22,7 @@ import pytest
 
 from conftest import ROOT
 from e2e_helpers import RsaKey, send, sign
-from support.postfix import MilterProcess, PostfixInstance, fragment_settings, wait_for
+from support.postfix import MilterProcess, PostfixInstance, agentmx_config, install_deliver, wait_for
 from support.receiver import Receiver
 
 from agentmx.config import load_config
@@ -54,42 +53,14 @@ def world(dns_server, key):
     data = pf.base / "data-agentmx"
     data.mkdir()
     shutil.chown(data, "nobody", "nogroup")
-    sock = pf.base / "milter" / "milter.sock"
-    cfg_path = pf.base / "agentmx.toml"
-    cfg_path.write_text(f"""
-[server]
-authserv_id = "{AUTHSERV}"
-data_dir = "{data}"
-listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:0"
-url_secret = "e2e-url-secret-0123456789"
-[dns]
-servers = ["127.0.0.1:{dns_server.port}"]
-timeout = 1.0
-[milter]
-socket = "{sock}"
-socket_mode = "0666"
-trusted_networks = []
-[[routes]]
-match = "agent@agentmx.test"
-endpoint = "{receiver.url}"
-secret = "{SECRET}"
-timeout = 3
-""")
-    os.chmod(cfg_path, 0o644)
-    recipients = pf.base / "recipients"
-    recipients.write_text(subprocess.run([AGENTMX, "--config", str(cfg_path), "postfix-map"], check=True,
-                                         capture_output=True, text=True).stdout)
+    server = "\n".join([f'data_dir = "{data}"', 'listen = "127.0.0.1:0"', 'public_url = "http://127.0.0.1:0"',
+                        'url_secret = "e2e-url-secret-0123456789"'])
+    route = "\n".join(["[[routes]]", 'match = "agent@agentmx.test"', f'endpoint = "{receiver.url}"',
+                       f'secret = "{SECRET}"', "timeout = 3"])
+    cfg_path, sock = agentmx_config(pf, AUTHSERV, dns_server.port, milter="trusted_networks = []", server=server,
+                                    rest=route)
     # The settings and the transport we ship, with this test's paths and the unprivileged user.
-    pf.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{sock}"),
-                *fragment_settings(ROOT / "postfix" / "main.cf.deliver.fragment", relay_domains="agentmx.test",
-                                   transport_maps="inline:{ agentmx.test=agentmx: }",
-                                   relay_recipient_maps=f"texthash:{recipients}"))
-    (entry,) = [line for line in (ROOT / "postfix" / "master.cf.fragment").read_text().splitlines()
-                if line and not line.startswith("#")]
-    pf.postconf_master(entry.replace("user=agentmx", "user=nobody")
-                       .replace("/opt/agentmx/venv/bin/agentmx", AGENTMX)
-                       .replace("/etc/agentmx/agentmx.toml", str(cfg_path)))
+    install_deliver(pf, cfg_path, "agentmx.test", AGENTMX)
     milter = MilterProcess(cfg_path, sock, pf.base / "milter.log").start()
     pf.start()
     config = load_config(cfg_path)

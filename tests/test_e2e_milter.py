@@ -12,8 +12,7 @@ import time
 import pytest
 
 from e2e_helpers import Ed25519Key, RsaKey, message, our_results, send, sign, verdicts
-from conftest import ROOT
-from support.postfix import MilterProcess, PostfixInstance, fragment_settings
+from support.postfix import MilterProcess, PostfixInstance, agentmx_config
 
 AUTHSERV = "mx.agentmx.test"
 
@@ -43,28 +42,10 @@ def stack(dns_server, mx_zone, tmp_path_factory):
     pf = PostfixInstance("mx", "mx.agentmx.test", relay_domains="agentmx.test, strict.agentmx.test", main={
         "transport_maps": "inline:{ agentmx.test=sink:, strict.agentmx.test=sink: }",
     })
-    sock = pf.base / "milter" / "milter.sock"
-    config = pf.base / "agentmx.toml"
-    config.write_text(f"""
-[server]
-authserv_id = "{AUTHSERV}"
-data_dir = "{pf.base / 'data-agentmx'}"
-
-[dns]
-servers = ["127.0.0.1:{dns_server.port}"]
-timeout = 0.5
-
-[milter]
-socket = "{sock}"
-socket_mode = "0666"
-trusted_networks = []          # the test client is 127.0.0.1: verify it like any outside client
-
-[domains."strict.agentmx.test"]
-reject_dmarc = true
-reject_spf_fail = true
-""")
-    # The settings we ship, with the socket where this test's milter listens (chroot = n here).
-    pf.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{sock}"))
+    # the test client is 127.0.0.1: verify it like any outside client (trusted_networks = [])
+    config, sock = agentmx_config(pf, AUTHSERV, dns_server.port, dns_timeout=0.5,
+                                  server=f'data_dir = "{pf.base / "data-agentmx"}"', milter="trusted_networks = []",
+                                  rest='[domains."strict.agentmx.test"]\nreject_dmarc = true\nreject_spf_fail = true')
     milter = MilterProcess(config, sock, pf.base / "milter.log").start()
     pf.start()
     yield pf, milter

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 from e2e_helpers import our_results, verdicts
-from support.postfix import MilterProcess, PostfixInstance, fragment_settings
+from support.postfix import MilterProcess, PostfixInstance, agentmx_config
 from support.receiver import Receiver
 
 from agentmx import dkimkeys, dnsrecords
@@ -52,27 +52,14 @@ def world(dns_server):
     dkimkeys.write(key_dir, dkimkeys.generate("rsa.agents.test", "s1", "rsa"))
     dkimkeys.write(key_dir, dkimkeys.generate("ed.agents.test", "s1", "ed25519"))
 
-    def milter_for(pf, authserv, extra):
-        sock = pf.base / "milter" / "milter.sock"
-        cfg = pf.base / "agentmx.toml"
-        cfg.write_text(f"""
-[server]
-authserv_id = "{authserv}"
-data_dir = "{pf.base / 'data'}"
-key_dir = "{key_dir}"
-url_secret = "send-test-url-secret-01"
-listen = "127.0.0.1:0"
-[dns]
-servers = ["127.0.0.1:{dns_server.port}"]
-[milter]
-socket = "{sock}"
-socket_mode = "0666"
-{extra}
-""")
-        pf.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{sock}"))
+    def milter_for(pf, authserv, extra, milter=""):
+        server = "\n".join([f'data_dir = "{pf.base / "data"}"', f'key_dir = "{key_dir}"',
+                            'url_secret = "send-test-url-secret-01"', 'listen = "127.0.0.1:0"'])
+        cfg, sock = agentmx_config(pf, authserv, dns_server.port, rest=extra, milter=milter, server=server)
         return MilterProcess(cfg, sock, pf.base / "milter.log").start(), cfg
 
-    rx_milter, _ = milter_for(rx, "mx.remote.test", "trusted_networks = []")
+    # the remote MX verifies what comes from 127.0.0.1 (our Postfix) like any outside client
+    rx_milter, _ = milter_for(rx, "mx.remote.test", "", milter="trusted_networks = []")
     ox_milter, ox_cfg = milter_for(ox, "mx.agents.test", f"""
 [domains."rsa.agents.test"]
 dkim_selectors = ["s1"]

@@ -8,9 +8,8 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT
 from e2e_helpers import message
-from support.postfix import MilterProcess, PostfixInstance, fragment_settings
+from support.postfix import MilterProcess, PostfixInstance, agentmx_config
 
 from agentmx import dkimkeys, dnsrecords
 from agentmx.config import load_config
@@ -25,21 +24,8 @@ def signer(dns_server):
     key_dir = pf.base / "keys"
     dkimkeys.write(key_dir, dkimkeys.generate("agents.example", "s1", "rsa"))
     dkimkeys.write(key_dir, dkimkeys.generate("agents.example", "s1e", "ed25519"))
-    sock = pf.base / "milter" / "milter.sock"
-    cfg = pf.base / "agentmx.toml"
-    cfg.write_text(f"""
-[server]
-authserv_id = "mx.agents.example"
-key_dir = "{key_dir}"
-[dns]
-servers = ["127.0.0.1:{dns_server.port}"]
-[milter]
-socket = "{sock}"
-socket_mode = "0666"
-[domains."agents.example"]
-dkim_selectors = ["s1", "s1e"]
-""")
-    pf.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{sock}"))
+    cfg, sock = agentmx_config(pf, "mx.agents.example", dns_server.port, server=f'key_dir = "{key_dir}"',
+                               rest='[domains."agents.example"]\ndkim_selectors = ["s1", "s1e"]')
     milter = MilterProcess(cfg, sock, pf.base / "milter.log").start()
     pf.start()
     config = load_config(cfg)

@@ -168,6 +168,36 @@ def fragment_settings(path: Path, **overrides: str) -> list[str]:
     return out
 
 
+def agentmx_config(pf: PostfixInstance, authserv_id: str, dns_port: int, *, server: str = "", milter: str = "",
+                   rest: str = "", dns_timeout: float = 1.0) -> tuple[Path, Path]:
+    """Write <base>/agentmx.toml for an agentmx beside `pf` (its milter socket in <base>/milter) and
+    apply the main.cf settings we ship, pointed at that socket. Returns (config path, socket)."""
+    sock = pf.base / "milter" / "milter.sock"
+    cfg = pf.base / "agentmx.toml"
+    cfg.write_text(f"[server]\nauthserv_id = \"{authserv_id}\"\n{server}\n"
+                   f"[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\ntimeout = {dns_timeout}\n"
+                   f"[milter]\nsocket = \"{sock}\"\nsocket_mode = \"0666\"\n{milter}\n{rest}\n")
+    os.chmod(cfg, 0o644)
+    root = Path(__file__).resolve().parents[2]
+    pf.postconf(*fragment_settings(root / "postfix" / "main.cf.fragment", smtpd_milters=f"unix:{sock}"))
+    return cfg, sock
+
+
+def install_deliver(pf: PostfixInstance, cfg: Path, domain: str, agentmx: str, transport_maps: str | None = None) -> None:
+    """The deliver side we ship (main.cf.deliver.fragment, master.cf.fragment) on `pf`, with this
+    instance's config path, the recipient map `agentmx postfix-map` writes, and user nobody."""
+    root = Path(__file__).resolve().parents[2]
+    recipients = pf.base / "recipients"
+    recipients.write_text(_run(agentmx, "--config", str(cfg), "postfix-map").stdout)
+    pf.postconf(*fragment_settings(root / "postfix" / "main.cf.deliver.fragment", relay_domains=domain,
+                                   transport_maps=transport_maps or f"inline:{{ {domain}=agentmx: }}",
+                                   relay_recipient_maps=f"texthash:{recipients}"))
+    (entry,) = [line for line in (root / "postfix" / "master.cf.fragment").read_text().splitlines()
+                if line and not line.startswith("#")]
+    pf.postconf_master(entry.replace("user=agentmx", "user=nobody").replace("/opt/agentmx/venv/bin/agentmx", agentmx)
+                       .replace("/etc/agentmx/agentmx.toml", str(cfg)))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
