@@ -238,6 +238,45 @@ def cmd_send(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from agentmx import ops
+    config = load_config(_config_path(args.config))
+    print(f"recent deliveries ({config.data_dir}):")
+    rows = ops.recent(config, args.limit)
+    for d in rows:
+        print(f"  {d.updated}  {d.state:9} {d.id}  to={d.recipient}  queue={d.queue_id or '-'}  "
+              f"attempts={d.attempts}  status={d.status if d.status is not None else '-'}  {d.reason}")
+    if not rows:
+        print("  none yet")
+    waiting = ops.waiting_for_agents(config, ops.postfix_queue(args.postfix_config))
+    print(f"waiting in Postfix's queue for agentmx routes: {len(waiting)}")
+    for qid, queue, rcpt, reason in waiting:
+        print(f"  {qid} ({queue}) to={rcpt}: {reason or 'in delivery'}")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from agentmx import ops
+    config = load_config(_config_path(args.config))
+    try:
+        status, reason = ops.replay(config, args.event_id)
+    except LookupError as exc:
+        print(f"agentmx replay: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.event_id}: HTTP {status or '-'} ({reason})")
+    return 0 if (200 <= status < 300 or status == 406) else 1
+
+
+def cmd_gc(args) -> int:
+    from agentmx import ops
+    config = load_config(_config_path(args.config))
+    days = args.days or config.retention_days
+    report = ops.gc(config, days, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {report.events} event(s) and {report.blobs} blob(s), {report.bytes} bytes, older than {days} days")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents, on Postfix.")
     p.add_argument("--config", help=f"configuration file (default $AGENTMX_CONFIG or {DEFAULT_PATH})")
@@ -307,6 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--in-reply-to", help="an event id (msg_...) or a Message-ID (<...>)")
     se.add_argument("--force", action="store_true", help="answer an auto-submitted message all the same")
     se.set_defaults(func=cmd_send)
+
+    st = sub.add_parser("status", help="recent deliveries, and what waits in Postfix's queue for the agents")
+    st.add_argument("--limit", type=int, default=20)
+    st.add_argument("--postfix-config", help="Postfix config directory (default: the system's)")
+    st.set_defaults(func=cmd_status)
+
+    rp = sub.add_parser("replay", help="POST a stored event again, with its original webhook-id")
+    rp.add_argument("event_id")
+    rp.set_defaults(func=cmd_replay)
+
+    gcp = sub.add_parser("gc", help="remove stored mail older than [server] retention_days")
+    gcp.add_argument("--days", type=int, help="override retention_days")
+    gcp.add_argument("--dry-run", action="store_true")
+    gcp.set_defaults(func=cmd_gc)
 
     ck = sub.add_parser("check", help="query DNS and say, record by record, what is missing or wrong")
     ck.add_argument("domain")

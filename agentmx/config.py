@@ -118,6 +118,7 @@ class Config:
     url_ttl: int = 7 * 24 * 3600                    # seconds an attachment URL stays valid
     key_dir: Path = Path("/etc/agentmx/keys")       # DKIM private keys: <key_dir>/<domain>/<selector>.*
     mail_host: str = ""                             # this server's MX name for `agentmx dns` (default authserv_id)
+    retention_days: int = 30                        # `agentmx gc` removes stored mail older than this
     dns: DnsConfig = DnsConfig()
     milter: MilterConfig = MilterConfig()
     domains: tuple[DomainConfig, ...] = ()
@@ -347,6 +348,7 @@ def parse_config(text: str, path: Path) -> Config:
     url_secret = _read_plain_secret(server, "url_secret", min_len=16)
     key_dir = server.get("key_dir", Config.key_dir, lambda v: Path(_nonempty_str(v)), "a path")
     mail_host = server.get("mail_host", authserv_id, _hostname, "a host name")
+    retention_days = server.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0")
     server.finish()
 
     dns_sec = _Section(path, "dns", doc.get("dns", {}))
@@ -459,7 +461,7 @@ def parse_config(text: str, path: Path) -> Config:
 
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
                   listen=listen, url_secret=url_secret, url_ttl=url_ttl, key_dir=key_dir,
-                  mail_host=mail_host, dns=dns, milter=milter,
+                  mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys))
 
 

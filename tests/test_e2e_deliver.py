@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import smtplib
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -155,6 +156,11 @@ def test_endpoint_down_then_back_delivers_once_with_the_same_id(w, key):
         send(pf.port, "alice@sender.test", ["agent@agentmx.test"], mail(key, subject="while down"))
         wait_deferred(pf, before)
         assert "agent@agentmx.test" in pf.queue()
+        status = subprocess.run([AGENTMX, "--config", str(w["config"].path), "status", "--postfix-config", str(pf.etc)],
+                                capture_output=True, text=True, timeout=30).stdout
+        waiting = status.split("waiting in Postfix's queue for agentmx routes: ")[1]
+        assert waiting.startswith("1\n") and "(deferred) to=agent@agentmx.test" in waiting
+        assert "Connection refused" in waiting
     finally:
         receiver.start()
     pf.flush()

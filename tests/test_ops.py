@@ -1,0 +1,105 @@
+"""Operator commands on a real data directory: replay (same webhook-id), gc (retention), status."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support.receiver import Receiver
+
+from agentmx import ops
+from agentmx.config import parse_config
+from agentmx.deliver.core import Envelope, deliver
+from agentmx.webhook import verify
+
+SECRET = "whsec_" + base64.b64encode(b"ops-secret-ops-secret-ops-secret").decode()
+AGENTMX = str(Path(sys.executable).with_name("agentmx"))
+
+
+def make_config(tmp_path: Path, endpoint: str):
+    text = (f'[server]\nauthserv_id = "mx.agentmx.test"\ndata_dir = "{tmp_path / "data"}"\n'
+            f'url_secret = "ops-url-secret-0123456"\nretention_days = 10\n'
+            f'[[routes]]\nmatch = "@agentmx.test"\nendpoint = "{endpoint}"\nsecret = "{SECRET}"\ntimeout = 2\n')
+    path = tmp_path / "agentmx.toml"
+    path.write_text(text)
+    return parse_config(text, path)
+
+
+def message(n: int, attachment: bytes = b"") -> bytes:
+    body = (f"From: bob@example.org\r\nTo: agent@agentmx.test\r\nSubject: m{n}\r\nMessage-ID: <m{n}@example.org>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+            f"hello {n}\r\n--b\r\nContent-Type: application/octet-stream; name=a.bin\r\n"
+            f"Content-Transfer-Encoding: base64\r\n\r\n{base64.b64encode(attachment or bytes([n]) * 10).decode()}\r\n--b--\r\n")
+    return body.encode()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def test_replay_sends_the_stored_event_again_with_its_id(tmp_path, receiver):
+    cfg = make_config(tmp_path, receiver.url)
+    out = deliver(message(1), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q1"), cfg)
+    cli = subprocess.run([AGENTMX, "--config", str(cfg.path), "replay", out.event_id], capture_output=True,
+                         text=True, timeout=30)
+    assert cli.returncode == 0 and f"{out.event_id}: HTTP 200" in cli.stdout
+    first, second = receiver.requests
+    assert first.body == second.body and first.headers["webhook-id"] == second.headers["webhook-id"] == out.event_id
+    verify(second.headers, second.body, SECRET)
+    state = json.loads((cfg.data_dir / "state" / f"{out.event_id}.json").read_text())
+    assert state["replays"] == 1 and state["state"] == "delivered"
+    missing = subprocess.run([AGENTMX, "--config", str(cfg.path), "replay", "msg_aaaaaaaaaaaaaaaaaaaaaaaaaa"],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1 and "no stored event" in missing.stderr
+
+
+def test_replay_to_an_endpoint_that_fails(tmp_path, receiver):
+    cfg = make_config(tmp_path, receiver.url)
+    out = deliver(message(2), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q2"), cfg)
+    receiver.default = (500, 0)
+    assert ops.replay(cfg, out.event_id) == (500, "HTTP 500")
+
+
+def test_gc_removes_old_mail_and_keeps_what_is_referenced(tmp_path, receiver):
+    cfg = make_config(tmp_path, receiver.url)
+    shared = b"the same attachment in an old and a new message"
+    old = deliver(message(3, shared), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q3"), cfg)
+    new = deliver(message(4, shared), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q4"), cfg)
+    data = cfg.data_dir
+    long_ago = time.time() - 20 * 86400
+    old_event = json.loads((data / "events" / f"{old.event_id}.json").read_text())
+    for path in [data / "events" / f"{old.event_id}.json", data / "state" / f"{old.event_id}.json",
+                 *(data / "blobs").glob("*/*")]:
+        os.utime(path, (long_ago, long_ago))
+    dry = subprocess.run([AGENTMX, "--config", str(cfg.path), "gc", "--dry-run"], capture_output=True, text=True)
+    assert "would remove 1 event(s) and 1 blob(s)" in dry.stdout
+    assert (data / "events" / f"{old.event_id}.json").exists()
+    report = ops.gc(cfg, cfg.retention_days)
+    assert (report.events, report.blobs) == (1, 1)        # the old raw message; the shared attachment stays
+    assert not (data / "events" / f"{old.event_id}.json").exists()
+    assert (data / "events" / f"{new.event_id}.json").exists()
+    blob = lambda sha: data / "blobs" / sha[:2] / sha  # noqa: E731
+    assert not blob(old_event["raw"]["sha256"]).exists()
+    assert blob(old_event["attachments"][0]["sha256"]).exists()
+
+
+def test_status_lists_recent_deliveries(tmp_path, receiver):
+    cfg = make_config(tmp_path, receiver.url)
+    deliver(message(5), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q5"), cfg)
+    receiver.default = (503, 0)
+    deliver(message(6), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q6"), cfg)
+    out = subprocess.run([AGENTMX, "--config", str(cfg.path), "status", "--postfix-config", "/nonexistent"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert "deferred" in lines[1] and "queue=Q6" in lines[1] and "HTTP 503, Retry-After 120" in lines[1]
+    assert "delivered" in lines[2] and "queue=Q5" in lines[2]
