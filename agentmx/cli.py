@@ -277,6 +277,34 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_setup(args) -> int:
+    from agentmx import setup
+    postfix_dir = Path(args.postfix_config)
+    try:
+        if args.undo:
+            for path in setup.undo(postfix_dir):
+                print(f"restored {path}")
+            print("now: postfix reload (and stop agentmx-milter, agentmx-serve)")
+            return 0
+        if not (args.domain and args.endpoint):
+            print("agentmx setup: --domain and --endpoint are required (or --undo)", file=sys.stderr)
+            return 2
+        plan = setup.Plan(postfix_dir=postfix_dir, agentmx_dir=Path(args.agentmx_dir), domain=args.domain.lower(),
+                          endpoint=args.endpoint, data_dir=Path(args.data_dir), pipe_user=args.pipe_user,
+                          agentmx_bin=str(Path(sys.executable).with_name("agentmx")), socket=Path(args.socket))
+        if args.dry_run:
+            sys.stdout.write(setup.diff(plan) or "main.cf and master.cf already have these settings\n")
+            return 0
+        records = setup.apply(plan)
+    except setup.SetupError as exc:
+        print(f"agentmx setup: {exc}", file=sys.stderr)
+        return 1
+    print(f"configured {postfix_dir} for {plan.domain}; agentmx config in {plan.agentmx_dir}")
+    print("next: start agentmx-milter and agentmx-serve, `postfix reload`, and publish:")
+    sys.stdout.write(records)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents, on Postfix.")
     p.add_argument("--config", help=f"configuration file (default $AGENTMX_CONFIG or {DEFAULT_PATH})")
@@ -360,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     gcp.add_argument("--days", type=int, help="override retention_days")
     gcp.add_argument("--dry-run", action="store_true")
     gcp.set_defaults(func=cmd_gc)
+
+    su = sub.add_parser("setup", help="configure this Postfix for agentmx (idempotent; --dry-run, --undo)")
+    su.add_argument("--domain", help="the agents' mail domain")
+    su.add_argument("--endpoint", help="where events for it are POSTed")
+    su.add_argument("--postfix-config", default="/etc/postfix")
+    su.add_argument("--agentmx-dir", default="/etc/agentmx", help="config, keys, secrets, recipient map")
+    su.add_argument("--data-dir", default="/var/lib/agentmx")
+    su.add_argument("--socket", default="/var/spool/postfix/agentmx/milter.sock")
+    su.add_argument("--pipe-user", default="agentmx", help="the user deliver runs as")
+    su.add_argument("--dry-run", action="store_true", help="show the main.cf/master.cf diff, change nothing")
+    su.add_argument("--undo", action="store_true", help="restore main.cf and master.cf from setup's backup")
+    su.set_defaults(func=cmd_setup)
 
     ck = sub.add_parser("check", help="query DNS and say, record by record, what is missing or wrong")
     ck.add_argument("domain")

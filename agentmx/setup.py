@@ -1,0 +1,207 @@
+"""`agentmx setup`: put agentmx into an existing Postfix, idempotently, with a way back.
+
+    agentmx setup --domain agents.example.com --endpoint https://agent.example.com/hooks/email
+    agentmx setup ... --dry-run          # the main.cf / master.cf diff, nothing changed
+    agentmx setup --undo                 # main.cf and master.cf restored byte for byte
+
+What it does, in order: keeps the original main.cf and master.cf once (main.cf.agentmx-orig,
+master.cf.agentmx-orig beside them; a second run keeps the first backup); writes
+<agentmx dir>/agentmx.toml (if there is none) with a route for the domain and fresh secrets in
+files of their own; makes DKIM keys (RSA and ed25519) if the domain has none; writes the
+recipient map; applies postfix/main.cf.fragment, main.cf.deliver.fragment and master.cf.fragment
+with `postconf` (so a second run changes nothing); prints the DNS records to publish.
+"""
+from __future__ import annotations
+
+import base64
+import difflib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import dkimkeys, dnsrecords
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+BACKUP = ".agentmx-orig"
+
+
+class SetupError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    postfix_dir: Path
+    agentmx_dir: Path
+    domain: str
+    endpoint: str
+    data_dir: Path
+    pipe_user: str
+    agentmx_bin: str
+    socket: Path
+
+
+def _postconf(*args: str) -> str:
+    out = subprocess.run(["postconf", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SetupError(f"postconf {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def _fragment_lines(name: str) -> list[str]:
+    path = PACKAGE_ROOT / "postfix" / name            # a checkout
+    if not path.exists():                             # an install: <prefix>/share/agentmx/postfix
+        path = Path(sys.prefix) / "share" / "agentmx" / "postfix" / name
+    return [line.strip() for line in path.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and ("=" in line)]
+
+
+def main_cf_settings(plan: Plan) -> list[str]:
+    chrooted = _postconf("-c", str(plan.postfix_dir), "-Fh", "smtp/inet/chroot").strip() == "y"
+    queue_dir = Path(_postconf("-c", str(plan.postfix_dir), "-h", "queue_directory").strip())
+    if chrooted:
+        try:
+            milter = "unix:/" + str(plan.socket.relative_to(queue_dir))
+        except ValueError:
+            raise SetupError(f"smtpd runs chrooted in {queue_dir}: the milter socket must be inside it "
+                             f"(not {plan.socket})") from None
+    else:
+        milter = f"unix:{plan.socket}"
+    recipients = plan.agentmx_dir / "recipients"
+    out = []
+    for line in _fragment_lines("main.cf.fragment") + _fragment_lines("main.cf.deliver.fragment"):
+        name, _, value = (p.strip() for p in line.partition("="))
+        value = {"smtpd_milters": milter, "relay_domains": plan.domain,
+                 "transport_maps": f"inline:{{ {plan.domain}=agentmx: }}",
+                 "relay_recipient_maps": f"texthash:{recipients}"}.get(name, value)
+        out.append(f"{name} = {value}")
+    return out
+
+
+def master_cf_entry(plan: Plan) -> str:
+    (entry,) = _fragment_lines("master.cf.fragment")
+    return (entry.replace("user=agentmx", f"user={plan.pipe_user}")
+            .replace("/opt/agentmx/venv/bin/agentmx", plan.agentmx_bin)
+            .replace("/etc/agentmx/agentmx.toml", str(plan.agentmx_dir / "agentmx.toml")))
+
+
+def _apply_postfix(plan: Plan, postfix_dir: Path) -> None:
+    _postconf("-c", str(postfix_dir), "-e", *main_cf_settings(plan))
+    _postconf("-c", str(postfix_dir), "-M", master_cf_entry(plan))
+
+
+def diff(plan: Plan) -> str:
+    """What setup would change in main.cf and master.cf, as a unified diff."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("main.cf", "master.cf"):
+            shutil.copy2(plan.postfix_dir / name, Path(tmp) / name)
+        _apply_postfix(plan, Path(tmp))
+        out = []
+        for name in ("main.cf", "master.cf"):
+            before = (plan.postfix_dir / name).read_text().splitlines(keepends=True)
+            after = (Path(tmp) / name).read_text().splitlines(keepends=True)
+            out.extend(difflib.unified_diff(before, after, f"{plan.postfix_dir / name}", f"{plan.postfix_dir / name} (agentmx)"))
+        return "".join(out)
+
+
+def _secret_file(path: Path, value: str) -> None:
+    if path.exists():
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+
+
+def write_config(plan: Plan) -> Path:
+    cfg = plan.agentmx_dir / "agentmx.toml"
+    if cfg.exists():
+        return cfg
+    plan.agentmx_dir.mkdir(parents=True, exist_ok=True)
+    _secret_file(plan.agentmx_dir / "webhook.secret", "whsec_" + base64.b64encode(os.urandom(32)).decode())
+    _secret_file(plan.agentmx_dir / "url.secret", base64.b64encode(os.urandom(32)).decode())
+    host = _postconf("-c", str(plan.postfix_dir), "-h", "myhostname").strip()
+    cfg.write_text(f"""# Written by `agentmx setup` on {time.strftime('%Y-%m-%d')}; every key: config/agentmx.toml in the docs.
+[server]
+authserv_id = "{host}"
+data_dir = "{plan.data_dir}"
+key_dir = "{plan.agentmx_dir / 'keys'}"
+url_secret_file = "{plan.agentmx_dir / 'url.secret'}"
+
+[milter]
+socket = "{plan.socket}"
+
+[domains."{plan.domain}"]
+dkim_selectors = ["ax1r", "ax1e"]
+
+[[routes]]
+match = "@{plan.domain}"
+endpoint = "{plan.endpoint}"
+secret_file = "{plan.agentmx_dir / 'webhook.secret'}"
+""")
+    os.chmod(cfg, 0o640)
+    return cfg
+
+
+def ensure_keys(plan: Plan) -> None:
+    key_dir = plan.agentmx_dir / "keys"
+    for selector, alg in (("ax1r", "rsa"), ("ax1e", "ed25519")):
+        if not dkimkeys.path_for(key_dir, plan.domain, selector, alg).exists():
+            dkimkeys.write(key_dir, dkimkeys.generate(plan.domain, selector, alg))
+
+
+def ensure_user(name: str, home: Path):
+    """The pipe user's passwd entry; the dedicated `agentmx` system user is created if missing."""
+    import pwd
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        if name != "agentmx":
+            raise SetupError(f"user {name!r} does not exist") from None
+    subprocess.run(["useradd", "--system", "--home-dir", str(home), "--no-create-home", "--shell",
+                    "/usr/sbin/nologin", "--groups", "postfix", name], check=True)
+    return pwd.getpwnam(name)
+
+
+def apply(plan: Plan) -> str:
+    """Run setup; returns the DNS records to publish (zone-file lines)."""
+    from .config import load_config
+    from .deliver.route import postfix_map
+    for name in ("main.cf", "master.cf"):
+        backup = plan.postfix_dir / (name + BACKUP)
+        if not backup.exists():
+            shutil.copy2(plan.postfix_dir / name, backup)
+    user = ensure_user(plan.pipe_user, plan.data_dir)
+    plan.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(plan.data_dir, user.pw_uid, user.pw_gid)
+    plan.socket.parent.mkdir(parents=True, exist_ok=True)
+    ensure_keys(plan)
+    cfg_path = write_config(plan)
+    config = load_config(cfg_path)
+    (plan.agentmx_dir / "recipients").write_text(postfix_map(config.routes))
+    # deliver and serve run as the pipe user: they read the config and secrets (group), not the keys.
+    os.chown(plan.agentmx_dir, 0, user.pw_gid)
+    os.chmod(plan.agentmx_dir, 0o750)
+    for name in ("agentmx.toml", "webhook.secret", "url.secret", "recipients"):
+        os.chown(plan.agentmx_dir / name, 0, user.pw_gid)
+        os.chmod(plan.agentmx_dir / name, 0o640)
+    _apply_postfix(plan, plan.postfix_dir)
+    return dnsrecords.zone_lines(dnsrecords.records(config, plan.domain))
+
+
+def undo(postfix_dir: Path) -> list[Path]:
+    """Restore main.cf and master.cf from the backups setup kept, byte for byte."""
+    restored = []
+    for name in ("main.cf", "master.cf"):
+        backup = postfix_dir / (name + BACKUP)
+        if backup.exists():
+            shutil.copy2(backup, postfix_dir / name)
+            backup.unlink()
+            restored.append(postfix_dir / name)
+    if not restored:
+        raise SetupError(f"no agentmx backup in {postfix_dir}: nothing to undo")
+    return restored
