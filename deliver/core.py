@@ -122,16 +122,20 @@ def deliver(raw: bytes, env: Envelope, config: Config, *, store: Store | None = 
 
     def record(outcome: Outcome) -> Outcome:
         try:
-            store.put_event(event_id, body)
             store.put_state(event_id, {"state": outcome.state, "attempts": attempts, "status": outcome.status,
                                        "reason": outcome.reason, "updatedAt": ev.rfc3339(
                                            datetime.fromtimestamp(clock(), timezone.utc)),
                                        "recipient": env.recipient.lower(), "queueId": env.queue_id})
         except StoreError as exc:
-            if outcome.exit_code == EX_OK and outcome.state == "held":
-                return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"data directory: {exc.strerror}")
             log.warning("%s: could not record state: %s", env.queue_id or "-", exc.strerror)
         return outcome
+
+    # The event is stored before the agent sees it: an agent that answers at once (inReplyTo the
+    # event id) must find it, and a replay has it even if this process dies after the POST.
+    try:
+        store.put_event(event_id, body)
+    except StoreError as exc:
+        return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"data directory: {exc.strerror}")
 
     if route.trust == "require-dmarc" and event["auth"]["dmarc"] != "pass":
         return record(Outcome(EX_OK, "held", event_id,

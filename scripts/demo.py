@@ -189,8 +189,13 @@ smtp_port = {ours.port}
     print(f"   {'textReply':14} {json.dumps(event['textReply'])[:100]}")
 
     say("6. The agent's reply, as the outside world's MX received and judged it")
-    reply_file = wait_for(lambda: next((p for p in outside.delivered() if b"In-Reply-To" in p.read_bytes()), None),
-                          timeout=60, what=f"the reply at mx.sender.example\n{ours.log()[-2000:]}")
+    try:
+        reply_file = wait_for(lambda: next((p for p in outside.delivered() if b"In-Reply-To" in p.read_bytes()), None),
+                              timeout=60, what="the reply at mx.sender.example")
+    except TimeoutError:
+        print("   the agent said:\n" + "\n".join(f"   {line}" for line in agent_lines), flush=True)
+        print(ours.log()[-2000:], flush=True)
+        raise
     reply = email.message_from_bytes(reply_file.read_bytes())
     for name in ("From", "To", "Subject", "In-Reply-To", "Auto-Submitted"):
         print(f"   {name + ':':16}{reply[name]}")

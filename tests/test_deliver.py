@@ -200,3 +200,16 @@ def test_unparseable_input_is_still_delivered(tmp_path, receiver, junk):
     jsonschema.validate(event, SCHEMA)
     assert event["size"] == len(junk)
     assert Store(tmp_path / "data").blob_path(event["raw"]["sha256"]).read_bytes() == junk
+
+
+def test_the_event_is_stored_before_the_agent_sees_it(tmp_path):
+    """An agent may answer (inReplyTo the event id) before its 200 is even read: the send API
+    must find the event then."""
+    seen = {}
+
+    def post(url, body, headers, timeout):
+        from agentmx.deliver.http import Response
+        seen["stored"] = Store(tmp_path / "data").get_event(headers["webhook-id"])
+        return Response(200)
+    out = deliver(raw(), ENV, config(tmp_path, "http://127.0.0.1:9/"), post=post)
+    assert out.state == "delivered" and seen["stored"] is not None and json.loads(seen["stored"])["id"] == out.event_id
