@@ -136,3 +136,56 @@ def gc(config: Config, days: int, clock=time.time, dry_run: bool = False) -> GcR
             if not dry_run:
                 path.unlink(missing_ok=True)
     return GcReport(removed_events, blobs, size)
+
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)
+
+
+def metrics(config: Config) -> str:
+    """Prometheus text exposition from the data directory: deliveries by state, auth verdicts of
+    delivered events, and the time from acceptance by Postfix to the agent's 2xx."""
+    from datetime import datetime
+    root = Path(config.data_dir)
+    states: dict[str, int] = {}
+    verdicts: dict[tuple[str, str], int] = {}
+    latencies: list[float] = []
+    attempts = 0
+    for path in (root / "state").glob("msg_*.json") if (root / "state").is_dir() else []:
+        try:
+            st = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        states[st.get("state", "unknown")] = states.get(st.get("state", "unknown"), 0) + 1
+        attempts += int(st.get("attempts", 0))
+        try:
+            event = json.loads((root / "events" / path.name).read_text())
+        except (OSError, ValueError):
+            continue
+        for check in ("spf", "dkim", "dmarc", "arc"):
+            key = (check, event.get("auth", {}).get(check, "none"))
+            verdicts[key] = verdicts.get(key, 0) + 1
+        if st.get("state") == "delivered":
+            try:
+                created = datetime.strptime(event["createdAt"], "%Y-%m-%dT%H:%M:%SZ")
+                done = datetime.strptime(st["updatedAt"], "%Y-%m-%dT%H:%M:%SZ")
+                latencies.append(max(0.0, (done - created).total_seconds()))
+            except (KeyError, ValueError):
+                pass
+    lines = ["# HELP agentmx_messages Messages deliver has handled, by their current state.",
+             "# TYPE agentmx_messages gauge"]
+    for state in ("delivered", "deferred", "refused", "held"):
+        lines.append(f'agentmx_messages{{state="{state}"}} {states.get(state, 0)}')
+    lines += ["# HELP agentmx_delivery_attempts_total POST attempts, retries included.",
+              "# TYPE agentmx_delivery_attempts_total counter", f"agentmx_delivery_attempts_total {attempts}",
+              "# HELP agentmx_auth_results Authentication results of stored events.",
+              "# TYPE agentmx_auth_results gauge"]
+    for (check, result), n in sorted(verdicts.items()):
+        lines.append(f'agentmx_auth_results{{check="{check}",result="{result}"}} {n}')
+    lines += ["# HELP agentmx_delivery_latency_seconds From acceptance by Postfix to the agent's 2xx.",
+              "# TYPE agentmx_delivery_latency_seconds histogram"]
+    for bound in LATENCY_BUCKETS:
+        lines.append(f'agentmx_delivery_latency_seconds_bucket{{le="{bound:g}"}} {sum(1 for x in latencies if x <= bound)}')
+    lines.append(f'agentmx_delivery_latency_seconds_bucket{{le="+Inf"}} {len(latencies)}')
+    lines.append(f"agentmx_delivery_latency_seconds_sum {sum(latencies):g}")
+    lines.append(f"agentmx_delivery_latency_seconds_count {len(latencies)}")
+    return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
     POST /v1/send                                  send or reply (API key; see docs/openapi.json)
     GET /v1/blobs/{sha256}?exp=&type=&name=&sig=   a stored raw message or attachment
+    GET /metrics                                   Prometheus: deliveries, auth verdicts, latency
     GET /healthz                                   200 "ok"
 
 A forged, altered or expired URL gets 403 (the log says which); a valid URL for a blob that is
@@ -117,6 +118,15 @@ def make_handler(config: Config, store: Store):
             parts = urlsplit(self.path)
             if parts.path == "/healthz":
                 return self._plain(200, "ok")
+            if parts.path == "/metrics":
+                from agentmx.ops import metrics
+                body = metrics(config).encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/plain; version=0.0.4")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             m = re.fullmatch(r"/v1/blobs/([^/]+)", parts.path)
             if not m:
                 return self._plain(404, "not found")

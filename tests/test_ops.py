@@ -103,3 +103,30 @@ def test_status_lists_recent_deliveries(tmp_path, receiver):
     lines = out.stdout.splitlines()
     assert "deferred" in lines[1] and "queue=Q6" in lines[1] and "HTTP 503, Retry-After 120" in lines[1]
     assert "delivered" in lines[2] and "queue=Q5" in lines[2]
+
+
+def test_metrics_on_serve(tmp_path, receiver):
+    import threading
+    import urllib.request
+    from agentmx.serve import make_server
+    cfg = make_config(tmp_path, receiver.url)
+    text = cfg.path.read_text().replace("[server]\n", '[server]\nlisten = "127.0.0.1:0"\n', 1)
+    cfg.path.write_text(text)
+    cfg = parse_config(text, cfg.path)
+    for n in (7, 8):
+        deliver(message(n), Envelope("bob@example.org", "agent@agentmx.test", queue_id=f"Q{n}"), cfg)
+    receiver.default = (500, 0)
+    deliver(message(9), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q9"), cfg)
+    server = make_server(cfg)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5) as r:
+            body = r.read().decode()
+            assert r.headers["content-type"].startswith("text/plain")
+    finally:
+        server.shutdown()
+    assert 'agentmx_messages{state="delivered"} 2' in body and 'agentmx_messages{state="deferred"} 1' in body
+    assert "agentmx_delivery_attempts_total 3" in body
+    assert 'agentmx_auth_results{check="dmarc",result="none"} 3' in body
+    assert "agentmx_delivery_latency_seconds_count 2" in body
+    assert 'agentmx_delivery_latency_seconds_bucket{le="+Inf"} 2' in body
