@@ -188,4 +188,29 @@ def metrics(config: Config) -> str:
     lines.append(f'agentmx_delivery_latency_seconds_bucket{{le="+Inf"}} {len(latencies)}')
     lines.append(f"agentmx_delivery_latency_seconds_sum {sum(latencies):g}")
     lines.append(f"agentmx_delivery_latency_seconds_count {len(latencies)}")
+    lines += _milter_metrics(root / "stats" / "milter.json")
     return "\n".join(lines) + "\n"
+
+
+def _milter_metrics(path: Path) -> list[str]:
+    from agentmx.milter.stats import LATENCY_BUCKETS_MS, read
+    data = read(path)
+    if not data:
+        return []
+    lines = ["# HELP agentmx_milter_messages_total Messages the milter answered, by what it did.",
+             "# TYPE agentmx_milter_messages_total counter"]
+    lines += [f'agentmx_milter_messages_total{{action="{a}"}} {n}' for a, n in sorted(data["messages"].items())]
+    lines += ["# HELP agentmx_milter_verdicts_total Verification results, by check and RFC 8601 word.",
+              "# TYPE agentmx_milter_verdicts_total counter"]
+    for key, n in sorted(data["verdicts"].items()):
+        check, _, result = key.partition("=")
+        lines.append(f'agentmx_milter_verdicts_total{{check="{check}",result="{result}"}} {n}')
+    lat = data["latency_ms"]
+    lines += ["# HELP agentmx_milter_latency_seconds Time to verify one message (DNS included).",
+              "# TYPE agentmx_milter_latency_seconds histogram"]
+    lines += [f'agentmx_milter_latency_seconds_bucket{{le="{b / 1000:g}"}} {n}'
+              for b, n in zip(LATENCY_BUCKETS_MS, lat["buckets"])]
+    lines += [f'agentmx_milter_latency_seconds_bucket{{le="+Inf"}} {lat["count"]}',
+              f'agentmx_milter_latency_seconds_sum {lat["sum"] / 1000:g}',
+              f'agentmx_milter_latency_seconds_count {lat["count"]}']
+    return lines

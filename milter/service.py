@@ -19,6 +19,7 @@ import random
 import re
 import socket
 import time
+from pathlib import Path
 
 import Milter
 
@@ -27,6 +28,7 @@ from agentmx.resolver import Resolver
 
 from . import arheader, policy, sign
 from .authenticate import Envelope, authenticate, from_header_values
+from .stats import MilterStats
 
 log = logging.getLogger("agentmx.milter")
 
@@ -59,10 +61,11 @@ class AuthMilter(Milter.Base):
     """One instance per SMTP connection (pymilter's factory); never shared between threads."""
 
     def __init__(self, config: Config, resolver: Resolver, rng: random.Random,
-                 signing_keys: dict[str, list] | None = None):
+                 signing_keys: dict[str, list] | None = None, stats: MilterStats | None = None):
         super().__init__()
         self.config = config
         self.signing_keys = signing_keys or {}
+        self.stats = stats or MilterStats(None)
         self.resolver = resolver
         self.rng = rng
         self.client_ip = ""
@@ -150,7 +153,7 @@ class AuthMilter(Milter.Base):
                              len(self.forged), self.config.authserv_id)
         if self.skip_reason:
             self.log.info("not verified: %s", self.skip_reason)
-            self._sign()
+            self.stats.count("signed" if self._sign() else "trusted")
             return Milter.ACCEPT
 
         started = time.monotonic()
@@ -168,22 +171,26 @@ class AuthMilter(Milter.Base):
             res.spf.result, res.spf_helo.result, ",".join(d.result for d in res.dkim) or "none",
             res.arc.result, res.dmarc.result, res.dmarc.from_domain or "-", self.client_ip,
             res.dns_lookups, (time.monotonic() - started) * 1000, decision.action)
+        self.stats.count(decision.action, {"spf": res.spf.result, "dkim": res.dkim_summary,
+                                           "dmarc": res.dmarc.result, "arc": res.arc.result},
+                         (time.monotonic() - started) * 1000)
         if decision.action == "accept":
             return Milter.ACCEPT
         self.setreply(decision.code, decision.xcode, decision.text)
         return Milter.REJECT if decision.action == "reject" else Milter.TEMPFAIL
 
-    def _sign(self) -> None:
+    def _sign(self) -> bool:
         """Our own mail (trusted, SASL, local): DKIM-sign it with its From domain's keys."""
         message = _assemble(self.headers, self.body_buf.getvalue())
         domain = sign.from_domain(from_header_values(message))
         keys = self.signing_keys.get(domain or "")
         if not keys:
             self.log.info("not signed: %s", f"no DKIM key for {domain}" if domain else "no single From domain")
-            return
+            return False
         for value in sign.sign(message, keys):
             self.addheader("DKIM-Signature", value, 0)
         self.log.info("signed d=%s s=%s", domain, ",".join(k.selector for k in keys))
+        return True
 
     def abort(self):
         self._reset()
@@ -231,9 +238,13 @@ def run(config: Config) -> None:
     resolver = Resolver.from_config(config.dns)
     rng = random.Random()
     keys = signing_keys(config)
-    Milter.factory = lambda: AuthMilter(config, resolver, rng, keys)
+    stats = MilterStats(Path(config.data_dir) / "stats" / "milter.json")
+    Milter.factory = lambda: AuthMilter(config, resolver, rng, keys, stats)
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     os.umask(0o777 & ~config.milter.socket_mode)
     log.info("listening on unix:%s (authserv-id %s)", sock, config.authserv_id)
-    Milter.runmilter("agentmx", f"unix:{sock}", config.milter.timeout)
+    try:
+        Milter.runmilter("agentmx", f"unix:{sock}", config.milter.timeout)
+    finally:
+        stats.flush()
     log.info("stopped")

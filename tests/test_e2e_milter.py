@@ -178,3 +178,18 @@ def test_local_submission_is_not_verified_but_forged_results_still_go(mx):
     (path,) = mx.wait_delivered(1)
     assert our_results(path, AUTHSERV) == []
     assert "dmarc=pass" not in path.read_text()
+
+
+def test_milter_counters_reach_metrics(mx, stack):
+    from agentmx.config import load_config
+    from agentmx.ops import metrics
+    from support.postfix import wait_for
+    send(mx.port, "alice@sender.test", ["agent@agentmx.test"], message("Alice <alice@sender.test>", "agent@agentmx.test"))
+    mx.wait_delivered(1)
+    config = load_config(mx.base / "agentmx.toml")
+    stats = config.data_dir / "stats" / "milter.json"
+    wait_for(stats.exists, timeout=10, what="the milter's stats file")
+    text = metrics(config)
+    assert 'agentmx_milter_messages_total{action="accept"}' in text
+    assert 'agentmx_milter_verdicts_total{check="spf",result="pass"}' in text
+    assert "agentmx_milter_latency_seconds_count" in text
