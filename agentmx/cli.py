@@ -14,7 +14,12 @@ from .config import DEFAULT_PATH, ConfigError, load_config
 
 
 def _config_path(arg: str | None) -> Path:
-    return Path(arg or os.environ.get("AGENTMX_CONFIG") or DEFAULT_PATH)
+    """--config, else $AGENTMX_CONFIG, else $AGENTMX_DIR/agentmx.toml, else /etc/agentmx/agentmx.toml."""
+    if arg or os.environ.get("AGENTMX_CONFIG"):
+        return Path(arg or os.environ["AGENTMX_CONFIG"])
+    if os.environ.get("AGENTMX_DIR"):
+        return Path(os.environ["AGENTMX_DIR"]) / "agentmx.toml"
+    return DEFAULT_PATH
 
 
 def _setup_logging(level: str) -> None:
@@ -56,6 +61,8 @@ def cmd_auth(args) -> int:
         timeout, budget = config.dns.timeout, config.dns.lookup_budget
     if args.dns:
         servers = args.dns
+    elif os.environ.get("AGENTMX_DNS"):
+        servers = _parse_dns(os.environ["AGENTMX_DNS"])
     if args.timeout:
         timeout = args.timeout
     try:
@@ -208,7 +215,7 @@ def cmd_check(args) -> int:
     from agentmx import dnsrecords
     from agentmx.resolver import Resolver
     config = _key_config(args)
-    servers = args.dns or config.dns.servers
+    servers = args.dns or (_parse_dns(os.environ["AGENTMX_DNS"]) if os.environ.get("AGENTMX_DNS") else config.dns.servers)
     findings = dnsrecords.check(config, args.domain, Resolver(servers, config.dns.timeout).session(50))
     for f in findings:
         print(f"{f.status.upper():8} {f.record}: {f.detail}")
@@ -377,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="recent deliveries, and what waits in Postfix's queue for the agents")
     st.add_argument("--limit", type=int, default=20)
-    st.add_argument("--postfix-config", help="Postfix config directory (default: the system's)")
+    st.add_argument("--postfix-config", default=os.environ.get("MAIL_CONFIG"),
+                    help="Postfix config directory (default $MAIL_CONFIG, else the system's)")
     st.set_defaults(func=cmd_status)
 
     rp = sub.add_parser("replay", help="POST a stored event again, with its original webhook-id")
@@ -392,18 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     su = sub.add_parser("setup", help="configure this Postfix for agentmx (idempotent; --dry-run, --undo)")
     su.add_argument("--domain", help="the agents' mail domain")
     su.add_argument("--endpoint", help="where events for it are POSTed")
-    su.add_argument("--postfix-config", default="/etc/postfix")
-    su.add_argument("--agentmx-dir", default="/etc/agentmx", help="config, keys, secrets, recipient map")
-    su.add_argument("--data-dir", default="/var/lib/agentmx")
-    su.add_argument("--socket", default="/var/spool/postfix/agentmx/milter.sock")
-    su.add_argument("--pipe-user", default="agentmx", help="the user deliver runs as")
+    env = os.environ.get
+    su.add_argument("--postfix-config", default=env("MAIL_CONFIG", "/etc/postfix"),
+                    help="Postfix's config directory (default $MAIL_CONFIG, else /etc/postfix)")
+    su.add_argument("--agentmx-dir", default=env("AGENTMX_DIR", "/etc/agentmx"),
+                    help="config, keys, secrets, recipient map (default $AGENTMX_DIR, else /etc/agentmx)")
+    su.add_argument("--data-dir", default=env("AGENTMX_DATA_DIR", "/var/lib/agentmx"))
+    su.add_argument("--socket", default=env("AGENTMX_SOCKET", "/var/spool/postfix/agentmx/milter.sock"))
+    su.add_argument("--pipe-user", default=env("AGENTMX_PIPE_USER", "agentmx"), help="the user deliver runs as")
     su.add_argument("--dry-run", action="store_true", help="show the main.cf/master.cf diff, change nothing")
     su.add_argument("--undo", action="store_true", help="restore main.cf and master.cf from setup's backup")
     su.set_defaults(func=cmd_setup)
 
     ck = sub.add_parser("check", help="query DNS and say, record by record, what is missing or wrong")
     ck.add_argument("domain")
-    ck.add_argument("--dns", type=_parse_dns, help="DNS server as IP or IP:PORT (default: config, else system)")
+    ck.add_argument("--dns", type=_parse_dns, help="DNS server as IP or IP:PORT (default $AGENTMX_DNS, the config, else the system's)")
     ck.set_defaults(func=cmd_check)
     return p
 

@@ -171,7 +171,10 @@ def metrics(config: Config) -> str:
                 latencies.append(max(0.0, (done - created).total_seconds()))
             except (KeyError, ValueError):
                 pass
-    lines = ["# HELP agentmx_messages Messages deliver has handled, by their current state.",
+    received = sum(1 for _ in (root / "events").glob("msg_*.json")) if (root / "events").is_dir() else 0
+    lines = ["# HELP agentmx_messages_received Messages stored as events (every delivered, deferred, refused or held one).",
+             "# TYPE agentmx_messages_received gauge", f"agentmx_messages_received {received}",
+             "# HELP agentmx_messages Messages deliver has handled, by their current state.",
              "# TYPE agentmx_messages gauge"]
     for state in ("delivered", "deferred", "refused", "held"):
         lines.append(f'agentmx_messages{{state="{state}"}} {states.get(state, 0)}')

@@ -126,6 +126,7 @@ def test_metrics_on_serve(tmp_path, receiver):
     finally:
         server.shutdown()
     assert 'agentmx_messages{state="delivered"} 2' in body and 'agentmx_messages{state="deferred"} 1' in body
+    assert "agentmx_messages_received 3" in body
     assert "agentmx_delivery_attempts_total 3" in body
     assert 'agentmx_auth_results{check="dmarc",result="none"} 3' in body
     assert "agentmx_delivery_latency_seconds_count 2" in body
