@@ -255,6 +255,13 @@ def _match(v: Any) -> str:
     return v
 
 
+def _array_of_tables(doc: dict, path: Path, name: str) -> list[_Section]:
+    items = doc.get(name, [])
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: [[{name}]]: must be an array of tables")
+    return [_Section(path, f"{name}[{i}]", table) for i, table in enumerate(items)]
+
+
 def _raise():
     raise ValueError()
 
@@ -400,11 +407,7 @@ def parse_config(text: str, path: Path) -> Config:
         d.finish()
 
     routes = []
-    route_list = doc.get("routes", [])
-    if not isinstance(route_list, list):
-        raise ConfigError(f"{path}: [[routes]]: must be an array of tables")
-    for i, table in enumerate(route_list):
-        r = _Section(path, f"routes[{i}]", table)
+    for r in _array_of_tables(doc, path, "routes"):
         r.used.update({"match", "endpoint"})
         for key in ("match", "endpoint"):
             if key not in r.table:
@@ -441,11 +444,7 @@ def parse_config(text: str, path: Path) -> Config:
     sd.finish()
 
     api_keys = []
-    key_list = doc.get("api_keys", [])
-    if not isinstance(key_list, list):
-        raise ConfigError(f"{path}: [[api_keys]]: must be an array of tables")
-    for i, table in enumerate(key_list):
-        k = _Section(path, f"api_keys[{i}]", table)
+    for i, k in enumerate(_array_of_tables(doc, path, "api_keys")):
         name = k.get("name", f"key{i}", _nonempty_str, "a string")
         key = _read_plain_secret(k, "key", min_len=24)
         if not key:
