@@ -81,10 +81,6 @@ class Route:
     mailkite_signature: bool = False
     trust: str = "deliver"         # deliver, require-dmarc (others kept aside, not sent), flag
 
-    @property
-    def is_domain(self) -> bool:
-        return self.match.startswith("@")
-
 
 @dataclass(frozen=True)
 class ApiKey:

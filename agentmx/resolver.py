@@ -8,15 +8,12 @@ per-message budget, caches answers for the message, and turns every failure to g
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
-
-log = logging.getLogger("agentmx.dns")
 
 
 class DnsTempError(Exception):
@@ -30,10 +27,6 @@ class Answer:
     exists: bool                  # False: NXDOMAIN (or a name DNS cannot carry)
     records: tuple                # TXT: bytes (strings joined); A/AAAA: str; MX: (pref, host); PTR/CNAME: host
     cnames: tuple = ()            # (alias, target) pairs followed on the way
-
-    @property
-    def nodata(self) -> bool:
-        return self.exists and not self.records
 
 
 def _convert(rdtype: str, rdata) -> object:

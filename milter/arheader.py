@@ -8,7 +8,6 @@ from authres.arc import ARCAuthenticationResult
 from authres.core import AuthenticationResultProperty as Prop
 from authres.dmarc import DMARCAuthenticationResult
 
-from agentmx.authservid import authserv_id_of, claims_id  # noqa: F401  (authserv_id_of re-exported)
 
 from .results import AuthResults
 
@@ -73,6 +72,3 @@ def fold(value: str, width: int = 78) -> str:
     lines.append(line)
     return " " + "\n\t".join(lines)
 
-
-def claims_our_id(value: str, authserv_id: str) -> bool:
-    return claims_id(value, authserv_id)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import Milter
 
+from agentmx.authservid import claims_id
 from agentmx.config import Config
 from agentmx.resolver import Resolver
 
@@ -130,7 +131,7 @@ class AuthMilter(Milter.Base):
         if name.lower() == AR.lower():
             self.ar_count += 1
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-            if arheader.claims_our_id(text, self.config.authserv_id):
+            if claims_id(text, self.config.authserv_id):
                 self.forged.append(self.ar_count)
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")

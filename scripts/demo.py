@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.dnszone import DnsServer  # noqa: E402
+from support.dnszone import DnsServer, zone_from_records  # noqa: E402
 from support.postfix import (MilterProcess, PostfixInstance, agentmx_config, free_tcp_port,  # noqa: E402
                              install_deliver, wait_for)
 
@@ -139,8 +139,7 @@ smtp_port = {ours.port}
             "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]}}
     for key in dkimkeys.keys_of(key_dir, "sender.example"):
         zone[key.dns_name] = {"TXT": [key.txt]}
-    for r in dnsrecords.records(config, "agents.example"):
-        zone.setdefault(r.name, {}).setdefault(r.rtype, []).append(r.value.split(" ", 1) if r.rtype == "MX" else r.value)
+    zone_from_records(dnsrecords.records(config, "agents.example"), zone)
     zone["agents.example"]["TXT"] = ["v=spf1 ip4:127.0.0.2 -all"]      # where our SMTP client leaves from
     dns.set_zone(zone)
     print("   published for agents.example (agentmx dns):")

@@ -14,7 +14,7 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agentmx.milter.arheader import authserv_id_of
+from agentmx.authservid import authserv_id_of
 
 
 class RsaKey:

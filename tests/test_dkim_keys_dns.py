@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from support.dnszone import zone_from_records
+
 from agentmx import dkimkeys, dnsrecords
 from agentmx.config import parse_config
 from agentmx.milter.dkim_check import verify_dkim
@@ -32,12 +34,7 @@ def config(tmp_path):
 
 
 def zone_from(recs) -> dict:
-    zone: dict = {}
-    for r in recs:
-        value = r.value.split(" ", 1) if r.rtype == "MX" else r.value
-        zone.setdefault(r.name, {}).setdefault(r.rtype, []).append(value)
-    zone.setdefault("mx.agents.example", {})["A"] = ["192.0.2.25"]
-    return zone
+    return zone_from_records(recs, {"mx.agents.example": {"A": ["192.0.2.25"]}})
 
 
 def test_keys_are_private_and_never_overwritten(config):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from support.dnszone import zone_from_records
 from support.postfix import PostfixInstance
 from support.receiver import Receiver
 
@@ -64,11 +65,8 @@ def test_every_command_in_the_operators_guide_runs(dns_server):
             if heading.startswith("2."):
                 # what the reader does next, outside the shell: publish the DNS records
                 config = load_config(sandbox / "etc-agentmx" / "agentmx.toml")
-                zone = {"mx.docs.test": {"A": ["127.0.0.1"]}}
-                for r in dnsrecords.records(config, "agents.docs.test"):
-                    zone.setdefault(r.name, {}).setdefault(r.rtype, []).append(
-                        r.value.split(" ", 1) if r.rtype == "MX" else r.value)
-                dns_server.set_zone(zone)
+                dns_server.set_zone(zone_from_records(dnsrecords.records(config, "agents.docs.test"),
+                                                      {"mx.docs.test": {"A": ["127.0.0.1"]}}))
         assert {n: (pf.etc / n).read_bytes() for n in original} == original      # section 8 undid it all
         assert sorted(p.name for p in (sandbox / "systemd-units").iterdir()) == [
             "agentmx-gc.service", "agentmx-gc.timer", "agentmx-milter.service", "agentmx-serve.service"]

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import ROOT
 from e2e_helpers import our_results, verdicts
+from support.dnszone import zone_from_records
 from support.postfix import MilterProcess, PostfixInstance, agentmx_config
 from support.receiver import Receiver
 
@@ -94,9 +95,7 @@ allow = ["other@rsa.agents.test"]
     config = load_config(ox_cfg)
     zone = {"mx.agents.test": {"A": ["127.0.0.1"]}, "remote.test": {"TXT": ["v=spf1 -all"]}}
     for domain in ("rsa.agents.test", "ed.agents.test"):
-        for r in dnsrecords.records(config, domain):
-            zone.setdefault(r.name, {}).setdefault(r.rtype, []).append(
-                r.value.split(" ", 1) if r.rtype == "MX" else r.value)
+        zone_from_records(dnsrecords.records(config, domain), zone)
     dns_server.set_zone(zone)
     server = make_server(config)
     threading.Thread(target=server.serve_forever, daemon=True).start()

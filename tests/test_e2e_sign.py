@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from e2e_helpers import message
+from support.dnszone import zone_from_records
 from support.postfix import MilterProcess, PostfixInstance, agentmx_config
 
 from agentmx import dkimkeys, dnsrecords
@@ -29,10 +30,7 @@ def signer(dns_server):
     milter = MilterProcess(cfg, sock, pf.base / "milter.log").start()
     pf.start()
     config = load_config(cfg)
-    zone = {}
-    for r in dnsrecords.records(config, "agents.example"):
-        zone.setdefault(r.name, {}).setdefault(r.rtype, []).append(r.value.split(" ", 1) if r.rtype == "MX" else r.value)
-    zone["mx.agents.example"] = {"A": ["127.0.0.1"]}
+    zone = zone_from_records(dnsrecords.records(config, "agents.example"), {"mx.agents.example": {"A": ["127.0.0.1"]}})
     yield pf, milter, zone
     milter.stop()
     pf.stop()

@@ -13,7 +13,6 @@ every query, as a dead server would.
 from __future__ import annotations
 
 import socket
-import threading
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel
 from dnslib.dns import DNSError
@@ -93,6 +92,15 @@ def _key(label: DNSLabel) -> tuple:
     return tuple(part.lower() for part in label.label)
 
 
+def zone_from_records(records, zone: dict | None = None) -> dict:
+    """The zone that publishes what `agentmx dns` prints (agentmx.dnsrecords.Record values)."""
+    zone = {} if zone is None else zone
+    for r in records:
+        value = r.value.split(" ", 1) if r.rtype == "MX" else r.value
+        zone.setdefault(r.name, {}).setdefault(r.rtype, []).append(value)
+    return zone
+
+
 def _rdata(qtype: str, value):
     if qtype == "A":
         return A(value)
@@ -129,7 +137,6 @@ class DnsServer:
         self.udp = DNSServer(self.resolver, address=address, port=self.port, logger=quiet, handler=_Handler)
         self.tcp = DNSServer(self.resolver, address=address, port=self.port, tcp=True, logger=quiet,
                              handler=_Handler)
-        self._lock = threading.Lock()
 
     def start(self) -> "DnsServer":
         self.udp.start_thread()
