@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import email
 import email.header
+import email.parser
 import email.policy
 import email.utils
 import re
@@ -22,6 +23,11 @@ from email.message import EmailMessage, Message
 
 MAX_DEPTH = 40            # MIME nesting deeper than this is not walked (a defect says so)
 MAX_PARTS = 2000          # leaves beyond this are not listed (a defect says so)
+# More boundary-like lines than this and the body is not split at all (a defect says so): the
+# stdlib parser costs ~1 ms per part with policy.default, so 50 MB of tiny parts would take
+# minutes. The raw message is stored and linked either way.
+MAX_BOUNDARY_LINES = 4 * MAX_PARTS
+_BOUNDARY_LINE = re.compile(rb"(?m)^--")
 
 _CHARSET_ALIASES = {
     "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "cp936": "gb18030", "euc-cn": "gb18030",
@@ -55,6 +61,7 @@ class Parsed:
     defects: list[str] = field(default_factory=list)
     content_type: str = "text/plain"
     message: Message | None = None
+    parts_truncated: bool = False
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -157,11 +164,16 @@ def _repair_header_block(raw: bytes) -> tuple[bytes, int]:
 def parse(raw: bytes) -> Parsed:
     """Parse one message. Never raises for any input; see Parsed.defects."""
     out = Parsed()
+    boundaries = len(_BOUNDARY_LINE.findall(raw))
+    if boundaries > MAX_BOUNDARY_LINES:
+        out.defects.append(f"{boundaries} MIME boundary lines (more than {MAX_BOUNDARY_LINES}): "
+                           f"body not split, headers only; raw kept")
+        return _headers_only(raw, out)
     try:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
-    except Exception as exc:                      # not seen on the corpus; kept as a guard
-        out.defects.append(f"message could not be parsed ({exc.__class__.__name__}); raw kept")
-        return out
+    except Exception as exc:         # RecursionError: MIME nested thousands deep
+        out.defects.append(f"message could not be parsed ({exc.__class__.__name__}): headers only; raw kept")
+        return _headers_only(raw, out)
     if any(type(d).__name__ in ("MissingHeaderBodySeparatorDefect", "InvalidHeaderDefect") for d in msg.defects) \
             and _HEADER_LINE.match(raw[:200] + b":") is not None:
         repaired, changed = _repair_header_block(raw)
@@ -188,6 +200,19 @@ def parse(raw: bytes) -> Parsed:
         out.html = decode_text(_payload(html_part, out.defects, "html body"), html_part.get_content_charset(),
                                out.defects, "html body")
     _walk(msg, out, chosen, text_part, depth=0)
+    return out
+
+
+def _headers_only(raw: bytes, out: Parsed) -> Parsed:
+    """The header block alone, when the body cannot (or should not) be split into parts."""
+    try:
+        msg = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
+    except Exception as exc:
+        out.defects.append(f"headers could not be parsed either ({exc.__class__.__name__})")
+        return out
+    for name, value in msg.raw_items():
+        out.headers.append((name, decode_header(name, value, out.defects)))
+    out.content_type = _content_type(msg)
     return out
 
 
@@ -240,6 +265,8 @@ def _defect_names(where: str, part: Message) -> list[str]:
 
 
 def _walk(part: Message, out: Parsed, chosen: set[int], text_part, depth: int) -> None:
+    if out.parts_truncated:
+        return
     if depth > MAX_DEPTH:
         out.defects.append(f"MIME nesting deeper than {MAX_DEPTH}: inner parts not listed")
         return
@@ -281,9 +308,9 @@ def _walk(part: Message, out: Parsed, chosen: set[int], text_part, depth: int) -
 
 def _add(out: Parsed, att: Attachment) -> None:
     if len(out.attachments) >= MAX_PARTS:
-        if len(out.attachments) == MAX_PARTS:
+        if not out.parts_truncated:
+            out.parts_truncated = True
             out.defects.append(f"more than {MAX_PARTS} attachments: the rest are not listed")
-            out.attachments.append(att)   # one past the limit marks that the defect is recorded
         return
     out.attachments.append(att)
 

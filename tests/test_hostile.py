@@ -1,0 +1,112 @@
+"""Hostile input: messages built to hurt a parser (tests/support/hostile.py). Each is delivered by
+the real `agentmx deliver` process to a real endpoint: it must exit 0 with a schema-valid event
+that keeps the headers and names what it could not do, store the raw bytes, and stay inside the
+stated memory bound. CPU and peak memory per case are printed as REPORT lines (bench/hostile-input
+measures them by hand on bigger inputs)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import ROOT, report
+from support import hostile
+from support.receiver import Receiver
+from test_cli_deliver import write_config
+
+from agentmx.deliver.parse import MAX_BOUNDARY_LINES, MAX_DEPTH, MAX_PARTS, parse
+
+AGENTMX = str(Path(sys.executable).with_name("agentmx"))
+PEAK = Path(__file__).parent / "support" / "peak.py"
+SCHEMA = json.loads((ROOT / "docs" / "email.received.v1.schema.json").read_text())
+# Peak resident memory of one deliver process: the interpreter and imports (~30 MB) plus this
+# many times the message's size. Issue 7 tightens this for large attachments.
+RSS_BASE_MB, RSS_PER_BYTE = 80, 12
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def deliver_measured(cfg: Path, raw: bytes, queue_id: str) -> tuple[int, bytes, float, int]:
+    """Run `agentmx deliver` on raw; return (exit code, stderr, CPU seconds, peak RSS bytes) of
+    that one process, measured by support/peak.py."""
+    out = subprocess.run(["/usr/bin/python3", "-I", "-S", str(PEAK), AGENTMX, "--config", str(cfg), "deliver",
+                          "--sender=m@evil.test", "--recipient=agent@agentmx.test", f"--queue-id={queue_id}"],
+                         input=raw, capture_output=True, timeout=300)
+    usage = json.loads(out.stdout)
+    return usage["exit"], out.stderr, usage["cpu"], usage["maxrss"]
+
+
+@pytest.mark.parametrize("case", list(hostile.CASES))
+def test_hostile_message_is_delivered_whole_and_bounded(tmp_path, receiver, case):
+    builder, arg = hostile.CASES[case]
+    raw = builder(arg)
+    cfg = write_config(tmp_path, receiver.url)
+    receiver.requests.clear()
+    code, err, cpu, rss = deliver_measured(cfg, raw, "HOSTILE")
+    assert code == 0, err.decode(errors="replace")[-2000:]
+    (req,) = receiver.requests
+    event = json.loads(req.body)
+    jsonschema.validate(event, SCHEMA)
+    assert event["from"]["address"] in ("m@evil.test",) and event["size"] == len(raw)
+    blob = tmp_path / "data" / "blobs" / event["raw"]["sha256"][:2] / event["raw"]["sha256"]
+    assert blob.read_bytes() == raw                       # the original is kept, byte for byte
+    assert rss < RSS_BASE_MB * 2**20 + RSS_PER_BYTE * len(raw), f"{rss / 2**20:.0f} MB for {len(raw)} bytes"
+    report(f"hostile {case}: {len(raw) / 2**20:.1f} MB in, exit {code}, {cpu:.2f} s CPU, "
+           f"peak RSS {rss / 2**20:.0f} MB, {len(event['attachments'])} attachments, "
+           f"defects: {'; '.join(d for d in event_defects(tmp_path, event)) or 'none'}")
+
+
+def event_defects(tmp_path: Path, event: dict) -> list[str]:
+    """The event does not carry parser defects; the parse of the stored raw copy says them."""
+    blob = tmp_path / "data" / "blobs" / event["raw"]["sha256"][:2] / event["raw"]["sha256"]
+    return [d for d in parse(blob.read_bytes()).defects if "MIME" in d or "attachments" in d
+            or "could not" in d][:2]
+
+
+def test_limits_are_named_not_silent():
+    deep = parse(hostile.nested(MAX_DEPTH + 10))
+    assert any(f"deeper than {MAX_DEPTH}" in d for d in deep.defects) and deep.text.startswith("hello")
+    deeper = parse(hostile.nested(3000))        # the stdlib parser recurses: RecursionError
+    assert any("headers only" in d for d in deeper.defects)
+    assert ("Subject", "deep") in deeper.headers
+    many = parse(hostile.many_parts(MAX_PARTS + 5))
+    assert len(many.attachments) == MAX_PARTS and many.parts_truncated
+    assert sum("more than" in d for d in many.defects) == 1
+    flood = parse(hostile.many_parts(MAX_BOUNDARY_LINES + 1))
+    assert flood.attachments == [] and any("body not split" in d for d in flood.defects)
+    assert ("Subject", "many") in flood.headers
+
+
+def test_nothing_is_decompressed():
+    parsed = parse(hostile.gzip_claim())
+    sizes = sorted(len(a.data) for a in parsed.attachments)
+    assert len(sizes) == 2 and max(sizes) < 100_000         # 10 MB of zeros each, compressed
+
+
+def test_attachment_names_never_reach_the_filesystem(tmp_path, receiver):
+    cfg = write_config(tmp_path, receiver.url)
+    receiver.requests.clear()
+    code, err, _, _ = deliver_measured(cfg, hostile.bad_names(), "NAMES")
+    assert code == 0, err
+    event = receiver.events()[-1]
+    names = [a["filename"] for a in event["attachments"]]
+    assert "../../etc/passwd" in names                    # told to the agent as sent ...
+    assert all("\x00" not in (n or "") and "\r" not in (n or "") and "\n" not in (n or "") for n in names)
+    data = tmp_path / "data"
+    for path in data.rglob("*"):                          # ... but no path is made from it
+        rel = path.relative_to(data).parts
+        assert rel[0] in ("blobs", "events", "state"), path
+        if rel[0] == "blobs" and path.is_file():
+            assert path.name == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not (Path("/etc") / "passwd").read_bytes().startswith(b"x\r\n")
