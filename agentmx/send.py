@@ -109,8 +109,13 @@ _FIELDS = {"from", "to", "cc", "bcc", "replyTo", "subject", "text", "html", "att
            "inReplyTo", "force"}
 
 
+# Every character str.splitlines() breaks on (the email package refuses them all in a header),
+# and NUL.
+_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00")
+
+
 def _no_breaks(name: str, value: str) -> str:
-    if any(c in value for c in "\r\n\x00"):
+    if not _BREAKS.isdisjoint(value):
         raise SendError(400, "header_injection", f"{name} must not contain line breaks or NUL")
     return value
 
@@ -149,9 +154,26 @@ def _text(name: str, value, header: bool = False) -> str | None:
     return _no_breaks(name, value) if header else value
 
 
+def _check_unicode(value, where: str = "body") -> None:
+    """JSON may carry lone surrogates (\\udc41); no mail can: refuse them up front."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SendError(400, "bad_text", f"{where} is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(k, where)
+            _check_unicode(v, f"{where}.{k}" if where != "body" else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_unicode(v, f"{where}[{i}]")
+
+
 def parse_request(data) -> SendRequest:
     if not isinstance(data, dict):
         raise SendError(400, "bad_request", "the body is a JSON object")
+    _check_unicode(data)
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise SendError(400, "unknown_field", f"unknown field {unknown[0]!r}")

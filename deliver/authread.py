@@ -43,7 +43,7 @@ def read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
     details = out["details"]
     dkims = []
     for r in parsed.results:
-        method = r.method
+        method = getattr(r, "method", None)   # "; none" among results parses as a result without one
         if method == "spf":
             entry = {"result": _word(r.result), "reason": getattr(r, "reason", None)}
             if getattr(r, "smtp_helo", None):

@@ -81,7 +81,7 @@ def codec_for(label: str | None) -> str | None:
     label = _CHARSET_ALIASES.get(label, label)
     try:
         return codecs.lookup(label).name
-    except LookupError:
+    except (LookupError, ValueError):     # ValueError: a NUL in the label (found by fuzzing)
         return None
 
 
@@ -161,8 +161,23 @@ def _repair_header_block(raw: bytes) -> tuple[bytes, int]:
 
 # --- the walk -----------------------------------------------------------------------------------
 
+INTERNAL = "internal parser error"
+
+
 def parse(raw: bytes) -> Parsed:
-    """Parse one message. Never raises for any input; see Parsed.defects."""
+    """Parse one message. Never raises for any input; see Parsed.defects.
+
+    A bug of ours on some input must not keep the message from its agent (deliver would exit 75
+    on every retry until Postfix bounces it): the message is delivered with its headers only and
+    a defect that starts with INTERNAL, which the fuzz targets treat as a crash."""
+    try:
+        return _parse(raw)
+    except Exception as exc:
+        out = Parsed(defects=[f"{INTERNAL} ({exc.__class__.__name__}: {str(exc)[:200]}): headers only; raw kept"])
+        return _headers_only(raw, out)
+
+
+def _parse(raw: bytes) -> Parsed:
     out = Parsed()
     boundaries = len(_BOUNDARY_LINE.findall(raw))
     if boundaries > MAX_BOUNDARY_LINES:
