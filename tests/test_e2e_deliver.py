@@ -221,3 +221,51 @@ def test_20_mb_attachment(w, key):
     assert att["size"] == len(payload) and att["sha256"] == hashlib.sha256(payload).hexdigest()
     assert event["size"] > 27_000_000 and event["auth"]["dkim"] == "pass"
     assert len(req.body) < 200_000       # the bytes travel by URL, not in the event
+
+
+def test_open_relay_attempt_from_outside_is_refused(w):
+    """127.0.0.1 is outside mynetworks here: mail for a domain we do not serve is not taken."""
+    pf = w["pf"]
+    with smtplib.SMTP("127.0.0.1", pf.port, local_hostname="mail.sender.test", timeout=30) as s:
+        s.ehlo()
+        s.mail("alice@sender.test")
+        code, text = s.rcpt("victim@elsewhere.example")
+    assert code in (454, 554) and b"Relay access denied" in text
+    assert "elsewhere.example" not in pf.queue()
+
+
+@pytest.mark.parametrize("end", [b"\n.\n", b"\r\n.\n", b"\n.\r\n"], ids=["LF.LF", "CRLF.LF", "LF.CRLF"])
+def test_smtp_smuggling_does_not_make_a_second_message(w, key, end):
+    """SMTP smuggling: a non-standard end of DATA followed by a second transaction. With the
+    settings we ship (smtpd_forbid_bare_newline = normalize) only <CR><LF>.<CR><LF> ends DATA:
+    the 'smuggled' message stays inside the first one's body and is never a message of its own."""
+    import socket
+    pf, receiver = w["pf"], w["receiver"]
+    tag = end.hex()
+    first = (f"From: alice@sender.test\r\nTo: agent@agentmx.test\r\nSubject: carrier {tag}\r\n"
+             f"Message-ID: <carrier-{tag}@sender.test>\r\n\r\nhello\r\n").encode()
+    smuggled = (b"MAIL FROM:<ceo@sender.test>\r\nRCPT TO:<agent@agentmx.test>\r\nDATA\r\n"
+                b"From: ceo@sender.test\r\nSubject: smuggled " + tag.encode() + b"\r\n\r\nwire the money\r\n")
+    with socket.create_connection(("127.0.0.1", pf.port), timeout=30) as s:
+        f = s.makefile("rb")
+
+        def reply() -> bytes:
+            line = f.readline()
+            while line[3:4] == b"-":
+                line = f.readline()
+            return line
+        reply()
+        for cmd in (b"EHLO mail.sender.test\r\n", b"MAIL FROM:<alice@sender.test>\r\n",
+                    b"RCPT TO:<agent@agentmx.test>\r\n", b"DATA\r\n"):
+            s.sendall(cmd)
+            reply()
+        s.sendall(first + end + smuggled + b"\r\n.\r\n")
+        answers = [reply()]
+        s.sendall(b"QUIT\r\n")
+        answers.append(reply())
+    assert answers[0].startswith(b"250")
+    (req,) = wait_requests(receiver, 1)
+    wait_for(pf.queue_is_empty, timeout=20, what="an empty queue")
+    subjects = [json.loads(r.body)["subject"] for r in receiver.requests]
+    assert subjects == [f"carrier {tag}"]
+    assert "wire the money" in json.loads(req.body)["text"]

@@ -2,6 +2,7 @@
 script (status codes, delays), or hangs, or is down (stopped)."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,12 +15,15 @@ class Request:
     headers: dict
     body: bytes
     at: float = field(default_factory=time.time)
+    status: int = 0            # what was answered; 0: the connection was dropped without an answer
 
 
 class Receiver:
     def __init__(self, port: int = 0):
         self.requests: list[Request] = []
-        self.script: list[tuple[int, float]] = []       # (status, delay seconds) per request
+        self.script: list[tuple[int, float]] = []       # (status, delay seconds) per request;
+        # status 0 reads the whole request, then drops the connection without answering: an
+        # endpoint killed in the middle of a POST (the agent may have seen it; deliver cannot know)
         self.default = (200, 0.0)
         self._lock = threading.Lock()
         receiver = self
@@ -34,10 +38,18 @@ class Receiver:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 with receiver._lock:
-                    receiver.requests.append(Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     status, delay = receiver.script.pop(0) if receiver.script else receiver.default
+                    receiver.requests.append(Request(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                                     body, status=status))
                 if delay:
                     time.sleep(delay)
+                if status == 0:
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
                 out = b'{"ok":true}' if status < 300 else b'{"error":"scripted"}'
                 try:
                     self.send_response(status)
