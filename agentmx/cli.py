@@ -142,6 +142,15 @@ def cmd_deliver(args) -> int:
     return outcome.exit_code
 
 
+def cmd_worker(args) -> int:
+    """deliver, resident, behind the lean pipe client (agentmx/pipeclient.py)."""
+    config = load_config(_config_path(args.config))
+    from agentmx import worker
+    worker.serve(config, Path(args.socket) if args.socket else config.worker.socket,
+                 args.processes or config.worker.processes, config.worker.socket_mode)
+    return 0
+
+
 def cmd_parse(args) -> int:
     """Print the event deliver would send for a message file, without storing or sending."""
     import time as _time
@@ -345,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--original-recipient", help="${original_recipient}")
     d.set_defaults(func=cmd_deliver)
 
+    wk = sub.add_parser("worker", help="run deliver resident for the lean pipe client ([worker] in the config)")
+    wk.add_argument("--socket", help="listen here instead of [worker] socket")
+    wk.add_argument("--processes", type=int, help="processes sharing the socket (default [worker] processes)")
+    wk.set_defaults(func=cmd_worker)
     pa = sub.add_parser("parse", help="print the event a message file would become, without sending it")
     pa.add_argument("message", help="the message file (.eml), or - for standard input")
     pa.add_argument("--recipient", help="the envelope recipient (default agent@example.com)")

@@ -104,6 +104,14 @@ class SendConfig:
 
 
 @dataclass(frozen=True)
+class WorkerConfig:
+    """`agentmx worker`: deliver resident behind the lean pipe client (docs/performance.md)."""
+    socket: Path = Path("/run/agentmx/deliver.sock")
+    socket_mode: int = 0o660            # the pipe user (agentmx) must be able to connect
+    processes: int = 2                  # one per core: deliver holds the GIL while it parses
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     authserv_id: str
@@ -121,6 +129,7 @@ class Config:
     routes: tuple[Route, ...] = ()
     send: SendConfig = SendConfig()
     api_keys: tuple[ApiKey, ...] = ()
+    worker: WorkerConfig = WorkerConfig()
 
     def domain(self, name: str) -> DomainConfig | None:
         name = name.lower().rstrip(".")
@@ -337,7 +346,7 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
     top = _Section(path, "top level", doc)
-    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys")
+    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker")
 
     server = _Section(path, "server", doc.get("server", {}))
     server.used.add("authserv_id")
@@ -353,6 +362,14 @@ def parse_config(text: str, path: Path) -> Config:
     mail_host = server.get("mail_host", authserv_id, _hostname, "a host name")
     retention_days = server.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0")
     server.finish()
+
+    w = _Section(path, "worker", doc.get("worker", {}))
+    worker = WorkerConfig(
+        socket=w.get("socket", WorkerConfig.socket, lambda v: Path(_nonempty_str(v)), "a path"),
+        socket_mode=w.get("socket_mode", WorkerConfig.socket_mode, _mode, 'an octal mode like "0660"'),
+        processes=w.get("processes", WorkerConfig.processes, _positive_int, "a whole number > 0"),
+    )
+    w.finish()
 
     dns_sec = _Section(path, "dns", doc.get("dns", {}))
     dns = DnsConfig(
@@ -457,7 +474,8 @@ def parse_config(text: str, path: Path) -> Config:
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
                   listen=listen, url_secret=url_secret, url_ttl=url_ttl, key_dir=key_dir,
                   mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
-                  domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys))
+                  domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
+                  worker=worker)
 
 
 def load_config(path: str | Path = DEFAULT_PATH) -> Config:
