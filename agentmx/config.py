@@ -25,6 +25,7 @@ class DnsConfig:
     servers: tuple[tuple[str, int], ...] = ()   # empty: the system's /etc/resolv.conf
     timeout: float = 2.0                        # seconds for one lookup, retries included
     lookup_budget: int = 40                     # lookups per message over SPF, DKIM, ARC, DMARC
+    cache_size: int = 10000                     # answers kept across messages for their TTL (0: none)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,12 @@ def _positive_number(v: Any) -> float:
 def _positive_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise ValueError()
+    return v
+
+
+def _non_negative_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError
     return v
 
 
@@ -377,6 +384,7 @@ def parse_config(text: str, path: Path) -> Config:
         timeout=dns_sec.get("timeout", DnsConfig.timeout, _positive_number, "a number > 0"),
         lookup_budget=dns_sec.get("lookup_budget", DnsConfig.lookup_budget, _positive_int,
                                   "a whole number > 0"),
+        cache_size=dns_sec.get("cache_size", DnsConfig.cache_size, _non_negative_int, "a whole number >= 0"),
     )
     dns_sec.finish()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 
-from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel
+from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSLabel
 from dnslib.dns import DNSError
 from dnslib.server import DNSHandler, DNSLogger, DNSServer
 
@@ -47,6 +47,9 @@ class ZoneResolver:
         self.timeout_mode = "servfail"
         self.silent = False
         self.queries = 0
+        # TTL of every answer. 0 by default: tests change zones under a running milter, whose
+        # cache must not hold old answers. With ttl > 0, negative answers carry an SOA too.
+        self.ttl = 0
         self.set_zone(zone or {})
 
     def set_zone(self, zone: dict) -> None:
@@ -72,6 +75,7 @@ class ZoneResolver:
             if entry is None:
                 if not seen:
                     reply.header.rcode = RCODE.NXDOMAIN
+                    self._soa(reply, label)
                 return reply
             if entry == "TIMEOUT" or entry.get(qtype) == "TIMEOUT":
                 return self._timeout(request)
@@ -80,12 +84,20 @@ class ZoneResolver:
             if qtype != "CNAME" and "CNAME" in entry and _key(label) not in seen:
                 seen.add(_key(label))
                 target = str(entry["CNAME"][0] if isinstance(entry["CNAME"], list) else entry["CNAME"])
-                reply.add_answer(RR(label, QTYPE.CNAME, rdata=CNAME(target), ttl=60))
+                reply.add_answer(RR(label, QTYPE.CNAME, rdata=CNAME(target), ttl=self.ttl))
                 label = DNSLabel(target)
                 continue
             for value in entry.get(qtype, []) or []:
-                reply.add_answer(RR(label, getattr(QTYPE, qtype), rdata=_rdata(qtype, value), ttl=60))
+                reply.add_answer(RR(label, getattr(QTYPE, qtype), rdata=_rdata(qtype, value), ttl=self.ttl))
+            if not entry.get(qtype):
+                self._soa(reply, label)
             return reply
+
+    def _soa(self, reply, label) -> None:
+        if self.ttl > 0:
+            apex = DNSLabel(label.label[-2:]) if len(label.label) >= 2 else label
+            reply.add_auth(RR(apex, QTYPE.SOA, ttl=self.ttl, rdata=SOA("ns." + str(apex), "hostmaster." + str(apex),
+                                                                       (1, 3600, 600, 86400, self.ttl))))
 
 
 def _key(label: DNSLabel) -> tuple:
@@ -156,11 +168,13 @@ class DnsServer:
         return ((self.address, self.port),)
 
 
-if __name__ == "__main__":       # serve a JSON zone by hand: python dnszone.py zone.json PORT
+if __name__ == "__main__":       # serve a JSON zone by hand: python dnszone.py zone.json PORT [TTL]
     import json
     import sys
     import time
-    srv = DnsServer(json.load(open(sys.argv[1])), port=int(sys.argv[2])).start()
+    srv = DnsServer(json.load(open(sys.argv[1])), port=int(sys.argv[2]))
+    srv.resolver.ttl = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    srv.start()
     print(f"serving on 127.0.0.1:{srv.port}", flush=True)
     while True:
         time.sleep(3600)

@@ -169,13 +169,13 @@ def fragment_settings(path: Path, **overrides: str) -> list[str]:
 
 
 def agentmx_config(pf: PostfixInstance, authserv_id: str, dns_port: int, *, server: str = "", milter: str = "",
-                   rest: str = "", dns_timeout: float = 1.0) -> tuple[Path, Path]:
+                   rest: str = "", dns_timeout: float = 1.0, dns: str = "") -> tuple[Path, Path]:
     """Write <base>/agentmx.toml for an agentmx beside `pf` (its milter socket in <base>/milter) and
     apply the main.cf settings we ship, pointed at that socket. Returns (config path, socket)."""
     sock = pf.base / "milter" / "milter.sock"
     cfg = pf.base / "agentmx.toml"
     cfg.write_text(f"[server]\nauthserv_id = \"{authserv_id}\"\n{server}\n"
-                   f"[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\ntimeout = {dns_timeout}\n"
+                   f"[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\ntimeout = {dns_timeout}\n{dns}\n"
                    f"[milter]\nsocket = \"{sock}\"\nsocket_mode = \"0666\"\n{milter}\n{rest}\n")
     os.chmod(cfg, 0o644)
     root = Path(__file__).resolve().parents[2]
