@@ -151,6 +151,15 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def cmd_lmtp(args) -> int:
+    """deliver as an LMTP server for Postfix's lmtp(8) (agentmx/lmtp.py)."""
+    config = load_config(_config_path(args.config))
+    from agentmx import lmtp
+    lmtp.serve(config, Path(args.socket) if args.socket else config.worker.lmtp_socket,
+               args.processes or config.worker.processes, config.worker.socket_mode)
+    return 0
+
+
 def cmd_parse(args) -> int:
     """Print the event deliver would send for a message file, without storing or sending."""
     import time as _time
@@ -358,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--socket", help="listen here instead of [worker] socket")
     wk.add_argument("--processes", type=int, help="processes sharing the socket (default [worker] processes)")
     wk.set_defaults(func=cmd_worker)
+    lm = sub.add_parser("lmtp", help="run deliver as an LMTP server for Postfix ([worker] lmtp_socket)")
+    lm.add_argument("--socket", help="listen here instead of [worker] lmtp_socket")
+    lm.add_argument("--processes", type=int, help="processes sharing the socket (default [worker] processes)")
+    lm.set_defaults(func=cmd_lmtp)
     pa = sub.add_parser("parse", help="print the event a message file would become, without sending it")
     pa.add_argument("message", help="the message file (.eml), or - for standard input")
     pa.add_argument("--recipient", help="the envelope recipient (default agent@example.com)")

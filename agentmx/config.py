@@ -107,8 +107,9 @@ class SendConfig:
 @dataclass(frozen=True)
 class WorkerConfig:
     """`agentmx worker`: deliver resident behind the lean pipe client (docs/performance.md)."""
-    socket: Path = Path("/run/agentmx/deliver.sock")
-    socket_mode: int = 0o660            # the pipe user (agentmx) must be able to connect
+    socket: Path = Path("/run/agentmx/deliver.sock")      # `agentmx worker`, for the lean pipe client
+    lmtp_socket: Path = Path("/run/agentmx/lmtp.sock")    # `agentmx lmtp`, for Postfix's lmtp(8)
+    socket_mode: int = 0o660            # the pipe user (agentmx) or Postfix must be able to connect
     processes: int = 2                  # one per core: deliver holds the GIL while it parses
 
 
@@ -373,6 +374,7 @@ def parse_config(text: str, path: Path) -> Config:
     w = _Section(path, "worker", doc.get("worker", {}))
     worker = WorkerConfig(
         socket=w.get("socket", WorkerConfig.socket, lambda v: Path(_nonempty_str(v)), "a path"),
+        lmtp_socket=w.get("lmtp_socket", WorkerConfig.lmtp_socket, lambda v: Path(_nonempty_str(v)), "a path"),
         socket_mode=w.get("socket_mode", WorkerConfig.socket_mode, _mode, 'an octal mode like "0660"'),
         processes=w.get("processes", WorkerConfig.processes, _positive_int, "a whole number > 0"),
     )

@@ -70,6 +70,7 @@ class Receiver:
 
     def start(self):
         """Listen (again) on the same port: an endpoint that comes back."""
+        ThreadingHTTPServer.request_queue_size = 256     # many deliveries at once: no refused connections
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
