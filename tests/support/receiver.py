@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256       # many deliveries at once must not see refused connections
+    daemon_threads = True
+
+
 @dataclass
 class Request:
     path: str
@@ -70,8 +75,7 @@ class Receiver:
 
     def start(self):
         """Listen (again) on the same port: an endpoint that comes back."""
-        ThreadingHTTPServer.request_queue_size = 256     # many deliveries at once: no refused connections
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self.server = _Server(("127.0.0.1", self.port), self._handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
