@@ -160,6 +160,12 @@ def cmd_lmtp(args) -> int:
     return 0
 
 
+def cmd_mcp(args) -> int:
+    """The inbox and send API as MCP tools over stdio (agentmx/mcpserver.py)."""
+    from agentmx import mcpserver
+    return mcpserver.run(args.url, args.key)
+
+
 def cmd_parse(args) -> int:
     """Print the event deliver would send for a message file, without storing or sending."""
     import time as _time
@@ -371,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--socket", help="listen here instead of [worker] lmtp_socket")
     lm.add_argument("--processes", type=int, help="processes sharing the socket (default [worker] processes)")
     lm.set_defaults(func=cmd_lmtp)
+    mc = sub.add_parser("mcp", help="serve the inbox and the send API as MCP tools over stdio")
+    mc.add_argument("--url", help="agentmx serve's base URL (default $AGENTMX_URL, else http://127.0.0.1:8025)")
+    mc.add_argument("--key", help="the API key (default $AGENTMX_API_KEY)")
+    mc.set_defaults(func=cmd_mcp)
     pa = sub.add_parser("parse", help="print the event a message file would become, without sending it")
     pa.add_argument("message", help="the message file (.eml), or - for standard input")
     pa.add_argument("--recipient", help="the envelope recipient (default agent@example.com)")

@@ -4,12 +4,15 @@
     c = Client("http://127.0.0.1:8025", api_key)
     c.send(from_="agent@example.com", to=["bob@example.org"], subject="Hi", text="Hello")
     c.reply(event, text="Thanks, noted.")        # threaded answer to an email.received event
+    m = c.wait(to="agent@example.com", from_="@github.com", timeout=120)   # the sign-up loop
+    m and m["codes"]                                                       # ["551234"]
 """
 from __future__ import annotations
 
 import base64
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -24,12 +27,19 @@ class Client:
     def __init__(self, base_url: str, api_key: str, timeout: float = 60):
         self.base_url, self.api_key, self.timeout = base_url.rstrip("/"), api_key, timeout
 
-    def _post(self, path: str, payload: dict) -> dict:
-        req = urllib.request.Request(self.base_url + path, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"authorization": f"Bearer {self.api_key}",
-                                              "content-type": "application/json"})
+    def _post(self, path: str, payload: dict | None) -> dict:
+        return self._call(urllib.request.Request(
+            self.base_url + path, data=json.dumps(payload or {}).encode(), method="POST",
+            headers={"authorization": f"Bearer {self.api_key}", "content-type": "application/json"}))
+
+    def _get(self, path: str, query: dict | None = None, timeout: float | None = None) -> dict:
+        q = {k: ("true" if v is True else v) for k, v in (query or {}).items() if v not in (None, False, "")}
+        url = self.base_url + path + ("?" + urllib.parse.urlencode(q) if q else "")
+        return self._call(urllib.request.Request(url, headers={"authorization": f"Bearer {self.api_key}"}), timeout)
+
+    def _call(self, req: urllib.request.Request, timeout: float | None = None) -> dict:
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -46,6 +56,30 @@ class Client:
                    "attachments": [{"filename": Path(p).name, "content": base64.b64encode(Path(p).read_bytes()).decode()}
                                    for p in attachments] or None}
         return self._post("/v1/send", {k: v for k, v in payload.items() if v is not None})
+
+    # --- the inbox ----------------------------------------------------------------------------
+
+    def messages(self, *, to: str | None = None, from_: str | None = None, subject: str | None = None,
+                 since: str | None = None, unread: bool = False, limit: int = 20, cursor: str | None = None) -> dict:
+        """{"messages": [...newest first...], "nextCursor": ...}"""
+        return self._get("/v1/messages", {"to": to, "from": from_, "subject": subject, "since": since,
+                                          "unread": unread, "limit": limit, "cursor": cursor})
+
+    def message(self, event_id: str) -> dict:
+        return self._get(f"/v1/messages/{event_id}")
+
+    def ack(self, event_id: str) -> dict:
+        return self._post(f"/v1/messages/{event_id}/ack", None)
+
+    def thread(self, thread_id: str) -> dict:
+        return self._get("/v1/threads/" + urllib.parse.quote(thread_id, safe=""))
+
+    def wait(self, *, to: str | None = None, from_: str | None = None, subject: str | None = None,
+             timeout: float = 30, ack: bool = False) -> dict | None:
+        """The oldest unread matching message, waiting up to `timeout` seconds; None on timeout."""
+        out = self._get("/v1/messages/wait", {"to": to, "from": from_, "subject": subject, "timeout": int(timeout),
+                                              "ack": ack}, timeout=timeout + 30)
+        return out.get("message")
 
     def reply(self, event: dict, *, text: str | None = None, html: str | None = None, from_: str | None = None,
               **kw) -> dict:

@@ -69,18 +69,24 @@ class DomainConfig:
 
 TRUST_POLICIES = ("deliver", "require-dmarc", "flag")
 ATTACHMENT_MODES = ("url", "inline")
+ROUTE_MODES = ("push", "pull", "both")   # POST to the endpoint; keep for GET /v1/messages; both
 
 
 @dataclass(frozen=True)
 class Route:
     match: str                     # "agent@example.com", or "@example.com" for the whole domain
-    endpoint: str
+    endpoint: str | None           # None only for mode = "pull"
     secret: str = field(repr=False)
     timeout: float = 10.0
     attachments: str = "url"       # url: signed links; inline: base64 in the event up to inline_max_bytes
     inline_max_bytes: int = 1_000_000
     mailkite_signature: bool = False
     trust: str = "deliver"         # deliver, require-dmarc (others kept aside, not sent), flag
+    mode: str = "push"             # push (POST), pull (kept for the inbox API only), both
+
+    @property
+    def pushes(self) -> bool:
+        return self.mode in ("push", "both")
 
 
 @dataclass(frozen=True)
@@ -431,14 +437,18 @@ def parse_config(text: str, path: Path) -> Config:
 
     routes = []
     for r in _array_of_tables(doc, path, "routes"):
+        mode = r.get("mode", Route.mode, _one_of(ROUTE_MODES), " or ".join(ROUTE_MODES))
         r.used.update({"match", "endpoint"})
-        for key in ("match", "endpoint"):
+        for key in ("match",) + (("endpoint",) if mode != "pull" else ()):
             if key not in r.table:
-                raise r.error(key, "is required")
+                raise r.error(key, "is required" + (f" with mode = \"{mode}\"" if key == "endpoint" else ""))
+        if mode == "pull" and "endpoint" in r.table:
+            raise r.error("endpoint", 'is not used with mode = "pull" (use mode = "both" to POST too)')
         routes.append(Route(
             match=r.get("match", None, _match, "an address or @domain"),
-            endpoint=r.get("endpoint", None, _endpoint, "a URL"),
-            secret=_read_secret(r),
+            endpoint=r.get("endpoint", None, _endpoint, "a URL") if mode != "pull" else None,
+            secret=_read_secret(r) if mode != "pull" or "secret" in r.table or "secret_file" in r.table else "",
+            mode=mode,
             timeout=r.get("timeout", Route.timeout, _positive_number, "a number of seconds > 0"),
             attachments=r.get("attachments", Route.attachments, _one_of(ATTACHMENT_MODES),
                               " or ".join(ATTACHMENT_MODES)),

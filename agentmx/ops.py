@@ -83,6 +83,9 @@ def replay(config: Config, event_id: str, clock=time.time, post=None) -> tuple[i
     if found is None:
         raise LookupError(f"no route for {event['recipient']} any more")
     route = found.route
+    if not route.pushes:
+        raise LookupError(f"the route for {event['recipient']} is a pull route: the event waits in "
+                          f"GET /v1/messages, nothing to POST")
     headers = sign_headers(route.secret, event_id, body, timestamp=int(clock()), mailkite=route.mailkite_signature)
     resp = (post or http_post)(route.endpoint, body, headers, route.timeout)
     state = store.get_state(event_id)

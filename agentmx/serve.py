@@ -1,6 +1,8 @@
 """`agentmx serve`: the HTTP service beside Postfix.
 
     POST /v1/send                                  send or reply (API key; see docs/openapi.json)
+    GET  /v1/messages, /v1/messages/wait, /v1/messages/{id}, /v1/threads/{threadId}, /v1/events,
+    POST /v1/messages/{id}/ack                     the inbox API (agentmx/inboxapi.py)
     GET /v1/blobs/{sha256}?exp=&type=&name=&sig=   a stored raw message or attachment
     GET /metrics                                   Prometheus: deliveries, auth verdicts, latency
     GET /healthz                                   200 "ok"
@@ -18,7 +20,7 @@ import os
 import re
 import shutil
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from . import send, urls
 from .config import Config
@@ -73,7 +75,9 @@ def handle_send(config: Config, store: Store, limiter: send.RateLimiter, authori
 
 
 def make_handler(config: Config, store: Store):
+    from .inboxapi import ApiError, InboxApi
     limiter = send.RateLimiter(config.send.per_correspondent_per_hour, config.send.per_thread_per_hour)
+    inbox_api = InboxApi(config, store)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "agentmx"
@@ -100,8 +104,56 @@ def make_handler(config: Config, store: Store):
             self.end_headers()
             self.wfile.write(body)
 
+        def _inbox(self, method: str, path: str, query: str) -> bool:
+            """The inbox routes; False when the path is not one of them."""
+            q = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+            ack = re.fullmatch(r"/v1/messages/(msg_[a-z0-9]+)/ack", path)
+            one = re.fullmatch(r"/v1/messages/(msg_[a-z0-9]+)", path)
+            thread = re.fullmatch(r"/v1/threads/(.+)", path)
+            routes = {("GET", "/v1/messages"): lambda k: inbox_api.list(k, q),
+                      ("GET", "/v1/messages/wait"): lambda k: inbox_api.wait(k, q)}
+            if (method, path) in routes:
+                handler = routes[(method, path)]
+            elif method == "POST" and ack:
+                handler = lambda k: inbox_api.ack(k, ack.group(1))  # noqa: E731
+            elif method == "GET" and one:
+                handler = lambda k: inbox_api.get(k, one.group(1))  # noqa: E731
+            elif method == "GET" and thread:
+                handler = lambda k: inbox_api.thread(k, unquote(thread.group(1)))  # noqa: E731
+            elif method == "GET" and path == "/v1/events":
+                handler = None
+            else:
+                return False
+            try:
+                key = inbox_api.key(self.headers.get("authorization"))
+                if handler is None:
+                    return self._events(key, q) or True
+                self._json(200, handler(key))
+            except ApiError as exc:
+                self._json(exc.status, exc.body())
+            return True
+
+        def _events(self, key, q: dict) -> None:
+            last = self.headers.get("last-event-id") or q.get("after")
+            after = int(last) if last and last.isdigit() else None
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("cache-control", "no-store")
+            self.send_header("x-accel-buffering", "no")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for chunk in inbox_api.stream(key, after, alive=lambda: True):
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass                        # the client went away: the stream ends
+
         def do_POST(self):
-            if urlsplit(self.path).path != "/v1/send":
+            parts = urlsplit(self.path)
+            if self._inbox("POST", parts.path, parts.query):
+                return
+            if parts.path != "/v1/send":
                 return self._plain(404, "not found")
             try:
                 length = int(self.headers.get("content-length", "0"))
@@ -118,6 +170,8 @@ def make_handler(config: Config, store: Store):
             parts = urlsplit(self.path)
             if parts.path == "/healthz":
                 return self._plain(200, "ok")
+            if self._inbox("GET", parts.path, parts.query):
+                return
             if parts.path == "/metrics":
                 from agentmx.ops import metrics
                 body = metrics(config).encode()

@@ -3,8 +3,10 @@
 The whole delivery as one call with its edges passed in (store, HTTP post, clock), so that it can
 run in the per-message pipe process or in a resident worker without changing the contract:
 
-  exit 0   the agent took it (2xx), or refused it (406: kept, logged, not retried), or the route's
-           trust policy kept it aside (require-dmarc and DMARC did not pass)
+  exit 0   the agent took it (2xx), or refused it (406: kept, logged, not retried), or answered
+           with a control body ({"status": "drop"} or {"status": "spam"}: kept, marked, not
+           retried), or the route's trust policy kept it aside (require-dmarc and DMARC did not
+           pass), or the route is a pull route (kept for GET /v1/messages)
   exit 75  anything else (3xx, other 4xx, 5xx, timeout, refused connection, a store that cannot be
            written, no route): Postfix keeps the message and retries on its own schedule.
 A message that cannot be parsed is still delivered, with what was decoded and its defects.
@@ -15,6 +17,7 @@ import base64
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from typing import Callable
 
 from agentmx import urls
 from agentmx.config import Config
+from agentmx.inbox import Inbox
 from agentmx.store import Store, StoreError
 from agentmx.webhook import sign_headers
 
@@ -50,7 +54,7 @@ class Envelope:
 @dataclass(frozen=True)
 class Outcome:
     exit_code: int
-    state: str                        # delivered, refused, held, deferred
+    state: str                        # delivered, refused, dropped, spam, held, stored, deferred
     event_id: str | None = None
     status: int | None = None         # the endpoint's HTTP status, 0 when it did not answer
     reason: str = ""
@@ -101,10 +105,34 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
     return event, {"raw_sha": raw_sha, "defects": len(parsed.defects)}
 
 
+CONTROL = {"drop": "dropped", "spam": "spam"}
+
+
+def control_state(resp: Response) -> str | None:
+    """MailKite's control answers: {"status": "drop"} or {"status": "spam"} in any HTTP answer."""
+    if not resp.body or resp.body[:1] not in (b"{", b" ", b"\n"):
+        return None
+    try:
+        status = json.loads(resp.body).get("status")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return CONTROL.get(status) if isinstance(status, str) else None
+
+
 def deliver(raw: bytes, env: Envelope, config: Config, *, store: Store | None = None,
             post: Callable[[str, bytes, dict, float], Response] = http_post,
-            clock: Callable[[], float] = time.time) -> Outcome:
+            clock: Callable[[], float] = time.time, inbox: Inbox | None = None) -> Outcome:
     store = store or Store(config.data_dir)
+    own_inbox = inbox is None
+    inbox = inbox or Inbox(config.data_dir, clock)
+    try:
+        return _deliver(raw, env, config, store, post, clock, inbox)
+    finally:
+        if own_inbox:
+            inbox.close()
+
+
+def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, clock, inbox: Inbox) -> Outcome:
     match = routing.match(env.recipient, config.routes)
     if match is None:
         return Outcome(EX_TEMPFAIL, "deferred", reason=f"no route for {env.recipient} (fix the config or the "
@@ -128,6 +156,10 @@ def deliver(raw: bytes, env: Envelope, config: Config, *, store: Store | None = 
                                        "recipient": env.recipient.lower(), "queueId": env.queue_id})
         except StoreError as exc:
             log.warning("%s: could not record state: %s", env.queue_id or "-", exc.strerror)
+        try:
+            inbox.set_state(event_id, outcome.state)
+        except sqlite3.Error as exc:
+            log.warning("%s: could not record state in the inbox index: %s", env.queue_id or "-", exc)
         return outcome
 
     # The event is stored before the agent sees it: an agent that answers at once (inReplyTo the
@@ -136,14 +168,27 @@ def deliver(raw: bytes, env: Envelope, config: Config, *, store: Store | None = 
         store.put_event(event_id, body)
     except StoreError as exc:
         return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"data directory: {exc.strerror}")
+    try:
+        inbox.record(event, "stored" if not route.pushes else state.get("state", "received"))
+    except sqlite3.Error as exc:
+        if not route.pushes or route.mode == "both":   # the inbox is where the agent reads it
+            return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"inbox index: {exc}")
+        log.warning("%s: not in the inbox index (%s); pushed anyway", env.queue_id or "-", exc)
 
     if route.trust == "require-dmarc" and event["auth"]["dmarc"] != "pass":
         return record(Outcome(EX_OK, "held", event_id,
                               reason=f"kept aside: route requires DMARC pass, got {event['auth']['dmarc']}"))
 
+    if not route.pushes:
+        return record(Outcome(EX_OK, "stored", event_id, reason="kept for the inbox API (pull route)"))
+
     headers = sign_headers(route.secret, event_id, body, timestamp=int(clock()), mailkite=route.mailkite_signature)
     resp = post(route.endpoint, body, headers, route.timeout)
     details = {"attempts": attempts, "defects": extra["defects"], "bytes": len(body)}
+    control = control_state(resp) if resp.status else None
+    if control:
+        return record(Outcome(EX_OK, control, event_id, resp.status,
+                              f"the agent's answer marked it {control}; kept, not retried", details))
     if 200 <= resp.status < 300:
         return record(Outcome(EX_OK, "delivered", event_id, resp.status, "accepted", details))
     if resp.status == 406:

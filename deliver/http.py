@@ -14,6 +14,7 @@ class Response:
     status: int                  # 0: no HTTP answer at all (refused, timeout, TLS failure)
     retry_after: str | None = None
     error: str = ""
+    body: bytes = b""            # the first 64 KB of the answer (control answers: {"status": "drop"})
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
@@ -29,8 +30,8 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Resp
             conn.request("POST", path, body=body, headers={**headers, "content-type": "application/json",
                                                            "user-agent": "agentmx"})
             resp = conn.getresponse()
-            resp.read(65536)
-            return Response(resp.status, resp.getheader("retry-after"))
+            answer = resp.read(65536)
+            return Response(resp.status, resp.getheader("retry-after"), body=answer)
         finally:
             conn.close()
     except (socket.timeout, TimeoutError):

@@ -213,3 +213,34 @@ def test_the_event_is_stored_before_the_agent_sees_it(tmp_path):
         return Response(200)
     out = deliver(raw(), ENV, config(tmp_path, "http://127.0.0.1:9/"), post=post)
     assert out.state == "delivered" and seen["stored"] is not None and json.loads(seen["stored"])["id"] == out.event_id
+
+
+@pytest.mark.parametrize("status,answer,state", [(200, b'{"status":"drop"}', "dropped"),
+                                                 (200, b'{"status": "spam"}', "spam"),
+                                                 (422, b'{"status":"drop"}', "dropped"),
+                                                 (200, b'{"status":"other"}', "delivered"),
+                                                 (200, b"not json", "delivered")])
+def test_control_answers(tmp_path, receiver, status, answer, state):
+    """MailKite's control mode: the endpoint's JSON answer drops or marks the message; no retry."""
+    receiver.default, receiver.answer = (status, 0), answer
+    out = deliver(raw(), ENV, config(tmp_path, receiver.url))
+    assert (out.exit_code, out.state) == (EX_OK, state)
+    assert Store(tmp_path / "data").get_state(out.event_id)["state"] == state
+    from agentmx.inbox import Inbox
+    assert Inbox(tmp_path / "data").get(out.event_id).state == state
+
+
+def test_pull_route_keeps_the_event_and_posts_nothing(tmp_path, receiver):
+    cfg = parse_config(f'[server]\nauthserv_id = "{AUTHSERV}"\ndata_dir = "{tmp_path / "data"}"\n'
+                       'url_secret = "0123456789abcdef0123"\n[[routes]]\nmatch = "agent@agentmx.test"\nmode = "pull"\n',
+                       tmp_path / "agentmx.toml")
+    out = deliver(raw(), ENV, cfg)
+    assert (out.exit_code, out.state) == (EX_OK, "stored") and receiver.requests == []
+    from agentmx.inbox import Inbox
+    row = Inbox(tmp_path / "data").get(out.event_id)
+    assert row.state == "stored" and row.address == "agent@agentmx.test" and not row.read
+    for p in (tmp_path / "data").glob("inbox.sqlite*"):
+        p.unlink()
+    (tmp_path / "data" / "inbox.sqlite").write_bytes(b"not a database" * 100)     # the index is broken
+    again = deliver(raw().replace(b"Subject: Hi", b"Subject: Other"), ENV, cfg)
+    assert again.exit_code == EX_TEMPFAIL and "inbox index" in again.reason    # Postfix keeps it

@@ -31,3 +31,20 @@ def test_every_error_code_the_code_raises_is_documented():
         if m:
             documented |= set(m.group(1).split(", "))
     assert raised <= documented, raised - documented
+
+
+def test_inbox_routes_and_their_error_codes_are_documented():
+    source = (ROOT / "agentmx" / "inboxapi.py").read_text()
+    raised = set(re.findall(r'ApiError\(\d+, f?"([a-z_]+)', source))
+    raised = {r for r in raised if not r.endswith("_")}        # f"bad_{name}": the names come below
+    raised |= {f"bad_{n}" for n in re.findall(r'_int\([^)]*"([a-z]+)"\)', source)}
+    documented = set()
+    for path in ("/v1/messages", "/v1/messages/wait", "/v1/messages/{id}", "/v1/messages/{id}/ack",
+                 "/v1/threads/{threadId}", "/v1/events"):
+        assert path in DOC["paths"], path
+        for op in DOC["paths"][path].values():
+            for response in op["responses"].values():
+                m = re.search(r"\(error codes: ([^)]*)\)", response["description"])
+                if m:
+                    documented |= set(m.group(1).split(", "))
+    assert raised <= documented, raised - documented

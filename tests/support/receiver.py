@@ -30,6 +30,7 @@ class Receiver:
         # status 0 reads the whole request, then drops the connection without answering: an
         # endpoint killed in the middle of a POST (the agent may have seen it; deliver cannot know)
         self.default = (200, 0.0)
+        self.answer: bytes | None = None       # the body to answer with (default: {"ok":true})
         self._lock = threading.Lock()
         receiver = self
 
@@ -55,7 +56,8 @@ class Receiver:
                     except OSError:
                         pass
                     return
-                out = b'{"ok":true}' if status < 300 else b'{"error":"scripted"}'
+                out = receiver.answer if receiver.answer is not None else (
+                    b'{"ok":true}' if status < 300 else b'{"error":"scripted"}')
                 try:
                     self.send_response(status)
                     if status == 503:

@@ -1,0 +1,172 @@
+"""The inbox index: which stored events exist, for whom, in what order, read or not.
+
+The events themselves stay where deliver stores them (<data_dir>/events/<id>.json); this is an
+SQLite index beside them (<data_dir>/inbox.sqlite, WAL mode) that deliver writes once per event
+and `agentmx serve` reads for GET /v1/messages, the long-poll wait and the event stream. `seq`
+is the order of arrival (what the event stream resumes from); `read` is set by an ack.
+
+Scoping is by the recipient's base address (agent+tag@ is agent@): an API key sees what its
+`allow` list names, as for sending.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         TEXT NOT NULL UNIQUE,
+    address    TEXT NOT NULL,       -- the recipient's base address, lower case (agent+tag@ -> agent@)
+    recipient  TEXT NOT NULL,
+    sender     TEXT NOT NULL,       -- From address, lower case
+    subject    TEXT NOT NULL,
+    thread_id  TEXT,
+    received   REAL NOT NULL,       -- when deliver stored it (unix seconds)
+    state      TEXT NOT NULL,       -- stored (pull), delivered, refused, held, dropped, spam, deferred
+    read       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_address ON messages (address, seq);
+CREATE INDEX IF NOT EXISTS messages_thread ON messages (thread_id);
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    id: str
+    address: str
+    recipient: str
+    sender: str
+    subject: str
+    thread_id: str | None
+    received: float
+    state: str
+    read: bool
+
+
+def base_address(recipient: str) -> str:
+    local, _, domain = recipient.lower().rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
+
+
+class Inbox:
+    def __init__(self, data_dir: Path, clock=time.time):
+        self.path = Path(data_dir) / "inbox.sqlite"
+        self.clock = clock
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            self._db = db
+            _same_owner_as_dir(self.path)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # --- written by deliver ------------------------------------------------------------------
+
+    def record(self, event: dict, state: str) -> None:
+        """Index one event (again: a retry updates its state, keeps its place and read flag)."""
+        db = self._conn()
+        db.execute(
+            "INSERT INTO messages (id, address, recipient, sender, subject, thread_id, received, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+            (event["id"], base_address(event["recipient"]), event["recipient"],
+             ((event.get("from") or {}).get("address") or "").lower(), event.get("subject") or "",
+             event.get("threadId"), self.clock(), state))
+
+    def set_state(self, event_id: str, state: str) -> None:
+        self._conn().execute("UPDATE messages SET state = ? WHERE id = ?", (state, event_id))
+
+    # --- read by serve --------------------------------------------------------------------------
+
+    def query(self, addresses: tuple[str, ...], *, to: str | None = None, sender: str | None = None,
+              subject: str | None = None, since: float | None = None, unread: bool = False,
+              before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
+              limit: int = 50, oldest_first: bool = False) -> list[Row]:
+        """Events for the scoped addresses ("agent@x" or "@x"), newest first unless oldest_first."""
+        where, args = [], []
+        scope = []
+        for a in addresses:
+            if a.startswith("@"):
+                scope.append("address LIKE ? ESCAPE '\\'")
+                args.append("%" + _like(a))
+            else:
+                scope.append("address = ?")
+                args.append(a.lower())
+        if not scope:
+            return []
+        where.append("(" + " OR ".join(scope) + ")")
+        if to:
+            where.append("address = ?")
+            args.append(base_address(to))
+        if sender:
+            where.append("(sender = ? OR sender LIKE ? ESCAPE '\\')")
+            args += [sender.lower(), "%" + _like(sender.lower() if sender.startswith("@") else "@" + sender.lower())]
+        if subject:
+            where.append("subject LIKE ? ESCAPE '\\'")
+            args.append("%" + _like(subject) + "%")
+        if since is not None:
+            where.append("received >= ?")
+            args.append(since)
+        if unread:
+            where.append("read = 0")
+        if before_seq is not None:
+            where.append("seq < ?")
+            args.append(before_seq)
+        if after_seq is not None:
+            where.append("seq > ?")
+            args.append(after_seq)
+        if thread_id is not None:
+            where.append("thread_id = ?")
+            args.append(thread_id)
+        order = "ASC" if oldest_first else "DESC"
+        sql = (f"SELECT seq, id, address, recipient, sender, subject, thread_id, received, state, read "
+               f"FROM messages WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?")
+        rows = self._conn().execute(sql, (*args, max(1, min(limit, 500)))).fetchall()
+        return [Row(*r[:9], bool(r[9])) for r in rows]
+
+    def get(self, event_id: str) -> Row | None:
+        r = self._conn().execute("SELECT seq, id, address, recipient, sender, subject, thread_id, received, state, "
+                                 "read FROM messages WHERE id = ?", (event_id,)).fetchone()
+        return Row(*r[:9], bool(r[9])) if r else None
+
+    def ack(self, event_id: str) -> bool:
+        return self._conn().execute("UPDATE messages SET read = 1 WHERE id = ?", (event_id,)).rowcount == 1
+
+    def last_seq(self) -> int:
+        return self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
+
+
+def _same_owner_as_dir(path: Path) -> None:
+    """Run as root (a test, `agentmx status` by hand), leave the files to the data directory's
+    owner: deliver and serve (user agentmx) must keep writing them."""
+    import os
+    if os.geteuid() != 0:
+        return
+    st = path.parent.stat()
+    for p in path.parent.glob(path.name + "*"):
+        try:
+            os.chown(p, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def may_read(allow: tuple[str, ...], recipient: str) -> bool:
+    address = base_address(recipient)
+    return address in allow or ("@" + address.rpartition("@")[2]) in allow
