@@ -162,7 +162,11 @@ def cmd_lmtp(args) -> int:
 
 def cmd_mcp(args) -> int:
     """The inbox and send API as MCP tools over stdio (agentmx/mcpserver.py)."""
-    from agentmx import mcpserver
+    try:
+        from agentmx import mcpserver
+    except ImportError as exc:
+        print(f"agentmx mcp: the MCP SDK is not installed ({exc.name}): pip install 'agentmx[mcp]'", file=sys.stderr)
+        return 2
     return mcpserver.run(args.url, args.key)
 
 

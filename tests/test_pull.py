@@ -236,3 +236,21 @@ def test_mcp_over_stdio_sign_up_code_and_threaded_signed_reply(w):
     msg = email.message_from_bytes(raw)
     assert msg["In-Reply-To"] == original["messageId"] and msg["To"] == "Service <accounts@remote.test>"
     assert msg["From"] == f"agent@{DOMAIN}" and msg["Subject"] == "Re: Your code"
+
+
+def test_the_agent_guide_sign_up_example_runs(w, monkeypatch):
+    """docs/agent-developer.md's pull example, run as written against this world."""
+    text = (Path(__file__).parents[1] / "docs" / "agent-developer.md").read_text()
+    block = text.split("The sign-up loop, in one call", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("AGENTMX_URL", w["api"])
+    monkeypatch.setenv("AGENTMX_API_KEY", KEY)
+
+    def trigger_signup(address: str) -> None:
+        body = "Welcome! Your code is 551234."
+        threading.Timer(0.5, lambda: send(w["ox"].port, "no-reply@remote.test", [f"agent@{DOMAIN}"],
+                                          mail(f"agent@{DOMAIN}", "Verify", body, sender="no-reply@remote.test"))
+                        ).start()
+    scope = {"trigger_signup": trigger_signup}
+    exec(compile(block.replace("@accounts.example.net", "no-reply@remote.test")
+                 .replace('"agent@example.com"', f'"agent@{DOMAIN}"'), "agent-developer.md", "exec"), scope)
+    assert scope["code"] == "551234"
