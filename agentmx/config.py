@@ -49,6 +49,8 @@ class MilterConfig:
     )
     timeout: int = 600             # libmilter's I/O timeout towards Postfix, seconds
     policy: PolicyConfig = PolicyConfig()
+    rspamd_url: str = ""           # rspamd's normal worker, e.g. http://127.0.0.1:11333; "" = no spam check
+    rspamd_timeout: float = 2.0    # seconds; past it the verdict is unknown and the message goes on
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -405,6 +407,9 @@ def parse_config(text: str, path: Path) -> Config:
                                "a list of networks like 192.0.2.0/24"),
         timeout=m.get("timeout", MilterConfig.timeout, _positive_int, "a whole number > 0"),
         policy=_policy(policy_sec, PolicyConfig()),
+        rspamd_url=m.get("rspamd_url", "", lambda v: v if v == "" else _endpoint(v).rstrip("/"),
+                         'an http:// URL, or "" for none'),
+        rspamd_timeout=m.get("rspamd_timeout", MilterConfig.rspamd_timeout, _positive_number, "a number > 0"),
     )
     policy_sec.finish()
     m.finish()

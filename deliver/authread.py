@@ -23,7 +23,35 @@ def empty(authserv_id: str, note: str) -> dict:
             "details": {"spf": None, "spfHelo": None, "dkim": [], "dmarc": None, "arc": None, "note": note}}
 
 
+def read_spam(headers: list[tuple[str, str]], authserv_id: str) -> tuple[str, dict | None]:
+    """(verdict, details) from our X-Agentmx-Spam header above every Received line, else unknown."""
+    from agentmx.milter.spam_check import HEADER, parse
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "received":
+            break
+        if lname == HEADER.lower():
+            fields = parse(value)
+            if fields.get("authserv-id") != authserv_id.lower():
+                continue
+            verdict = fields.get("verdict") if fields.get("verdict") in ("ham", "spam", "unknown") else "unknown"
+            def num(k):
+                try:
+                    return float(fields[k])
+                except (KeyError, ValueError):
+                    return None
+            return verdict, {"verdict": verdict, "score": num("score"), "required": num("required"),
+                             "action": fields.get("action"), "reason": fields.get("reason")}
+    return "unknown", None
+
+
 def read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
+    out = _read_auth(headers, authserv_id)
+    out["spam"], out["details"]["spam"] = read_spam(headers, authserv_id)
+    return out
+
+
+def _read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
     ours = None
     for name, value in headers:
         lname = name.lower()

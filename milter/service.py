@@ -27,7 +27,7 @@ from agentmx.authservid import claims_id
 from agentmx.config import Config
 from agentmx.resolver import Resolver
 
-from . import arheader, policy, sign
+from . import arheader, policy, sign, spam_check
 from .authenticate import Envelope, authenticate, from_header_values
 from .stats import MilterStats
 
@@ -79,9 +79,11 @@ class AuthMilter(Milter.Base):
     def _reset(self) -> None:
         self.mail_from = ""
         self.rcpt_domains: list[str] = []
+        self.rcpts: list[str] = []
         self.headers: list[bytes] = []
         self.forged: list[int] = []          # 1-based indexes among Authentication-Results fields
         self.ar_count = 0
+        self.spam_headers = 0                # incoming X-Agentmx-Spam fields: all removed
         self.body_buf = io.BytesIO()
         self.skip_reason = ""
         self.log = QueueIdAdapter(log, {"qid": None})
@@ -120,6 +122,7 @@ class AuthMilter(Milter.Base):
 
     @_tempfail_on_error
     def envrcpt(self, rcpt, *params):
+        self.rcpts.append(rcpt.strip().strip("<>"))
         self.rcpt_domains.append(rcpt.strip().strip("<>").rpartition("@")[2].lower())
         return Milter.CONTINUE
 
@@ -133,6 +136,8 @@ class AuthMilter(Milter.Base):
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
             if claims_id(text, self.config.authserv_id):
                 self.forged.append(self.ar_count)
+        elif name.lower() == spam_check.HEADER.lower():
+            self.spam_headers += 1
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
         self.headers.append(name.encode("ascii", "replace") + b":" + value)
@@ -152,6 +157,10 @@ class AuthMilter(Milter.Base):
         if self.forged:
             self.log.warning("removed %d Authentication-Results header(s) claiming %s",
                              len(self.forged), self.config.authserv_id)
+        for idx in range(self.spam_headers, 0, -1):
+            self.chgheader(spam_check.HEADER, idx, "")
+        if self.spam_headers:
+            self.log.warning("removed %d incoming %s header(s)", self.spam_headers, spam_check.HEADER)
         if self.skip_reason:
             self.log.info("not verified: %s", self.skip_reason)
             self.stats.count("signed" if self._sign() else "trusted")
@@ -165,12 +174,19 @@ class AuthMilter(Milter.Base):
         res = authenticate(message, env, lookups, sample=self.rng.random())
         # With header_leading_space negotiated, the value carries its own leading space.
         self.addheader(AR, arheader.fold(arheader.render(self.config.authserv_id, res)), 0)
+        spam = spam_check.check(self.config.milter.rspamd_url, message, spam_check.SpamEnvelope(
+            self.client_ip, self.helo_name, self.client_name, self.mail_from, tuple(self.rcpts), qid),
+            self.config.milter.rspamd_timeout) if self.config.milter.rspamd_url else None
+        if spam is not None:
+            self.addheader(spam_check.HEADER, " " + spam_check.render(self.config.authserv_id, spam), 0)
 
         decision = policy.decide(res, policy.combine(self.config.policy_for(d) for d in self.rcpt_domains))
         self.log.info(
-            "spf=%s helo=%s dkim=%s arc=%s dmarc=%s from=%s client=%s lookups=%d ms=%d action=%s",
+            "spf=%s helo=%s dkim=%s arc=%s dmarc=%s spam=%s from=%s client=%s lookups=%d ms=%d action=%s",
             res.spf.result, res.spf_helo.result, ",".join(d.result for d in res.dkim) or "none",
-            res.arc.result, res.dmarc.result, res.dmarc.from_domain or "-", self.client_ip,
+            res.arc.result, res.dmarc.result,
+            f"{spam.verdict}({spam.score if spam.score is not None else spam.reason})" if spam else "off",
+            res.dmarc.from_domain or "-", self.client_ip,
             res.dns_lookups, (time.monotonic() - started) * 1000, decision.action)
         self.stats.count(decision.action, {"spf": res.spf.result, "dkim": res.dkim_summary,
                                            "dmarc": res.dmarc.result, "arc": res.arc.result},

@@ -1,0 +1,99 @@
+"""The spam verdict: rspamd's /checkv2 over HTTP on loopback, as a value.
+
+    check(url, message, envelope, timeout) -> SpamResult(verdict, score, required, action, reason)
+
+verdict is ham, spam or unknown: rspamd's action reject, add header or rewrite subject is spam;
+no action and greylist are ham; soft reject, an error, a timeout or no rspamd at all is unknown
+(never spam: an outage must not mark good mail). The milter writes it into our own header,
+X-Agentmx-Spam (incoming copies removed first), which deliver reads into `auth.spam`.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+HEADER = "X-Agentmx-Spam"
+SPAM_ACTIONS = {"reject", "add header", "rewrite subject"}
+HAM_ACTIONS = {"no action", "greylist"}
+
+
+@dataclass(frozen=True)
+class SpamResult:
+    verdict: str                  # ham, spam, unknown
+    score: float | None = None
+    required: float | None = None
+    action: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SpamEnvelope:
+    client_ip: str
+    helo: str
+    client_name: str
+    mail_from: str
+    rcpts: tuple[str, ...]
+    queue_id: str | None
+
+
+def check(url: str, message: bytes, env: SpamEnvelope, timeout: float) -> SpamResult:
+    if not url:
+        return SpamResult("unknown", reason="no rspamd configured")
+    parts = urlsplit(url)
+    headers = {"IP": env.client_ip, "Helo": env.helo or env.client_ip, "From": env.mail_from or "<>",
+               "Content-Length": str(len(message))}
+    if env.client_name and env.client_name != "unknown":
+        headers["Hostname"] = env.client_name
+    if env.queue_id:
+        headers["Queue-Id"] = env.queue_id
+    try:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 11333, timeout=timeout)
+        try:
+            conn.putrequest("POST", (parts.path.rstrip("/") or "") + "/checkv2")
+            for k, v in headers.items():
+                conn.putheader(k, v)
+            for rcpt in env.rcpts:
+                conn.putheader("Rcpt", rcpt)
+            conn.endheaders(message)
+            resp = conn.getresponse()
+            body = resp.read(1 << 20)
+        finally:
+            conn.close()
+    except (socket.timeout, TimeoutError):
+        return SpamResult("unknown", reason=f"rspamd gave no answer within {timeout:g}s")
+    except (OSError, http.client.HTTPException) as exc:
+        return SpamResult("unknown", reason=f"rspamd unreachable ({exc.__class__.__name__})")
+    if resp.status != 200:
+        return SpamResult("unknown", reason=f"rspamd answered HTTP {resp.status}")
+    try:
+        data = json.loads(body)
+        action = str(data["action"])
+        score, required = float(data.get("score", 0.0)), float(data.get("required_score", 0.0))
+    except (ValueError, KeyError, TypeError):
+        return SpamResult("unknown", reason="rspamd's answer could not be read")
+    verdict = "spam" if action in SPAM_ACTIONS else "ham" if action in HAM_ACTIONS else "unknown"
+    return SpamResult(verdict, round(score, 2), round(required, 2), action)
+
+
+def render(authserv_id: str, res: SpamResult) -> str:
+    """X-Agentmx-Spam: <authserv-id>; verdict=spam; score=15.0; required=15.0; action="reject" """
+    out = f"{authserv_id}; verdict={res.verdict}"
+    if res.score is not None:
+        out += f"; score={res.score}; required={res.required}; action=\"{res.action}\""
+    if res.reason:
+        out += f"; reason=\"{res.reason.replace(chr(34), chr(39))}\""
+    return out
+
+
+def parse(value: str) -> dict:
+    """The fields of one X-Agentmx-Spam value: {"authserv-id", "verdict", "score", ...}."""
+    first, _, rest = value.partition(";")
+    out: dict = {"authserv-id": first.strip().lower()}
+    for item in rest.split(";"):
+        k, _, v = item.strip().partition("=")
+        if k:
+            out[k.strip().lower()] = v.strip().strip('"')
+    return out
