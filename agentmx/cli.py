@@ -170,6 +170,43 @@ def cmd_mcp(args) -> int:
     return mcpserver.run(args.url, args.key)
 
 
+def cmd_agent(args) -> int:
+    """Run the agent for action = "agent" routes (agentmx/agentloop.py)."""
+    config = load_config(_config_path(args.config))
+    from agentmx import agentloop
+    from agentmx.agentjobs import Jobs
+    if args.requeue:
+        ok = Jobs(config.data_dir).requeue(args.requeue)
+        print(f"{args.requeue}: {'queued again' if ok else 'not a parked job'}")
+        return 0 if ok else 1
+    return agentloop.serve(config, once=args.once)
+
+
+def cmd_transcript(args) -> int:
+    """Print what the agent was shown and did for one message."""
+    config = load_config(_config_path(args.config))
+    from agentmx.agentjobs import Jobs
+    from agentmx.store import Store
+    record = Store(config.data_dir).get_transcript(args.id)
+    job = Jobs(config.data_dir).get(args.id)
+    if record is None and job is None:
+        print(f"agentmx transcript: no agent job {args.id}", file=sys.stderr)
+        return 1
+    if job is not None:
+        print(f"{job.id}: {job.state}, {job.attempts} failed attempt(s), actions: {', '.join(job.actions) or 'none'}"
+              + (f", last error: {job.last_error}" if job.last_error else ""))
+    for attempt in (record or {}).get("attempts", []):
+        if "error" in attempt:
+            print(f"-- attempt: model error: {attempt['error']} -> {attempt['state']}")
+            continue
+        print(f"-- attempt: {attempt['outcome']}: {attempt['summary']}")
+        for m in attempt["messages"]:
+            calls = "".join(f"\n   -> {c['function']['name']}({c['function'].get('arguments', '')})"
+                            for c in m.get("tool_calls") or [])
+            print(f"[{m['role']}] {m.get('content') or ''}{calls}")
+    return 0
+
+
 def cmd_parse(args) -> int:
     """Print the event deliver would send for a message file, without storing or sending."""
     import time as _time
@@ -385,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--url", help="agentmx serve's base URL (default $AGENTMX_URL, else http://127.0.0.1:8025)")
     mc.add_argument("--key", help="the API key (default $AGENTMX_API_KEY)")
     mc.set_defaults(func=cmd_mcp)
+    ag = sub.add_parser("agent", help='run the agent for action = "agent" routes (the model loop)')
+    ag.add_argument("--once", action="store_true", help="process the due jobs, then exit")
+    ag.add_argument("--requeue", metavar="ID", help="try a parked job again")
+    ag.set_defaults(func=cmd_agent)
+    tr = sub.add_parser("transcript", help="what the agent was shown and did for a message")
+    tr.add_argument("id")
+    tr.set_defaults(func=cmd_transcript)
     pa = sub.add_parser("parse", help="print the event a message file would become, without sending it")
     pa.add_argument("message", help="the message file (.eml), or - for standard input")
     pa.add_argument("--recipient", help="the envelope recipient (default agent@example.com)")

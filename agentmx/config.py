@@ -71,7 +71,8 @@ class DomainConfig:
 
 TRUST_POLICIES = ("deliver", "require-dmarc", "flag")
 ATTACHMENT_MODES = ("url", "inline")
-ROUTE_MODES = ("push", "pull", "both")   # POST to the endpoint; keep for GET /v1/messages; both
+ROUTE_MODES = ("push", "pull", "both")
+ROUTE_ACTIONS = ("post", "agent")   # POST to the endpoint; keep for GET /v1/messages; both
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,13 @@ class Route:
     mailkite_signature: bool = False
     trust: str = "deliver"         # deliver, require-dmarc (others kept aside, not sent), flag
     mode: str = "push"             # push (POST), pull (kept for the inbox API only), both
+    action: str = "post"           # post (as mode says), agent (agentmx runs the model loop itself)
+    prompt: str = ""               # action = "agent": the instructions for this address
+    forward_to: tuple[str, ...] = ()   # action = "agent": the only addresses the forward tool may use
 
     @property
     def pushes(self) -> bool:
-        return self.mode in ("push", "both")
+        return self.action == "post" and self.mode in ("push", "both")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,19 @@ class SendConfig:
     per_correspondent_per_hour: int = 30  # messages to one address in any hour
     per_thread_per_hour: int = 10         # replies into one thread in any hour
     max_request_bytes: int = 30_000_000
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The model behind action = "agent" routes: any OpenAI-compatible chat-completions server."""
+    base_url: str = ""                   # e.g. http://127.0.0.1:8080/v1 (llama.cpp, vLLM, Ollama) or a hosted one
+    model: str = ""
+    api_key: str = field(default="", repr=False)
+    timeout: float = 60.0                # seconds for one model call
+    max_rounds: int = 6                  # model calls per message, tools included
+    max_attempts: int = 6                # model failures before the job is parked
+    retry_base: float = 30.0             # seconds before the first retry, doubled each time
+    lease: float = 600.0                 # a job a dead worker held is taken up again after this
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,7 @@ class Config:
     send: SendConfig = SendConfig()
     api_keys: tuple[ApiKey, ...] = ()
     worker: WorkerConfig = WorkerConfig()
+    agent: AgentConfig = AgentConfig()
 
     def domain(self, name: str) -> DomainConfig | None:
         name = name.lower().rstrip(".")
@@ -212,6 +230,12 @@ def _non_negative_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ValueError
     return v
+
+
+def _addresses(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(a, str) and "@" in a and not a.startswith("@") for a in v):
+        raise ValueError
+    return tuple(a.lower() for a in v)
 
 
 def _nonempty_str(v: Any) -> str:
@@ -362,7 +386,7 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
     top = _Section(path, "top level", doc)
-    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker")
+    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker", "agent")
 
     server = _Section(path, "server", doc.get("server", {}))
     server.used.add("authserv_id")
@@ -378,6 +402,19 @@ def parse_config(text: str, path: Path) -> Config:
     mail_host = server.get("mail_host", authserv_id, _hostname, "a host name")
     retention_days = server.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0")
     server.finish()
+
+    ag = _Section(path, "agent", doc.get("agent", {}))
+    agent = AgentConfig(
+        base_url=ag.get("base_url", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
+        model=ag.get("model", "", _nonempty_str, "a model name"),
+        api_key=_read_plain_secret(ag, "api_key", min_len=1),
+        timeout=ag.get("timeout", AgentConfig.timeout, _positive_number, "a number of seconds > 0"),
+        max_rounds=ag.get("max_rounds", AgentConfig.max_rounds, _positive_int, "a whole number > 0"),
+        max_attempts=ag.get("max_attempts", AgentConfig.max_attempts, _positive_int, "a whole number > 0"),
+        retry_base=ag.get("retry_base", AgentConfig.retry_base, _positive_number, "a number of seconds > 0"),
+        lease=ag.get("lease", AgentConfig.lease, _positive_number, "a number of seconds > 0"),
+    )
+    ag.finish()
 
     w = _Section(path, "worker", doc.get("worker", {}))
     worker = WorkerConfig(
@@ -442,7 +479,12 @@ def parse_config(text: str, path: Path) -> Config:
 
     routes = []
     for r in _array_of_tables(doc, path, "routes"):
+        action = r.get("action", Route.action, _one_of(ROUTE_ACTIONS), " or ".join(ROUTE_ACTIONS))
         mode = r.get("mode", Route.mode, _one_of(ROUTE_MODES), " or ".join(ROUTE_MODES))
+        if action == "agent":
+            mode = "pull"           # agentmx runs the agent; the event is in the inbox API too
+            if "prompt" not in r.table:
+                raise r.error("prompt", 'is required with action = "agent"')
         r.used.update({"match", "endpoint"})
         for key in ("match",) + (("endpoint",) if mode != "pull" else ()):
             if key not in r.table:
@@ -453,7 +495,9 @@ def parse_config(text: str, path: Path) -> Config:
             match=r.get("match", None, _match, "an address or @domain"),
             endpoint=r.get("endpoint", None, _endpoint, "a URL") if mode != "pull" else None,
             secret=_read_secret(r) if mode != "pull" or "secret" in r.table or "secret_file" in r.table else "",
-            mode=mode,
+            mode=mode, action=action,
+            prompt=r.get("prompt", "", _nonempty_str, "a string") if action == "agent" else "",
+            forward_to=r.get("forward_to", (), _addresses, "a list of addresses") if action == "agent" else (),
             timeout=r.get("timeout", Route.timeout, _positive_number, "a number of seconds > 0"),
             attachments=r.get("attachments", Route.attachments, _one_of(ATTACHMENT_MODES),
                               " or ".join(ATTACHMENT_MODES)),
@@ -463,6 +507,10 @@ def parse_config(text: str, path: Path) -> Config:
             trust=r.get("trust", Route.trust, _one_of(TRUST_POLICIES), ", ".join(TRUST_POLICIES)),
         ))
         r.finish()
+    if any(r.action == "agent" for r in routes):
+        for key in ("base_url", "model"):
+            if not getattr(agent, key):
+                raise ag.error(key, 'is required when a route has action = "agent"')
     if routes and not url_secret:
         raise server.error("url_secret", "is required with routes (it signs the raw-message and "
                            "attachment URLs in events): give url_secret or url_secret_file")
@@ -500,7 +548,7 @@ def parse_config(text: str, path: Path) -> Config:
                   listen=listen, url_secret=url_secret, url_ttl=url_ttl, key_dir=key_dir,
                   mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
-                  worker=worker)
+                  worker=worker, agent=agent)
 
 
 def load_config(path: str | Path = DEFAULT_PATH) -> Config:

@@ -4,6 +4,7 @@
     <data_dir>/events/<id>.json          the event as last sent (or kept aside)
     <data_dir>/state/<id>.json           {"state": delivered|refused|held|deferred, "attempts", ...}
     <data_dir>/sent/<snd_id>.json        what the send API submitted (ids, recipients, queue id)
+    <data_dir>/transcripts/<id>.json     what the agent (action = "agent" routes) was shown and did
 
 Nothing in a path comes from a message: only hex digests and our own event ids.
 """
@@ -70,6 +71,15 @@ class Store:
     def get_event(self, event_id: str) -> bytes | None:
         try:
             return self._event_path("events", event_id).read_bytes()
+        except (OSError, ValueError):
+            return None
+
+    def put_transcript(self, event_id: str, record: dict) -> None:
+        self._write(self._event_path("transcripts", event_id), json.dumps(record, ensure_ascii=False, indent=1).encode())
+
+    def get_transcript(self, event_id: str) -> dict | None:
+        try:
+            return json.loads(self._event_path("transcripts", event_id).read_text())
         except (OSError, ValueError):
             return None
 

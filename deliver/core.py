@@ -179,6 +179,16 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
         return record(Outcome(EX_OK, "held", event_id,
                               reason=f"kept aside: route requires DMARC pass, got {event['auth']['dmarc']}"))
 
+    if route.action == "agent":
+        from agentmx.agentjobs import Jobs
+        jobs = Jobs(config.data_dir, clock)
+        try:
+            jobs.put(event_id)
+        except sqlite3.Error as exc:
+            return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"agent queue: {exc}")
+        finally:
+            jobs.close()
+        return record(Outcome(EX_OK, "queued", event_id, reason="queued for the agent (agentmx agent)"))
     if not route.pushes:
         return record(Outcome(EX_OK, "stored", event_id, reason="kept for the inbox API (pull route)"))
 

@@ -8,7 +8,8 @@ with the agentmx milter and deliver, while one fault at a time hits the pipeline
   milter-killed        the milter is SIGKILLed under load and restarted
   postfix-restart      Postfix is stopped and started
   data-read-only       the data directory cannot be written
-  dns-silent           DNS stops answering
+  dns-silent           dns-silent           DNS stops answering
+  agentmx-missing      the agentmx program is gone (an upgrade replacing it, a broken install)
 
 The sending side behaves as an MTA does: a 4xx or a refused connection is retried later. After
 the fault is lifted and Postfix's queue flushed, every message Postfix accepted must have reached
@@ -73,14 +74,18 @@ def world(dns_server, key):
                        f'secret = "{SECRET}"', "timeout = 2"])
     cfg_path, sock = agentmx_config(pf, AUTHSERV, dns_server.port, milter="trusted_networks = []", server=server,
                                     rest=route, dns_timeout=0.5)
-    install_deliver(pf, cfg_path, "faults.test", AGENTMX)
+    # The transport runs agentmx through a link the "agentmx missing" fault can take away.
+    link = pf.base / "bin" / "agentmx"
+    link.parent.mkdir()
+    link.symlink_to(AGENTMX)
+    install_deliver(pf, cfg_path, "faults.test", str(link))
     # Retries come from the test's flushes, not from Postfix's timers; smtpd answers many clients.
     pf.postconf("smtpd_client_connection_rate_limit = 0", "smtpd_error_sleep_time = 0",
                 "smtpd_soft_error_limit = 1000", "smtpd_hard_error_limit = 1000")
     milter = MilterProcess(cfg_path, sock, pf.base / "milter.log").start()
     pf.start()
     w = {"pf": pf, "receiver": receiver, "milter": milter, "data": data, "zone": zone, "dns": dns_server,
-         "cfg": cfg_path}
+         "cfg": cfg_path, "link": link}
     yield w
     w["milter"].stop()
     pf.stop()
@@ -262,6 +267,22 @@ def test_dns_stops_answering(world, key):
     unverifiable = [e for e in counts["events"] if "temperror" in (e["auth"]["spf"], e["auth"]["dkim"])]
     assert unverifiable                  # accepted with temperror while DNS was silent, never fail
     assert all(e["auth"]["dmarc"] != "fail" for e in unverifiable)
+
+
+def test_agentmx_missing_during_an_upgrade(world, key):
+    """pipe(8) bounces on an exit status outside sysexits; Python exits 2 when the program is
+    gone. The shell wrapper in master.cf.fragment makes that 75: deferred, never bounced."""
+    link = world["link"]
+    before = world["pf"].log().count("agentmx: not found")
+
+    def remove():
+        link.unlink()
+
+    def restore():
+        link.symlink_to(AGENTMX)
+    run_fault(world, key, "agentmx-missing", remove, restore)
+    log = world["pf"].log()
+    assert log.count("agentmx: not found") > before and "status=bounced" not in log    # sh said 127: deferred
 
 
 def test_no_secret_in_any_log(world):
