@@ -33,7 +33,8 @@ class Client:
             headers={"authorization": f"Bearer {self.api_key}", "content-type": "application/json"}))
 
     def _get(self, path: str, query: dict | None = None, timeout: float | None = None) -> dict:
-        q = {k: ("true" if v is True else v) for k, v in (query or {}).items() if v not in (None, False, "")}
+        q = {k: ("true" if v is True else v) for k, v in (query or {}).items()
+             if v is not None and v is not False and v != ""}        # 0 is a value (timeout=0)
         url = self.base_url + path + ("?" + urllib.parse.urlencode(q) if q else "")
         return self._call(urllib.request.Request(url, headers={"authorization": f"Bearer {self.api_key}"}), timeout)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import email
 import json
-import shutil
 import sys
 import threading
 import time
@@ -21,13 +20,10 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import our_results, send, verdicts
-from support.dnszone import zone_from_records
-from support.postfix import MilterProcess, PostfixInstance, agentmx_config, install_deliver, wait_for
+from support.postfix import wait_for
+from support.world import build, delivered_at_rx
 
-from agentmx import dkimkeys, dnsrecords
 from agentmx.client import ApiError, Client
-from agentmx.config import load_config
-from agentmx.serve import make_server
 
 KEY = "amx_pull_key_for_the_agent_012345"
 OTHER = "amx_pull_key_for_someone_else_0123"
@@ -37,27 +33,7 @@ DOMAIN = "pull.agents.test"
 
 @pytest.fixture(scope="module")
 def world(dns_server):
-    rx = PostfixInstance("prx", "mx.remote.test", relay_domains="remote.test",
-                         main={"transport_maps": "inline:{ remote.test=sink: }"})
-    ox = PostfixInstance("pox", "mx.agents.test", main={"mynetworks": "127.0.0.0/8"})
-    key_dir = ox.base / "keys"
-    dkimkeys.write(key_dir, dkimkeys.generate(DOMAIN, "s1", "rsa"))
-    data = ox.base / "data-agentmx"
-    data.mkdir()
-    shutil.chown(data, "nobody", "nogroup")
-
-    def milter_for(pf, authserv, extra, milter="", data_dir=None):
-        server = "\n".join([f'data_dir = "{data_dir or pf.base / "data"}"', f'key_dir = "{key_dir}"',
-                            'url_secret = "pull-test-url-secret-01"', 'listen = "127.0.0.1:0"'])
-        cfg, sock = agentmx_config(pf, authserv, dns_server.port, rest=extra, milter=milter, server=server)
-        return MilterProcess(cfg, sock, pf.base / "milter.log").start(), cfg
-
-    rx_milter, _ = milter_for(rx, "mx.remote.test", "", milter="trusted_networks = []")
-    ox_milter, ox_cfg = milter_for(ox, "mx.agents.test", f"""
-[domains."{DOMAIN}"]
-dkim_selectors = ["s1"]
-[send]
-smtp_port = {ox.port}
+    w = build(dns_server, "p", DOMAIN, f"""
 [[routes]]
 match = "@{DOMAIN}"
 mode = "pull"
@@ -69,24 +45,9 @@ allow = ["agent@{DOMAIN}"]
 name = "other"
 key = "{OTHER}"
 allow = ["other@{DOMAIN}"]
-""", data_dir=data)
-    install_deliver(ox, ox_cfg, DOMAIN, AGENTMX,
-                    transport_maps=f"inline:{{ {DOMAIN}=agentmx: remote.test=smtp:[127.0.0.1]:{rx.port} }}")
-    rx.start()
-    ox.start()
-    config = load_config(ox_cfg)
-    zone = {"mx.agents.test": {"A": ["127.0.0.1"]}, "remote.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]}}
-    zone_from_records(dnsrecords.records(config, DOMAIN), zone)
-    dns_server.set_zone(zone)
-    server = make_server(config)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = f"http://127.0.0.1:{server.server_address[1]}"
-    yield {"rx": rx, "ox": ox, "config": config, "api": api, "zone": zone, "cfg": ox_cfg}
-    server.shutdown()
-    for m in (ox_milter, rx_milter):
-        m.stop()
-    for pf in (ox, rx):
-        pf.stop()
+""")
+    yield w
+    w.close()
 
 
 @pytest.fixture
@@ -223,13 +184,7 @@ def test_mcp_over_stdio_sign_up_code_and_threaded_signed_reply(w):
     result = out["reply"]
     assert result["inReplyTo"] == original["messageId"] and result["threadId"] == original["threadId"]
 
-    def find():
-        for p in w["rx"].delivered():
-            data = p.read_bytes()
-            if result["messageId"].encode() in data:
-                return data
-        return None
-    raw = wait_for(find, timeout=60, what="the reply at the remote MX")
+    raw = delivered_at_rx(w, result["messageId"].encode())
     (header,) = our_results(raw, "mx.remote.test")
     v = verdicts(header)
     assert v["dkim"][0].result == "pass" and v["dkim"][0].header_d == DOMAIN and v["dmarc"][0].result == "pass"
