@@ -132,7 +132,7 @@ def test_lmtp_behind_postfix(tmp_path, dns_server):
         receiver.start()
         pf.flush()
         (req,) = wait_for(lambda: receiver.requests, timeout=30, what="the retried event")
-        assert json.loads(req.body)["messageId"] == "c1-down@example.org"
+        assert json.loads(req.body)["messageId"] == "<c1-down@example.org>"
         wait_for(pf.queue_is_empty, timeout=20, what="an empty queue")
     finally:
         if srv:
