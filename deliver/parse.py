@@ -28,6 +28,13 @@ MAX_PARTS = 2000          # leaves beyond this are not listed (a defect says so)
 # minutes. The raw message is stored and linked either way.
 MAX_BOUNDARY_LINES = 4 * MAX_PARTS
 _BOUNDARY_LINE = re.compile(rb"(?m)^--")
+# Base64 bodies this big are lifted out of the message before the stdlib parser sees it and
+# decoded straight from the raw bytes: the parser keeps a message as text lines (one Python
+# object per 76 bytes), which made a 25 MB attachment cost ~10x its size in memory.
+LIFT_MIN = 256 * 1024
+# One line at a time, runs merged in Python: a repeated group ({64,}) made the regex engine keep
+# state per line, ~200 bytes each (117 MB for a 25 MB attachment).
+_B64_LINE = re.compile(rb"(?m)^[A-Za-z0-9+/]{1,998}={0,2}\r?\n")
 
 _CHARSET_ALIASES = {
     "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "cp936": "gb18030", "euc-cn": "gb18030",
@@ -62,6 +69,8 @@ class Parsed:
     content_type: str = "text/plain"
     message: Message | None = None
     parts_truncated: bool = False
+    lifted: dict = field(default_factory=dict)      # placeholder line -> (start, end) in raw
+    raw: bytes = b""
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -177,6 +186,73 @@ def parse(raw: bytes) -> Parsed:
         return _headers_only(raw, out)
 
 
+def _lift(raw: bytes, out: Parsed) -> bytes:
+    """raw with every large base64 run replaced by one placeholder line (a nonce per message, so
+    no sender can name one); out.lifted maps each placeholder to the run's place in raw."""
+    if len(raw) < LIFT_MIN:
+        return raw
+    runs, start, end = [], -1, -1
+    for m in _B64_LINE.finditer(raw):
+        if m.start() == end:
+            end = m.end()
+            continue
+        if end - start >= LIFT_MIN:
+            runs.append((start, end))
+        start, end = m.span()
+    if end - start >= LIFT_MIN:
+        runs.append((start, end))
+    if not runs:
+        return raw
+    import os
+    nonce = os.urandom(6).hex()
+    pieces, last = [], 0
+    for i, (start, end) in enumerate(runs):
+        token = f"AGENTMXLIFTED{nonce}X{i}"
+        out.lifted[token] = (start, end)
+        eol = b"\r\n" if raw[end - 2:end] == b"\r\n" else b"\n"
+        pieces += [raw[last:start], token.encode(), eol]
+        last = end
+    pieces.append(raw[last:])
+    out.raw = raw
+    return b"".join(pieces)
+
+
+def _lifted_bytes(part: Message, out: Parsed) -> bytes | None:
+    """The decoded payload of a part whose body was lifted out, else None."""
+    if not out.lifted or part.is_multipart():
+        return None
+    body = part.get_payload(decode=False)
+    if not isinstance(body, str):
+        return None
+    span = out.lifted.get(body.strip())
+    if span is None:
+        return None
+    data = memoryview(out.raw)[span[0]:span[1]]
+    cte = str(part.get("content-transfer-encoding", "") or "").strip().lower()
+    if cte == "base64":
+        import binascii
+        try:
+            return binascii.a2b_base64(data)
+        except binascii.Error:
+            out.defects.append("a large base64 part could not be decoded; raw kept")
+            return bytes(data)
+    if cte == "quoted-printable":
+        import quopri
+        return quopri.decodestring(bytes(data))
+    return bytes(data)
+
+
+def _unlift(data: bytes, out: Parsed) -> bytes:
+    """Put the lifted runs back into re-serialised bytes (an embedded message/rfc822)."""
+    for token, (start, end) in out.lifted.items():
+        if token.encode() in data:
+            eol = b"\r\n" if out.raw[end - 2:end] == b"\r\n" else b"\n"
+            for sep in (b"\r\n", b"\n"):
+                data = data.replace(token.encode() + sep, out.raw[start:end])
+            data = data.replace(token.encode(), out.raw[start:end].rstrip(eol))
+    return data
+
+
 def _parse(raw: bytes) -> Parsed:
     out = Parsed()
     boundaries = len(_BOUNDARY_LINE.findall(raw))
@@ -185,7 +261,7 @@ def _parse(raw: bytes) -> Parsed:
                            f"body not split, headers only; raw kept")
         return _headers_only(raw, out)
     try:
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        msg = email.message_from_bytes(_lift(raw, out), policy=email.policy.default)
     except Exception as exc:         # RecursionError: MIME nested thousands deep
         out.defects.append(f"message could not be parsed ({exc.__class__.__name__}): headers only; raw kept")
         return _headers_only(raw, out)
@@ -209,10 +285,10 @@ def _parse(raw: bytes) -> Parsed:
             html_part, text_part = text_part, None
     chosen = {id(p) for p in (text_part, html_part) if p is not None}
     if text_part is not None:
-        out.text = decode_text(_payload(text_part, out.defects, "text body"), text_part.get_content_charset(),
+        out.text = decode_text(_payload(text_part, out, "text body"), text_part.get_content_charset(),
                                out.defects, "text body")
     if html_part is not None:
-        out.html = decode_text(_payload(html_part, out.defects, "html body"), html_part.get_content_charset(),
+        out.html = decode_text(_payload(html_part, out, "html body"), html_part.get_content_charset(),
                                out.defects, "html body")
     _walk(msg, out, chosen, text_part, depth=0)
     return out
@@ -262,7 +338,11 @@ def _is_attachment(part: Message) -> bool:
         return False
 
 
-def _payload(part: Message, defects: list[str], where: str) -> bytes:
+def _payload(part: Message, out: Parsed, where: str) -> bytes:
+    lifted = _lifted_bytes(part, out)
+    if lifted is not None:
+        return lifted
+    defects = out.defects
     try:
         data = part.get_payload(decode=True)
     except Exception as exc:
@@ -303,7 +383,7 @@ def _walk(part: Message, out: Parsed, chosen: set[int], text_part, depth: int) -
         return
     if id(part) in chosen:
         return
-    data = _payload(part, out.defects, f"part {ctype}")
+    data = _payload(part, out, f"part {ctype}")
     if depth > 0:                 # decoding adds defects (bad base64): collect them afterwards
         out.defects.extend(_defect_names(f"part {ctype}", part))
     name = _filename(part, out)
@@ -366,9 +446,9 @@ def _embedded_name(part: Message) -> str:
 def _embedded_bytes(part: Message, out: Parsed) -> bytes:
     try:
         if not part.is_multipart():            # base64 or quoted-printable message/rfc822
-            return _payload(part, out.defects, "embedded message")
+            return _payload(part, out, "embedded message")
         inner = part.get_payload(0)
-        return inner.as_bytes(policy=email.policy.compat32)
+        return _unlift(inner.as_bytes(policy=email.policy.compat32), out)
     except Exception as exc:
         out.defects.append(f"an embedded message could not be re-read ({exc.__class__.__name__})")
         return b""

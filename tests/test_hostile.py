@@ -62,6 +62,8 @@ def test_hostile_message_is_delivered_whole_and_bounded(tmp_path, receiver, case
     blob = tmp_path / "data" / "blobs" / event["raw"]["sha256"][:2] / event["raw"]["sha256"]
     assert blob.read_bytes() == raw                       # the original is kept, byte for byte
     assert rss < RSS_BASE_MB * 2**20 + RSS_PER_BYTE * len(raw), f"{rss / 2**20:.0f} MB for {len(raw)} bytes"
+    if case == "attachment-25MB":      # large base64 parts are decoded from the raw bytes, not parsed
+        assert rss < 3 * len(raw), f"{rss / 2**20:.0f} MB for a {len(raw) / 2**20:.0f} MB message"
     report(f"hostile {case}: {len(raw) / 2**20:.1f} MB in, exit {code}, {cpu:.2f} s CPU, "
            f"peak RSS {rss / 2**20:.0f} MB, {len(event['attachments'])} attachments, "
            f"defects: {'; '.join(d for d in event_defects(tmp_path, event)) or 'none'}")
@@ -110,3 +112,34 @@ def test_attachment_names_never_reach_the_filesystem(tmp_path, receiver):
         if rel[0] == "blobs" and path.is_file():
             assert path.name == hashlib.sha256(path.read_bytes()).hexdigest()
     assert not (Path("/etc") / "passwd").read_bytes().startswith(b"x\r\n")
+
+
+def test_large_base64_parts_are_lifted_and_decoded_from_the_raw_bytes():
+    import base64
+    import email.policy
+    from email.message import EmailMessage
+    data = os.urandom(600_000)
+    inner = EmailMessage()
+    inner["Subject"] = "inner"
+    inner.set_content("inner text")
+    inner.add_attachment(data, maintype="application", subtype="pdf", filename="inner.pdf")
+    msg = EmailMessage()
+    msg["From"], msg["Subject"] = "a@b.test", "lifted"
+    msg.set_content("see the attachments")
+    msg.add_attachment(data, maintype="application", subtype="octet-stream", filename="big.bin")
+    msg.add_attachment(inner)                                  # a forwarded message with the same big part
+    looks_b64 = ("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\n" * 8000)  # 7bit text that looks like base64
+    msg.add_attachment(looks_b64, subtype="plain", filename="notes.txt", cte="7bit")
+    raw = msg.as_bytes(policy=email.policy.SMTP)
+    parsed = parse(raw)
+    assert parsed.lifted and not any(d.startswith("internal") for d in parsed.defects)
+    by_name = {a.filename: a for a in parsed.attachments}
+    assert by_name["big.bin"].data == data
+    assert by_name["notes.txt"].data.replace(b"\r\n", b"\n") == looks_b64.encode()
+    forwarded = email.message_from_bytes(by_name[[n for n in by_name if n.endswith(".eml")][0]].data)
+    (pdf,) = [p for p in forwarded.walk() if p.get_filename() == "inner.pdf"]
+    assert pdf.get_payload(decode=True) == data               # the lifted run put back in the .eml
+    # A sender cannot name a placeholder: each message gets its own.
+    forged = raw.replace(b"see the attachments", b"AGENTMXLIFTED000000000000X0")
+    assert parse(forged).text.strip() == "AGENTMXLIFTED000000000000X0"
+    assert base64.b64encode(data)[:10]
