@@ -14,10 +14,11 @@ crash does not send the same reply twice.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sqlitedb import SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -44,27 +45,12 @@ class Job:
     last_error: str
 
 
-class Jobs:
+class Jobs(SqliteFile):
+    SCHEMA = SCHEMA
+
     def __init__(self, data_dir: Path, clock=time.time):
-        self.path = Path(data_dir) / "agent-jobs.sqlite"
+        super().__init__(Path(data_dir) / "agent-jobs.sqlite")
         self.clock = clock
-        self._db: sqlite3.Connection | None = None
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            self._db = db
-            from .inbox import _same_owner_as_dir
-            _same_owner_as_dir(self.path)
-        return self._db
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     def put(self, event_id: str) -> bool:
         """Queue a job for the event; False if it is already there (a retried delivery)."""

@@ -10,10 +10,11 @@ Scoping is by the recipient's base address (agent+tag@ is agent@): an API key se
 """
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sqlitedb import SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -52,27 +53,12 @@ def base_address(recipient: str) -> str:
     return f"{local.split('+', 1)[0]}@{domain}"
 
 
-class Inbox:
+class Inbox(SqliteFile):
+    SCHEMA = SCHEMA
+
     def __init__(self, data_dir: Path, clock=time.time):
-        self.path = Path(data_dir) / "inbox.sqlite"
+        super().__init__(Path(data_dir) / "inbox.sqlite")
         self.clock = clock
-        self._db: sqlite3.Connection | None = None
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
-            self._db = db
-            _same_owner_as_dir(self.path)
-        return self._db
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     # --- written by deliver ------------------------------------------------------------------
 
@@ -147,20 +133,6 @@ class Inbox:
 
     def last_seq(self) -> int:
         return self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
-
-
-def _same_owner_as_dir(path: Path) -> None:
-    """Run as root (a test, `agentmx status` by hand), leave the files to the data directory's
-    owner: deliver and serve (user agentmx) must keep writing them."""
-    import os
-    if os.geteuid() != 0:
-        return
-    st = path.parent.stat()
-    for p in path.parent.glob(path.name + "*"):
-        try:
-            os.chown(p, st.st_uid, st.st_gid)
-        except OSError:
-            pass
 
 
 def _like(text: str) -> str:

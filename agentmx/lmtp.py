@@ -27,7 +27,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import syntax
 
 from agentmx.config import Config
-from agentmx.worker import _Configs
+from agentmx.worker import _Configs, bind_unix
 
 log = logging.getLogger("agentmx.lmtp")
 MAX_MESSAGE = 128 * 1024 * 1024        # above any sane message_size_limit (ours ships 50 MB)
@@ -90,19 +90,7 @@ def _one_line(text: str) -> str:
 
 
 def serve(config: Config, socket_path: Path, processes: int, mode: int) -> None:
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        socket_path.unlink()
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o777 & ~mode)
-    try:
-        sock.bind(str(socket_path))
-    finally:
-        os.umask(old)
-    os.chmod(socket_path, mode)
-    sock.listen(128)
+    sock = bind_unix(socket_path, mode)
     import agentmx.deliver.core  # noqa: F401   (warm before forking)
     import agentmx.deliver.extract  # noqa: F401
     children = []

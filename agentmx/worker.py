@@ -99,24 +99,34 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     request_queue_size = 128
 
 
-def serve(config: Config, socket_path: Path, processes: int, mode: int) -> None:
+def bind_unix(socket_path: Path, mode: int, backlog: int = 128) -> socket.socket:
+    """A listening unix socket at socket_path (a stale one removed), created with `mode`."""
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         socket_path.unlink()
     except FileNotFoundError:
         pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(socket_path))
+    finally:
+        os.umask(old)
+    os.chmod(socket_path, mode)
+    sock.listen(backlog)
+    return sock
+
+
+def serve(config: Config, socket_path: Path, processes: int, mode: int) -> None:
     configs = _Configs(config)
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
             handle(self.request, configs)
 
-    old = os.umask(0o777 & ~mode)
-    try:
-        server = _Server(str(socket_path), Handler)
-    finally:
-        os.umask(old)
-    os.chmod(socket_path, mode)
+    server = _Server(str(socket_path), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = bind_unix(socket_path, mode, _Server.request_queue_size)
     # Import the delivery path before forking, so each child starts warm.
     import agentmx.deliver.core  # noqa: F401
     import agentmx.deliver.extract  # noqa: F401
