@@ -28,8 +28,15 @@ class Envelope:
     receiver: str = ""              # our host name, for SPF's %{r} macro
 
 
+def header_block(message: bytes) -> bytes:
+    """The header fields only: the stdlib parser reads a whole message even for headers, which
+    cost ~30 ms for a 1 MB attachment (bench/pipeline)."""
+    ends = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    return message[:min(ends) + 2] if ends else message
+
+
 def from_header_values(message: bytes) -> list[str]:
-    headers = BytesHeaderParser(policy=compat32).parsebytes(message)
+    headers = BytesHeaderParser(policy=compat32).parsebytes(header_block(message))
     values = headers.get_all("From") or []
     return [str(v) for v in values]
 

@@ -106,6 +106,10 @@ def _result(d: dkim.DKIM, result: str, reason: str) -> DkimResult:
 
 def verify_arc(message: bytes, lookups: Lookups) -> ArcResult:
     """The ARC chain validation status (cv) of the message: pass, fail or none."""
+    if not _ARC_ANY.search(_head(message)):
+        # No ARC header at all: none, without dkimpy splitting the whole message into lines
+        # again (~30 ms for a 1 MB attachment, bench/pipeline).
+        return ArcResult("none")
     try:
         a = dkim.ARC(message, logger=_dkimpy_log, minkey=1024, timeout=lookups.timeout)
         cv, results, comment = a.verify(dnsfunc=_KeyFetcher(lookups))
@@ -124,9 +128,13 @@ def verify_arc(message: bytes, lookups: Lookups) -> ArcResult:
 
 
 _ARC_SEAL = re.compile(rb"^arc-seal[ \t]*:", re.I | re.M)
+_ARC_ANY = re.compile(rb"^arc-(?:seal|message-signature|authentication-results)[ \t]*:", re.I | re.M)
+
+
+def _head(message: bytes) -> bytes:
+    ends = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    return message[:min(ends)] if ends else message
 
 
 def _has_arc_seal(message: bytes) -> bool:
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[:end]
-    return bool(_ARC_SEAL.search(head))
+    return bool(_ARC_SEAL.search(_head(message)))
