@@ -145,6 +145,7 @@ class Config:
     data_dir: Path = Path("/var/lib/agentmx")
     public_url: str = "http://127.0.0.1:8025"     # how agents reach `agentmx serve` (attachment URLs)
     listen: tuple[str, int] = ("127.0.0.1", 8025)  # where `agentmx serve` listens
+    mcp_listen: tuple[str, int] | None = None      # MCP over streamable HTTP (path /mcp), off when None
     url_secret: str = field(default="", repr=False)  # HMAC key of signed attachment URLs
     url_ttl: int = 7 * 24 * 3600                    # seconds an attachment URL stays valid
     key_dir: Path = Path("/etc/agentmx/keys")       # DKIM private keys: <key_dir>/<domain>/<selector>.*
@@ -396,6 +397,7 @@ def parse_config(text: str, path: Path) -> Config:
     data_dir = server.get("data_dir", Config.data_dir, lambda v: Path(_nonempty_str(v)), "a path")
     public_url = server.get("public_url", Config.public_url, _endpoint, "an http:// or https:// URL").rstrip("/")
     listen = server.get("listen", Config.listen, _listen, '"IP:PORT"')
+    mcp_listen = server.get("mcp_listen", None, lambda v: None if v == "" else _listen(v), '"IP:PORT", or "" for off')
     url_ttl = server.get("url_ttl", Config.url_ttl, _positive_int, "a whole number of seconds > 0")
     url_secret = _read_plain_secret(server, "url_secret", min_len=16)
     key_dir = server.get("key_dir", Config.key_dir, lambda v: Path(_nonempty_str(v)), "a path")
@@ -545,7 +547,7 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError(f"{path}: [[api_keys]]: two keys are the same")
 
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
-                  listen=listen, url_secret=url_secret, url_ttl=url_ttl, key_dir=key_dir,
+                  listen=listen, mcp_listen=mcp_listen, url_secret=url_secret, url_ttl=url_ttl, key_dir=key_dir,
                   mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
                   worker=worker, agent=agent)

@@ -217,9 +217,23 @@ def make_server(config: Config) -> ThreadingHTTPServer:
     return server
 
 
+def start_mcp(config: Config, api_port: int):
+    """MCP over streamable HTTP beside the API ([server] mcp_listen), as a client of this API."""
+    from . import mcpserver
+    host = "127.0.0.1" if config.listen[0] in ("0.0.0.0", "::", "") else config.listen[0]
+    log.info("MCP (streamable HTTP) on http://%s:%d/mcp", *config.mcp_listen)
+    return mcpserver.serve_http(f"http://{host}:{api_port}", config.mcp_listen)
+
+
 def run(config: Config) -> None:
     server = make_server(config)
     log.info("serving on http://%s:%d (public URL %s)", *config.listen, config.public_url)
+    if config.mcp_listen:
+        try:
+            start_mcp(config, server.server_address[1])
+        except ImportError as exc:
+            raise SystemExit(f"agentmx serve: [server] mcp_listen needs the MCP SDK ({exc.name}): "
+                             "pip install 'agentmx[mcp]'") from None
     try:
         server.serve_forever()
     finally:

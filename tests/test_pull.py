@@ -209,3 +209,45 @@ def test_the_agent_guide_sign_up_example_runs(w, monkeypatch):
     exec(compile(block.replace("@accounts.example.net", "no-reply@remote.test")
                  .replace('"agent@example.com"', f'"agent@{DOMAIN}"'), "agent-developer.md", "exec"), scope)
     assert scope["code"] == "551234"
+
+
+def test_mcp_over_streamable_http_on_serve_with_the_key_per_request(w):
+    """[server] mcp_listen: the same tools over streamable HTTP beside the API; each request's
+    Authorization header is its key, so another key sees nothing of this mailbox."""
+    import httpx2
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from agentmx.serve import start_mcp
+    from support.postfix import free_tcp_port
+    port = free_tcp_port()
+    config = w["config"].__class__(**{**w["config"].__dict__, "mcp_listen": ("127.0.0.1", port)})
+    server = start_mcp(config, int(w["api"].rsplit(":", 1)[1]))
+    wait_for(lambda: _listening(port), timeout=20, what="the MCP HTTP endpoint")
+    send(w["ox"].port, "a@remote.test", [f"agent@{DOMAIN}"], mail(f"agent@{DOMAIN}", "over http", "code 240719"))
+
+    async def list_with(key: str, wait: int) -> tuple[list, dict]:
+        async with httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
+            async with streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    waited = await session.call_tool("wait_for_message", {"subject": "over http",
+                                                                           "timeout_seconds": wait})
+                    listed = await session.call_tool("list_messages", {"subject": "over http"})
+                    return json.loads(listed.content[0].text), json.loads(waited.content[0].text.split("\n\n")[0])
+    try:
+        mine, waited = asyncio.run(list_with(KEY, 30))
+        assert [m["subject"] for m in mine] == ["over http"] and waited["codes"] == ["240719"]
+        theirs, nothing = asyncio.run(list_with(OTHER, 1))
+        assert theirs == [] and nothing["timedOut"] is True
+    finally:
+        server.should_exit = True
+
+
+def _listening(port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
