@@ -48,8 +48,8 @@ class Job:
 class Jobs(SqliteFile):
     SCHEMA = SCHEMA
 
-    def __init__(self, data_dir: Path, clock=time.time):
-        super().__init__(Path(data_dir) / "agent-jobs.sqlite")
+    def __init__(self, data_dir: Path, clock=time.time, create: bool = True):
+        super().__init__(Path(data_dir) / "agent-jobs.sqlite", create)
         self.clock = clock
 
     def put(self, event_id: str) -> bool:
@@ -79,6 +79,8 @@ class Jobs(SqliteFile):
         return self.get(row[0])
 
     def get(self, job_id: str) -> Job | None:
+        if self.missing:
+            return None
         r = self._conn().execute("SELECT id, state, attempts, actions, last_error FROM jobs WHERE id = ?",
                                  (job_id,)).fetchone()
         return Job(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4]) if r else None

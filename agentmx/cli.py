@@ -188,7 +188,7 @@ def cmd_transcript(args) -> int:
     from agentmx.agentjobs import Jobs
     from agentmx.store import Store
     record = Store(config.data_dir).get_transcript(args.id)
-    job = Jobs(config.data_dir).get(args.id)
+    job = Jobs(config.data_dir, create=False).get(args.id)
     if record is None and job is None:
         print(f"agentmx transcript: no agent job {args.id}", file=sys.stderr)
         return 1

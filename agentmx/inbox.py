@@ -56,8 +56,8 @@ def base_address(recipient: str) -> str:
 class Inbox(SqliteFile):
     SCHEMA = SCHEMA
 
-    def __init__(self, data_dir: Path, clock=time.time):
-        super().__init__(Path(data_dir) / "inbox.sqlite")
+    def __init__(self, data_dir: Path, clock=time.time, create: bool = True):
+        super().__init__(Path(data_dir) / "inbox.sqlite", create)
         self.clock = clock
 
     # --- written by deliver ------------------------------------------------------------------
@@ -82,6 +82,8 @@ class Inbox(SqliteFile):
               before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
               limit: int = 50, oldest_first: bool = False) -> list[Row]:
         """Events for the scoped addresses ("agent@x" or "@x"), newest first unless oldest_first."""
+        if self.missing:
+            return []
         where, args = [], []
         scope = []
         for a in addresses:
@@ -124,14 +126,20 @@ class Inbox(SqliteFile):
         return [Row(*r[:9], bool(r[9])) for r in rows]
 
     def get(self, event_id: str) -> Row | None:
+        if self.missing:
+            return None
         r = self._conn().execute("SELECT seq, id, address, recipient, sender, subject, thread_id, received, state, "
                                  "read FROM messages WHERE id = ?", (event_id,)).fetchone()
         return Row(*r[:9], bool(r[9])) if r else None
 
     def ack(self, event_id: str) -> bool:
+        if self.missing:
+            return False
         return self._conn().execute("UPDATE messages SET read = 1 WHERE id = ?", (event_id,)).rowcount == 1
 
     def last_seq(self) -> int:
+        if self.missing:
+            return 0
         return self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
 
 

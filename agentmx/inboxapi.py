@@ -70,7 +70,7 @@ class InboxApi:
         self.config, self.store, self.clock, self.sleep = config, store, clock, sleep
 
     def _inbox(self) -> Inbox:
-        return Inbox(self.config.data_dir)
+        return Inbox(self.config.data_dir, create=False)
 
     def key(self, authorization: str | None) -> ApiKey:
         try:

@@ -11,9 +11,15 @@ from pathlib import Path
 class SqliteFile:
     SCHEMA = ""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, create: bool = True):
         self.path = Path(path)
+        self.create = create         # readers (serve, the CLI) never create the file: deliver does
         self._db: sqlite3.Connection | None = None
+
+    @property
+    def missing(self) -> bool:
+        """A reader's file that deliver has not made yet: nothing in it."""
+        return not self.create and self._db is None and not self.path.exists()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

@@ -108,6 +108,18 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
 CONTROL = {"drop": "dropped", "spam": "spam"}
 
 
+def _retry(write, attempts: int = 4, pause: float = 0.05):
+    """An SQLite write, tried again a few times: a file that another user's process (root, by
+    hand) created an instant ago is ours only once it has been handed over (sqlitedb)."""
+    for n in range(attempts):
+        try:
+            return write()
+        except sqlite3.OperationalError:
+            if n == attempts - 1:
+                raise
+            time.sleep(pause * (n + 1))
+
+
 def control_state(resp: Response) -> str | None:
     """MailKite's control answers: {"status": "drop"} or {"status": "spam"} in any HTTP answer."""
     if not resp.body or resp.body[:1] not in (b"{", b" ", b"\n"):
@@ -169,7 +181,7 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
     except StoreError as exc:
         return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"data directory: {exc.strerror}")
     try:
-        inbox.record(event, "stored" if not route.pushes else state.get("state", "received"))
+        _retry(lambda: inbox.record(event, "stored" if not route.pushes else state.get("state", "received")))
     except sqlite3.Error as exc:
         if not route.pushes or route.mode == "both":   # the inbox is where the agent reads it
             return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"inbox index: {exc}")
@@ -183,7 +195,7 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
         from agentmx.agentjobs import Jobs
         jobs = Jobs(config.data_dir, clock)
         try:
-            jobs.put(event_id)
+            _retry(lambda: jobs.put(event_id))
         except sqlite3.Error as exc:
             return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"agent queue: {exc}")
         finally:

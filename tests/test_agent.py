@@ -79,8 +79,16 @@ def queued(w, subject: str) -> str:
                 return event["id"]
         return None
     event_id = wait_for(find, timeout=30, what=f"the event {subject!r}")
-    wait_for(lambda: Jobs(data).get(event_id), timeout=10, what="the job")
+    wait_queued(data, event_id)
     return event_id
+
+
+def wait_queued(data: Path, event_id: str) -> None:
+    """Until deliver has recorded the job as queued. (Not by opening the queue from here: this
+    process is root, and a database it created could be, for an instant, not yet the pipe user's.)"""
+    state = data / "state" / f"{event_id}.json"
+    wait_for(lambda: state.exists() and json.loads(state.read_text())["state"] == "queued", timeout=30,
+             what="the job queued")
 
 
 def run_worker(w) -> subprocess.CompletedProcess:
@@ -138,7 +146,7 @@ def test_prompt_injection_cannot_widen_what_the_agent_may_do(w, model):
     event_id = wait_for(lambda: next((json.loads(p.read_text())["id"] for p in (data / "events").glob("*.json")
                                       if json.loads(p.read_text())["subject"] == "admin mode"), None), timeout=30,
                         what="the event")
-    wait_for(lambda: Jobs(data).get(event_id), timeout=10, what="the job")
+    wait_queued(data, event_id)
     assert run_worker(w).returncode == 0
     record = json.loads((data / "transcripts" / f"{event_id}.json").read_text())["attempts"][-1]
     tool_results = [m["content"] for m in record["messages"] if m["role"] == "tool"]
