@@ -190,9 +190,10 @@ def _tool(name, args, event, route: Route, effects: Effects, actions: list[str],
 # --- the effects, through the send path ---------------------------------------------------------
 
 def send_effects(config: Config, store: Store, limiter: send.RateLimiter) -> Effects:
-    def from_address(event: dict) -> str:
-        local, _, domain = event["recipient"].rpartition("@")
-        return f"{local.split('+', 1)[0]}@{domain}"
+    from agentmx.deliver.route import split
+
+    def from_address(event: dict) -> str:          # agent+tag@ answers as agent@
+        return split(event["recipient"])[0]
 
     def reply(event: dict, text: str) -> str:
         req = send.SendRequest(sender=send.Mailbox(from_address(event)), to=(), text=text, in_reply_to=event["id"])

@@ -49,8 +49,9 @@ class Row:
 
 
 def base_address(recipient: str) -> str:
-    local, _, domain = recipient.lower().rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}"
+    """agent@example.com for Agent+tag@Example.com: deliver's own routing rule."""
+    from agentmx.deliver.route import split
+    return split(recipient)[0]
 
 
 class Inbox(SqliteFile):
@@ -146,7 +147,3 @@ class Inbox(SqliteFile):
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
-
-def may_read(allow: tuple[str, ...], recipient: str) -> bool:
-    address = base_address(recipient)
-    return address in allow or ("@" + address.rpartition("@")[2]) in allow

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from . import send
 from .config import ApiKey, Config
-from .inbox import Inbox, Row, may_read
+from .inbox import Inbox, Row, base_address
 from .store import Store
 
 MAX_WAIT = 300.0
@@ -92,7 +92,7 @@ class InboxApi:
         return {"to": q.get("to") or None, "sender": q.get("from") or None, "subject": q.get("subject") or None}
 
     def _scoped_to(self, key: ApiKey, q: dict) -> None:
-        if q.get("to") and not may_read(key.allow, q["to"]):
+        if q.get("to") and not key.may_send_as(base_address(q["to"])):
             raise ApiError(403, "forbidden_address", "this key may not read mail sent to that address")
 
     # --- the routes -------------------------------------------------------------------------
@@ -125,7 +125,7 @@ class InboxApi:
             row = inbox.get(event_id)
         finally:
             inbox.close()
-        if row is None or not may_read(key.allow, row.recipient):
+        if row is None or not key.may_send_as(base_address(row.recipient)):
             raise ApiError(404, "unknown_message", f"no message {event_id} for this key")
         return row
 

@@ -122,11 +122,9 @@ def _retry(write, attempts: int = 4, pause: float = 0.05):
 
 def control_state(resp: Response) -> str | None:
     """MailKite's control answers: {"status": "drop"} or {"status": "spam"} in any HTTP answer."""
-    if not resp.body or resp.body[:1] not in (b"{", b" ", b"\n"):
-        return None
     try:
-        status = json.loads(resp.body).get("status")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+        status = json.loads(resp.body).get("status") if resp.body.lstrip()[:1] == b"{" else None
+    except (ValueError, UnicodeDecodeError):
         return None
     return CONTROL.get(status) if isinstance(status, str) else None
 

@@ -111,11 +111,9 @@ def test_attachment_names_never_reach_the_filesystem(tmp_path, receiver):
         assert rel[0] in ("blobs", "events", "state") or rel[0].startswith("inbox.sqlite"), path
         if rel[0] == "blobs" and path.is_file():
             assert path.name == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert not (Path("/etc") / "passwd").read_bytes().startswith(b"x\r\n")
 
 
 def test_large_base64_parts_are_lifted_and_decoded_from_the_raw_bytes():
-    import base64
     import email.policy
     from email.message import EmailMessage
     data = os.urandom(600_000)
@@ -142,4 +140,3 @@ def test_large_base64_parts_are_lifted_and_decoded_from_the_raw_bytes():
     # A sender cannot name a placeholder: each message gets its own.
     forged = raw.replace(b"see the attachments", b"AGENTMXLIFTED000000000000X0")
     assert parse(forged).text.strip() == "AGENTMXLIFTED000000000000X0"
-    assert base64.b64encode(data)[:10]
