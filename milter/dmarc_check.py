@@ -15,7 +15,7 @@ from typing import Iterable
 
 from agentmx.resolver import DnsTempError, Lookups
 
-from .orgdomain import normalize, org_domain
+from agentmx.orgdomain import normalize, org_domain
 from .results import DkimResult, DmarcRecord, DmarcResult, SpfResult
 
 _POLICIES = ("none", "quarantine", "reject")

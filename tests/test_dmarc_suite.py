@@ -19,7 +19,7 @@ import pytest
 from conftest import SUITES
 
 from agentmx.milter import dmarc_check
-from agentmx.milter.orgdomain import registrable
+from agentmx.orgdomain import registrable
 from agentmx.milter.results import DkimResult, SpfResult
 from agentmx.resolver import DnsTempError
 
