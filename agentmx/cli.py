@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import DEFAULT_PATH, ConfigError, load_config
+from .config import DEFAULT_PATH, ConfigError, Service, load_config
 
 
 def _config_path(arg: str | None) -> Path:
@@ -28,14 +28,14 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_milter(args) -> int:
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.MILTER)
     from agentmx.milter import service
     service.run(config)
     return 0
 
 
 def cmd_check_config(args) -> int:
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service(args.service))
     print(f"{config.path}: ok (authserv-id {config.authserv_id}, {len(config.routes)} route(s))")
     return 0
 
@@ -56,7 +56,7 @@ def cmd_auth(args) -> int:
     authserv_id, servers, timeout, budget = "agentmx.local", (), 2.0, 40
     path = _config_path(args.config)
     if args.config or path.exists():
-        config = load_config(path)
+        config = load_config(path, Service.APP)
         authserv_id, servers = config.authserv_id, config.dns.servers
         timeout, budget = config.dns.timeout, config.dns.lookup_budget
     if args.dns:
@@ -116,7 +116,7 @@ def cmd_deliver(args) -> int:
     from agentmx.deliver.core import EX_TEMPFAIL, Envelope, deliver
     qid = args.queue_id or "NOQUEUE"
     try:
-        config = load_config(_config_path(args.config))
+        config = load_config(_config_path(args.config), Service.APP)
     except ConfigError as exc:
         print(f"agentmx deliver: {qid}: {exc} (deferred)", file=sys.stderr)
         return EX_TEMPFAIL
@@ -144,7 +144,7 @@ def cmd_deliver(args) -> int:
 
 def cmd_worker(args) -> int:
     """deliver, resident, behind the lean pipe client (agentmx/pipeclient.py)."""
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.APP)
     from agentmx import worker
     worker.serve(config, Path(args.socket) if args.socket else config.worker.socket,
                  args.processes or config.worker.processes, config.worker.socket_mode)
@@ -153,7 +153,7 @@ def cmd_worker(args) -> int:
 
 def cmd_lmtp(args) -> int:
     """deliver as an LMTP server for Postfix's lmtp(8) (agentmx/lmtp.py)."""
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.APP)
     from agentmx import lmtp
     lmtp.serve(config, Path(args.socket) if args.socket else config.worker.lmtp_socket,
                args.processes or config.worker.processes, config.worker.socket_mode)
@@ -172,7 +172,7 @@ def cmd_mcp(args) -> int:
 
 def cmd_agent(args) -> int:
     """Run the agent for action = "agent" routes (agentmx/agentloop.py)."""
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.APP)
     from agentmx import agentloop
     from agentmx.agentjobs import Jobs
     if args.requeue:
@@ -184,7 +184,7 @@ def cmd_agent(args) -> int:
 
 def cmd_transcript(args) -> int:
     """Print what the agent was shown and did for one message."""
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.APP)
     from agentmx.agentjobs import Jobs
     from agentmx.store import Store
     record = Store(config.data_dir).get_transcript(args.id)
@@ -214,7 +214,7 @@ def cmd_parse(args) -> int:
     from agentmx.deliver.core import Envelope, build_event
     from .config import Config
     path = _config_path(args.config)
-    config = load_config(path) if (args.config or path.exists()) else Config(path=path, authserv_id="agentmx.local")
+    config = load_config(path, Service.APP) if (args.config or path.exists()) else Config(path=path, authserv_id="agentmx.local")
     try:
         raw = Path(args.message).read_bytes() if args.message != "-" else sys.stdin.buffer.read()
     except OSError as exc:
@@ -229,15 +229,15 @@ def cmd_parse(args) -> int:
 
 def cmd_postfix_map(args) -> int:
     from agentmx.deliver.route import postfix_map
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.APP)
     sys.stdout.write(postfix_map(config.routes))
     return 0
 
 
 def cmd_serve(args) -> int:
-    config = load_config(_config_path(args.config))
-    from agentmx import serve
-    serve.run(config)
+    config = load_config(_config_path(args.config), Service.APP)
+    from agentmx.api import server
+    server.run(config)
     return 0
 
 
@@ -312,7 +312,7 @@ def cmd_send(args) -> int:
 
 def cmd_status(args) -> int:
     from agentmx import ops
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.APP)
     print(f"recent deliveries ({config.data_dir}):")
     rows = ops.recent(config, args.limit)
     for d in rows:
@@ -329,7 +329,7 @@ def cmd_status(args) -> int:
 
 def cmd_replay(args) -> int:
     from agentmx import ops
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.APP)
     try:
         status, reason = ops.replay(config, args.event_id)
     except LookupError as exc:
@@ -341,7 +341,7 @@ def cmd_replay(args) -> int:
 
 def cmd_gc(args) -> int:
     from agentmx import ops
-    config = load_config(_config_path(args.config))
+    config = load_config(_config_path(args.config), Service.APP)
     days = args.days or config.retention_days
     report = ops.gc(config, days, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_milter)
 
     c = sub.add_parser("check-config", help="load and validate the configuration, then exit")
+    c.add_argument("--service", choices=[s.value for s in Service], default="all",
+                   help="check as this service would load it: milter (the DKIM keys, none of the app's "
+                        "secrets), app (deliver, serve, agent: their secrets, not the keys), all (default)")
     c.set_defaults(func=cmd_check_config)
 
     a = sub.add_parser("auth", help="verify SPF, DKIM, ARC and DMARC of a message file, offline",

@@ -6,6 +6,7 @@ so that a service refuses to start rather than run with a setting it misread.
 """
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 import tomllib
@@ -18,6 +19,26 @@ DEFAULT_PATH = Path("/etc/agentmx/agentmx.toml")
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class Service(enum.Enum):
+    """Who loads the config, and so which files it may read (docs/operator.md, "Who may read what").
+
+    Each service reads only its own secrets: the milter (user agentmx-milter) the DKIM keys and
+    none of the application's secrets, which it cannot read; deliver, serve and the agent (user
+    agentmx) their secrets and not the keys, which they cannot read; the operator (root)
+    everything. A secret file a service does not read is still required where it is required."""
+    ALL = "all"
+    APP = "app"
+    MILTER = "milter"
+
+    @property
+    def reads_secrets(self) -> bool:
+        return self is not Service.MILTER
+
+    @property
+    def checks_keys(self) -> bool:
+        return self is not Service.APP
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,17 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """What one client may hold of `agentmx serve` (docs/hardening.md, "serve")."""
+    read_timeout: float = 10.0          # an idle connection, or a request head not complete, is dropped after it
+    request_timeout: float = 60.0       # the whole request body must arrive within it
+    write_timeout: float = 30.0         # each write to a client that stopped reading
+    max_requests: int = 64              # ordinary requests at once (then 503)
+    max_streams: int = 1000             # open long-polls and event streams in all (then 503)
+    max_streams_per_key: int = 8        # ... per API key (then 429)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     authserv_id: str
@@ -146,6 +178,9 @@ class Config:
     public_url: str = "http://127.0.0.1:8025"     # how agents reach `agentmx serve` (attachment URLs)
     listen: tuple[str, int] = ("127.0.0.1", 8025)  # where `agentmx serve` listens
     mcp_listen: tuple[str, int] | None = None      # MCP over streamable HTTP (path /mcp), off when None
+    limits: ServerLimits = ServerLimits()
+    metrics_token: str = field(default="", repr=False)  # Bearer token for GET /metrics ("" : /metrics is off)
+    service: Service = Service.ALL                  # who loaded it: which secrets and keys were read
     url_secret: str = field(default="", repr=False)  # HMAC key of signed attachment URLs
     url_ttl: int = 7 * 24 * 3600                    # seconds an attachment URL stays valid
     key_dir: Path = Path("/etc/agentmx/keys")       # DKIM private keys: <key_dir>/<domain>/<selector>.*
@@ -178,8 +213,8 @@ class Config:
 class _Section:
     """Reads one TOML table, remembering which keys were used so that unknown ones are errors."""
 
-    def __init__(self, path: Path, name: str, table: Any):
-        self.path, self.name = path, name
+    def __init__(self, path: Path, name: str, table: Any, service: Service = Service.ALL):
+        self.path, self.name, self.service = path, name, service
         if not isinstance(table, dict):
             raise self.error(None, "must be a table")
         self.table = table
@@ -201,7 +236,7 @@ class _Section:
 
     def sub(self, key: str) -> "_Section":
         self.used.add(key)
-        return _Section(self.path, f"{self.name}.{key}", self.table.get(key, {}))
+        return _Section(self.path, f"{self.name}.{key}", self.table.get(key, {}), self.service)
 
     def finish(self, *subsections: str) -> None:
         unknown = sorted(set(self.table) - self.used - set(subsections))
@@ -301,11 +336,11 @@ def _match(v: Any) -> str:
     return v
 
 
-def _array_of_tables(doc: dict, path: Path, name: str) -> list[_Section]:
+def _array_of_tables(doc: dict, path: Path, name: str, service: Service) -> list[_Section]:
     items = doc.get(name, [])
     if not isinstance(items, list):
         raise ConfigError(f"{path}: [[{name}]]: must be an array of tables")
-    return [_Section(path, f"{name}[{i}]", table) for i, table in enumerate(items)]
+    return [_Section(path, f"{name}[{i}]", table, service) for i, table in enumerate(items)]
 
 
 def _raise():
@@ -333,26 +368,44 @@ def _one_of(allowed: tuple[str, ...]):
 
 
 def _listen(v: Any) -> tuple[str, int]:
+    """"127.0.0.1:8025" or "[::1]:8025" (an IPv6 address in brackets)."""
     host, _, port = _nonempty_str(v).rpartition(":")
-    ipaddress.ip_address(host.strip("[]"))
-    if not 0 <= int(port) < 65536:          # 0: any free port (tests)
-        raise ValueError()
-    return host.strip("[]"), int(port)
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError("an IPv6 address goes in brackets: [::1]:8025")
+        host = host[1:-1]
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError("brackets are for IPv6 addresses")
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:8025")
+    ipaddress.ip_address(host)
+    if not port.isdigit() or not 0 <= int(port) < 65536:          # 0: any free port (tests)
+        raise ValueError("a port from 0 to 65535")
+    return host, int(port)
 
 
-def _read_plain_secret(sec: _Section, key: str, min_len: int) -> str:
+def _secret(sec: _Section, key: str, min_len: int, whsec: bool = False) -> str | None:
+    """`key = "..."` or `key_file = "/path"` (one of them): the value; None when neither is
+    given; "" when the file is not this service's to read (Service.reads_secrets)."""
     value = sec.get(key, None, _nonempty_str, "a string")
     path = sec.get(f"{key}_file", None, _nonempty_str, "a file path")
     if value is not None and path is not None:
         raise sec.error(key, f"give {key} or {key}_file, not both")
+    where = key if path is None else f"{key}_file"
     if path is not None:
+        if not sec.service.reads_secrets:
+            return ""
         try:
             value = Path(path).read_text().strip()
         except OSError as exc:
-            raise sec.error(f"{key}_file", f"cannot be read ({exc.strerror})") from None
-    if value is not None and len(value) < min_len:
-        raise sec.error(key if path is None else f"{key}_file", f"must be at least {min_len} characters")
-    return value or ""
+            raise sec.error(f"{key}_file", f"{path}: cannot be read ({exc.strerror})") from None
+    if value is None:
+        return None
+    if whsec and (not value.startswith("whsec_") or len(value) < 16):
+        raise sec.error(where, "must be a whsec_ secret (whsec_ followed by base64)")
+    if len(value) < min_len:
+        raise sec.error(where, f"must be at least {min_len} characters")
+    return value
 
 
 def _policy(sec: _Section, default: PolicyConfig) -> PolicyConfig:
@@ -363,33 +416,24 @@ def _policy(sec: _Section, default: PolicyConfig) -> PolicyConfig:
     )
 
 
-def _read_secret(sec: _Section) -> str:
-    secret = sec.get("secret", None, _nonempty_str, "a whsec_ string")
-    secret_file = sec.get("secret_file", None, _nonempty_str, "a file path")
-    if (secret is None) == (secret_file is None):
-        raise sec.error("secret", "give exactly one of secret or secret_file")
-    if secret_file is not None:
-        try:
-            secret = Path(secret_file).read_text().strip()
-        except OSError as exc:
-            raise sec.error("secret_file", f"cannot be read ({exc.strerror})") from None
-    if not secret.startswith("whsec_") or len(secret) < 16:
-        raise sec.error("secret" if secret_file is None else "secret_file",
-                        "must be a whsec_ secret (whsec_ followed by base64)")
-    return secret
+def _route_secret(r: _Section, required: bool) -> str:
+    secret = _secret(r, "secret", min_len=16, whsec=True)
+    if secret is None and required:
+        raise r.error("secret", "give exactly one of secret or secret_file")
+    return secret or ""
 
 
-def parse_config(text: str, path: Path) -> Config:
+def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Config:
     """Validate the TOML text of a configuration file; `path` is only used in error messages."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
-    top = _Section(path, "top level", doc)
+    top = _Section(path, "top level", doc, service)
     top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker", "agent")
 
-    server = _Section(path, "server", doc.get("server", {}))
+    server = _Section(path, "server", doc.get("server", {}), service)
     server.used.add("authserv_id")
     if "authserv_id" not in server.table:
         raise server.error("authserv_id", "is required (the host name in our Authentication-Results)")
@@ -399,17 +443,29 @@ def parse_config(text: str, path: Path) -> Config:
     listen = server.get("listen", Config.listen, _listen, '"IP:PORT"')
     mcp_listen = server.get("mcp_listen", None, lambda v: None if v == "" else _listen(v), '"IP:PORT", or "" for off')
     url_ttl = server.get("url_ttl", Config.url_ttl, _positive_int, "a whole number of seconds > 0")
-    url_secret = _read_plain_secret(server, "url_secret", min_len=16)
+    url_secret = _secret(server, "url_secret", min_len=16)
     key_dir = server.get("key_dir", Config.key_dir, lambda v: Path(_nonempty_str(v)), "a path")
     mail_host = server.get("mail_host", authserv_id, _hostname, "a host name")
     retention_days = server.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0")
+    metrics_token = _secret(server, "metrics_token", min_len=16) or ""
+    limits = ServerLimits(
+        read_timeout=server.get("read_timeout", ServerLimits.read_timeout, _positive_number, "a number of seconds > 0"),
+        request_timeout=server.get("request_timeout", ServerLimits.request_timeout, _positive_number,
+                                   "a number of seconds > 0"),
+        write_timeout=server.get("write_timeout", ServerLimits.write_timeout, _positive_number,
+                                 "a number of seconds > 0"),
+        max_requests=server.get("max_requests", ServerLimits.max_requests, _positive_int, "a whole number > 0"),
+        max_streams=server.get("max_streams", ServerLimits.max_streams, _positive_int, "a whole number > 0"),
+        max_streams_per_key=server.get("max_streams_per_key", ServerLimits.max_streams_per_key, _positive_int,
+                                       "a whole number > 0"),
+    )
     server.finish()
 
-    ag = _Section(path, "agent", doc.get("agent", {}))
+    ag = _Section(path, "agent", doc.get("agent", {}), service)
     agent = AgentConfig(
         base_url=ag.get("base_url", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
         model=ag.get("model", "", _nonempty_str, "a model name"),
-        api_key=_read_plain_secret(ag, "api_key", min_len=1),
+        api_key=_secret(ag, "api_key", min_len=1) or "",
         timeout=ag.get("timeout", AgentConfig.timeout, _positive_number, "a number of seconds > 0"),
         max_rounds=ag.get("max_rounds", AgentConfig.max_rounds, _positive_int, "a whole number > 0"),
         max_attempts=ag.get("max_attempts", AgentConfig.max_attempts, _positive_int, "a whole number > 0"),
@@ -418,7 +474,7 @@ def parse_config(text: str, path: Path) -> Config:
     )
     ag.finish()
 
-    w = _Section(path, "worker", doc.get("worker", {}))
+    w = _Section(path, "worker", doc.get("worker", {}), service)
     worker = WorkerConfig(
         socket=w.get("socket", WorkerConfig.socket, lambda v: Path(_nonempty_str(v)), "a path"),
         lmtp_socket=w.get("lmtp_socket", WorkerConfig.lmtp_socket, lambda v: Path(_nonempty_str(v)), "a path"),
@@ -427,7 +483,7 @@ def parse_config(text: str, path: Path) -> Config:
     )
     w.finish()
 
-    dns_sec = _Section(path, "dns", doc.get("dns", {}))
+    dns_sec = _Section(path, "dns", doc.get("dns", {}), service)
     dns = DnsConfig(
         servers=dns_sec.get("servers", (), _dns_servers, 'a list of "IP" or "IP:PORT" strings'),
         timeout=dns_sec.get("timeout", DnsConfig.timeout, _positive_number, "a number > 0"),
@@ -437,7 +493,7 @@ def parse_config(text: str, path: Path) -> Config:
     )
     dns_sec.finish()
 
-    m = _Section(path, "milter", doc.get("milter", {}))
+    m = _Section(path, "milter", doc.get("milter", {}), service)
     policy_sec = m.sub("policy")
     milter = MilterConfig(
         socket=m.get("socket", MilterConfig.socket, lambda v: Path(_nonempty_str(v)), "a path"),
@@ -458,17 +514,16 @@ def parse_config(text: str, path: Path) -> Config:
     if not isinstance(dom_table, dict):
         raise ConfigError(f"{path}: [domains]: must be a table of domain names")
     for name, table in dom_table.items():
-        d = _Section(path, f'domains."{name}"', table)
+        d = _Section(path, f'domains."{name}"', table, service)
         selectors = d.get("dkim_selectors", (), _selectors, "a list of selector names")
         domain = name.lower().rstrip(".")
-        for sel in selectors:
+        for sel in selectors if service.checks_keys else ():   # the keys are the milter's alone
             base = key_dir / domain / sel
             try:
                 present = Path(f"{base}.rsa.pem").exists() or Path(f"{base}.ed25519").exists()
             except PermissionError:
-                # Not ours to read (deliver and serve run as users without the keys): only the
-                # milter, which signs, can tell; it checks again when it loads them.
-                continue
+                raise d.error("dkim_selectors", f"{key_dir / domain}: not readable by this user "
+                                                "(the keys are for the milter's user: docs/operator.md)") from None
             if not present:
                 raise d.error("dkim_selectors", f"no key for selector {sel!r} in {key_dir / domain} "
                                                 f"(make one: agentmx keygen {domain} --selector {sel})")
@@ -480,7 +535,7 @@ def parse_config(text: str, path: Path) -> Config:
         d.finish()
 
     routes = []
-    for r in _array_of_tables(doc, path, "routes"):
+    for r in _array_of_tables(doc, path, "routes", service):
         action = r.get("action", Route.action, _one_of(ROUTE_ACTIONS), " or ".join(ROUTE_ACTIONS))
         mode = r.get("mode", Route.mode, _one_of(ROUTE_MODES), " or ".join(ROUTE_MODES))
         if action == "agent":
@@ -496,7 +551,7 @@ def parse_config(text: str, path: Path) -> Config:
         routes.append(Route(
             match=r.get("match", None, _match, "an address or @domain"),
             endpoint=r.get("endpoint", None, _endpoint, "a URL") if mode != "pull" else None,
-            secret=_read_secret(r) if mode != "pull" or "secret" in r.table or "secret_file" in r.table else "",
+            secret=_route_secret(r, required=mode != "pull"),
             mode=mode, action=action,
             prompt=r.get("prompt", "", _nonempty_str, "a string") if action == "agent" else "",
             forward_to=r.get("forward_to", (), _addresses, "a list of addresses") if action == "agent" else (),
@@ -513,11 +568,11 @@ def parse_config(text: str, path: Path) -> Config:
         for key in ("base_url", "model"):
             if not getattr(agent, key):
                 raise ag.error(key, 'is required when a route has action = "agent"')
-    if routes and not url_secret:
+    if routes and url_secret is None:
         raise server.error("url_secret", "is required with routes (it signs the raw-message and "
                            "attachment URLs in events): give url_secret or url_secret_file")
 
-    sd = _Section(path, "send", doc.get("send", {}))
+    sd = _Section(path, "send", doc.get("send", {}), service)
     send = SendConfig(
         smtp_host=sd.get("smtp_host", SendConfig.smtp_host, _hostname, "a host name or IP"),
         smtp_port=sd.get("smtp_port", SendConfig.smtp_port, _positive_int, "a port number"),
@@ -532,10 +587,10 @@ def parse_config(text: str, path: Path) -> Config:
     sd.finish()
 
     api_keys = []
-    for i, k in enumerate(_array_of_tables(doc, path, "api_keys")):
+    for i, k in enumerate(_array_of_tables(doc, path, "api_keys", service)):
         name = k.get("name", f"key{i}", _nonempty_str, "a string")
-        key = _read_plain_secret(k, "key", min_len=24)
-        if not key:
+        key = _secret(k, "key", min_len=24)
+        if key is None:
             raise k.error("key", "give key or key_file (24 characters or more)")
         allow = k.get("allow", (), lambda v: tuple(_match(x) for x in v) if isinstance(v, list) and v else _raise(),
                       'a list of addresses ("agent@example.com") or domains ("@example.com")')
@@ -543,17 +598,18 @@ def parse_config(text: str, path: Path) -> Config:
             raise k.error("allow", "is required: the addresses or @domains this key may send as")
         api_keys.append(ApiKey(name=name, key=key, allow=allow))
         k.finish()
-    if len({k.key for k in api_keys}) != len(api_keys):
+    if service.reads_secrets and len({k.key for k in api_keys}) != len(api_keys):
         raise ConfigError(f"{path}: [[api_keys]]: two keys are the same")
 
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
-                  listen=listen, mcp_listen=mcp_listen, url_secret=url_secret, url_ttl=url_ttl, key_dir=key_dir,
+                  listen=listen, mcp_listen=mcp_listen, limits=limits, metrics_token=metrics_token,
+                  url_secret=url_secret or "", url_ttl=url_ttl, key_dir=key_dir, service=service,
                   mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
                   worker=worker, agent=agent)
 
 
-def load_config(path: str | Path = DEFAULT_PATH) -> Config:
+def load_config(path: str | Path = DEFAULT_PATH, service: Service = Service.ALL) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -561,4 +617,4 @@ def load_config(path: str | Path = DEFAULT_PATH) -> Config:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: is not UTF-8") from None
-    return parse_config(text, path)
+    return parse_config(text, path, service)

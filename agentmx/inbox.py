@@ -138,6 +138,14 @@ class Inbox(SqliteFile):
             return False
         return self._conn().execute("UPDATE messages SET read = 1 WHERE id = ?", (event_id,)).rowcount == 1
 
+    def claim(self, event_id: str) -> bool:
+        """Mark an unread message read; True only for the one caller that did (wait + ack: two
+        waiters never get the same message)."""
+        if self.missing:
+            return False
+        return self._conn().execute("UPDATE messages SET read = 1 WHERE id = ? AND read = 0",
+                                    (event_id,)).rowcount == 1
+
     def last_seq(self) -> int:
         if self.missing:
             return 0

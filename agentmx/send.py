@@ -131,6 +131,9 @@ def _mailbox(name: str, value) -> Mailbox:
         raise SendError(400, "bad_address", f"{name}: an address is a string or {{address, name}}")
     if not isinstance(address, str) or not _ADDR.match(_no_breaks(name, address)):
         raise SendError(400, "bad_address", f"{name}: {address!r} is not an address")
+    if not address.isascii():
+        raise SendError(400, "bad_address", f"{name}: {address!r}: addresses with non-ASCII characters "
+                                            "(SMTPUTF8) are not supported")
     if display is not None and not isinstance(display, str):
         raise SendError(400, "bad_address", f"{name}: name must be a string")
     return Mailbox(address, _no_breaks(name, display) if display else None)
@@ -193,6 +196,8 @@ def parse_request(data) -> SendRequest:
             raise SendError(400, "bad_attachment", f"attachments[{i}].contentType {ctype!r} is not a MIME type")
         attachments.append(Attachment(filename, ctype.lower(), payload))
     headers = []
+    if not isinstance(data.get("headers") or {}, dict):
+        raise SendError(400, "bad_header", "headers is an object of header names and values")
     for hname, hvalue in (data.get("headers") or {}).items():
         if not isinstance(hname, str) or not _HEADER_NAME.match(hname):
             raise SendError(400, "bad_header", f"header {hname!r}: only X- headers may be set (the rest are fields)")

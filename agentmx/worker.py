@@ -56,7 +56,7 @@ class _Configs:
         if stamp != self._stamp and stamp is not None:
             with self._lock:
                 try:
-                    self.config = load_config(self.config.path)
+                    self.config = load_config(self.config.path, self.config.service)
                     log.info("configuration reloaded from %s", self.config.path)
                 except ConfigError as exc:
                     log.error("configuration not reloaded, keeping the previous one: %s", exc)

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from agentmx import urls
+from agentmx import notify, urls
 from agentmx.config import Config
 from agentmx.inbox import Inbox
 from agentmx.store import Store, StoreError
@@ -184,6 +184,8 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
         if not route.pushes or route.mode == "both":   # the inbox is where the agent reads it
             return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"inbox index: {exc}")
         log.warning("%s: not in the inbox index (%s); pushed anyway", env.queue_id or "-", exc)
+    else:
+        notify.ring(config.data_dir)            # long-polls and event streams on this host wake up
 
     if route.trust == "require-dmarc" and event["auth"]["dmarc"] != "pass":
         return record(Outcome(EX_OK, "held", event_id,

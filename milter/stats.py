@@ -58,11 +58,15 @@ class MilterStats:
         if self.path is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                # The milter runs with umask 0117 (its socket is made 0660 by it), which would give a
+                # directory no x bit: the mode is set explicitly.
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(self.path.parent, 0o750)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".milter-")
             with os.fdopen(fd, "w") as f:
                 f.write(snapshot)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o640)              # counters only; serve reads them through the group
             os.replace(tmp, self.path)
         except OSError as exc:
             if not self._warned:          # metrics are optional: say so once, keep filtering mail

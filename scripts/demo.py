@@ -40,7 +40,7 @@ from support.postfix import (MilterProcess, PostfixInstance, agentmx_config, fre
 from agentmx import dkimkeys, dnsrecords  # noqa: E402
 from agentmx.config import load_config  # noqa: E402
 from agentmx.milter.sign import sign as dkim_sign  # noqa: E402
-from agentmx.serve import make_server  # noqa: E402
+from agentmx.api.server import start as start_serve  # noqa: E402
 
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 BOLD, DIM, GREEN, END = ("\033[1m", "\033[2m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("",) * 4
@@ -148,9 +148,8 @@ smtp_port = {ours.port}
             print(f"   {DIM}{line[:110]}{END}")
 
     say("3. agentmx serve (send API) and the agent (examples/receiver.py)")
-    server = make_server(config)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    cleanup.append(server.shutdown)
+    server = start_serve(config)
+    cleanup.append(server.stop)
     agent = subprocess.Popen([sys.executable, str(ROOT / "examples" / "receiver.py"), "--port", str(receiver_port)],
                              env={**os.environ, "AGENTMX_WEBHOOK_SECRET": webhook_secret, "AGENTMX_API_KEY": api_key,
                                   "AGENTMX_URL": f"http://127.0.0.1:{serve_port}"},

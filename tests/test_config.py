@@ -52,7 +52,7 @@ def test_config_is_frozen():
     (MIN + "[[routes]]\nmatch = \"a@example.com\"\nendpoint = \"https://x\"\nsecret = \"plain\"\n",
      "[routes[0]] secret: must be a whsec_ secret"),
     (MIN + "[[routes]]\nmatch = \"a@example.com\"\nendpoint = \"https://x\"\nsecret_file = \"/nonexistent\"\n",
-     "[routes[0]] secret_file: cannot be read"),
+     "[routes[0]] secret_file: /nonexistent: cannot be read"),
     ("[server\n", "not valid TOML"),
 ])
 def test_errors_name_the_file_and_the_key(text, where):
@@ -90,3 +90,37 @@ def test_dns_server_forms():
     cfg = parse_config(MIN + '[dns]\nservers = ["127.0.0.1:5353", "192.0.2.1", "[::1]:53"]\n', P)
     assert cfg.dns.servers == (("127.0.0.1", 5353), ("192.0.2.1", 53), ("::1", 53))
     assert ipaddress.ip_network("::1/128") in parse_config(MIN, P).milter.trusted_networks
+
+
+def test_each_service_reads_only_its_own_secrets(tmp_path):
+    """The milter never opens the application's secret files (it could not: they are user
+    agentmx's, 0400); deliver, serve and the agent never look for the DKIM keys (group
+    agentmx-milter's); the operator's check reads everything."""
+    from agentmx.config import Service
+    text = (MIN + f'url_secret_file = "{tmp_path}/no-url.secret"\nkey_dir = "{tmp_path}/keys"\n'
+            f'[domains."example.com"]\ndkim_selectors = ["s1"]\n'
+            f'[[routes]]\nmatch = "@example.com"\nendpoint = "https://x"\nsecret_file = "{tmp_path}/no-webhook.secret"\n'
+            f'[[api_keys]]\nkey_file = "{tmp_path}/no-api.key"\nallow = ["@example.com"]\n')
+    with pytest.raises(ConfigError, match="no-url.secret|no-webhook.secret|no-api.key|no key for selector"):
+        parse_config(text, P)
+    with pytest.raises(ConfigError, match="no key for selector 's1'"):
+        parse_config(text, P, Service.MILTER)              # the keys are the milter's to check
+    with pytest.raises(ConfigError, match="url_secret_file: .*no-url.secret: cannot be read"):
+        parse_config(text, P, Service.APP)                 # the secrets are the application's
+    (tmp_path / "keys" / "example.com").mkdir(parents=True)
+    (tmp_path / "keys" / "example.com" / "s1.ed25519").write_text("x")
+    milter = parse_config(text, P, Service.MILTER)
+    assert milter.url_secret == "" and milter.routes[0].secret == "" and milter.api_keys[0].key == ""
+    for name in ("no-url.secret", "no-webhook.secret", "no-api.key"):
+        (tmp_path / name).write_text({"no-url.secret": "u" * 20, "no-api.key": "k" * 30}.get(
+            name, "whsec_c2VjcmV0c2VjcmV0c2VjcmV0"))
+    app = parse_config(text.replace("s1", "not-there"), P, Service.APP)   # APP never looks at key files
+    assert app.routes[0].secret.startswith("whsec_") and app.api_keys[0].key == "k" * 30
+
+
+def test_listen_forms():
+    assert parse_config(MIN + 'listen = "[::1]:8025"\n', P).listen == ("::1", 8025)
+    assert parse_config(MIN + 'listen = "0.0.0.0:0"\n', P).listen == ("0.0.0.0", 0)
+    for bad in ("::1:8025", "[127.0.0.1]:80", "[::1:80", "127.0.0.1:99999", "127.0.0.1:x"):
+        with pytest.raises(ConfigError, match=r"\[server\] listen"):
+            parse_config(MIN + f'listen = "{bad}"\n', P)

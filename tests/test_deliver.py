@@ -244,3 +244,19 @@ def test_pull_route_keeps_the_event_and_posts_nothing(tmp_path, receiver):
     (tmp_path / "data" / "inbox.sqlite").write_bytes(b"not a database" * 100)     # the index is broken
     again = deliver(raw().replace(b"Subject: Hi", b"Subject: Other"), ENV, cfg)
     assert again.exit_code == EX_TEMPFAIL and "inbox index" in again.reason    # Postfix keeps it
+
+
+def test_the_inbox_index_is_not_readable_by_other_users(tmp_path):
+    """Postfix runs pipe programs with umask 022: the index of senders and subjects was 0644."""
+    import os
+    from agentmx.inbox import Inbox
+    old = os.umask(0o022)
+    try:
+        inbox = Inbox(tmp_path)
+        inbox.record({"id": "msg_" + "a" * 26, "recipient": "a@b.test", "from": {"address": "x@y.test"},
+                      "subject": "secret plans", "threadId": None}, "stored")
+        inbox.close()
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("inbox.sqlite*")}
+    assert modes and all(m & 0o007 == 0 for m in modes.values()), modes

@@ -27,7 +27,7 @@ from support.postfix import MilterProcess, PostfixInstance, agentmx_config, inst
 from support.receiver import Receiver
 
 from agentmx.config import load_config
-from agentmx.serve import make_server
+from agentmx.api.server import start
 from agentmx.webhook import verify
 
 AUTHSERV = "mx2.agentmx.test"
@@ -65,11 +65,10 @@ def world(dns_server, key):
     milter = MilterProcess(cfg_path, sock, pf.base / "milter.log").start()
     pf.start()
     config = load_config(cfg_path)
-    server = make_server(config)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    serve_base = f"http://127.0.0.1:{server.server_address[1]}"
+    server = start(config)
+    serve_base = server.url
     yield {"pf": pf, "receiver": receiver, "config": config, "zone": zone, "serve": serve_base}
-    server.shutdown()
+    server.stop()
     milter.stop()
     pf.stop()
     receiver.stop()

@@ -27,7 +27,7 @@ from agentmx import dkimkeys, dnsrecords
 from agentmx.client import ApiError, Client
 from agentmx.config import load_config
 from agentmx.deliver.core import Envelope, build_event, deliver
-from agentmx.serve import make_server
+from agentmx.api.server import start
 
 KEY_A = "amx_key_for_the_agent_0123456789"
 KEY_B = "amx_key_for_someone_else_0123456"
@@ -97,12 +97,11 @@ allow = ["other@rsa.agents.test"]
     for domain in ("rsa.agents.test", "ed.agents.test"):
         zone_from_records(dnsrecords.records(config, domain), zone)
     dns_server.set_zone(zone)
-    server = make_server(config)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = f"http://127.0.0.1:{server.server_address[1]}"
+    server = start(config)
+    api = server.url
     yield {"rx": rx, "ox": ox, "config": config, "api": api, "zone": zone, "receiver": receiver,
            "example_port": example_port}
-    server.shutdown()
+    server.stop()
     for m in (ox_milter, rx_milter):
         m.stop()
     for pf in (ox, rx):

@@ -33,3 +33,19 @@ def test_unwritable_path_is_not_fatal(tmp_path):
     stats.count("accept")
     stats.flush()
     assert json.loads(json.dumps(stats.data))["messages"] == {"accept": 1}
+
+
+def test_the_stats_directory_is_usable_under_the_milters_socket_umask(tmp_path):
+    """The milter runs with umask 0117 so that libmilter makes its socket 0660; a directory made
+    under it had no x bit, and the second write failed."""
+    import os
+    path = tmp_path / "data" / "stats" / "milter.json"
+    old = os.umask(0o117)
+    try:
+        stats = MilterStats(path, interval=0)
+        stats.count("accept")
+        stats.count("accept")
+    finally:
+        os.umask(old)
+    assert (path.parent.stat().st_mode & 0o777) == 0o750
+    assert read(path)["messages"] == {"accept": 2}

@@ -23,7 +23,7 @@ def test_send_request_fields_match_the_code():
 
 
 def test_every_error_code_the_code_raises_is_documented():
-    source = (ROOT / "agentmx" / "send.py").read_text() + (ROOT / "agentmx" / "serve.py").read_text()
+    source = (ROOT / "agentmx" / "send.py").read_text() + (ROOT / "agentmx" / "api" / "sending.py").read_text()
     raised = set(re.findall(r'SendError\(\d+, "([a-z_]+)"', source)) | {"too_large"}
     documented = set()
     for response in DOC["paths"]["/v1/send"]["post"]["responses"].values():
@@ -34,7 +34,7 @@ def test_every_error_code_the_code_raises_is_documented():
 
 
 def test_inbox_routes_and_their_error_codes_are_documented():
-    source = (ROOT / "agentmx" / "inboxapi.py").read_text()
+    source = (ROOT / "agentmx" / "api" / "inbox.py").read_text()
     raised = set(re.findall(r'ApiError\(\d+, f?"([a-z_]+)', source))
     raised = {r for r in raised if not r.endswith("_")}        # f"bad_{name}": the names come below
     raised |= {f"bad_{n}" for n in re.findall(r'_int\([^)]*"([a-z]+)"\)', source)}

@@ -106,25 +106,33 @@ def test_status_lists_recent_deliveries(tmp_path, receiver):
 
 
 def test_metrics_on_serve(tmp_path, receiver):
-    import threading
+    import urllib.error
     import urllib.request
-    from agentmx.serve import make_server
+    from agentmx.api.server import start
     cfg = make_config(tmp_path, receiver.url)
-    text = cfg.path.read_text().replace("[server]\n", '[server]\nlisten = "127.0.0.1:0"\n', 1)
+    text = cfg.path.read_text().replace("[server]\n", '[server]\nlisten = "127.0.0.1:0"\n'
+                                        'metrics_token = "metrics-token-0123456789"\n', 1)
     cfg.path.write_text(text)
     cfg = parse_config(text, cfg.path)
     for n in (7, 8):
         deliver(message(n), Envelope("bob@example.org", "agent@agentmx.test", queue_id=f"Q{n}"), cfg)
     receiver.default = (500, 0)
     deliver(message(9), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q9"), cfg)
-    server = make_server(cfg)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start(cfg)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5) as r:
+        for token in (None, "wrong-token-0123456789"):          # /metrics needs the token
+            req = urllib.request.Request(f"{server.url}/metrics",
+                                         headers={"authorization": f"Bearer {token}"} if token else {})
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                urllib.request.urlopen(req, timeout=5)
+            assert exc.value.code == 401 and json.loads(exc.value.read())["error"]["code"] == "unauthorized"
+        req = urllib.request.Request(f"{server.url}/metrics",
+                                     headers={"authorization": "Bearer metrics-token-0123456789"})
+        with urllib.request.urlopen(req, timeout=5) as r:
             body = r.read().decode()
             assert r.headers["content-type"].startswith("text/plain")
     finally:
-        server.shutdown()
+        server.stop()
     assert 'agentmx_messages{state="delivered"} 2' in body and 'agentmx_messages{state="deferred"} 1' in body
     assert "agentmx_messages_received 3" in body
     assert "agentmx_delivery_attempts_total 3" in body

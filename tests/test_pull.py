@@ -218,11 +218,11 @@ def test_mcp_over_streamable_http_on_serve_with_the_key_per_request(w):
     from mcp.client.session import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
-    from agentmx.serve import start_mcp
+    from agentmx.api.server import start_mcp
     from support.postfix import free_tcp_port
     port = free_tcp_port()
     config = w["config"].__class__(**{**w["config"].__dict__, "mcp_listen": ("127.0.0.1", port)})
-    server = start_mcp(config, int(w["api"].rsplit(":", 1)[1]))
+    server = start_mcp(config, w["api"])
     wait_for(lambda: _listening(port), timeout=20, what="the MCP HTTP endpoint")
     send(w["ox"].port, "a@remote.test", [f"agent@{DOMAIN}"], mail(f"agent@{DOMAIN}", "over http", "code 240719"))
 
@@ -241,7 +241,7 @@ def test_mcp_over_streamable_http_on_serve_with_the_key_per_request(w):
         theirs, nothing = asyncio.run(list_with(OTHER, 1))
         assert theirs == [] and nothing["timedOut"] is True
     finally:
-        server.should_exit = True
+        server.stop()
 
 
 def _listening(port: int) -> bool:

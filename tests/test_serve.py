@@ -1,7 +1,6 @@
 """`agentmx serve`: signed blob URLs over real HTTP. Forged, altered or expired: 403."""
 from __future__ import annotations
 
-import threading
 import urllib.error
 import urllib.request
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -10,7 +9,7 @@ import pytest
 
 from agentmx import urls
 from agentmx.config import parse_config
-from agentmx.serve import make_server
+from agentmx.api.server import start
 from agentmx.store import Store
 
 KEY = "serve-test-secret-0123456789"
@@ -20,13 +19,10 @@ KEY = "serve-test-secret-0123456789"
 def served(tmp_path):
     cfg = parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
                        f'url_secret = "{KEY}"\n', tmp_path / "c.toml")
-    server = make_server(cfg)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    running = start(cfg)
     store = Store(tmp_path)
-    yield base, store
-    server.shutdown()
-    server.server_close()
+    yield running.url, store
+    running.stop()
 
 
 def get(url: str) -> tuple[int, bytes, dict]:
@@ -79,3 +75,31 @@ def test_expired_forged_and_other_paths(served):
     assert get(urls.sign_url(base, KEY, "0" * 64, "text/plain", "gone.txt", 60))[0] == 404  # valid, not stored
     assert get(f"{base}/healthz")[:2] == (200, b"ok\n")
     assert get(f"{base}/etc/passwd")[0] == 404
+
+
+def test_url_signature_fields_cannot_trade_text():
+    """The signature covers an unambiguous encoding: with the old newline-joined one, type
+    "a/b" + name "x\\ny" and type "a/b\\nx" + name "y" had the same MAC."""
+    sha = "a" * 64
+    assert urls._mac(KEY, sha, 9, "text/plain", "x\ny") != urls._mac(KEY, sha, 9, "text/plain\nx", "y")
+    good = urls.sign_url("http://h", KEY, sha, "text/plain", "a.txt", 60)
+    q = {k: v[0] for k, v in parse_qs(urlsplit(good).query, keep_blank_values=True).items()}
+    assert urls.check(KEY, sha, q["exp"], q["type"], q["name"], q["sig"]) == ""
+    assert urls.check(KEY, sha, q["exp"], "text/plain\r\nx-evil: 1", q["name"], q["sig"]) == "bad type"
+    assert urls.check(KEY, sha, q["exp"], q["type"], "a.txt\r\nSet-Cookie: x=1", q["sig"]) == "bad name"
+    assert urls.check(KEY, sha, q["exp"], q["type"], q["name"], "é" * 64) == "bad signature"   # no TypeError
+
+
+def test_signing_makes_type_and_name_safe_for_headers():
+    url = urls.sign_url("http://h", KEY, "b" * 64, "text/html\r\nx-evil: 1", "a\r\nb\u2028c.txt", 60)
+    q = {k: v[0] for k, v in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}
+    assert q["type"] == "application/octet-stream" and q["name"] == "a__b_c.txt"
+    assert urls.check(KEY, "b" * 64, q["exp"], q["type"], q["name"], q["sig"]) == ""
+
+
+def test_a_crlf_in_a_signed_url_never_reaches_a_response_header(served):
+    base, store = served
+    sha = store.put_blob(b"%PDF")
+    url = urls.sign_url(base, KEY, sha, "application/pdf", "r.pdf", 60)
+    status, _, headers = get(_tamper(url, name="r.pdf\r\nSet-Cookie: owned=1", type="text/html\r\nX-A: 1"))
+    assert status == 403 and "Set-Cookie" not in headers and "X-A" not in headers

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 from agentmx import dkimkeys, dnsrecords
 from agentmx.config import load_config
-from agentmx.serve import make_server
+from agentmx.api.server import start
 
 from .dnszone import zone_from_records
 from .postfix import MilterProcess, PostfixInstance, agentmx_config, install_deliver
@@ -21,7 +20,7 @@ AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 
 class World(dict):
     def close(self) -> None:
-        self["server"].shutdown()
+        self["server"].stop()
         for m in self["milters"]:
             m.stop()
         for pf in (self["ox"], self["rx"]):
@@ -56,10 +55,9 @@ def build(dns_server, name: str, domain: str, rest: str) -> World:
     zone = {"mx.agents.test": {"A": ["127.0.0.1"]}, "remote.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]}}
     zone_from_records(dnsrecords.records(config, domain), zone)
     dns_server.set_zone(zone)
-    server = make_server(config)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start(config)
     return World(rx=rx, ox=ox, config=config, cfg=ox_cfg, zone=zone, server=server, milters=(ox_milter, rx_milter),
-                 api=f"http://127.0.0.1:{server.server_address[1]}")
+                 api=server.url)
 
 
 def delivered_at_rx(world: World, marker: bytes, timeout: float = 60) -> bytes:

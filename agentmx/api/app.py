@@ -1,0 +1,104 @@
+"""`agentmx serve` as one ASGI application (Starlette), behind the guard (guard.py).
+
+    POST /v1/send                                   send or reply (sending.py)
+    GET  /v1/messages, /v1/messages/wait, /v1/messages/{id}, /v1/threads/{threadId}, /v1/events
+    POST /v1/messages/{id}/ack                      the inbox API (inbox.py)
+    GET  /v1/blobs/{sha256}?exp=&type=&name=&sig=   a stored raw message or attachment (blobs.py)
+    GET  /metrics                                   Prometheus, with [server] metrics_token as Bearer
+    GET  /healthz                                   200 "ok"
+
+Every failure is JSON: {"error": {"code": ..., "message": ...}}.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from functools import partial
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .blobs import blob_route
+from .context import Context
+from .errors import ApiError
+from .guard import Guard, Limits
+from .inbox import InboxRoutes
+from .sending import send_route
+
+log = logging.getLogger("agentmx.serve")
+
+_HTTP_CODES = {404: ("not_found", "no such path"), 405: ("method_not_allowed", "this path does not take that method")}
+
+
+def _error(request: Request, exc: ApiError) -> Response:
+    return Response(exc.encode(), exc.status, headers={k.decode(): v.decode() for k, v in exc.response_headers()})
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
+    return _error(request, ApiError(exc.status_code, code, message))
+
+
+def _internal(request: Request, exc: Exception) -> Response:
+    # The traceback is logged once, by the guard; the client learns nothing about it.
+    return _error(request, ApiError(500, "internal", "internal error (logged); try again later"))
+
+
+class Metrics:
+    """GET /metrics for whoever holds [server] metrics_token; computed at most every 5 seconds."""
+
+    def __init__(self, ctx: Context, min_interval: float = 5.0):
+        self.ctx, self.min_interval = ctx, min_interval
+        self._text, self._at = "", 0.0
+
+    async def handle(self, request: Request):
+        token = self.ctx.config.metrics_token
+        if not token:
+            raise ApiError(403, "metrics_off", "metrics need a token: set [server] metrics_token_file")
+        given = request.headers.get("authorization", "")
+        given = given[7:].strip() if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "send the metrics token as: Authorization: Bearer <token>")
+        if time.monotonic() - self._at > self.min_interval:
+            from agentmx.ops import metrics
+            self._text = await self.ctx.run(metrics, self.ctx.config)
+            self._at = time.monotonic()
+        return PlainTextResponse(self._text, media_type="text/plain; version=0.0.4")
+
+
+def create_app(ctx: Context):
+    inbox = InboxRoutes(ctx)
+
+    async def healthz(request: Request):
+        return PlainTextResponse("ok\n")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await ctx.listener.start()
+        try:
+            yield
+        finally:
+            await ctx.listener.stop()
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/v1/send", partial(send_route, ctx), methods=["POST"]),
+        Route("/v1/messages", inbox.list),
+        Route("/v1/messages/wait", inbox.wait),
+        Route("/v1/messages/{id:str}/ack", inbox.ack, methods=["POST"]),
+        Route("/v1/messages/{id:str}", inbox.get),
+        Route("/v1/threads/{thread_id:path}", inbox.thread),
+        Route("/v1/events", inbox.events),
+        Route("/v1/blobs/{sha:str}", partial(blob_route, ctx)),
+        Route("/metrics", Metrics(ctx).handle),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        ApiError: _error, HTTPException: _http_error, Exception: _internal})
+    limits = ctx.config.limits
+    return Guard(app, Limits(max_body=ctx.config.send.max_request_bytes, request_timeout=limits.request_timeout,
+                             write_timeout=limits.write_timeout, max_requests=limits.max_requests))

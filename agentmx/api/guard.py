@@ -1,0 +1,157 @@
+"""The outermost layer of `agentmx serve`: every request bounded in size, time and number.
+
+- a body larger than its route allows is refused from its Content-Length before one byte of it is
+  read (413), and counted while it streams in when there is no Content-Length;
+- the whole body must arrive within `request_timeout` seconds (408), so a slow sender cannot hold
+  a request open; every write to the client must complete within `write_timeout` (a client that
+  stops reading is dropped);
+- at most `max_requests` ordinary requests run at once; the next gets 503 at once, with
+  Retry-After (long-polls and event streams have their own caps, per key, in streams.py);
+- idle connections and request heads that do not complete are the HTTP server's (Hypercorn's
+  keep-alive timeout, server.py);
+- anything that escapes a route becomes a JSON 500 with no detail; the traceback is logged once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from .errors import ApiError
+
+log = logging.getLogger("agentmx.serve")
+
+STREAM_PATHS = ("/v1/events", "/v1/messages/wait")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body: int                  # POST /v1/send
+    max_small_body: int = 65536    # every other request (none of them needs a body)
+    request_timeout: float = 60.0
+    write_timeout: float = 30.0
+    max_requests: int = 64
+
+
+class BodyTooLarge(ApiError):
+    pass
+
+
+class BodyTimeout(ApiError):
+    pass
+
+
+class Guard:
+    def __init__(self, app, limits: Limits):
+        self.app, self.limits = app, limits
+        self.active = 0
+
+    def _body_limit(self, scope) -> int:
+        return self.limits.max_body if scope["path"] == "/v1/send" else self.limits.max_small_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                return await self.app(scope, receive, send)
+            return                                      # no websockets here
+        started = time.monotonic()
+        state = {"status": 0, "started": False}
+        path = scope.get("path", "")
+        limit = self._body_limit(scope)
+        stream = path in STREAM_PATHS
+
+        async def respond(err: ApiError) -> None:
+            if state["started"]:
+                return
+            state["started"], state["status"] = True, err.status
+            body = err.encode()
+            await send({"type": "http.response.start", "status": err.status,
+                        "headers": err.response_headers() + [(b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        length = _content_length(scope)
+        if length is None and _header(scope, b"content-length") is not None:
+            await respond(ApiError(400, "bad_request", "Content-Length is not a number"))
+            return self._log(scope, state, started)
+        if length is not None and length > limit:
+            await respond(ApiError(413, "too_large", f"a request to {path} is at most {limit} bytes"))
+            return self._log(scope, state, started)
+        if not stream and self.active >= self.limits.max_requests:
+            await respond(ApiError(503, "busy", "too many requests at once; try again shortly", retry_after=1))
+            return self._log(scope, state, started)
+
+        deadline = started + self.limits.request_timeout
+        received = 0
+
+        async def guarded_receive():
+            nonlocal received
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BodyTimeout(408, "timeout", f"the request body did not arrive within "
+                                                  f"{self.limits.request_timeout:g}s")
+            try:
+                message = await asyncio.wait_for(receive(), remaining) if not _body_done(state) else await receive()
+            except asyncio.TimeoutError:
+                raise BodyTimeout(408, "timeout", f"the request body did not arrive within "
+                                                  f"{self.limits.request_timeout:g}s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(413, "too_large", f"a request to {path} is at most {limit} bytes")
+                if not message.get("more_body", False):
+                    state["body_done"] = True
+            return message
+
+        async def guarded_send(message):
+            if message["type"] == "http.response.start":
+                state["started"], state["status"] = True, message["status"]
+            await asyncio.wait_for(send(message), self.limits.write_timeout)
+
+        if not stream:
+            self.active += 1
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except ApiError as err:
+            await respond(err)
+        except asyncio.TimeoutError:
+            log.info("%s %s: the client stopped reading; dropped", scope.get("method"), path)
+        except (ConnectionError, OSError) as exc:
+            log.info("%s %s: connection lost (%s)", scope.get("method"), path, exc.__class__.__name__)
+        except Exception:
+            log.exception("%s %s: internal error", scope.get("method"), path)
+            await respond(ApiError(500, "internal", "internal error (logged); try again later"))
+        finally:
+            if not stream:
+                self.active -= 1
+            self._log(scope, state, started)
+
+    @staticmethod
+    def _log(scope, state, started) -> None:
+        # The path only: query strings carry URL signatures.
+        log.info("%s %s %s %dms", scope.get("method"), scope.get("path"), state["status"] or "-",
+                 (time.monotonic() - started) * 1000)
+
+
+def _body_done(state: dict) -> bool:
+    """Once the body is in, receive() only waits for the client to go (long-poll, events): no
+    deadline then."""
+    return bool(state.get("body_done"))
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v
+    return None
+
+
+def _content_length(scope) -> int | None:
+    value = _header(scope, b"content-length")
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        return None
+    return n if n >= 0 else None

@@ -1,0 +1,252 @@
+"""The inbox API: what pull-mode agents (and any agent) read.
+
+    GET  /v1/messages?to=&from=&subject=&since=&unread=&limit=&cursor=   newest first, paginated
+    GET  /v1/messages/wait?to=&from=&subject=&timeout=&ack=              long-poll: the oldest unread match
+    GET  /v1/messages/{id}                                               one message
+    POST /v1/messages/{id}/ack                                           mark it read
+    GET  /v1/threads/{threadId}                                          a conversation, oldest first
+    GET  /v1/events                                                      server-sent events, as they arrive
+
+Every request carries an API key (Authorization: Bearer ...); a key sees the messages whose
+recipient its `allow` list names (addresses or @domains), as for sending. Each message is the
+stored `email.received` event with one more member, `inbox`: {state, read, receivedAt}. The
+body of a message is untrusted input, as in the webhook.
+
+A wait and an event stream hold no thread: they sleep on the notification listener (deliver rings
+it when a message is in), query the index when woken, and end as soon as the client goes. With
+ack=true a wait claims its message in one statement, so two waiters never get the same one.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+from typing import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from agentmx.config import ApiKey
+from agentmx.inbox import Row, base_address
+
+from .context import Context
+from .errors import ApiError
+
+MAX_WAIT = 300
+KEEPALIVE = 15.0
+TRUE = ("1", "true", "yes")
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _since(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ApiError(400, "bad_since", "since is unix seconds or an RFC 3339 time") from None
+
+
+def _int(value: str | None, default: int, lo: int, hi: int, name: str) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(400, f"bad_{name}", f"{name} is a whole number") from None
+    return max(lo, min(hi, n))
+
+
+def _filters(q) -> dict:
+    if q.get("to") and "@" not in q["to"]:
+        raise ApiError(400, "bad_to", "to is an address")
+    return {"to": q.get("to") or None, "sender": q.get("from") or None, "subject": q.get("subject") or None}
+
+
+def _scoped_to(key: ApiKey, q) -> None:
+    if q.get("to") and not key.may_send_as(base_address(q["to"])):
+        raise ApiError(403, "forbidden_address", "this key may not read mail sent to that address")
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns when the client has gone (the ASGI server says http.disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class InboxRoutes:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    # --- sync parts, run in the thread pool -----------------------------------------------------
+
+    def message(self, row: Row) -> dict | None:
+        raw = self.ctx.store.get_event(row.id)
+        if raw is None:                       # removed by retention (agentmx gc)
+            return None
+        event = json.loads(raw)
+        event["inbox"] = {"state": row.state, "read": row.read, "receivedAt": _rfc3339(row.received)}
+        return event
+
+    def _row(self, key: ApiKey, event_id: str) -> Row:
+        row = self.ctx.inbox().get(event_id)
+        if row is None or not key.may_send_as(base_address(row.recipient)):
+            raise ApiError(404, "unknown_message", f"no message {event_id} for this key")
+        return row
+
+    def _list(self, key: ApiKey, q) -> dict:
+        limit = _int(q.get("limit"), 20, 1, 100, "limit")
+        cursor = _int(q.get("cursor"), 0, 0, 2**62, "cursor") or None
+        rows = self.ctx.inbox().query(key.allow, **_filters(q), since=_since(q.get("since")),
+                                      unread=q.get("unread") in TRUE, before_seq=cursor, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        messages = [m for m in (self.message(r) for r in rows) if m is not None]
+        return {"messages": messages, "nextCursor": str(rows[-1].seq) if more and rows else None}
+
+    def _get(self, key: ApiKey, event_id: str) -> dict:
+        msg = self.message(self._row(key, event_id))
+        if msg is None:
+            raise ApiError(410, "gone", "the message was removed by retention")
+        return msg
+
+    def _ack(self, key: ApiKey, event_id: str) -> dict:
+        self._row(key, event_id)
+        self.ctx.inbox().ack(event_id)
+        return {"id": event_id, "read": True}
+
+    def _thread(self, key: ApiKey, thread_id: str) -> dict:
+        rows = self.ctx.inbox().query(key.allow, thread_id=thread_id, oldest_first=True, limit=500)
+        if not rows:
+            raise ApiError(404, "unknown_thread", f"no thread {thread_id} for this key")
+        return {"threadId": thread_id, "messages": [m for m in (self.message(r) for r in rows) if m]}
+
+    def _first_unread(self, key: ApiKey, filters: dict, since: float | None, ack: bool) -> dict | None:
+        inbox = self.ctx.inbox()
+        for _ in range(20):                   # another waiter may claim the row first: take the next
+            rows = inbox.query(key.allow, **filters, since=since, unread=True, limit=1, oldest_first=True)
+            if not rows:
+                return None
+            row = rows[0]
+            if ack:
+                if not inbox.claim(row.id):
+                    continue
+                row = inbox.get(row.id) or row
+            msg = self.message(row)
+            if msg is not None:
+                return msg
+            if not ack:                       # removed by retention under an unread row: skip it
+                inbox.ack(row.id)
+        return None
+
+    def _after(self, key: ApiKey, seq: int) -> list[tuple[int, dict | None]]:
+        rows = self.ctx.inbox().query(key.allow, after_seq=seq, oldest_first=True, limit=100)
+        return [(row.seq, self.message(row)) for row in rows]
+
+    # --- the routes -------------------------------------------------------------------------------
+
+    async def list(self, request: Request):
+        key = self.ctx.key(request)
+        _scoped_to(key, request.query_params)
+        return JSONResponse(await self.ctx.run(self._list, key, request.query_params))
+
+    async def get(self, request: Request):
+        key = self.ctx.key(request)
+        return JSONResponse(await self.ctx.run(self._get, key, request.path_params["id"]))
+
+    async def ack(self, request: Request):
+        key = self.ctx.key(request)
+        return JSONResponse(await self.ctx.run(self._ack, key, request.path_params["id"]))
+
+    async def thread(self, request: Request):
+        key = self.ctx.key(request)
+        return JSONResponse(await self.ctx.run(self._thread, key, request.path_params["thread_id"]))
+
+    async def wait(self, request: Request):
+        """The oldest unread message matching the filters; if there is none, wait for one up to
+        `timeout` seconds (default 30, at most 300). ack=true marks it read in the same call."""
+        key = self.ctx.key(request)
+        q = request.query_params
+        _scoped_to(key, q)
+        timeout = _int(q.get("timeout"), 30, 0, MAX_WAIT, "timeout")
+        filters, since, ack = _filters(q), _since(q.get("since")), q.get("ack") in TRUE
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        listener = self.ctx.listener
+        with self.ctx.streams.slot(key.name):
+            gone = asyncio.create_task(until_disconnected(request))
+            try:
+                while True:
+                    generation = listener.generation
+                    msg = await self.ctx.run(self._first_unread, key, filters, since, ack)
+                    if msg is not None:
+                        return JSONResponse({"message": msg, "timedOut": False})
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return JSONResponse({"message": None, "timedOut": True})
+                    woken = asyncio.create_task(listener.wait(generation, remaining))
+                    done, _ = await asyncio.wait({woken, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if gone in done:
+                        woken.cancel()
+                        return JSONResponse({"message": None, "timedOut": True})   # nobody reads it
+            finally:
+                gone.cancel()
+
+    async def events(self, request: Request):
+        """Server-sent events: every new message for the key, as `email.received`, with its seq as
+        the event id (a client resumes with Last-Event-ID); a comment line as keep-alive."""
+        key = self.ctx.key(request)
+        last = request.headers.get("last-event-id") or request.query_params.get("after")
+        after = int(last) if last and last.isdigit() and len(last) < 19 else None
+        self.ctx.streams.acquire(key.name)
+        released = False
+
+        def release():
+            nonlocal released
+            if not released:
+                released = True
+                self.ctx.streams.release(key.name)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                seq = after if after is not None else await self.ctx.run(lambda: self.ctx.inbox().last_seq())
+                yield b"retry: 2000\n\n"
+                listener = self.ctx.listener
+                while True:
+                    generation = listener.generation
+                    for row_seq, msg in await self.ctx.run(self._after, key, seq):
+                        seq = row_seq
+                        if msg is not None:
+                            yield (f"id: {row_seq}\nevent: email.received\ndata: "
+                                   f"{json.dumps(msg, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
+                    if await listener.wait(generation, KEEPALIVE) == generation:
+                        yield b": keep-alive\n\n"
+            finally:
+                release()
+
+        return _EventStream(stream(), release, headers={   # exactly text/event-stream: no charset added
+            "content-type": "text/event-stream", "cache-control": "no-store", "x-accel-buffering": "no"})
+
+
+class _EventStream(StreamingResponse):
+    """A streaming response that gives its stream slot back however it ends (a generator that
+    never started never runs its own `finally`)."""
+
+    def __init__(self, content, release, **kw):
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()

@@ -1,0 +1,125 @@
+"""Running `agentmx serve`: the application on Hypercorn, in the foreground (the CLI, systemd) or in
+a thread of its own (the demo, tests that need the API beside them).
+
+Hypercorn, not uvicorn: a connection that never sends a request, or sends its head a byte at a
+time, is closed after the keep-alive timeout ([server] read_timeout); uvicorn keeps both for good
+(measured: bench/serve-idle). The listening socket is ours (IPv4 or IPv6, a backlog for bursts),
+handed to Hypercorn by file descriptor, so the port is known before serving starts (port 0 in tests).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+
+from agentmx.config import Config, ServerLimits
+
+log = logging.getLogger("agentmx.serve")
+
+BACKLOG = 1024
+
+
+def listening_socket(listen: tuple[str, int]) -> socket.socket:
+    host, port = listen
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _hypercorn_config(sock: socket.socket, limits: ServerLimits) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"fd://{sock.fileno()}"]
+    hc.keep_alive_timeout = limits.read_timeout       # idle connections and unfinished request heads
+    hc.backlog = BACKLOG
+    hc.graceful_timeout = 5
+    hc.include_server_header = False
+    hc.accesslog = None                               # the guard logs each request (path only)
+    hc.errorlog = logging.getLogger("agentmx.serve.http")
+    return hc
+
+
+async def serve_app(app, sock: socket.socket, limits: ServerLimits, shutdown=None) -> None:
+    await hypercorn_serve(app, _hypercorn_config(sock, limits), shutdown_trigger=shutdown)
+
+
+def create(config: Config):
+    from .app import create_app
+    from .context import Context
+    return create_app(Context.for_config(config))
+
+
+def run(config: Config) -> None:
+    """The foreground service: SIGTERM or SIGINT stops it gracefully."""
+    sock = listening_socket(config.listen)
+    log.info("serving on %s (public URL %s)", url_of(sock), config.public_url)
+    if config.mcp_listen:
+        start_mcp(config, url_of(sock))
+    asyncio.run(serve_app(create(config), sock, config.limits))
+
+
+@dataclass
+class Running:
+    """An application served from a thread of its own; stop() ends it."""
+    url: str
+    port: int
+    _loop: asyncio.AbstractEventLoop
+    _stop: asyncio.Event
+    _thread: threading.Thread
+
+    def stop(self, timeout: float = 10) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+
+def start_app(app, listen: tuple[str, int], limits: ServerLimits, name: str = "serve") -> Running:
+    sock = listening_socket(listen)
+    ready = threading.Event()
+    holder: dict = {}
+
+    def main():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        stop = asyncio.Event()
+        holder.update(loop=loop, stop=stop)
+        ready.set()
+        try:
+            loop.run_until_complete(serve_app(app, sock, limits, shutdown=stop.wait))
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, daemon=True, name=name)
+    thread.start()
+    ready.wait(10)
+    return Running(url_of(sock), sock.getsockname()[1], holder["loop"], holder["stop"], thread)
+
+
+def start(config: Config) -> Running:
+    """`agentmx serve` in a thread: for the demo and for tests that need the API beside them."""
+    return start_app(create(config), config.listen, config.limits)
+
+
+def start_mcp(config: Config, api_url: str) -> Running:
+    """MCP over streamable HTTP beside the API ([server] mcp_listen), as a client of this API, on
+    its own listener with the same connection limits."""
+    from agentmx import mcpserver
+    api_url = api_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+    running = start_app(mcpserver.http_app(api_url, config.mcp_listen[0]), config.mcp_listen, config.limits,
+                        name="mcp-http")
+    log.info("MCP (streamable HTTP) on %s/mcp", running.url)
+    return running
