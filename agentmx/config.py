@@ -123,18 +123,60 @@ class ApiKey:
     allow: tuple[str, ...] = ()     # addresses ("agent@example.com") and domains ("@example.com")
 
     def may_send_as(self, address: str) -> bool:
-        address = address.lower()
-        return address in self.allow or ("@" + address.rpartition("@")[2]) in self.allow
+        return allows(self.allow, address)
+
+
+def allows(allow: tuple[str, ...], address: str) -> bool:
+    """An address is allowed by a list of addresses ("agent@example.com") and domains ("@example.com")."""
+    address = address.lower()
+    return address in allow or ("@" + address.rpartition("@")[2]) in allow
+
+
+class SubmitVia(enum.Enum):
+    UNIX = "unix"        # a unix-domain smtpd service (postfix/master.cf.submit.fragment)
+    TCP = "tcp"          # an smtpd service on host:port
+
+
+@dataclass(frozen=True)
+class SubmitTarget:
+    """Where the send path hands its mail to Postfix: the send API's own submission service."""
+    via: SubmitVia
+    path: Path | None = None
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.via is SubmitVia.UNIX else f"{self.host}:{self.port}"
+
+
+DEFAULT_SUBMIT = SubmitTarget(SubmitVia.UNIX, Path("/var/spool/postfix/public/agentmx-submit"))
 
 
 @dataclass(frozen=True)
 class SendConfig:
-    smtp_host: str = "127.0.0.1"         # the local Postfix that takes the agent's mail
-    smtp_port: int = 25
+    submit: SubmitTarget = DEFAULT_SUBMIT  # the send API's submission service, which the milter knows
     auto_submitted: bool = True          # replies to an event carry Auto-Submitted: auto-replied
     per_correspondent_per_hour: int = 30  # messages to one address in any hour
     per_thread_per_hour: int = 10         # replies into one thread in any hour
     max_request_bytes: int = 30_000_000
+
+
+@dataclass(frozen=True)
+class SaslSigner:
+    login: str                      # the SASL login, exactly as Postfix reports it ({auth_authen})
+    allow: tuple[str, ...]          # addresses and @domains whose mail it may have signed
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    """Whose mail the milter DKIM-signs, for which From addresses (milter/signscope.py)."""
+    local_from: tuple[str, ...] = ()        # local submission and trusted_networks clients
+    api_service: str = "agentmx-api"        # milter_macro_daemon_name of the send API's service
+    sasl: tuple[SaslSigner, ...] = ()
+
+    def sasl_allow(self, login: str) -> tuple[str, ...] | None:
+        """What a SASL login may have signed; None when it has no entry."""
+        return next((s.allow for s in self.sasl if s.login == login), None)
 
 
 @dataclass(frozen=True)
@@ -192,6 +234,7 @@ class Config:
     routes: tuple[Route, ...] = ()
     send: SendConfig = SendConfig()
     api_keys: tuple[ApiKey, ...] = ()
+    signing: SigningConfig = SigningConfig()
     worker: WorkerConfig = WorkerConfig()
     agent: AgentConfig = AgentConfig()
 
@@ -423,6 +466,57 @@ def _route_secret(r: _Section, required: bool) -> str:
     return secret or ""
 
 
+def _allow_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError()
+    return tuple(dict.fromkeys(_match(x) for x in v))
+
+
+def _submit_target(v: Any) -> SubmitTarget:
+    v = _nonempty_str(v)
+    if v.startswith("unix:"):
+        path = Path(v[5:])
+        if not path.is_absolute():
+            raise ValueError("an absolute socket path after unix:")
+        return SubmitTarget(SubmitVia.UNIX, path=path)
+    host, port = _listen(v)
+    if port == 0:
+        raise ValueError("port 0")
+    return SubmitTarget(SubmitVia.TCP, host=host, port=port)
+
+
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
+
+
+def _signing(sec: _Section) -> SigningConfig:
+    local_from = sec.get("local_from", (), _allow_list, 'a list of addresses ("noreply@example.com") '
+                         'or domains ("@example.com")')
+    api_service = sec.get("api_service", SigningConfig.api_service,
+                          lambda v: v if isinstance(v, str) and _SERVICE_NAME.fullmatch(v) else _raise(),
+                          "a Postfix service name (milter_macro_daemon_name)")
+    items = sec.table.get("sasl", [])
+    sec.used.add("sasl")
+    if not isinstance(items, list):
+        raise sec.error("sasl", "must be an array of tables: [[signing.sasl]]")
+    sasl = []
+    for i, table in enumerate(items):
+        s = _Section(sec.path, f"signing.sasl[{i}]", table, sec.service)
+        s.used.update({"login", "allow"})
+        for key in ("login", "allow"):
+            if key not in s.table:
+                raise s.error(key, "is required")
+        login = s.get("login", None, lambda v: v if isinstance(v, str) and v and v == v.strip()
+                      and v.isprintable() else _raise(), "the SASL login, as Postfix logs it (sasl_username)")
+        if any(x.login == login for x in sasl):
+            raise s.error("login", f"{login!r} is listed twice")
+        allow = s.get("allow", None, lambda v: _allow_list(v) or _raise(),
+                      'a non-empty list of addresses ("alice@example.com") or domains ("@example.com")')
+        sasl.append(SaslSigner(login, allow))
+        s.finish()
+    sec.finish()
+    return SigningConfig(local_from=local_from, api_service=api_service, sasl=tuple(sasl))
+
+
 def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Config:
     """Validate the TOML text of a configuration file; `path` is only used in error messages."""
     try:
@@ -431,7 +525,7 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
     top = _Section(path, "top level", doc, service)
-    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker", "agent")
+    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker", "agent", "signing")
 
     server = _Section(path, "server", doc.get("server", {}), service)
     server.used.add("authserv_id")
@@ -573,9 +667,14 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
                            "attachment URLs in events): give url_secret or url_secret_file")
 
     sd = _Section(path, "send", doc.get("send", {}), service)
+    for old in ("smtp_host", "smtp_port"):
+        if old in sd.table:
+            raise sd.error(old, 'is replaced by submit, the send API\'s own submission service (the milter '
+                           'signs only what comes through it): remove smtp_host and smtp_port, add '
+                           'postfix/master.cf.submit.fragment to master.cf, and set submit = '
+                           f'"{DEFAULT_SUBMIT}" (the default) or "host:port"')
     send = SendConfig(
-        smtp_host=sd.get("smtp_host", SendConfig.smtp_host, _hostname, "a host name or IP"),
-        smtp_port=sd.get("smtp_port", SendConfig.smtp_port, _positive_int, "a port number"),
+        submit=sd.get("submit", DEFAULT_SUBMIT, _submit_target, '"unix:/path/to/socket" or "host:port"'),
         auto_submitted=sd.get("auto_submitted", True, _bool, "true or false"),
         per_correspondent_per_hour=sd.get("per_correspondent_per_hour", SendConfig.per_correspondent_per_hour,
                                           _positive_int, "a whole number > 0"),
@@ -601,12 +700,14 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
     if service.reads_secrets and len({k.key for k in api_keys}) != len(api_keys):
         raise ConfigError(f"{path}: [[api_keys]]: two keys are the same")
 
+    signing = _signing(_Section(path, "signing", doc.get("signing", {}), service))
+
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
                   listen=listen, mcp_listen=mcp_listen, limits=limits, metrics_token=metrics_token,
                   url_secret=url_secret or "", url_ttl=url_ttl, key_dir=key_dir, service=service,
                   mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
-                  worker=worker, agent=agent)
+                  worker=worker, agent=agent, signing=signing)
 
 
 def load_config(path: str | Path = DEFAULT_PATH, service: Service = Service.ALL) -> Config:

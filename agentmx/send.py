@@ -15,6 +15,7 @@ import binascii
 import hmac
 import re
 import smtplib
+import socket
 import threading
 import time
 from collections import deque
@@ -23,7 +24,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
-from .config import ApiKey, Config
+from .config import ApiKey, Config, SubmitTarget, SubmitVia
 
 
 class SendError(Exception):
@@ -322,13 +323,38 @@ class RateLimiter:
 # --- submit ---------------------------------------------------------------------------------------
 
 
+class _UnixSMTP(smtplib.SMTP):
+    """smtplib's client over a unix-domain socket (as smtplib.LMTP does, but speaking SMTP)."""
+
+    def connect(self, host: str = "", port: int = 0, source_address=None):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.file = None
+        try:
+            self.sock.connect(host)
+        except OSError:
+            self.close()
+            raise
+        return self.getreply()
+
+
+def _connect(target: SubmitTarget, helo: str) -> smtplib.SMTP:
+    if target.via is SubmitVia.UNIX:
+        return _UnixSMTP(str(target.path), timeout=60, local_hostname=helo)
+    return smtplib.SMTP(target.host, target.port, timeout=60, local_hostname=helo)
+
+
 def submit(out: Outgoing, config: Config) -> str:
-    """Hand the message to the local Postfix; returns its queue id."""
+    """Hand the message to Postfix's submission service for the send API ([send] submit: its
+    milter_macro_daemon_name tells the milter that the send API submitted it); returns the queue id."""
     import email.policy
     data = out.message.as_bytes(policy=email.policy.SMTP)
+    where = str(config.send.submit)
     try:
-        with smtplib.SMTP(config.send.smtp_host, config.send.smtp_port, timeout=60,
-                          local_hostname=config.mail_host or config.authserv_id) as smtp:
+        with _connect(config.send.submit, config.mail_host or config.authserv_id) as smtp:
+            # EHLO first: smtplib's mail() does not send it, and a Postfix with
+            # smtpd_helo_required = yes refuses MAIL FROM without it.
+            smtp.ehlo_or_helo_if_needed()
             code, resp = smtp.mail(out.envelope_from)
             if code != 250:
                 raise SendError(502, "smtp_refused", f"Postfix refused the sender: {code} {resp.decode(errors='replace')}")
@@ -342,7 +368,11 @@ def submit(out: Outgoing, config: Config) -> str:
             code, resp = smtp.data(data)
             if code != 250:
                 raise SendError(502, "smtp_refused", f"Postfix refused the message: {code} {resp.decode(errors='replace')}")
+    except smtplib.SMTPHeloError as exc:
+        raise SendError(502, "smtp_refused", f"Postfix ({where}) refused our EHLO and HELO: "
+                                             f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}") from None
     except (OSError, smtplib.SMTPException) as exc:
-        raise SendError(502, "smtp_unavailable", f"the local Postfix did not take the message ({exc.__class__.__name__})") from None
+        raise SendError(502, "smtp_unavailable", f"Postfix did not take the message at {where} "
+                                                 f"({exc.__class__.__name__})") from None
     m = re.search(r"queued as ([A-Za-z0-9]+)", resp.decode(errors="replace"))
     return m.group(1) if m else ""

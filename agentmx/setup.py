@@ -8,8 +8,9 @@ What it does, in order: keeps the original main.cf and master.cf once (main.cf.a
 master.cf.agentmx-orig beside them; a second run keeps the first backup); writes
 <agentmx dir>/agentmx.toml (if there is none) with a route for the domain and fresh secrets in
 files of their own; makes DKIM keys (RSA and ed25519) if the domain has none; writes the
-recipient map; applies postfix/main.cf.fragment, main.cf.deliver.fragment and master.cf.fragment
-with `postconf` (so a second run changes nothing); prints the DNS records to publish.
+recipient map; applies postfix/main.cf.fragment, main.cf.deliver.fragment, master.cf.fragment and
+master.cf.submit.fragment (the send API's submission service, chrooted like smtp/inet) with
+`postconf` (so a second run changes nothing); prints the DNS records to publish.
 """
 from __future__ import annotations
 
@@ -61,9 +62,17 @@ def _fragment_lines(name: str) -> list[str]:
             if line.strip() and not line.lstrip().startswith("#") and ("=" in line)]
 
 
+def _chrooted(plan: Plan) -> bool:
+    return _postconf("-c", str(plan.postfix_dir), "-Fh", "smtp/inet/chroot").strip() == "y"
+
+
+def _queue_dir(plan: Plan) -> Path:
+    return Path(_postconf("-c", str(plan.postfix_dir), "-h", "queue_directory").strip())
+
+
 def main_cf_settings(plan: Plan) -> list[str]:
-    chrooted = _postconf("-c", str(plan.postfix_dir), "-Fh", "smtp/inet/chroot").strip() == "y"
-    queue_dir = Path(_postconf("-c", str(plan.postfix_dir), "-h", "queue_directory").strip())
+    chrooted = _chrooted(plan)
+    queue_dir = _queue_dir(plan)
     if chrooted:
         try:
             milter = "unix:/" + str(plan.socket.relative_to(queue_dir))
@@ -90,9 +99,16 @@ def master_cf_entry(plan: Plan) -> str:
             .replace("/etc/agentmx/agentmx.toml", str(plan.agentmx_dir / "agentmx.toml")))
 
 
+def submit_cf_entry(plan: Plan) -> str:
+    """The send API's submission service, chrooted like smtp/inet (smtpd_milters names the milter
+    socket as smtpd sees it)."""
+    (entry,) = _fragment_lines("master.cf.submit.fragment")
+    return entry.replace(" unix n - n - - smtpd ", f" unix n - {'y' if _chrooted(plan) else 'n'} - - smtpd ")
+
+
 def _apply_postfix(plan: Plan, postfix_dir: Path) -> None:
     _postconf("-c", str(postfix_dir), "-e", *main_cf_settings(plan))
-    _postconf("-c", str(postfix_dir), "-M", master_cf_entry(plan))
+    _postconf("-c", str(postfix_dir), "-M", master_cf_entry(plan), submit_cf_entry(plan))
 
 
 def diff(plan: Plan) -> str:
@@ -134,6 +150,9 @@ url_secret_file = "{plan.agentmx_dir / 'url.secret'}"
 
 [milter]
 socket = "{plan.socket}"
+
+[send]
+submit = "unix:{_queue_dir(plan) / 'public' / 'agentmx-submit'}"
 
 [domains."{plan.domain}"]
 dkim_selectors = ["ax1r", "ax1e"]

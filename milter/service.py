@@ -2,9 +2,11 @@
 
 Per message: collect the envelope, the headers (raw, with their leading space) and the body; at
 end of message remove every Authentication-Results header that claims our authserv-id, verify,
-prepend one Authentication-Results header, and answer per policy. Mail from trusted networks,
-SASL-authenticated clients and local submission is not verified (forged headers are still
-removed): it is ours, and it is DKIM-signed with its From domain's keys (sign.py), if it has any.
+prepend one Authentication-Results header, and answer per policy. Mail we send (SASL logins,
+the send API's submission service, local submission, trusted networks: signscope.py) is not
+verified (forged headers are still removed); it is DKIM-signed with its From domain's keys
+(sign.py) only when that From address is allowed for whoever submitted it, else passed unsigned
+with the reason logged.
 
 Any unexpected exception in a callback answers TEMPFAIL (4xx), never 5xx; Postfix's
 milter_default_action = tempfail covers a milter that is not running.
@@ -29,6 +31,7 @@ from agentmx.resolver import Resolver
 
 from . import arheader, policy, sign, spam_check
 from .authenticate import Envelope, authenticate, from_header_values
+from .signscope import Client, Submitter, decide, describe, submitter
 from .stats import MilterStats
 
 log = logging.getLogger("agentmx.milter")
@@ -71,8 +74,9 @@ class AuthMilter(Milter.Base):
         self.rng = rng
         self.client_ip = ""
         self.client_name = ""
+        self.client_inet = False
+        self.daemon_name = ""
         self.helo_name = ""
-        self.trusted = False
         self.log = QueueIdAdapter(log, {"qid": None})
         self._reset()
 
@@ -85,7 +89,8 @@ class AuthMilter(Milter.Base):
         self.ar_count = 0
         self.spam_headers = 0                # incoming X-Agentmx-Spam fields: all removed
         self.body_buf = io.BytesIO()
-        self.skip_reason = ""
+        self.submitter = Submitter.OUTSIDE
+        self.login = ""
         self.log = QueueIdAdapter(log, {"qid": None})
 
     # --- SMTP stages ----------------------------------------------------------------------------
@@ -93,15 +98,17 @@ class AuthMilter(Milter.Base):
     @_tempfail_on_error
     def connect(self, hostname, family, hostaddr):
         self.client_name = hostname or ""
-        self.log.debug("connect %r family=%s hostaddr=%r", hostname, family, hostaddr)
-        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr and hostaddr[1]:
+        self.daemon_name = self.getsymval("{daemon_name}") or ""
+        self.log.debug("connect %r family=%s hostaddr=%r daemon_name=%r", hostname, family, hostaddr,
+                       self.daemon_name)
+        self.client_inet = bool(family in (socket.AF_INET, socket.AF_INET6) and hostaddr and hostaddr[1])
+        if self.client_inet:
             self.client_ip = str(hostaddr[0])
-            self.trusted = self.config.milter.is_trusted(self.client_ip)
         else:
-            # Local submission (sendmail(1), pickup via non_smtpd_milters): Postfix's cleanup
-            # presents it as localhost 127.0.0.1 with port 0, which no SMTP client can have.
+            # Local submission: sendmail(1)/pickup through non_smtpd_milters (Postfix's cleanup
+            # presents it as 127.0.0.1 port 0, which no SMTP client can have), or an smtpd on a
+            # unix-domain socket (family unknown, no address), such as the send API's service.
             self.client_ip = "127.0.0.1"
-            self.trusted = True
         return Milter.CONTINUE
 
     @_tempfail_on_error
@@ -114,10 +121,9 @@ class AuthMilter(Milter.Base):
         self._reset()
         self.mail_from = (mailfrom or "").strip().strip("<>")
         self.log.extra["qid"] = self.getsymval("i")
-        if self.trusted:
-            self.skip_reason = f"trusted client {self.client_ip} ({self.client_name or 'local'})"
-        elif self.getsymval("{auth_authen}"):
-            self.skip_reason = "SASL-authenticated client"
+        self.login = self.getsymval("{auth_authen}") or ""
+        self.submitter = submitter(Client(self.client_inet, self.client_ip, self.daemon_name, self.login),
+                                   self.config)
         return Milter.CONTINUE
 
     @_tempfail_on_error
@@ -161,8 +167,10 @@ class AuthMilter(Milter.Base):
             self.chgheader(spam_check.HEADER, idx, "")
         if self.spam_headers:
             self.log.warning("removed %d incoming %s header(s)", self.spam_headers, spam_check.HEADER)
-        if self.skip_reason:
-            self.log.info("not verified: %s", self.skip_reason)
+        if self.submitter.ours:
+            self.log.info("not verified: submitted by %s (%s, %s)",
+                          describe(self.submitter, self.login, self.config), self.client_ip,
+                          self.client_name or "local")
             self.stats.count("signed" if self._sign() else "trusted")
             return Milter.ACCEPT
 
@@ -197,16 +205,18 @@ class AuthMilter(Milter.Base):
         return Milter.REJECT if decision.action == "reject" else Milter.TEMPFAIL
 
     def _sign(self) -> bool:
-        """Our own mail (trusted, SASL, local): DKIM-sign it with its From domain's keys."""
+        """Our own mail: DKIM-sign it with its From domain's keys, if its submitter may send as it."""
         message = _assemble(self.headers, self.body_buf.getvalue())
-        domain = sign.from_domain(from_header_values(message))
-        keys = self.signing_keys.get(domain or "")
-        if not keys:
-            self.log.info("not signed: %s", f"no DKIM key for {domain}" if domain else "no single From domain")
+        decision = decide(self.submitter, self.login, from_header_values(message), self.config,
+                          self.signing_keys.keys())
+        if not decision.sign:
+            self.log.info("not signed: %s", decision.reason)
             return False
+        domain = decision.domain
+        keys = self.signing_keys[domain]
         for value in sign.sign(message, keys):
             self.addheader("DKIM-Signature", value, 0)
-        self.log.info("signed d=%s s=%s", domain, ",".join(k.selector for k in keys))
+        self.log.info("signed d=%s s=%s: %s", domain, ",".join(k.selector for k in keys), decision.reason)
         return True
 
     def abort(self):

@@ -7,7 +7,8 @@ an agent that answers. Nothing of the host's own Postfix is touched; Ctrl-C stop
 What runs (all on 127.0.0.1, all private instances under /tmp):
   DNS        a dnslib server with the zones of sender.example (outside) and agents.example (ours)
   Postfix    mx.sender.example: the outside world's MTA (sends to us, receives our reply)
-  Postfix    mx.agents.example: ours, with the agentmx milter (verify in, sign out) and deliver
+  Postfix    mx.agents.example: ours, with the agentmx milter (verify in, sign out), deliver and
+             the send API's submission service
   agentmx    milter x2 (each Postfix has its own verifier), serve (send API, attachment URLs)
   the agent  examples/receiver.py: verifies the webhook, answers authenticated mail via the API
 """
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.dnszone import DnsServer, zone_from_records  # noqa: E402
 from support.postfix import (MilterProcess, PostfixInstance, agentmx_config, free_tcp_port,  # noqa: E402
-                             install_deliver, wait_for)
+                             install_deliver, install_submit, wait_for)
 
 from agentmx import dkimkeys, dnsrecords  # noqa: E402
 from agentmx.config import load_config  # noqa: E402
@@ -93,7 +94,7 @@ def run(args, cleanup: list) -> int:
     for pf in (outside, ours):
         cleanup.append(pf.stop)
     # Each MTA's SMTP client leaves from its own loopback address, so that each milter tells mail
-    # from "the internet" (verified) from local submission on 127.0.0.1 (trusted, signed).
+    # from "the internet" (verified) from local clients on 127.0.0.1 (trusted: ours, not verified).
     outside.postconf(f"transport_maps = inline:{{ sender.example=sink:, agents.example=smtp:[127.0.0.1]:{ours.port} }}",
                      "smtp_bind_address = 127.0.0.3")
     ours.postconf("mynetworks = 127.0.0.1/32", "smtp_bind_address = 127.0.0.2")
@@ -106,8 +107,9 @@ def run(args, cleanup: list) -> int:
 
     server = "\n".join([f'data_dir = "{data}"', f'key_dir = "{key_dir}"', f'public_url = "http://127.0.0.1:{serve_port}"',
                         f'listen = "127.0.0.1:{serve_port}"', f'url_secret = "{base64.b64encode(os.urandom(18)).decode()}"'])
-    # Local submission (127.0.0.1) is trusted and signed; the other MTA's client leaves from
-    # 127.0.0.2 or .3 and is verified like any outside client.
+    # Local clients (127.0.0.1) are trusted; the other MTA's client leaves from 127.0.0.2 or .3
+    # and is verified like any outside client. The agent's reply goes through the send API's own
+    # submission service (master.cf.submit.fragment), which the milter signs for the API key's address.
     trusted = 'trusted_networks = ["127.0.0.1/32"]'
     out_cfg, out_sock = agentmx_config(outside, "mx.sender.example", dns.port, server=server, milter=trusted)
     our_cfg, our_sock = agentmx_config(ours, "mx.agents.example", dns.port, server=server, milter=trusted, rest=f"""
@@ -122,7 +124,7 @@ name = "demo-agent"
 key = "{api_key}"
 allow = ["agent@agents.example"]
 [send]
-smtp_port = {ours.port}
+submit = "unix:{install_submit(ours)}"
 """)
     install_deliver(ours, our_cfg, "agents.example", AGENTMX,
                     transport_maps=f"inline:{{ agents.example=agentmx:, sender.example=smtp:[127.0.0.1]:{outside.port} }}")

@@ -1,8 +1,8 @@
 """End to end, replies: an event is stored by deliver; the agent answers it through POST /v1/send;
-our Postfix (milter in sign mode) relays it to a second Postfix, the remote MX, whose own agentmx
-milter verifies it. The reply must arrive with dkim=pass and dmarc=pass, for an RSA and for an
-ed25519 domain, in the same thread as the original. Plus the API's refusals: keys, loops,
-header injection, rate limits."""
+our Postfix (the send API's submission service, milter in sign mode) relays it to a second
+Postfix, the remote MX, whose own agentmx milter verifies it. The reply must arrive with
+dkim=pass and dmarc=pass, for an RSA and for an ed25519 domain, in the same thread as the
+original. Plus the API's refusals: keys, loops, header injection, rate limits."""
 from __future__ import annotations
 
 import base64
@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from e2e_helpers import our_results, verdicts
 from support.dnszone import zone_from_records
-from support.postfix import MilterProcess, PostfixInstance, agentmx_config
+from support.postfix import MilterProcess, PostfixInstance, agentmx_config, install_submit
 from support.receiver import Receiver
 
 from agentmx import dkimkeys, dnsrecords
@@ -67,7 +67,7 @@ dkim_selectors = ["s1"]
 [domains."ed.agents.test"]
 dkim_selectors = ["s1"]
 [send]
-smtp_port = {ox.port}
+submit = "unix:{install_submit(ox)}"
 per_thread_per_hour = 3
 [[routes]]
 match = "helpdesk@rsa.agents.test"

@@ -1,6 +1,7 @@
-"""End to end, outbound: mail submitted locally (sendmail(1), non_smtpd_milters) passes the milter
-in sign mode and leaves DKIM-signed with its From domain's RSA and ed25519 keys; the delivered
-copy verifies against the records `agentmx dns` prints, served by DNS on loopback."""
+"""End to end, outbound: mail submitted locally (sendmail(1), non_smtpd_milters) from an address
+of [signing] local_from passes the milter in sign mode and leaves DKIM-signed with its From
+domain's RSA and ed25519 keys; the delivered copy verifies against the records `agentmx dns`
+prints, served by DNS on loopback. (Who else is signed: test_e2e_signscope.py.)"""
 from __future__ import annotations
 
 import email
@@ -26,7 +27,8 @@ def signer(dns_server):
     dkimkeys.write(key_dir, dkimkeys.generate("agents.example", "s1", "rsa"))
     dkimkeys.write(key_dir, dkimkeys.generate("agents.example", "s1e", "ed25519"))
     cfg, sock = agentmx_config(pf, "mx.agents.example", dns_server.port, server=f'key_dir = "{key_dir}"',
-                               rest='[domains."agents.example"]\ndkim_selectors = ["s1", "s1e"]')
+                               rest='[domains."agents.example"]\ndkim_selectors = ["s1", "s1e"]\n'
+                                    '[signing]\nlocal_from = ["agent@agents.example", "@nokeys.example"]')
     milter = MilterProcess(cfg, sock, pf.base / "milter.log").start()
     pf.start()
     config = load_config(cfg)

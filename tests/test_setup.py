@@ -46,6 +46,8 @@ def test_setup_dry_run_apply_idempotent_undo(instance):
         assert "+relay_domains = agents.test" in dry.stdout
         assert "+agentmx    unix  -       n       n       -       -       pipe flags=Rq" in dry.stdout
         assert "user=nobody argv=" in dry.stdout
+        assert "+agentmx-submit unix n    -       n       -       -       smtpd" in dry.stdout
+        assert "-o milter_macro_daemon_name=agentmx-api" in dry.stdout
         assert {n: (pf.etc / n).read_bytes() for n in original} == original           # nothing changed
 
         run = subprocess.run(setup_cmd(pf, base, receiver), capture_output=True, text=True, timeout=60)
@@ -69,6 +71,16 @@ def test_setup_dry_run_apply_idempotent_undo(instance):
             from support.postfix import wait_for
             wait_for(lambda: receiver.requests, timeout=30, what=f"the event\n{pf.log()[-2000:]}")
             assert receiver.events()[0]["recipient"] == "agent@agents.test"
+            # the send path reaches Postfix through the submission service setup added, and the
+            # milter knows it as the send API's
+            from agentmx import send as send_path
+            from agentmx.config import load_config
+            config = load_config(cfg)
+            assert str(config.send.submit) == f"unix:{pf.base / 'spool' / 'public' / 'agentmx-submit'}"
+            req = send_path.parse_request({"from": "agent@agents.test", "to": "agent@agents.test", "text": "hi"})
+            assert send_path.submit(send_path.build(req, None, config), config)
+            wait_for(lambda: len(receiver.requests) == 2, timeout=30, what=f"the second event\n{pf.log()[-2000:]}")
+            assert "submitted by the send API (service agentmx-api)" in milter.log()
         finally:
             pf.stop(remove=False)
             milter.stop()

@@ -198,6 +198,35 @@ def install_deliver(pf: PostfixInstance, cfg: Path, domain: str, agentmx: str, t
                        .replace("/etc/agentmx/agentmx.toml", str(cfg)))
 
 
+def install_submit(pf: PostfixInstance) -> Path:
+    """The send API's submission service we ship (master.cf.submit.fragment) on `pf`; returns its
+    socket, <queue>/public/agentmx-submit, for [send] submit = "unix:<it>"."""
+    root = Path(__file__).resolve().parents[2]
+    (entry,) = [line for line in (root / "postfix" / "master.cf.submit.fragment").read_text().splitlines()
+                if line and not line.startswith("#")]
+    pf.postconf_master(entry)
+    return pf.base / "spool" / "public" / "agentmx-submit"
+
+
+def enable_sasl(pf: PostfixInstance, users: dict[str, str]) -> None:
+    """SMTP AUTH (PLAIN, LOGIN) on `pf`'s smtpd with Cyrus SASL and a sasldb of its own, holding
+    `users` (login -> password). Debian's Postfix reads <config dir>/sasl/smtpd.conf (it ignored
+    cyrus_sasl_config_path here); the sasldb realm is the instance's myhostname, which Cyrus uses
+    when smtpd_sasl_local_domain is empty, so the logins are the plain names."""
+    sasl = pf.etc / "sasl"
+    sasl.mkdir(exist_ok=True)
+    db = sasl / "sasldb2"
+    for login, password in users.items():
+        subprocess.run(["saslpasswd2", "-f", str(db), "-c", "-p", "-u", pf.hostname, login],
+                       input=password + "\n", text=True, capture_output=True, check=True)
+    shutil.chown(db, "root", "postfix")         # smtpd runs as postfix (chroot = n): it reads the db
+    os.chmod(db, 0o640)
+    (sasl / "smtpd.conf").write_text(f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: {db}\n"
+                                     "mech_list: PLAIN LOGIN\n")
+    pf.postconf("smtpd_sasl_type = cyrus", f"cyrus_sasl_config_path = {sasl}", "smtpd_sasl_auth_enable = yes",
+                "smtpd_sasl_security_options = noanonymous", "smtpd_sasl_local_domain =")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -1,6 +1,7 @@
 """Two Postfix instances for end-to-end tests of what agents send: ours (ox), which takes mail for
 DOMAIN through the agentmx pipe transport and DKIM-signs what leaves, with `agentmx serve`
-beside it; and a remote MX (rx) for remote.test, whose own agentmx milter verifies what arrives.
+beside it, submitting on the send API's own service (master.cf.submit.fragment); and a remote
+MX (rx) for remote.test, whose own agentmx milter verifies what arrives.
 DNS for both domains comes from the loopback DNS server. Used by test_pull.py and test_agent.py."""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from agentmx.config import load_config
 from agentmx.api.server import start
 
 from .dnszone import zone_from_records
-from .postfix import MilterProcess, PostfixInstance, agentmx_config, install_deliver
+from .postfix import MilterProcess, PostfixInstance, agentmx_config, install_deliver, install_submit
 
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 
@@ -46,7 +47,7 @@ def build(dns_server, name: str, domain: str, rest: str) -> World:
 
     rx_milter, _ = milter_for(rx, "mx.remote.test", "", milter="trusted_networks = []")
     ox_milter, ox_cfg = milter_for(ox, "mx.agents.test", f'[domains."{domain}"]\ndkim_selectors = ["s1"]\n'
-                                   f"[send]\nsmtp_port = {ox.port}\n{rest}", data_dir=data)
+                                   f"[send]\nsubmit = \"unix:{install_submit(ox)}\"\n{rest}", data_dir=data)
     install_deliver(ox, ox_cfg, domain, AGENTMX,
                     transport_maps=f"inline:{{ {domain}=agentmx: remote.test=smtp:[127.0.0.1]:{rx.port} }}")
     rx.start()
