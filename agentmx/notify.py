@@ -88,7 +88,7 @@ class Listener:
         loop = asyncio.get_running_loop()
         d = folder(self.data_dir)
         try:
-            d.mkdir(mode=0o750, exist_ok=True)
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
             hand_over(d, self.data_dir)
             self._path = d / f"serve-{os.getpid()}.sock"
             _remove_stale(str(self._path))

@@ -182,7 +182,7 @@ def iso_date(value: str | None) -> str | None:
         return None
     try:
         dt = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):   # "2777777777777777772:21:22": too big
         return None
     return dt.isoformat() if dt else None
 
