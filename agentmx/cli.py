@@ -251,6 +251,7 @@ def _key_config(args):
 
 def cmd_keygen(args) -> int:
     from agentmx import dkimkeys
+    from agentmx.ownership import share_with_group
     config = _key_config(args)
     key_dir = Path(args.key_dir) if args.key_dir else config.key_dir
     selector = args.selector or f"ax{__import__('time').strftime('%Y%m')}"
@@ -260,12 +261,16 @@ def cmd_keygen(args) -> int:
         for alg in algs:
             sel = selector + ({"rsa": "r", "ed25519": "e"}[alg] if len(algs) == 2 else "")
             key = dkimkeys.generate(args.domain, sel, alg)
-            made.append((dkimkeys.write(key_dir, key), key))
+            path = dkimkeys.write(key_dir, key)
+            # readable by the milter's group, as `agentmx setup` set the key directory up
+            share_with_group(path.parent, key_dir, 0o750)
+            share_with_group(path, key_dir, 0o640)
+            made.append((path, key))
     except dkimkeys.KeyError_ as exc:
         print(f"agentmx keygen: {exc}", file=sys.stderr)
         return 1
     for path, key in made:
-        print(f"; {path} (mode 0600); sign with it: [domains.\"{key.domain}\"] dkim_selectors = [\"{key.selector}\"]")
+        print(f"; {path} (mode {path.stat().st_mode & 0o777:04o}); sign with it: [domains.\"{key.domain}\"] dkim_selectors = [\"{key.selector}\"]")
         print(f"{key.dns_name}.\t3600\tIN\tTXT\t" + " ".join(f'"{p}"' for p in dkimkeys.txt_strings(key.txt)))
     return 0
 

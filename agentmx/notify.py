@@ -111,6 +111,10 @@ class Listener:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
         if self._transport:
             self._transport.close()
         if self._path:

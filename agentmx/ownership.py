@@ -16,3 +16,15 @@ def hand_over(path: Path, owner_of: Path) -> None:
         os.chown(path, st.st_uid, st.st_gid)
     except OSError:
         pass
+
+
+def share_with_group(path: Path, like: Path, mode: int) -> None:
+    """Give `path` the group of `like` and `mode`, when we are root (a key `agentmx keygen` makes
+    under a key directory that `agentmx setup` gave to the milter's group)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        os.chown(path, 0, Path(like).stat().st_gid)
+        os.chmod(path, mode)
+    except OSError:
+        pass

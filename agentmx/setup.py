@@ -128,7 +128,7 @@ def diff(plan: Plan) -> str:
 def _secret_file(path: Path, value: str) -> None:
     if path.exists():
         return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
 
@@ -140,6 +140,7 @@ def write_config(plan: Plan) -> Path:
     plan.agentmx_dir.mkdir(parents=True, exist_ok=True)
     _secret_file(plan.agentmx_dir / "webhook.secret", "whsec_" + base64.b64encode(os.urandom(32)).decode())
     _secret_file(plan.agentmx_dir / "url.secret", base64.b64encode(os.urandom(32)).decode())
+    _secret_file(plan.agentmx_dir / "api.key", "amx_" + base64.b32encode(os.urandom(20)).decode().lower())
     host = _postconf("-c", str(plan.postfix_dir), "-h", "myhostname").strip()
     cfg.write_text(f"""# Written by `agentmx setup` on {time.strftime('%Y-%m-%d')}; every key: config/agentmx.toml in the docs.
 [server]
@@ -161,8 +162,13 @@ dkim_selectors = ["ax1r", "ax1e"]
 match = "@{plan.domain}"
 endpoint = "{plan.endpoint}"
 secret_file = "{plan.agentmx_dir / 'webhook.secret'}"
+
+# The agent's key for `agentmx serve` (send, the inbox API, MCP): give it to the agent's developer.
+[[api_keys]]
+name = "agent"
+key_file = "{plan.agentmx_dir / 'api.key'}"
+allow = ["@{plan.domain}"]
 """)
-    os.chmod(cfg, 0o640)
     return cfg
 
 
@@ -173,17 +179,60 @@ def ensure_keys(plan: Plan) -> None:
             dkimkeys.write(key_dir, dkimkeys.generate(plan.domain, selector, alg))
 
 
-def ensure_user(name: str, home: Path):
-    """The pipe user's passwd entry; the dedicated `agentmx` system user is created if missing."""
+def ensure_user(name: str, home: Path, groups: tuple[str, ...] = ()):
+    """A user's passwd entry; our own system users (agentmx, agentmx-milter) are made if missing,
+    each with a group of its own name and no login."""
     import pwd
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        if name != "agentmx":
+        if name not in (APP_USER, MILTER_USER):
             raise SetupError(f"user {name!r} does not exist") from None
-    subprocess.run(["useradd", "--system", "--home-dir", str(home), "--no-create-home", "--shell",
-                    "/usr/sbin/nologin", "--groups", "postfix", name], check=True)
+    subprocess.run(["useradd", "--system", "--user-group", "--home-dir", str(home), "--no-create-home",
+                    "--shell", "/usr/sbin/nologin", *(["--groups", ",".join(groups)] if groups else []), name],
+                   check=True)
     return pwd.getpwnam(name)
+
+
+APP_USER = "agentmx"             # deliver (pipe, worker, LMTP), serve, the agent, gc
+MILTER_USER = "agentmx-milter"   # the milter: the only one that can read the DKIM private keys
+
+
+@dataclass(frozen=True)
+class Owned:
+    path: Path
+    uid: int
+    gid: int
+    mode: int
+
+
+def layout(plan: Plan, app, milter) -> list[Owned]:
+    """Who owns what, and its mode (docs/operator.md, "Who may read what"): the config for both
+    users (group agentmx; the milter's unit adds that group), the application's secrets for user
+    agentmx alone, the DKIM keys for the milter's group alone, the data directory for agentmx
+    (the milter writes its counters into stats/)."""
+    etc, keys = plan.agentmx_dir, plan.agentmx_dir / "keys"
+    out = [Owned(etc, 0, app.pw_gid, 0o750),
+           Owned(etc / "agentmx.toml", 0, app.pw_gid, 0o640),
+           Owned(etc / "recipients", 0, app.pw_gid, 0o640),
+           Owned(plan.data_dir, app.pw_uid, app.pw_gid, 0o750),
+           Owned(plan.data_dir / "stats", milter.pw_uid, app.pw_gid, 0o750),
+           Owned(keys, 0, milter.pw_gid, 0o750),
+           Owned(plan.socket.parent, milter.pw_uid, _gid("postfix"), 0o750)]
+    out += [Owned(etc / name, app.pw_uid, app.pw_gid, 0o400)
+            for name in ("webhook.secret", "url.secret", "api.key") if (etc / name).exists()]
+    for d in sorted(p for p in keys.iterdir() if p.is_dir()):
+        out.append(Owned(d, 0, milter.pw_gid, 0o750))
+        out += [Owned(f, 0, milter.pw_gid, 0o640) for f in sorted(d.iterdir()) if f.is_file()]
+    return out
+
+
+def _gid(group: str) -> int:
+    import grp
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SetupError(f"group {group!r} does not exist (is Postfix installed?)") from None
 
 
 def apply(plan: Plan) -> str:
@@ -194,20 +243,17 @@ def apply(plan: Plan) -> str:
         backup = plan.postfix_dir / (name + BACKUP)
         if not backup.exists():
             shutil.copy2(plan.postfix_dir / name, backup)
-    user = ensure_user(plan.pipe_user, plan.data_dir)
-    plan.data_dir.mkdir(parents=True, exist_ok=True)
-    os.chown(plan.data_dir, user.pw_uid, user.pw_gid)
+    app = ensure_user(plan.pipe_user, plan.data_dir)
+    milter = ensure_user(MILTER_USER, Path("/nonexistent"))
+    (plan.data_dir / "stats").mkdir(parents=True, exist_ok=True)
     plan.socket.parent.mkdir(parents=True, exist_ok=True)
     ensure_keys(plan)
     cfg_path = write_config(plan)
     config = load_config(cfg_path)
     (plan.agentmx_dir / "recipients").write_text(postfix_map(config.routes))
-    # deliver and serve run as the pipe user: they read the config and secrets (group), not the keys.
-    os.chown(plan.agentmx_dir, 0, user.pw_gid)
-    os.chmod(plan.agentmx_dir, 0o750)
-    for name in ("agentmx.toml", "webhook.secret", "url.secret", "recipients"):
-        os.chown(plan.agentmx_dir / name, 0, user.pw_gid)
-        os.chmod(plan.agentmx_dir / name, 0o640)
+    for item in layout(plan, app, milter):
+        os.chown(item.path, item.uid, item.gid)
+        os.chmod(item.path, item.mode)
     _apply_postfix(plan, plan.postfix_dir)
     return dnsrecords.zone_lines(dnsrecords.records(config, plan.domain))
 

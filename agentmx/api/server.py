@@ -42,9 +42,9 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _hypercorn_config(sock: socket.socket, limits: ServerLimits) -> HypercornConfig:
+def _hypercorn_config(fd: int, limits: ServerLimits) -> HypercornConfig:
     hc = HypercornConfig()
-    hc.bind = [f"fd://{sock.fileno()}"]
+    hc.bind = [f"fd://{fd}"]
     hc.keep_alive_timeout = limits.read_timeout       # idle connections and unfinished request heads
     hc.backlog = BACKLOG
     hc.graceful_timeout = 5
@@ -55,7 +55,8 @@ def _hypercorn_config(sock: socket.socket, limits: ServerLimits) -> HypercornCon
 
 
 async def serve_app(app, sock: socket.socket, limits: ServerLimits, shutdown=None) -> None:
-    await hypercorn_serve(app, _hypercorn_config(sock, limits), shutdown_trigger=shutdown)
+    """Serve on `sock`, which Hypercorn takes over (ours is detached: one owner for the fd)."""
+    await hypercorn_serve(app, _hypercorn_config(sock.detach(), limits), shutdown_trigger=shutdown)
 
 
 def create(config: Config):
@@ -83,30 +84,28 @@ class Running:
     _thread: threading.Thread
 
     def stop(self, timeout: float = 10) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
+        try:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        except RuntimeError:              # its loop has ended already
+            pass
         self._thread.join(timeout)
 
 
 def start_app(app, listen: tuple[str, int], limits: ServerLimits, name: str = "serve") -> Running:
     sock = listening_socket(listen)
+    url, port = url_of(sock), sock.getsockname()[1]
     ready = threading.Event()
     holder: dict = {}
 
-    def main():
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        stop = asyncio.Event()
-        holder.update(loop=loop, stop=stop)
+    async def main():
+        holder.update(loop=asyncio.get_running_loop(), stop=asyncio.Event())
         ready.set()
-        try:
-            loop.run_until_complete(serve_app(app, sock, limits, shutdown=stop.wait))
-        finally:
-            loop.close()
+        await serve_app(app, sock, limits, shutdown=holder["stop"].wait)
 
-    thread = threading.Thread(target=main, daemon=True, name=name)
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True, name=name)
     thread.start()
     ready.wait(10)
-    return Running(url_of(sock), sock.getsockname()[1], holder["loop"], holder["stop"], thread)
+    return Running(url, port, holder["loop"], holder["stop"], thread)
 
 
 def start(config: Config) -> Running:

@@ -1,0 +1,203 @@
+"""The install, as an operator gets it: `agentmx setup` on a private Postfix, then every service
+started exactly as its systemd unit says (User, Group, SupplementaryGroups, UMask, ExecStartPre,
+ExecStart read from the unit files themselves, run through setpriv: tests/support/units.py). Mail
+flows in (a verified event reaches the endpoint) and out (the agent's reply, through serve and the
+send API's submission service, arrives at a remote Postfix with dkim=pass); and serve's user cannot
+read a private key, nor the milter's user the application's secrets.
+
+Nothing here runs as root but Postfix itself (as on a real host), setup, and the units' "+" lines.
+"""
+from __future__ import annotations
+
+import os
+import smtplib
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from e2e_helpers import RsaKey, message, our_results, sign, verdicts
+from support.dnszone import zone_from_records
+from support.postfix import MilterProcess, PostfixInstance, agentmx_config, free_tcp_port, wait_for
+from support.receiver import Receiver
+from support.units import Unit, stop
+
+from agentmx import dnsrecords
+from agentmx.client import Client
+from agentmx.config import load_config
+
+AGENTMX = str(Path(sys.executable).with_name("agentmx"))
+VENV = str(Path(sys.executable).parent.parent)
+DOMAIN = "agents.test"
+UNITS = ROOT / "systemd"
+
+
+@pytest.fixture(scope="module")
+def install(dns_server, tmp_path_factory):
+    base = tmp_path_factory.mktemp("install")
+    os.chmod(base, 0o755)
+    os.chmod(base.parent, 0o755)
+    receiver = Receiver()
+    rx = PostfixInstance("irx", "mx.remote.test", relay_domains="remote.test",
+                         main={"transport_maps": "inline:{ remote.test=sink: }"})
+    rx_cfg, rx_sock = agentmx_config(rx, "mx.remote.test", dns_server.port, milter="trusted_networks = []",
+                                     server=f'data_dir = "{rx.base / "data"}"')
+    rx_milter = MilterProcess(rx_cfg, rx_sock, rx.base / "milter.log").start()
+    ix = PostfixInstance("ix", "mx.agents.test", main={"relayhost": f"[127.0.0.1]:{rx.port}",
+                                                       "inet_interfaces": "127.0.0.1"})
+    etc, data, sock = base / "etc-agentmx", base / "data", ix.base / "milter" / "milter.sock"
+    out = subprocess.run([AGENTMX, "setup", "--postfix-config", str(ix.etc), "--domain", DOMAIN,
+                          "--endpoint", receiver.url, "--agentmx-dir", str(etc), "--data-dir", str(data),
+                          "--socket", str(sock)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # What an operator adds by hand: the DNS resolver, which clients are ours, where serve listens.
+    serve_port = free_tcp_port()
+    cfg = etc / "agentmx.toml"
+    text = cfg.read_text().replace("[server]\n", f'[server]\nlisten = "127.0.0.1:{serve_port}"\n', 1)
+    text = text.replace("[milter]\n", '[milter]\ntrusted_networks = ["127.0.0.1/32"]\n', 1)
+    cfg.write_text(text + f'\n[dns]\nservers = ["127.0.0.1:{dns_server.port}"]\ntimeout = 1.0\n')
+
+    config = load_config(cfg)
+    zone = {"mx.agents.test": {"A": ["127.0.0.1"]}, "remote.test": {"TXT": ["v=spf1 -all"]}}
+    zone_from_records(dnsrecords.records(config, DOMAIN), zone)
+    outside_key = RsaKey()
+    zone["outside.test"] = {"TXT": ["v=spf1 ip4:127.0.0.2 -all"]}
+    zone["s1._domainkey.outside.test"] = {"TXT": [outside_key.txt]}
+    zone["_dmarc.outside.test"] = {"TXT": ["v=DMARC1; p=reject"]}
+    dns_server.set_zone(zone)
+
+    paths = {"/opt/agentmx/venv": VENV, "/etc/agentmx/agentmx.toml": str(cfg),
+             "/var/spool/postfix/agentmx": str(sock.parent), "/var/lib/agentmx": str(data)}
+    units = {name: Unit.read(UNITS / f"agentmx-{name}.service") for name in ("milter", "serve")}
+    procs = []
+    try:
+        for name in ("milter", "serve"):
+            units[name].run_pre(paths)
+            procs.append(units[name].start(paths, base / f"{name}.log"))
+        wait_for(lambda: sock.exists(), timeout=30, what=f"the milter's socket\n{_log(base, 'milter')}")
+        wait_for(lambda: _listening(serve_port), timeout=30, what=f"serve\n{_log(base, 'serve')}")
+        ix.start()
+        yield {"ix": ix, "rx": rx, "etc": etc, "data": data, "cfg": cfg, "config": config, "units": units,
+               "receiver": receiver, "api": f"http://127.0.0.1:{serve_port}", "outside_key": outside_key,
+               "zone": zone, "base": base, "procs": procs}
+    finally:
+        for p in procs:
+            stop(p)
+        ix.stop()
+        rx_milter.stop()
+        rx.stop()
+        receiver.stop()
+
+
+def _log(base: Path, name: str) -> str:
+    try:
+        return (base / f"{name}.log").read_text()[-3000:]
+    except OSError:
+        return ""
+
+
+def _listening(port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def inst(install, dns_server):
+    dns_server.set_zone(install["zone"])
+    return install
+
+
+def test_the_services_run_as_their_units_say(inst):
+    import pwd
+    for proc, name in zip(inst["procs"], ("milter", "serve")):
+        assert proc.poll() is None, f"{name} exited: {_log(inst['base'], name)}"
+        # sh execs setpriv, which execs agentmx: the same process, now the unit's user
+        uid = os.stat(f"/proc/{proc.pid}").st_uid
+        assert pwd.getpwuid(uid).pw_name == inst["units"][name].user, name
+
+
+def inbound(inst, subject: str) -> dict:
+    """A DKIM-signed message from outside.test, over SMTP from an outside address; its event."""
+    raw = sign(message("Alice <alice@outside.test>", f"agent@{DOMAIN}", subject=subject,
+                       body="Your code is 318273.\n"), "outside.test", "s1", inst["outside_key"])
+    with smtplib.SMTP("127.0.0.1", inst["ix"].port, local_hostname="mail.outside.test", timeout=60,
+                      source_address=("127.0.0.2", 0)) as s:
+        s.sendmail("alice@outside.test", [f"agent@{DOMAIN}"], raw)
+    return wait_for(lambda: next((e for e in inst["receiver"].events() if e["subject"] == subject), None),
+                    timeout=60, what=f"the event\n{inst['ix'].log()[-3000:]}\n{_log(inst['base'], 'milter')}")
+
+
+def test_mail_flows_in_as_a_verified_event(inst):
+    event = inbound(inst, "Install check")
+    assert (event["auth"]["spf"], event["auth"]["dkim"], event["auth"]["dmarc"]) == ("pass", "pass", "pass")
+    assert event["codes"] == ["318273"]
+    # stored by deliver (user agentmx, through pipe) where nobody else can read it
+    data = inst["data"]
+    for p in [data / "inbox.sqlite", *(data / "events").glob("*.json")]:
+        assert stat.S_IMODE(p.stat().st_mode) & 0o007 == 0, p
+
+
+def test_mail_flows_out_signed_through_the_submission_service(inst):
+    event = inbound(inst, "Please answer")
+    key = (inst["etc"] / "api.key").read_text().strip()
+    result = Client(inst["api"], key).reply(event, text="Thanks, received.")
+    assert result["queueId"]
+
+    def arrived():
+        for p in inst["rx"].delivered():
+            raw = p.read_bytes()
+            if result["messageId"].encode() in raw:
+                return raw
+        return None
+    raw = wait_for(arrived, timeout=60, what=f"the reply at the remote MX\n{inst['ix'].log()[-3000:]}\n"
+                                             f"{_log(inst['base'], 'milter')}")
+    (header,) = our_results(raw, "mx.remote.test")
+    v = verdicts(header)
+    assert {(d.result, d.header_d) for d in v["dkim"]} == {("pass", DOMAIN)}
+    assert v["dmarc"][0].result == "pass"
+
+
+def test_serve_cannot_read_a_private_key_and_the_milter_no_app_secret(inst):
+    keys = sorted((inst["etc"] / "keys" / DOMAIN).iterdir())
+    assert keys
+    serve, milter = inst["units"]["serve"], inst["units"]["milter"]
+    for key in keys:
+        denied = serve.run_as(["cat", str(key)])
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        assert milter.run_as(["cat", str(key)]).returncode == 0
+    for secret in ("webhook.secret", "url.secret", "api.key"):
+        denied = milter.run_as(["cat", str(inst["etc"] / secret)])
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, secret
+        assert serve.run_as(["cat", str(inst["etc"] / secret)]).returncode == 0
+    for unit_name in ("agent", "worker", "lmtp", "gc"):
+        other = Unit.read(UNITS / f"agentmx-{unit_name}.service")
+        assert other.run_as(["cat", str(keys[0])]).returncode != 0, unit_name
+
+
+def test_every_file_setup_made_has_the_documented_owner_and_mode(inst):
+    import grp
+    import pwd
+    etc, data = inst["etc"], inst["data"]
+
+    def owner(p: Path) -> tuple[str, str, int]:
+        st = p.stat()
+        return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)
+    assert owner(etc) == ("root", "agentmx", 0o750)
+    assert owner(etc / "agentmx.toml") == ("root", "agentmx", 0o640)
+    for secret in ("webhook.secret", "url.secret", "api.key"):
+        assert owner(etc / secret) == ("agentmx", "agentmx", 0o400)
+    assert owner(etc / "keys") == ("root", "agentmx-milter", 0o750)
+    assert owner(etc / "keys" / DOMAIN) == ("root", "agentmx-milter", 0o750)
+    for key in (etc / "keys" / DOMAIN).iterdir():
+        assert owner(key) == ("root", "agentmx-milter", 0o640)
+    assert owner(data) == ("agentmx", "agentmx", 0o750)
+    assert owner(data / "stats") == ("agentmx-milter", "agentmx", 0o750)
+    assert owner(inst["ix"].base / "milter") == ("agentmx-milter", "postfix", 0o750)
