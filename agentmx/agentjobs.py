@@ -5,11 +5,17 @@ only once the row is committed; `agentmx agent` (the worker service) claims due 
 lease, so a job held by a worker that died is taken up again when the lease runs out.
 
     queued  -> running -> done
-                       -> queued (a model error: next_at = now + retry_base * 2^attempts)
-                       -> parked (max_attempts model errors: kept, visible, retried by hand)
+                       -> queued (an error, the model's or ours: next_at = now + retry_base * 2^attempts)
+                       -> parked (max_attempts errors: kept, visible, retried by hand)
+                       -> queued (the route's sends_per_hour used up: next_at = when one frees,
+                                  attempts unchanged)
 
 `actions` lists what the job already did (replied, forwarded to X): a job run again after a
 crash does not send the same reply twice.
+
+`sends` holds one row per message the agent sent (a reply or a forward), per route, for the last
+two hours: the route's sends_per_hour cap is counted here, so it survives a worker restart. (It
+is one host's count: with agent workers on several hosts, each host has its own file.)
 """
 from __future__ import annotations
 
@@ -33,6 +39,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated     REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_at);
+CREATE TABLE IF NOT EXISTS sends (
+    id          INTEGER PRIMARY KEY,
+    route       TEXT NOT NULL,        -- the route's match
+    job         TEXT NOT NULL,
+    action      TEXT NOT NULL,        -- replied, forwarded:<address>
+    at          REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sends_route ON sends (route, at);
 """
 
 
@@ -96,7 +110,7 @@ class Jobs(SqliteFile):
                              (self.clock(), job_id))
 
     def failed(self, job_id: str, error: str, max_attempts: int, retry_base: float) -> str:
-        """A model error: queue again with backoff, or park after max_attempts. Returns the state."""
+        """A failed attempt: queue again with backoff, or park after max_attempts. Returns the state."""
         job = self.get(job_id)
         attempts = (job.attempts if job else 0) + 1
         state = "parked" if attempts >= max_attempts else "queued"
@@ -104,6 +118,45 @@ class Jobs(SqliteFile):
                              "WHERE id = ?", (state, attempts, self.clock() + retry_base * 2 ** (attempts - 1),
                                               error[:1000], self.clock(), job_id))
         return state
+
+    def postpone(self, job_id: str, until: float) -> None:
+        """Not run now, through no fault of the job's: queued again for `until`, attempts unchanged."""
+        self._conn().execute("UPDATE jobs SET state = 'queued', next_at = ?, updated = ? WHERE id = ?",
+                             (until, self.clock(), job_id))
+
+    # --- the route's send cap ---------------------------------------------------------------------
+
+    def full_until(self, route: str, per_hour: int) -> float | None:
+        """None while the route may still send this hour; else when its oldest counted send leaves
+        the one-hour window."""
+        now = self.clock()
+        rows = self._conn().execute("SELECT at FROM sends WHERE route = ? AND at > ? ORDER BY at DESC LIMIT ?",
+                                    (route, now - 3600, per_hour)).fetchall()
+        return rows[-1][0] + 3600 if len(rows) >= per_hour else None
+
+    def take_send(self, route: str, job_id: str, action: str, per_hour: int) -> int | None:
+        """Count one send for the route if it has one left this hour: its row id (for
+        release_send), or None when the route has sent per_hour messages in the last hour."""
+        db = self._conn()
+        now = self.clock()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM sends WHERE at <= ?", (now - 7200,))
+            (count,) = db.execute("SELECT COUNT(*) FROM sends WHERE route = ? AND at > ?",
+                                  (route, now - 3600)).fetchone()
+            row = None
+            if count < per_hour:
+                row = db.execute("INSERT INTO sends (route, job, action, at) VALUES (?, ?, ?, ?)",
+                                 (route, job_id, action, now)).lastrowid
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return row
+
+    def release_send(self, row: int) -> None:
+        """A counted send that did not happen (Postfix refused it)."""
+        self._conn().execute("DELETE FROM sends WHERE id = ?", (row,))
 
     def requeue(self, job_id: str) -> bool:
         """A parked job, by hand: try again now."""

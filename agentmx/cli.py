@@ -182,28 +182,41 @@ def cmd_agent(args) -> int:
     return agentloop.serve(config, once=args.once)
 
 
+# C0 and C1 controls but tab and newline (ESC starts every ANSI sequence, CSI is U+009B), the
+# bidirectional overrides that reorder what a terminal shows, and lone surrogates (unprintable).
+_TERMINAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                       "\ud800-\udfff]")
+
+
+def _shown(value) -> str:
+    """Text from mail or a model, for a terminal: every control character written as an escape
+    (\\x1b, \\u202e), so that none is interpreted."""
+    return _TERMINAL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                         str(value))
+
+
 def cmd_transcript(args) -> int:
-    """Print what the agent was shown and did for one message."""
+    """Print what the agent was shown and did for one message (mail and model text escaped)."""
     config = load_config(_config_path(args.config), Service.APP)
     from agentmx.agentjobs import Jobs
     from agentmx.store import Store
     record = Store(config.data_dir).get_transcript(args.id)
     job = Jobs(config.data_dir, create=False).get(args.id)
     if record is None and job is None:
-        print(f"agentmx transcript: no agent job {args.id}", file=sys.stderr)
+        print(f"agentmx transcript: no agent job {_shown(args.id)}", file=sys.stderr)
         return 1
     if job is not None:
-        print(f"{job.id}: {job.state}, {job.attempts} failed attempt(s), actions: {', '.join(job.actions) or 'none'}"
-              + (f", last error: {job.last_error}" if job.last_error else ""))
+        print(_shown(f"{job.id}: {job.state}, {job.attempts} failed attempt(s), actions: "
+                     f"{', '.join(job.actions) or 'none'}" + (f", last error: {job.last_error}" if job.last_error else "")))
     for attempt in (record or {}).get("attempts", []):
         if "error" in attempt:
-            print(f"-- attempt: model error: {attempt['error']} -> {attempt['state']}")
+            print(_shown(f"-- attempt: error: {attempt['error']} -> {attempt['state']}"))
             continue
-        print(f"-- attempt: {attempt['outcome']}: {attempt['summary']}")
+        print(_shown(f"-- attempt: {attempt['outcome']}: {attempt['summary']}"))
         for m in attempt["messages"]:
             calls = "".join(f"\n   -> {c['function']['name']}({c['function'].get('arguments', '')})"
                             for c in m.get("tool_calls") or [])
-            print(f"[{m['role']}] {m.get('content') or ''}{calls}")
+            print(_shown(f"[{m['role']}] {m.get('content') or ''}{calls}"))
     return 0
 
 

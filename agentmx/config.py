@@ -110,6 +110,7 @@ class Route:
     action: str = "post"           # post (as mode says), agent (agentmx runs the model loop itself)
     prompt: str = ""               # action = "agent": the instructions for this address
     forward_to: tuple[str, ...] = ()   # action = "agent": the only addresses the forward tool may use
+    sends_per_hour: int = 30           # action = "agent": replies and forwards in any hour, counted in the job queue
 
     @property
     def pushes(self) -> bool:
@@ -649,6 +650,8 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
             mode=mode, action=action,
             prompt=r.get("prompt", "", _nonempty_str, "a string") if action == "agent" else "",
             forward_to=r.get("forward_to", (), _addresses, "a list of addresses") if action == "agent" else (),
+            sends_per_hour=r.get("sends_per_hour", Route.sends_per_hour, _positive_int, "a whole number > 0")
+            if action == "agent" else Route.sends_per_hour,
             timeout=r.get("timeout", Route.timeout, _positive_number, "a number of seconds > 0"),
             attachments=r.get("attachments", Route.attachments, _one_of(ATTACHMENT_MODES),
                               " or ".join(ATTACHMENT_MODES)),

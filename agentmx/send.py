@@ -4,7 +4,13 @@ local Postfix over SMTP (where the milter DKIM-signs it). Stages, each its own f
     authorize(config, header)            -> ApiKey            401
     parse_request(json)                  -> SendRequest       400 (bad field, header injection)
     check_sender(key, request)                                403 (not this key's address)
-    build(request, original, config)     -> Outgoing          409 (reply to an auto-submitted event)
+    build(request, original, config)     -> Outgoing          409 (reply to an auto-submitted event),
+                                                              400 (more than 10 recipients derived)
+    reply_address(original)              -> Mailbox           the one address automatic replies go to
+
+Every value taken from an inbound message (the stored event) passes through one_line() or
+_inbound_id() before it reaches a header of ours: a Subject encoded word that decodes to CR LF
+must not break the reply, nor the worker that builds it.
     RateLimiter.take(...)                                     429 (per correspondent, per thread)
     submit(outgoing, config)             -> Postfix queue id  502 (Postfix refused or is down)
 """
@@ -25,6 +31,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
 from .config import ApiKey, Config, SubmitTarget, SubmitVia
+from .orgdomain import org_domain
 
 
 class SendError(Exception):
@@ -220,11 +227,64 @@ def parse_request(data) -> SendRequest:
     return req
 
 
+# --- values from an inbound message -----------------------------------------------------------
+
+# Line breaks (every character str.splitlines() breaks on), NUL, the other C0 and C1 controls.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]+")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_INBOUND_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,500}>$")     # printable ASCII, no < or >
+MAX_DERIVED_RECIPIENTS = 10       # an answer without `to` goes to at most this many (Reply-To) addresses
+MAX_REFERENCES = 20               # Message-IDs kept in References: the first and the latest
+
+
+def one_line(value, limit: int = 1000) -> str:
+    """A value from an inbound message, safe in an outbound header: each run of line breaks, NULs
+    and other control characters becomes one space, lone surrogates U+FFFD; at most `limit`
+    characters."""
+    if not isinstance(value, str):
+        return ""
+    return _SURROGATES.sub("\ufffd", _CONTROLS.sub(" ", value)).strip()[:limit]
+
+
+def _inbound_id(value) -> str | None:
+    """A Message-ID from an inbound message, or None when it is not one we can repeat unchanged
+    (a control character, a line break, a space, non-ASCII: dropped, never mended)."""
+    return value if isinstance(value, str) and _INBOUND_ID.match(value) else None
+
+
+def _inbound_mailbox(value: dict) -> Mailbox:
+    address = value.get("address")
+    if not isinstance(address, str) or not _ADDR.match(address):
+        raise SendError(400, "bad_original_address", f"the original's address {one_line(address, 200)!r} "
+                                                     "cannot be answered: give the recipients in `to`")
+    return Mailbox(address, one_line(value.get("name"), 200) or None)
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def reply_address(original: dict) -> Mailbox:
+    """The ONE address an automatic answer (the built-in agent's reply, MCP's reply tool) goes to:
+    the From address; the first Reply-To address instead only when it lies in From's
+    organizational domain and DMARC passed (so From's domain vouches for it). Never an address
+    found in the body, never more than one: whatever the mail says, it cannot pick recipients."""
+    sender = original.get("from") if isinstance(original.get("from"), dict) else {}
+    mailbox = _inbound_mailbox(sender)
+    if ((original.get("auth") or {}).get("dmarc")) == "pass":
+        org = org_domain(_domain(mailbox.address))
+        for candidate in original.get("replyTo") or []:
+            address = candidate.get("address") if isinstance(candidate, dict) else None
+            if isinstance(address, str) and _ADDR.match(address) and org_domain(_domain(address)) == org:
+                return _inbound_mailbox(candidate)
+    return mailbox
+
+
 # --- build ----------------------------------------------------------------------------------------
 
 
 def _re(subject: str | None) -> str:
-    subject = (subject or "").strip()
+    subject = one_line(subject)
     return subject if re.match(r"^(re|aw|sv|antw)\s*:", subject, re.I) else f"Re: {subject}".rstrip()
 
 
@@ -238,12 +298,18 @@ def build(req: SendRequest, original: dict | None, config: Config, now: float | 
         if original.get("autoSubmitted") and not req.force:
             raise SendError(409, "loop_risk", f"the event was {original['autoSubmitted']} mail: answering it "
                                               "can start a mail loop; send force=true if you mean it")
-        parent = original.get("messageId")
-        references = list(original.get("references") or []) + ([parent] if parent else [])
+        parent = _inbound_id(original.get("messageId"))
+        references = [r for r in map(_inbound_id, original.get("references") or []) if r] + ([parent] if parent else [])
+        if len(references) > MAX_REFERENCES:
+            references = references[:1] + references[1 - MAX_REFERENCES:]
         if not to:                     # answer the sender: Reply-To if it set one, else From
-            candidates = original.get("replyTo") or ([original["from"]] if original.get("from") else [])
-            to = _mailboxes("to", [{"address": a["address"], "name": a.get("name")}
-                                   for a in candidates if a and a.get("address")])
+            candidates = [a for a in original.get("replyTo") or ([original["from"]] if original.get("from") else [])
+                          if isinstance(a, dict) and a.get("address")]
+            if len(candidates) > MAX_DERIVED_RECIPIENTS:
+                raise SendError(400, "too_many_reply_recipients",
+                                f"the original asks for answers to {len(candidates)} addresses; without `to` a reply "
+                                f"goes to at most {MAX_DERIVED_RECIPIENTS}: choose its recipients with `to`")
+            to = tuple(_inbound_mailbox(a) for a in candidates)
         if subject is None:
             subject = _re(original.get("subject"))
     elif req.in_reply_to and req.in_reply_to.startswith("<"):
@@ -267,6 +333,7 @@ def build(req: SendRequest, original: dict | None, config: Config, now: float | 
     msg["Message-ID"] = message_id
     if parent:
         msg["In-Reply-To"] = parent
+    if references:
         msg["References"] = " ".join(dict.fromkeys(references))
     if original is not None and config.send.auto_submitted:
         msg["Auto-Submitted"] = "auto-replied"

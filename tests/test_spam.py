@@ -4,6 +4,7 @@ means unknown after the short timeout. End to end, the verdict is in our X-Agent
 (an incoming one is removed) and in the event's auth.spam."""
 from __future__ import annotations
 
+import smtplib
 import socket
 import threading
 import time
@@ -91,6 +92,51 @@ def test_milter_writes_the_verdict_and_deliver_reads_it(rspamd, dns_server):
         assert verdicts["Lunch tomorrow?"][0] == "ham", verdicts
         assert verdicts["Lunch tomorrow?"][1]["score"] < verdicts["Lunch tomorrow?"][1]["required"]
         assert "removed 1 incoming X-Agentmx-Spam" in milter.log() and "spam=spam(" in milter.log()
+    finally:
+        milter.stop()
+        pf.stop()
+
+
+UTF8_ENV = SpamEnvelope("127.0.0.1", "почта.sender.test", "mail.sender.test", "álice@bücher.sender.test",
+                       ("агент@spam.test", "agent@spam.test"), "4UTF8")
+
+
+def test_smtputf8_envelopes_are_asked_about_not_crashed_on(rspamd):
+    """An SMTPUTF8 sender, a UTF-8 recipient and HELO name: http.client encodes str header values
+    as Latin-1, so asking rspamd raised UnicodeEncodeError (a tempfail on every retry, then a
+    bounce). Now rspamd answers as for any other mail: a plain message is ham (rspamd 3.4 scores a
+    UTF-8 envelope address as a broken header, 8 points: it is given A-labels, or not the address)."""
+    lunch = message("Hi, shall we have lunch tomorrow at noon?\r\n\r\nAlice")
+    ham = check(rspamd.url, lunch, UTF8_ENV, 10)
+    assert ham.verdict == "ham" and ham.score is not None and ham.score < 5, ham
+    idn = SpamEnvelope("127.0.0.1", "mail.bücher.test", "", "alice@bücher.sender.test", ("agent@spam.test",), None)
+    assert check(rspamd.url, lunch, idn, 10).verdict == "ham"
+    spam = check(rspamd.url, message(f"Hello\r\n{GTUBE}"), UTF8_ENV, 10)
+    assert (spam.verdict, spam.action) == ("spam", "reject")
+    odd = SpamEnvelope("127.0.0.1", "helo\r\nX-Injected: 1", "", "a\udcff@sender.test", ("b\x00@spam.test",), None)
+    assert check(rspamd.url, message("Lunch?"), odd, 10).verdict in ("ham", "spam")   # asked, not raised
+
+
+def test_an_smtputf8_sender_through_postfix_gets_a_verdict(rspamd, dns_server):
+    """The envelope as Postfix (smtputf8_enable = yes) hands it to the milter."""
+    dns_server.set_zone({"sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                         "mail.sender.test": {"A": ["127.0.0.1"]}})
+    pf = PostfixInstance("su", AUTHSERV, relay_domains="spam.test", main={"smtputf8_enable": "yes"})
+    cfg, sock = agentmx_config(pf, AUTHSERV, dns_server.port,
+                               milter=f'trusted_networks = []\nrspamd_url = "{rspamd.url}"\nrspamd_timeout = 5')
+    milter = MilterProcess(cfg, sock, pf.base / "milter.log").start()
+    pf.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", pf.port, local_hostname="mail.sender.test", timeout=60) as smtp:
+            refused = smtp.sendmail("álice@sender.test", ["агент@spam.test"],
+                                    message("Hi, shall we have lunch tomorrow at noon?"), mail_options=["SMTPUTF8"])
+        assert refused == {}
+        (copy,) = pf.wait_delivered(1, timeout=60)
+        raw = copy.read_bytes()
+        config = load_config(cfg)
+        event, _ = build_event(raw, Envelope("álice@sender.test", "агент@spam.test"), config, None, time.time(), None)
+        assert event["auth"]["spam"] == "ham", event["auth"]["details"]["spam"]
+        assert "from=<álice@sender.test>" in pf.log() and "spam=ham(" in milter.log()
     finally:
         milter.stop()
         pf.stop()

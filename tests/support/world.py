@@ -1,8 +1,10 @@
 """Two Postfix instances for end-to-end tests of what agents send: ours (ox), which takes mail for
 DOMAIN through the agentmx pipe transport and DKIM-signs what leaves, with `agentmx serve`
 beside it, submitting on the send API's own service (master.cf.submit.fragment); and a remote
-MX (rx) for remote.test, whose own agentmx milter verifies what arrives.
-DNS for both domains comes from the loopback DNS server. Used by test_pull.py and test_agent.py."""
+MX (rx) for remote.test, whose own agentmx milter verifies what arrives. rx also takes mail for
+elsewhere.test (a stranger's domain: where a misdirected reply would go), so that its log shows
+every address our side sent to. DNS for both domains comes from the loopback DNS server. Used by
+test_pull.py and test_agent.py."""
 from __future__ import annotations
 
 import shutil
@@ -30,8 +32,8 @@ class World(dict):
 
 def build(dns_server, name: str, domain: str, rest: str) -> World:
     """`rest`: the TOML after [domains] and [send] (routes, api_keys, [agent])."""
-    rx = PostfixInstance(f"{name}rx", "mx.remote.test", relay_domains="remote.test",
-                         main={"transport_maps": "inline:{ remote.test=sink: }"})
+    rx = PostfixInstance(f"{name}rx", "mx.remote.test", relay_domains="remote.test, elsewhere.test",
+                         main={"transport_maps": "inline:{ remote.test=sink:, elsewhere.test=sink: }"})
     ox = PostfixInstance(f"{name}ox", "mx.agents.test", main={"mynetworks": "127.0.0.0/8"})
     key_dir = ox.base / "keys"
     dkimkeys.write(key_dir, dkimkeys.generate(domain, "s1", "rsa"))
@@ -49,7 +51,8 @@ def build(dns_server, name: str, domain: str, rest: str) -> World:
     ox_milter, ox_cfg = milter_for(ox, "mx.agents.test", f'[domains."{domain}"]\ndkim_selectors = ["s1"]\n'
                                    f"[send]\nsubmit = \"unix:{install_submit(ox)}\"\n{rest}", data_dir=data)
     install_deliver(ox, ox_cfg, domain, AGENTMX,
-                    transport_maps=f"inline:{{ {domain}=agentmx: remote.test=smtp:[127.0.0.1]:{rx.port} }}")
+                    transport_maps=f"inline:{{ {domain}=agentmx: remote.test=smtp:[127.0.0.1]:{rx.port} "
+                                   f"elsewhere.test=smtp:[127.0.0.1]:{rx.port} }}")
     rx.start()
     ox.start()
     config = load_config(ox_cfg)
@@ -59,6 +62,12 @@ def build(dns_server, name: str, domain: str, rest: str) -> World:
     server = start(config)
     return World(rx=rx, ox=ox, config=config, cfg=ox_cfg, zone=zone, server=server, milters=(ox_milter, rx_milter),
                  api=server.url)
+
+
+def sent_to_at_rx(world: World) -> set[str]:
+    """Every envelope recipient rx has delivered to so far (from its log)."""
+    import re
+    return set(re.findall(r"to=<([^>]*)>, relay=sink", world["rx"].log()))
 
 
 def delivered_at_rx(world: World, marker: bytes, timeout: float = 60) -> bytes:
