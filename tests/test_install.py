@@ -10,11 +10,12 @@ Nothing here runs as root but Postfix itself (as on a real host), setup, and the
 from __future__ import annotations
 
 import os
+import shutil
 import smtplib
 import stat
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,17 +38,18 @@ UNITS = ROOT / "systemd"
 
 
 @pytest.fixture(scope="module")
-def install(dns_server, tmp_path_factory):
-    base = tmp_path_factory.mktemp("install")
+def install(dns_server):
+    # not under pytest's tmp_path: /tmp/pytest-of-root is root's alone, and the services are not root
+    base = Path(tempfile.mkdtemp(prefix="agentmx-install-", dir="/tmp"))
     os.chmod(base, 0o755)
-    os.chmod(base.parent, 0o755)
     receiver = Receiver()
     rx = PostfixInstance("irx", "mx.remote.test", relay_domains="remote.test",
                          main={"transport_maps": "inline:{ remote.test=sink: }"})
     rx_cfg, rx_sock = agentmx_config(rx, "mx.remote.test", dns_server.port, milter="trusted_networks = []",
                                      server=f'data_dir = "{rx.base / "data"}"')
     rx_milter = MilterProcess(rx_cfg, rx_sock, rx.base / "milter.log").start()
-    ix = PostfixInstance("ix", "mx.agents.test", main={"relayhost": f"[127.0.0.1]:{rx.port}",
+    rx.start()
+    ix = PostfixInstance("ix", "mx.agents.test", main={"relayhost": f"[127.0.0.1]:{rx.port}", "default_transport": "smtp",
                                                        "inet_interfaces": "127.0.0.1"})
     etc, data, sock = base / "etc-agentmx", base / "data", ix.base / "milter" / "milter.sock"
     out = subprocess.run([AGENTMX, "setup", "--postfix-config", str(ix.etc), "--domain", DOMAIN,
@@ -62,12 +64,12 @@ def install(dns_server, tmp_path_factory):
     cfg.write_text(text + f'\n[dns]\nservers = ["127.0.0.1:{dns_server.port}"]\ntimeout = 1.0\n')
 
     config = load_config(cfg)
-    zone = {"mx.agents.test": {"A": ["127.0.0.1"]}, "remote.test": {"TXT": ["v=spf1 -all"]}}
-    zone_from_records(dnsrecords.records(config, DOMAIN), zone)
+    # remote.test: the outside party, whose mail comes from 127.0.0.2 and whose MX is rx
     outside_key = RsaKey()
-    zone["outside.test"] = {"TXT": ["v=spf1 ip4:127.0.0.2 -all"]}
-    zone["s1._domainkey.outside.test"] = {"TXT": [outside_key.txt]}
-    zone["_dmarc.outside.test"] = {"TXT": ["v=DMARC1; p=reject"]}
+    zone = {"mx.agents.test": {"A": ["127.0.0.1"]}, "remote.test": {"TXT": ["v=spf1 ip4:127.0.0.2 -all"]},
+            "s1._domainkey.remote.test": {"TXT": [outside_key.txt]},
+            "_dmarc.remote.test": {"TXT": ["v=DMARC1; p=reject"]}}
+    zone_from_records(dnsrecords.records(config, DOMAIN), zone)
     dns_server.set_zone(zone)
 
     paths = {"/opt/agentmx/venv": VENV, "/etc/agentmx/agentmx.toml": str(cfg),
@@ -91,6 +93,8 @@ def install(dns_server, tmp_path_factory):
         rx_milter.stop()
         rx.stop()
         receiver.stop()
+        if not os.environ.get("AGENTMX_KEEP_TMP"):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _log(base: Path, name: str) -> str:
@@ -125,12 +129,12 @@ def test_the_services_run_as_their_units_say(inst):
 
 
 def inbound(inst, subject: str) -> dict:
-    """A DKIM-signed message from outside.test, over SMTP from an outside address; its event."""
-    raw = sign(message("Alice <alice@outside.test>", f"agent@{DOMAIN}", subject=subject,
-                       body="Your code is 318273.\n"), "outside.test", "s1", inst["outside_key"])
-    with smtplib.SMTP("127.0.0.1", inst["ix"].port, local_hostname="mail.outside.test", timeout=60,
+    """A DKIM-signed message from remote.test, over SMTP from an outside address; its event."""
+    raw = sign(message("Alice <alice@remote.test>", f"agent@{DOMAIN}", subject=subject,
+                       body="Your code is 318273.\n"), "remote.test", "s1", inst["outside_key"])
+    with smtplib.SMTP("127.0.0.1", inst["ix"].port, local_hostname="mail.remote.test", timeout=60,
                       source_address=("127.0.0.2", 0)) as s:
-        s.sendmail("alice@outside.test", [f"agent@{DOMAIN}"], raw)
+        s.sendmail("alice@remote.test", [f"agent@{DOMAIN}"], raw)
     return wait_for(lambda: next((e for e in inst["receiver"].events() if e["subject"] == subject), None),
                     timeout=60, what=f"the event\n{inst['ix'].log()[-3000:]}\n{_log(inst['base'], 'milter')}")
 
