@@ -209,12 +209,13 @@ def _alive(pid: int) -> bool:
 class MilterProcess:
     """`agentmx milter` as a real process on its unix socket, with the given config file."""
 
-    def __init__(self, config_path: Path, socket_path: Path, log_path: Path):
+    def __init__(self, config_path: Path, socket_path: Path, log_path: Path, program: str | None = None):
         self.config_path, self.socket_path, self.log_path = config_path, socket_path, log_path
+        self.program = program or str(Path(sys.executable).with_name("agentmx"))   # another install's, for A/B
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "MilterProcess":
-        agentmx = Path(sys.executable).with_name("agentmx")
+        agentmx = self.program
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(agentmx), "--config", str(self.config_path), "milter"],
                                      stdout=self._log, stderr=subprocess.STDOUT,
