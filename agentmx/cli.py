@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import DEFAULT_PATH, ConfigError, Service, load_config
+from .config import DEFAULT_PATH, ConfigError, MilterConfig, Service, load_config
 
 
 def _config_path(arg: str | None) -> Path:
@@ -51,14 +51,16 @@ def _parse_dns(text: str) -> tuple[tuple[str, int], ...]:
 def cmd_auth(args) -> int:
     from agentmx.milter import arheader
     from agentmx.milter.authenticate import Envelope, authenticate
+    from agentmx.milter.dkimcrypto import RsaBudget
     from agentmx.resolver import Resolver
 
-    authserv_id, servers, timeout, budget = "agentmx.local", (), 2.0, 40
+    authserv_id, servers, timeout, budget, max_rsa = "agentmx.local", (), 2.0, 40, MilterConfig.max_rsa_verifications
     path = _config_path(args.config)
     if args.config or path.exists():
         config = load_config(path, Service.APP)
         authserv_id, servers = config.authserv_id, config.dns.servers
         timeout, budget = config.dns.timeout, config.dns.lookup_budget
+        max_rsa = config.milter.max_rsa_verifications
     if args.dns:
         servers = args.dns
     elif os.environ.get("AGENTMX_DNS"):
@@ -74,7 +76,7 @@ def cmd_auth(args) -> int:
     env = Envelope(client_ip=args.client_ip, helo=args.helo, mail_from=args.mail_from,
                    receiver=authserv_id)
     lookups = Resolver(servers, timeout).session(budget)
-    res = authenticate(message, env, lookups, sample=args.sample)
+    res = authenticate(message, env, lookups, sample=args.sample, rsa_budget=RsaBudget(max_rsa))
     header = arheader.render(authserv_id, res)
     if args.json:
         out = asdict(res)

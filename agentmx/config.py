@@ -72,6 +72,7 @@ class MilterConfig:
     policy: PolicyConfig = PolicyConfig()
     rspamd_url: str = ""           # rspamd's normal worker, e.g. http://127.0.0.1:11333; "" = no spam check
     rspamd_timeout: float = 2.0    # seconds; past it the verdict is unknown and the message goes on
+    max_rsa_verifications: int = 20   # per message, DKIM and ARC together (milter/dkimcrypto.py)
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -600,6 +601,8 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
         rspamd_url=m.get("rspamd_url", "", lambda v: v if v == "" else _endpoint(v).rstrip("/"),
                          'an http:// URL, or "" for none'),
         rspamd_timeout=m.get("rspamd_timeout", MilterConfig.rspamd_timeout, _positive_number, "a number > 0"),
+        max_rsa_verifications=m.get("max_rsa_verifications", MilterConfig.max_rsa_verifications, _positive_int,
+                                    "a whole number > 0"),
     )
     policy_sec.finish()
     m.finish()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ALGORITHMS = ("rsa", "ed25519")
@@ -27,11 +27,12 @@ class DkimKey:
     domain: str
     selector: str
     algorithm: str            # "rsa" or "ed25519"
-    private: bytes            # what dkimpy signs with (PEM, or base64 seed)
+    private: bytes            # the file's bytes (PKCS#1 PEM, or base64 seed)
     public_b64: str           # the p= value
+    signer: object = field(repr=False, compare=False)   # loaded once: cryptography RSA key, nacl SigningKey
 
     @property
-    def dkimpy_algorithm(self) -> bytes:
+    def dkim_algorithm(self) -> bytes:
         return b"rsa-sha256" if self.algorithm == "rsa" else b"ed25519-sha256"
 
     @property
@@ -67,12 +68,12 @@ def generate(domain: str, selector: str, algorithm: str, rsa_bits: int = 2048) -
                                     serialization.NoEncryption())
         public = key.public_key().public_bytes(serialization.Encoding.DER,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-        return DkimKey(domain, selector, "rsa", private, base64.b64encode(public).decode())
+        return DkimKey(domain, selector, "rsa", private, base64.b64encode(public).decode(), key)
     if algorithm == "ed25519":
         import nacl.signing
         sk = nacl.signing.SigningKey.generate()
         return DkimKey(domain, selector, "ed25519", base64.b64encode(bytes(sk)),
-                       base64.b64encode(bytes(sk.verify_key)).decode())
+                       base64.b64encode(bytes(sk.verify_key)).decode(), sk)
     raise KeyError_(f"unknown algorithm {algorithm!r} (rsa or ed25519)")
 
 
@@ -98,13 +99,16 @@ def load(path: Path, domain: str) -> DkimKey:
         raise KeyError_(f"{path}: cannot be read ({exc.strerror})") from None
     if name.endswith(".rsa.pem"):
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
             raise KeyError_(f"{path}: not an unencrypted RSA private key ({exc})") from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise KeyError_(f"{path}: not an RSA private key")
         public = key.public_key().public_bytes(serialization.Encoding.DER,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-        return DkimKey(domain, name[:-len(".rsa.pem")], "rsa", data, base64.b64encode(public).decode())
+        return DkimKey(domain, name[:-len(".rsa.pem")], "rsa", data, base64.b64encode(public).decode(), key)
     if name.endswith(".ed25519"):
         import nacl.signing
         try:
@@ -112,7 +116,7 @@ def load(path: Path, domain: str) -> DkimKey:
         except Exception as exc:      # binascii.Error, nacl's ValueError
             raise KeyError_(f"{path}: not a base64 ed25519 seed ({exc.__class__.__name__})") from None
         return DkimKey(domain, name[:-len(".ed25519")], "ed25519", data.strip(),
-                       base64.b64encode(bytes(sk.verify_key)).decode())
+                       base64.b64encode(bytes(sk.verify_key)).decode(), sk)
     raise KeyError_(f"{path}: not a key file name (<selector>.rsa.pem or <selector>.ed25519)")
 
 

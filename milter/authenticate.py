@@ -15,6 +15,7 @@ from email.policy import compat32
 from agentmx.resolver import Lookups
 
 from . import dkim_check, dmarc_check, spf_check
+from .dkimcrypto import RsaBudget
 from .results import ArcResult, AuthResults, DkimResult, DmarcResult, SpfResult
 
 log = logging.getLogger("agentmx.milter.authenticate")
@@ -41,16 +42,18 @@ def from_header_values(message: bytes) -> list[str]:
     return [str(v) for v in values]
 
 
-def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float = 0.0) -> AuthResults:
+def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float = 0.0,
+                 rsa_budget: RsaBudget | None = None) -> AuthResults:
     notes = []
+    rsa = rsa_budget if rsa_budget is not None else RsaBudget()     # DKIM and ARC share it
     helo = _guard("spf helo", notes, lambda: spf_check.check_helo(lookups, env.client_ip, env.helo, env.receiver),
                   SpfResult("temperror", "helo", env.helo, env.helo, "internal error"))
     mfrom = _guard("spf mailfrom", notes,
                    lambda: spf_check.check_mailfrom(lookups, env.client_ip, env.mail_from, env.helo, helo, env.receiver),
                    SpfResult("temperror", "mailfrom", "", env.mail_from, "internal error"))
-    dkim = _guard("dkim", notes, lambda: dkim_check.verify_dkim(message, lookups),
+    dkim = _guard("dkim", notes, lambda: dkim_check.verify_dkim(message, lookups, rsa),
                   (DkimResult("temperror", reason="internal error reading the signatures"),))
-    arc = _guard("arc", notes, lambda: dkim_check.verify_arc(message, lookups),
+    arc = _guard("arc", notes, lambda: dkim_check.verify_arc(message, lookups, rsa),
                  ArcResult("temperror", reason="internal error reading the ARC set"))
     dmarc = _guard("dmarc", notes,
                    lambda: dmarc_check.evaluate(lookups, from_header_values(message), mfrom, dkim, sample),

@@ -1,21 +1,28 @@
 """DKIM (RFC 6376, RFC 8463 ed25519-sha256) and ARC (RFC 8617) with dkimpy, on our DNS session.
 
+dkimpy parses the signatures and runs the ARC chain logic; the key record, the hashes and the
+signature check are ours (`_Verifier.verify_sig`, through dkimcrypto: OpenSSL and libsodium).
+
 Every DKIM-Signature is verified and gets its own result with d=, s=, a= and a reason:
   pass        the signature verified
-  fail        it did not (bad signature, body hash mismatch, key too small)
-  neutral     not checked (more signatures than MAX_SIGNATURES)
-  permerror   it cannot be checked: malformed header, missing tags, no or unusable key, rsa-sha1
+  fail        it did not (bad signature, body hash mismatch)
+  neutral     not checked (more signatures than MAX_SIGNATURES, or the message's RSA budget used up)
+  permerror   it cannot be checked: malformed header, missing tags, no or unusable key, rsa-sha1,
+              an RSA key outside RFC 8301's 1024 to 4096 bits or with an unusual exponent
   temperror   the key could not be fetched (DNS timeout or failure)
 """
 from __future__ import annotations
 
+import base64
 import logging
 import re
 
 import dkim
+from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
 from agentmx.resolver import DnsTempError, Lookups
 
+from .dkimcrypto import BudgetExhausted, Refused, RsaBudget, body_hash, header_digest, parse_key_record, verify
 from .results import ArcResult, DkimResult
 
 MAX_SIGNATURES = 8
@@ -27,19 +34,17 @@ _dkimpy_log.propagate = False
 
 
 class _KeyFetcher:
-    """dkimpy's dnsfunc: TXT of <s>._domainkey.<d>, remembering whether a key record existed."""
+    """dkimpy's dnsfunc: the key record (TXT of <s>._domainkey.<d>) or None."""
 
     def __init__(self, lookups: Lookups):
         self.lookups = lookups
-        self.last_found: bytes | None = None
 
     def __call__(self, name: bytes | str, timeout: float = 5) -> bytes | None:
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
         records = self.lookups.txt(name)            # DnsTempError propagates: temperror
         keys = [r for r in records if b"p=" in r] or records
-        self.last_found = keys[0] if keys else None
-        return self.last_found
+        return keys[0] if keys else None
 
 
 def _tag(fields: dict, name: bytes) -> str:
@@ -47,9 +52,50 @@ def _tag(fields: dict, name: bytes) -> str:
     return re.sub(rb"\s+", b"", value).decode("ascii", "replace") if value else ""
 
 
-def verify_dkim(message: bytes, lookups: Lookups) -> tuple[DkimResult, ...]:
+class _Verifier:
+    """verify_sig for dkim.DKIM and dkim.ARC (DKIM.verify and ARC.verify_instance both call it):
+    the key record parsed and judged by dkimcrypto before any arithmetic, dkimpy's own
+    canonicalization, the signature checked by OpenSSL or libsodium against the message's budget."""
+
+    def __init__(self, message: bytes, budget: RsaBudget, timeout: float):
+        super().__init__(message, logger=_dkimpy_log, timeout=timeout)
+        self.rsa_budget = budget
+        self._body_hashes: dict[tuple, bytes] = {}
+
+    def verify_sig(self, sig, include_headers, sig_header, dnsfunc):
+        if sig[b"a"] == b"rsa-sha1":
+            raise Refused("rsa-sha1 is not accepted (RFC 8301)")
+        key = parse_key_record(dnsfunc(sig[b"s"] + b"._domainkey." + sig[b"d"] + b".", timeout=self.timeout))
+        if not sig[b"a"].startswith(key.kind + b"-"):
+            raise dkim.KeyFormatError(f"key unusable: k={key.kind.decode()} does not sign a={sig[b'a'].decode()}")
+        try:
+            canon = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+        except InvalidCanonicalizationPolicyError as exc:
+            raise dkim.MessageFormatError(f"invalid c= value: {exc.args[0]}") from None
+        if b"bh" in sig:
+            length = int(sig[b"l"]) if b"l" in sig else None
+            cache_key = (canon.body_algorithm.name, length)
+            if cache_key not in self._body_hashes:
+                self._body_hashes[cache_key] = body_hash(self.body, canon, length)
+            if self._body_hashes[cache_key] != base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"])):
+                raise dkim.ValidationError("body hash mismatch")
+        if b"from" in include_headers:      # dkimpy's bug#644046: a second From breaks the signature
+            include_headers.append(b"from")
+        digest = header_digest(self.headers, canon, include_headers, sig_header)
+        return verify(key, digest, base64.b64decode(re.sub(rb"\s+", b"", sig[b"b"])), self.rsa_budget)
+
+
+class _DKIM(_Verifier, dkim.DKIM):
+    pass
+
+
+class _ARC(_Verifier, dkim.ARC):
+    pass
+
+
+def verify_dkim(message: bytes, lookups: Lookups, budget: RsaBudget | None = None) -> tuple[DkimResult, ...]:
     """One result for every DKIM-Signature header of the message, in header order."""
-    d = dkim.DKIM(message, logger=_dkimpy_log, minkey=1024, timeout=lookups.timeout)
+    d = _DKIM(message, budget if budget is not None else RsaBudget(), lookups.timeout)
     count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
     results = []
     for idx in range(count):
@@ -60,13 +106,16 @@ def verify_dkim(message: bytes, lookups: Lookups) -> tuple[DkimResult, ...]:
     return tuple(results)
 
 
-def _verify_one(d: dkim.DKIM, idx: int, lookups: Lookups) -> DkimResult:
-    fetch = _KeyFetcher(lookups)
+def _verify_one(d: _DKIM, idx: int, lookups: Lookups) -> DkimResult:
     d.signature_fields = {}
     try:
-        ok = d.verify(idx=idx, dnsfunc=fetch)
+        ok = d.verify(idx=idx, dnsfunc=_KeyFetcher(lookups))
     except DnsTempError as exc:
         return _result(d, "temperror", f"key lookup failed: {exc}")
+    except Refused as exc:
+        return _result(d, "permerror", str(exc))
+    except BudgetExhausted as exc:
+        return _result(d, "neutral", str(exc))
     except dkim.ValidationError as exc:
         text = str(exc)
         if "body hash mismatch" in text:
@@ -76,20 +125,7 @@ def _verify_one(d: dkim.DKIM, idx: int, lookups: Lookups) -> DkimResult:
         return _result(d, "permerror", str(exc) or exc.__class__.__name__)
     except Exception as exc:   # dkimpy on hostile input (bad base64, odd tags): never a crash
         return _result(d, "permerror", f"malformed signature ({exc.__class__.__name__})")
-    if ok:
-        if _tag(d.signature_fields, b"a") == "rsa-sha1":
-            return _result(d, "permerror", "rsa-sha1 is not accepted (RFC 8301)")
-        return _result(d, "pass", "")
-    if fetch.last_found is None:
-        return _result(d, "permerror", "no key for signature")
-    try:
-        name = _tag(d.signature_fields, b"s") + "._domainkey." + _tag(d.signature_fields, b"d")
-        _pk, keysize, _ktag, _ = dkim.evaluate_pk(name.encode(), fetch.last_found)
-    except (dkim.DKIMException, ValueError, TypeError) as exc:
-        return _result(d, "permerror", f"key unusable: {exc}")
-    if _tag(d.signature_fields, b"a").startswith("rsa") and keysize < 1024:
-        return _result(d, "fail", f"key too small ({keysize} bits)")
-    return _result(d, "fail", "signature did not verify")
+    return _result(d, "pass", "") if ok else _result(d, "fail", "signature did not verify")
 
 
 def _result(d: dkim.DKIM, result: str, reason: str) -> DkimResult:
@@ -104,17 +140,19 @@ def _result(d: dkim.DKIM, result: str, reason: str) -> DkimResult:
     )
 
 
-def verify_arc(message: bytes, lookups: Lookups) -> ArcResult:
+def verify_arc(message: bytes, lookups: Lookups, budget: RsaBudget | None = None) -> ArcResult:
     """The ARC chain validation status (cv) of the message: pass, fail or none."""
     if not _ARC_ANY.search(_head(message)):
         # No ARC header at all: none, without dkimpy splitting the whole message into lines
         # again (~30 ms for a 1 MB attachment, bench/pipeline).
         return ArcResult("none")
     try:
-        a = dkim.ARC(message, logger=_dkimpy_log, minkey=1024, timeout=lookups.timeout)
+        a = _ARC(message, budget if budget is not None else RsaBudget(), lookups.timeout)
         cv, results, comment = a.verify(dnsfunc=_KeyFetcher(lookups))
     except DnsTempError as exc:
         return ArcResult("temperror", reason=f"key lookup failed: {exc}")
+    except (Refused, BudgetExhausted) as exc:
+        return ArcResult("fail", reason=str(exc))
     except dkim.DKIMException as exc:
         return ArcResult("fail", reason=str(exc))
     except Exception as exc:   # hostile ARC headers must not crash the milter

@@ -31,6 +31,7 @@ from agentmx.resolver import Resolver
 
 from . import arheader, policy, sign, spam_check
 from .authenticate import Envelope, authenticate, from_header_values
+from .dkimcrypto import RsaBudget
 from .signscope import Client, Submitter, decide, describe, submitter
 from .stats import MilterStats
 
@@ -179,7 +180,8 @@ class AuthMilter(Milter.Base):
         env = Envelope(client_ip=self.client_ip, helo=self.helo_name, mail_from=self.mail_from,
                        receiver=self.config.authserv_id)
         lookups = self.resolver.session(self.config.dns.lookup_budget)
-        res = authenticate(message, env, lookups, sample=self.rng.random())
+        res = authenticate(message, env, lookups, sample=self.rng.random(),
+                           rsa_budget=RsaBudget(self.config.milter.max_rsa_verifications))
         # With header_leading_space negotiated, the value carries its own leading space.
         self.addheader(AR, arheader.fold(arheader.render(self.config.authserv_id, res)), 0)
         spam = spam_check.check(self.config.milter.rspamd_url, message, spam_check.SpamEnvelope(

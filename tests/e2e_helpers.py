@@ -57,9 +57,10 @@ def sign(raw: bytes, domain: str, selector: str, key) -> bytes:
     return sig + raw
 
 
-def send(port: int, mail_from: str, rcpts: list[str], raw: bytes, helo: str = "mail.sender.test"):
+def send(port: int, mail_from: str, rcpts: list[str], raw: bytes, helo: str = "mail.sender.test",
+         timeout: float = 60):
     """Send over SMTP; returns {rcpt: (code, msg)} for refusals (smtplib's), raises on DATA refusal."""
-    with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=60) as s:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=timeout) as s:
         return s.sendmail(mail_from, rcpts, raw)
 
 

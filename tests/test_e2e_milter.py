@@ -7,11 +7,14 @@ from __future__ import annotations
 import email
 import smtplib
 import subprocess
+import threading
 import time
 
 import pytest
 
+from conftest import report
 from e2e_helpers import Ed25519Key, RsaKey, message, our_results, send, sign, verdicts
+from support.hostile import dkim_costly_key
 from support.postfix import MilterProcess, PostfixInstance, agentmx_config
 
 AUTHSERV = "mx.agentmx.test"
@@ -122,6 +125,40 @@ def test_opt_in_policy_rejects_dmarc_and_spf_failures(mx):
     assert exc.value.smtp_code == 550 and b"5.7.23" in exc.value.smtp_error
     time.sleep(0.5)
     assert mx.delivered() == [] and mx.queue_is_empty()
+
+
+def test_costly_dkim_key_is_refused_before_any_arithmetic(mx, stack, dns_server, mx_zone, keys):
+    """A key record with a 16,384-bit modulus and a 16,384-bit exponent, named by 8 signatures:
+    dkimpy's Python-integer RSA spent ~7 s of CPU on each (about a minute, under the GIL). Now the
+    key is refused before any arithmetic, and other sessions do not wait behind the message."""
+    _, milter = stack
+    record, raw = dkim_costly_key("sender.test", "costly", mail_from="alice@sender.test")
+    dns_server.set_zone({**mx_zone, "costly._domainkey.sender.test": {"TXT": [record]}})
+    cpu = milter.cpu_seconds()
+    send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw)
+    (path,) = mx.wait_delivered(1, timeout=120)
+    cpu = milter.cpu_seconds() - cpu
+    dkim_results = only_ours(path)["dkim"]
+    assert [(d.result, d.header_d, d.header_s, d.reason) for d in dkim_results] == [
+        ("permerror", "sender.test", "costly", "RSA key of 16384 bits: RFC 8301 allows 1024 to 4096")] * 8
+    report(f"milter CPU for the costly-key DKIM message: {cpu * 1000:.0f} ms")
+    assert cpu < 2.0, f"{cpu:.1f} s of milter CPU for one message (dkimpy's RSA: ~60 s)"
+
+    # the same message again, and a normal one sent while it is in the milter: not held up
+    normal = sign(message("Alice <alice@sender.test>", "agent@agentmx.test", subject="meanwhile"),
+                  "sender.test", "rsa", keys["rsa"])
+    hostile = threading.Thread(target=send, args=(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw))
+    hostile.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    send(mx.port, "alice@sender.test", ["agent@agentmx.test"], normal)
+    waited = time.monotonic() - started
+    hostile.join(120)
+    paths = mx.wait_delivered(3, timeout=120)
+    report(f"SMTP transaction of a normal message beside the costly-key one: {waited * 1000:.0f} ms")
+    assert waited < 5.0, f"a normal message took {waited:.1f} s beside the costly one"
+    (meanwhile,) = [p for p in paths if b"Subject: meanwhile" in p.read_bytes()]
+    assert only_ours(meanwhile)["dkim"][0].result == "pass"
 
 
 def test_null_sender_is_checked_as_postmaster_at_helo(mx):

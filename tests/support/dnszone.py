@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 
-from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSLabel
+from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSRecord
 from dnslib.dns import DNSError
 from dnslib.server import DNSHandler, DNSLogger, DNSServer
 
@@ -39,6 +39,17 @@ def txt_strings(value) -> list[bytes]:
 
 class _Handler(DNSHandler):
     udplen = 512            # answers over 512 bytes are truncated over UDP: clients retry on TCP
+
+    def get_reply(self, data):
+        reply = self.server.resolver.resolve(DNSRecord.parse(data), self)
+        packed = reply.pack()
+        if self.protocol == "udp" and len(packed) > self.udplen:
+            # dnslib's truncate() drops the question section as well, and dnspython then refuses
+            # the answer as not its own instead of asking again over TCP: keep the question.
+            truncated = DNSRecord(DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap), q=reply.q)
+            truncated.header.tc = 1
+            packed = truncated.pack()
+        return packed
 
 
 class ZoneResolver:

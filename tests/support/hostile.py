@@ -86,3 +86,53 @@ CASES = {
     "line-10MB": (long_line, 10_000_000),
     "attachment-25MB": (big_attachment, 25 * 1024 * 1024),
 }
+
+
+# --- DKIM: a key that costs the verifier, not the sender --------------------------------------
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + body
+
+
+def rsa_key_record(modulus: int, exponent: int) -> str:
+    """A DKIM key record (SubjectPublicKeyInfo) for any modulus and exponent: built by hand, since
+    key libraries refuse to make the keys an attacker would publish."""
+    def integer(v: int) -> bytes:
+        return _der(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big"))
+    rsa_oid = _der(0x30, _der(0x06, bytes.fromhex("2a864886f70d010101")) + b"\x05\x00")
+    spki = _der(0x30, rsa_oid + _der(0x03, b"\x00" + _der(0x30, integer(modulus) + integer(exponent))))
+    return "v=DKIM1; k=rsa; p=" + base64.b64encode(spki).decode()
+
+
+def random_rsa_record(bits: int, exponent_bits: int) -> str:
+    """A random odd modulus of `bits` bits and a random odd exponent of `exponent_bits` bits
+    below it (OpenSSL's loader wants e < n), with no private key at all."""
+    n = int.from_bytes(os.urandom(bits // 8), "big") | (3 << (bits - 2)) | 1
+    e = int.from_bytes(os.urandom(exponent_bits // 8), "big") | (1 << (exponent_bits - 1)) | 1
+    if exponent_bits >= bits:
+        e &= ~(1 << (bits - 2))
+    return rsa_key_record(n, e)
+
+
+def dkim_costly_key(domain: str, selector: str, bits: int = 16384, signatures: int = 8,
+                    mail_from: str = "") -> tuple[str, bytes]:
+    """(key record, message): a `bits`-bit modulus and exponent, and `signatures` DKIM-Signature
+    headers naming it, each with a correct body hash and a random b= of the modulus' length, so
+    that a verifier without limits does the whole modular exponentiation for each before it fails."""
+    import hashlib
+    record = random_rsa_record(bits, bits)
+    body = b"Nothing to see here.\r\n"
+    bh = base64.b64encode(hashlib.sha256(body).digest()).decode()     # relaxed == as sent for this body
+    def folded_b() -> str:
+        b = base64.b64encode(os.urandom(bits // 8)).decode()
+        return "\r\n ".join(b[i:i + 76] for i in range(0, len(b), 76))
+    sigs = b"".join(
+        (f"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s={selector}; h=from:to:subject;"
+         f" bh={bh};\r\n b={folded_b()}\r\n").encode()
+        for _ in range(signatures))
+    sender = mail_from or f"m@{domain}"
+    head = (f"From: <{sender}>\r\nTo: agent@agentmx.test\r\nSubject: costly key\r\n"
+            f"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-ID: <costly@{domain}>\r\n").encode()
+    return record, sigs + head + b"\r\n" + body

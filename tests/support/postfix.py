@@ -238,12 +238,13 @@ def _alive(pid: int) -> bool:
 class MilterProcess:
     """`agentmx milter` as a real process on its unix socket, with the given config file."""
 
-    def __init__(self, config_path: Path, socket_path: Path, log_path: Path):
+    def __init__(self, config_path: Path, socket_path: Path, log_path: Path, program: str | None = None):
         self.config_path, self.socket_path, self.log_path = config_path, socket_path, log_path
+        self.program = program or str(Path(sys.executable).with_name("agentmx"))   # another install's, for A/B
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "MilterProcess":
-        agentmx = Path(sys.executable).with_name("agentmx")
+        agentmx = self.program
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(agentmx), "--config", str(self.config_path), "milter"],
                                      stdout=self._log, stderr=subprocess.STDOUT,
@@ -284,3 +285,8 @@ class MilterProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the milter process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
