@@ -23,7 +23,7 @@ import pytest
 from conftest import ROOT
 from e2e_helpers import RsaKey, message, our_results, sign, verdicts
 from support.dnszone import zone_from_records
-from support.postfix import MilterProcess, PostfixInstance, agentmx_config, free_tcp_port, wait_for
+from support.postfix import MilterProcess, PostfixInstance, agentmx_config, free_tcp_port, listening, wait_for
 from support.receiver import Receiver
 from support.units import Unit, stop
 
@@ -81,7 +81,7 @@ def install(dns_server):
             units[name].run_pre(paths)
             procs.append(units[name].start(paths, base / f"{name}.log"))
         wait_for(lambda: sock.exists(), timeout=30, what=f"the milter's socket\n{_log(base, 'milter')}")
-        wait_for(lambda: _listening(serve_port), timeout=30, what=f"serve\n{_log(base, 'serve')}")
+        wait_for(lambda: listening(serve_port), timeout=30, what=f"serve\n{_log(base, 'serve')}")
         ix.start()
         yield {"ix": ix, "rx": rx, "etc": etc, "data": data, "cfg": cfg, "config": config, "units": units,
                "receiver": receiver, "api": f"http://127.0.0.1:{serve_port}", "outside_key": outside_key,
@@ -102,15 +102,6 @@ def _log(base: Path, name: str) -> str:
         return (base / f"{name}.log").read_text()[-3000:]
     except OSError:
         return ""
-
-
-def _listening(port: int) -> bool:
-    import socket
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture

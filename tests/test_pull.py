@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import our_results, send, verdicts
-from support.postfix import wait_for
+from support.postfix import listening, wait_for
 from support.world import build, delivered_at_rx, sent_to_at_rx
 
 from agentmx.client import ApiError, Client
@@ -254,7 +254,7 @@ def test_mcp_over_streamable_http_on_serve_with_the_key_per_request(w):
     port = free_tcp_port()
     config = w["config"].__class__(**{**w["config"].__dict__, "mcp_listen": ("127.0.0.1", port)})
     server = start_mcp(config, w["api"])
-    wait_for(lambda: _listening(port), timeout=20, what="the MCP HTTP endpoint")
+    wait_for(lambda: listening(port), timeout=20, what="the MCP HTTP endpoint")
     send(w["ox"].port, "a@remote.test", [f"agent@{DOMAIN}"], mail(f"agent@{DOMAIN}", "over http", "code 240719"))
 
     async def list_with(key: str, wait: int) -> tuple[list, dict]:
@@ -274,11 +274,3 @@ def test_mcp_over_streamable_http_on_serve_with_the_key_per_request(w):
     finally:
         server.stop()
 
-
-def _listening(port: int) -> bool:
-    import socket
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
