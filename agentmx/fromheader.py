@@ -11,9 +11,11 @@ other than the ones a mail client may show. What counts:
   at the first line that is neither a field nor a continuation (Postfix makes what follows the
   body and inserts the empty line);
 - a NUL ends its line (Postfix keeps the line up to it; a C mail client reads no further);
+  a bare CR is read both as a line end (the stdlib) and as a space (Postfix);
 - every mailbox of a mailbox-list, mailboxes inside group syntax, several addresses run
-  together without a comma; display names (quoted or not, encoded words) and comments never
-  count: `"victim@bank.example" <a@passing.example>` is passing.example.
+  together without a comma, a quote or bracket never closed read as if it were not there;
+  display names (quoted or not, encoded words) and comments never count:
+  `"victim@bank.example" <a@passing.example>` is passing.example.
 Bounded: at most MAX_FIELDS fields and MAX_CHARS characters of them are read; beyond that the
 result says `incomplete`, and DMARC can then never pass.
 """
@@ -39,6 +41,8 @@ class Mailbox:
     name: str | None          # the display name, encoded words decoded
     domain: str               # lower-case A-label domain; "" when there is none or it is no domain name
     domain_text: str          # the domain as written ("" when the address has no @)
+    # address, name and domain_text are text to show: 8-bit bytes that are no UTF-8 are read as
+    # windows-1252 (never lone surrogates, which JSON cannot carry)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class Authors:
     def problem(self) -> str:
         """'' when the message names exactly one author domain in exactly one From field (the
         only case where DMARC can pass, RFC 9989 5.3.1); else why not, in a few words."""
-        listed = ", ".join(self.domains + self.unusable)
+        every = self.domains + self.unusable
+        listed = ", ".join(every[:10]) + (f" and {len(every) - 10} more" if len(every) > 10 else "")
         if self.fields == 0:
             return "no From header"
         if self.fields > 1:
@@ -226,7 +231,7 @@ def mailboxes(value: str) -> list[Mailbox]:
             if found:
                 out.extend(Mailbox(addr, None, dom, text) for addr, dom, text in found)
             else:                                # no @ at all: a bare local name (MAILER-DAEMON)
-                out.append(Mailbox(_joined(tokens), None, "", ""))
+                out.append(Mailbox(unsurrogate(_joined(tokens)), None, "", ""))
 
     def add_angle(name_tokens, tokens):
         name = _display_name(name_tokens)
@@ -234,7 +239,7 @@ def mailboxes(value: str) -> list[Mailbox]:
         if found:
             out.extend(Mailbox(addr, name, dom, text) for addr, dom, text in found)
         elif _joined(tokens) or name:            # <moderator>, or a name with an empty <>
-            out.append(Mailbox(_joined(tokens) or None, name, "", ""))
+            out.append(Mailbox(unsurrogate(_joined(tokens)) or None, name, "", ""))
 
     for kind, text in _tokens(value):
         if angle is not None:
@@ -298,8 +303,8 @@ def _addr_specs(tokens: list[tuple[str, str]]) -> list[tuple[str | None, str, st
                     j += 1
                 else:
                     break
-        domain_text = _joined(dom)
-        found.append((local + "@" + domain_text, _domain(domain_text), domain_text))
+        domain_text = _joined(dom)       # raw: bytes that are no UTF-8 make it no domain name
+        found.append((unsurrogate(local + "@" + domain_text), _domain(domain_text), unsurrogate(domain_text)))
         start = i = j
     return found
 

@@ -157,3 +157,18 @@ def test_hostile_values_cost_little(value):
     started = time.process_time()
     fh.authors([value])
     assert time.process_time() - started < 1.0
+
+
+def test_the_problem_names_ten_domains_at_most():
+    who = fh.authors([", ".join(f"u@d{i}.example" for i in range(30))])
+    assert who.problem.endswith("d9.example and 20 more)")
+
+
+def test_text_to_show_never_holds_lone_surrogates():
+    """Found by fuzzing (tests/fuzz/regressions/event-from-8bit-address): an 8-bit byte that is no
+    UTF-8 in the address reached the event as a lone surrogate, which JSON cannot carry."""
+    (m,) = fh.mailboxes("Caf\udce9 <postmaster@\udcffxample.com>")
+    assert (m.address, m.name, m.domain, m.domain_text) == ("postmaster@ÿxample.com", "Café", "", "ÿxample.com")
+    (m,) = fh.mailboxes("b\udcffre")
+    assert m.address == "bÿre"
+    assert fh.authors(["x@\udcffxample.com"]).problem == "From has a domain that is no domain name (ÿxample.com)"
