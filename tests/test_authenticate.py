@@ -77,37 +77,35 @@ def test_second_from_in_obsolete_syntax_is_not_hidden(example_zone, lookups, key
         "reject", "550", "5.7.1", "Message rejected per DMARC policy of bank.example")
 
 
-@pytest.mark.parametrize("from_lines", [
-    b"From: news@example.org\r\nFROM: security@bank.example\r\n",
-    b"From: news@example.org\r\nfrom:security@bank.example\r\n",
-    b"From : security@bank.example\r\nFrom: news@example.org\r\n",
-    b"From: news@example.org\r\nX-A: b\r\nFrom\t  :security@bank.example\r\n",
-    b"From: news@example.org,\r\n security@bank.example\r\n",
-    b"From: news@example.org, security@bank.example\r\n",
-    b"From: news@example.org security@bank.example\r\n",
-    b"From: Staff: news@example.org, security@bank.example;\r\n",
-    b"From: news@example.org)<security@bank.example>\r\n",
-    b"From: news@example.org <security@bank.example>\r\n",
-    b"From: News <news@example.org> Bank <security@bank.example>\r\n",
-    b"From: news@example.org\rFrom: security@bank.example\r\n",
+SPOOF = ("fail", "bank.example", "reject")     # bank.example's policy applies
+GENUINE = ("pass", "example.org", "none")      # bank.example is named, but not as an author
+
+
+@pytest.mark.parametrize("from_lines,verdict", [
+    (b"From: news@example.org\r\nFROM: security@bank.example\r\n", SPOOF),
+    (b"From: news@example.org\r\nfrom:security@bank.example\r\n", SPOOF),
+    (b"From : security@bank.example\r\nFrom: news@example.org\r\n", SPOOF),
+    (b"From: news@example.org\r\nX-A: b\r\nFrom\t  :security@bank.example\r\n", SPOOF),
+    (b"From: news@example.org,\r\n security@bank.example\r\n", SPOOF),
+    (b"From: news@example.org, security@bank.example\r\n", SPOOF),
+    (b"From: news@example.org security@bank.example\r\n", SPOOF),
+    (b"From: Staff: news@example.org, security@bank.example;\r\n", SPOOF),
+    (b"From: news@example.org)<security@bank.example>\r\n", SPOOF),
+    (b"From: news@example.org <security@bank.example>\r\n", SPOOF),
+    (b"From: News <news@example.org> Bank <security@bank.example>\r\n", SPOOF),
+    (b"From: news@example.org\rFrom: security@bank.example\r\n", SPOOF),
+    (b'From: "security@bank.example" <news@example.org>\r\n', GENUINE),
+    (b"From: =?utf-8?q?security=40bank.example?= <news@example.org>\r\n", GENUINE),
+    (b"From: news@example.org (security@bank.example)\r\n", GENUINE),
+    (b"From: news@example.org\x00security@bank.example\r\n", GENUINE),   # Postfix cuts at the NUL
+    (b"From security@bank.example Mon Jan  1 00:00:00 2024\r\nFrom: news@example.org\r\n", GENUINE),
+    (b"From: news@example.org\r\nReply-To: security@bank.example\r\nSender: security@bank.example\r\n", GENUINE),
 ])
-def test_every_way_to_name_a_second_domain_applies_its_policy(example_zone, lookups, from_lines):
+def test_every_way_to_name_a_second_domain(example_zone, lookups, from_lines, verdict):
     res = authenticate(_news(from_lines), ENV, lookups)
     assert res.spf.result == "pass"
-    assert (res.dmarc.result, res.dmarc.from_domain, res.dmarc.disposition) == ("fail", "bank.example", "reject")
-
-
-@pytest.mark.parametrize("from_lines", [
-    b'From: "security@bank.example" <news@example.org>\r\n',
-    b"From: =?utf-8?q?security=40bank.example?= <news@example.org>\r\n",
-    b"From: news@example.org (security@bank.example)\r\n",
-    b"From: news@example.org\x00security@bank.example\r\n",
-    b"From security@bank.example Mon Jan  1 00:00:00 2024\r\nFrom: news@example.org\r\n",
-    b"From: news@example.org\r\nReply-To: security@bank.example\r\nSender: security@bank.example\r\n",
-])
-def test_what_is_no_author_address_does_not_count(example_zone, lookups, from_lines):
-    res = authenticate(_news(from_lines), ENV, lookups)
-    assert (res.dmarc.result, res.dmarc.from_domain, res.dmarc.each) == ("pass", "example.org", ())
+    assert (res.dmarc.result, res.dmarc.from_domain, res.dmarc.disposition) == verdict
+    assert bool(res.dmarc.each) == (verdict == SPOOF)
 
 
 def test_the_strictest_failing_policy_applies(example_zone, lookups):
