@@ -105,7 +105,6 @@ def test_every_way_to_name_a_second_domain(example_zone, lookups, from_lines, ve
     res = authenticate(_news(from_lines), ENV, lookups)
     assert res.spf.result == "pass"
     assert (res.dmarc.result, res.dmarc.from_domain, res.dmarc.disposition) == verdict
-    assert bool(res.dmarc.each) == (verdict == SPOOF)
 
 
 def test_the_strictest_failing_policy_applies(example_zone, lookups):
