@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
 from agentmx import fromheader
 from agentmx.resolver import Lookups
 

@@ -108,13 +108,6 @@ def discover_record(lookups: Lookups, from_domain: str) -> Discovery:
     return Discovery(None, "", False)
 
 
-def from_domains(from_values: Iterable[str]) -> tuple[list[str], str]:
-    """The domains of the From header field(s), and a reason when DMARC cannot pass on them
-    (not exactly one field naming exactly one domain)."""
-    who = authors(from_values)
-    return list(who.domains), who.problem
-
-
 def aligned(domain: str, from_domain: str, mode: str) -> bool:
     domain = normalize(domain)
     if not domain:
