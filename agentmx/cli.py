@@ -89,6 +89,14 @@ def cmd_auth(args) -> int:
 
 def explain(res, header: str) -> str:
     """A postmaster's reading of the verdicts: each result with its reason."""
+    def record_lines(dm) -> list[str]:
+        if dm.record is None:
+            return []
+        return [f"  record at _dmarc.{dm.record_domain}: {dm.record.raw}",
+                f"  policy {dm.policy} (p={dm.record.p} sp={dm.record.sp or '-'} pct={dm.record.pct}"
+                f" adkim={dm.record.adkim} aspf={dm.record.aspf}); applies to this message: {dm.disposition}",
+                f"  aligned: DKIM {dm.dkim_aligned or 'no'}, SPF {dm.spf_aligned or 'no'}"]
+
     lines = []
     s, h = res.spf, res.spf_helo
     lines.append(f"SPF  MAIL FROM {s.address or '<>'}: {s.result}" + (f" ({s.reason})" if s.reason else ""))
@@ -101,11 +109,13 @@ def explain(res, header: str) -> str:
     lines.append(f"ARC: {res.arc.result}" + (f" ({res.arc.reason})" if res.arc.reason else ""))
     dm = res.dmarc
     lines.append(f"DMARC From {dm.from_domain or '?'}: {dm.result}" + (f" ({dm.reason})" if dm.reason else ""))
-    if dm.record is not None:
-        lines.append(f"  record at _dmarc.{dm.record_domain}: {dm.record.raw}")
-        lines.append(f"  policy {dm.policy} (p={dm.record.p} sp={dm.record.sp or '-'} pct={dm.record.pct}"
-                     f" adkim={dm.record.adkim} aspf={dm.record.aspf}); applies to this message: {dm.disposition}")
-        lines.append(f"  aligned: DKIM {dm.dkim_aligned or 'no'}, SPF {dm.spf_aligned or 'no'}")
+    if dm.each:      # several From fields or domains: every domain's own verdict (RFC 9989 11.5)
+        lines.append(f"  {len(dm.each)} From domain(s) checked; the result above is the one that applies:")
+        for one in dm.each:
+            lines.append(f"  DMARC From {one.from_domain}: {one.result}" + (f" ({one.reason})" if one.reason else ""))
+            lines.extend("  " + line for line in record_lines(one))
+    else:
+        lines.extend(record_lines(dm))
     for note in res.notes:
         lines.append(f"internal error: {note}")
     lines.append(f"DNS lookups: {res.dns_lookups}")

@@ -11,6 +11,8 @@ import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
+from agentmx.orgdomain import normalize
+
 from . import extract
 from .parse import Parsed
 
@@ -48,10 +50,32 @@ def received_with_tls(parsed: Parsed) -> bool | None:
     return None if not m else m.group(1).upper() in ("ESMTPS", "ESMTPSA", "LMTPS", "UTF8SMTPS", "UTF8SMTPSA")
 
 
+def _sender(parsed: Parsed, auth: dict) -> tuple[dict | None, list[str]]:
+    """`from`: the first mailbox of the first From field, read as the milter reads it
+    (agentmx/fromheader.py), so that its domain is one DMARC judged. Several From fields, or
+    addresses in several domains, are said in a defect: `from` shows only the first, and
+    auth.dmarc is then never pass (RFC 9989 5.3.1). A DMARC pass for another domain than
+    `from`'s (the milter and deliver read different bytes: a bug) is said too."""
+    who = parsed.authors
+    if who is None:                     # reading the From fields failed (a defect says so)
+        listed = extract.addresses(parsed.header_all("From"))
+        return (listed[0] if listed else None), []
+    first = who.first
+    sender = {"address": first.address, "name": first.name} if first else None
+    defects = []
+    if who.fields > 1 or len(who.domains) + len(who.unusable) > 1 or who.incomplete:
+        shown = ", ".join(m.address or "<>" for m in who.mailboxes[:10]) + (" ..." if len(who.mailboxes) > 10 else "")
+        defects.append(f"header From: {who.problem}: `from` is only the first of {shown}")
+    judged = ((auth.get("details") or {}).get("dmarc") or {}).get("from")
+    if auth.get("dmarc") == "pass" and first and judged and normalize(judged) != first.domain:
+        defects.append(f"auth: DMARC passed for {judged}, but `from` is in {first.domain_text or 'no domain'}")
+    return sender, defects
+
+
 def render(parsed: Parsed, *, event_id: str, created_at: str, recipient: str, mailbox_hash: str | None,
            envelope: dict, auth: dict, attachments: list[dict], raw: dict, size: int,
            flagged: bool) -> dict:
-    from_list = extract.addresses(parsed.header_all("From"))
+    sender, from_defects = _sender(parsed, auth)
     subject = parsed.header("Subject")
     message_id = next(iter(extract.message_ids(parsed.header("Message-ID"))), None)
     in_reply_to = extract.message_ids(parsed.header("In-Reply-To"))
@@ -59,7 +83,7 @@ def render(parsed: Parsed, *, event_id: str, created_at: str, recipient: str, ma
     text = parsed.text
     if text is None and parsed.html is not None:
         text = extract.html_to_text(parsed.html)
-    defects = list(parsed.defects)
+    defects = list(parsed.defects) + from_defects
     calendar = extract.calendar_entries(parsed.calendars, defects)
     mail_from = envelope.get("mailFrom")
     auto = extract.auto_submitted(parsed, mail_from)
@@ -67,7 +91,7 @@ def render(parsed: Parsed, *, event_id: str, created_at: str, recipient: str, ma
         "id": event_id,
         "type": EVENT_TYPE,
         "createdAt": created_at,
-        "from": from_list[0] if from_list else None,
+        "from": sender,
         "to": extract.addresses(parsed.header_all("To")),
         "cc": extract.addresses(parsed.header_all("Cc")),
         "replyTo": extract.addresses(parsed.header_all("Reply-To")),

@@ -21,6 +21,9 @@ import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 
+from agentmx import fromheader
+from agentmx.fromheader import unsurrogate as _unsurrogate
+
 MAX_DEPTH = 40            # MIME nesting deeper than this is not walked (a defect says so)
 MAX_PARTS = 2000          # leaves beyond this are not listed (a defect says so)
 # More boundary-like lines than this and the body is not split at all (a defect says so): the
@@ -71,6 +74,9 @@ class Parsed:
     parts_truncated: bool = False
     lifted: dict = field(default_factory=dict)      # placeholder line -> (start, end) in raw
     raw: bytes = b""
+    # Who the message says it is from: every From field in any syntax, read from the raw bytes
+    # as the milter reads them (agentmx/fromheader.py); None only if even that failed.
+    authors: fromheader.Authors | None = None
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -116,17 +122,6 @@ def _clean(text: str, defects: list[str], where: str) -> str:
     return text
 
 
-def _unsurrogate(value: str) -> str:
-    """Header text read with surrogateescape (raw 8-bit bytes): UTF-8 if valid, else windows-1252."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in value):
-        return value
-    raw = value.encode("utf-8", "surrogateescape")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("cp1252", errors="replace")
-
-
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
@@ -149,13 +144,18 @@ def decode_header(name: str, raw_value: str, defects: list[str]) -> str:
 
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _SPACE_BEFORE_COLON = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:")
+_ANY_SPACE_BEFORE_COLON = re.compile(rb"(?m)^[\x21-\x39\x3b-\x7e]+[ \t]+:")
 
 
 def _repair_header_block(raw: bytes) -> tuple[bytes, int]:
-    """Fix what stops the stdlib parser early though RFC 5322's obsolete syntax allows it:
-    white space between a field name and its colon ('Subject :'). Returns (bytes, lines changed)."""
+    """Fix what the stdlib parser misreads though RFC 5322's obsolete syntax allows it: white
+    space between a field name and its colon ('Subject :' ends the header block for it; 'From :'
+    is taken for an mbox From_ line and dropped, which hid a second From). Returns (bytes,
+    lines changed)."""
     end = re.search(rb"\r?\n\r?\n", raw)
     head, rest = (raw[:end.start()], raw[end.start():]) if end else (raw, b"")
+    if not _ANY_SPACE_BEFORE_COLON.search(head):
+        return raw, 0
     lines = head.splitlines(keepends=True)
     out, changed = [], 0
     for line in lines:
@@ -180,10 +180,15 @@ def parse(raw: bytes) -> Parsed:
     on every retry until Postfix bounces it): the message is delivered with its headers only and
     a defect that starts with INTERNAL, which the fuzz targets treat as a crash."""
     try:
-        return _parse(raw)
+        out = _parse(raw)
     except Exception as exc:
         out = Parsed(defects=[f"{INTERNAL} ({exc.__class__.__name__}: {str(exc)[:200]}): headers only; raw kept"])
-        return _headers_only(raw, out)
+        out = _headers_only(raw, out)
+    try:
+        out.authors = fromheader.authors(fromheader.from_values(raw))
+    except Exception as exc:
+        out.defects.append(f"{INTERNAL} ({exc.__class__.__name__}) reading the From fields")
+    return out
 
 
 def _lift(raw: bytes, out: Parsed) -> bytes:
@@ -255,6 +260,9 @@ def _unlift(data: bytes, out: Parsed) -> bytes:
 
 def _parse(raw: bytes) -> Parsed:
     out = Parsed()
+    raw, changed = _repair_header_block(raw)
+    if changed:
+        out.defects.append(f"message: {changed} header line(s) with a space before the colon repaired")
     boundaries = len(_BOUNDARY_LINE.findall(raw))
     if boundaries > MAX_BOUNDARY_LINES:
         out.defects.append(f"{boundaries} MIME boundary lines (more than {MAX_BOUNDARY_LINES}): "
@@ -265,12 +273,6 @@ def _parse(raw: bytes) -> Parsed:
     except Exception as exc:         # RecursionError: MIME nested thousands deep
         out.defects.append(f"message could not be parsed ({exc.__class__.__name__}): headers only; raw kept")
         return _headers_only(raw, out)
-    if any(type(d).__name__ in ("MissingHeaderBodySeparatorDefect", "InvalidHeaderDefect") for d in msg.defects) \
-            and _HEADER_LINE.match(raw[:200] + b":") is not None:
-        repaired, changed = _repair_header_block(raw)
-        if changed:
-            out.defects.append(f"message: {changed} header line(s) with a space before the colon repaired")
-            msg = email.message_from_bytes(repaired, policy=email.policy.default)
     out.message = msg
     out.defects.extend(_defect_names("message", msg))
     for name, value in msg.raw_items():

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
+from agentmx import fromheader
 from agentmx.resolver import Lookups
 
 from . import dkim_check, dmarc_check, spf_check
@@ -37,9 +36,9 @@ def header_block(message: bytes) -> bytes:
 
 
 def from_header_values(message: bytes) -> list[str]:
-    headers = BytesHeaderParser(policy=compat32).parsebytes(header_block(message))
-    values = headers.get_all("From") or []
-    return [str(v) for v in values]
+    """Every From field's value, also in the obsolete syntax `From :` that the stdlib parser
+    drops as an mbox From_ line (agentmx/fromheader.py)."""
+    return fromheader.from_values(header_block(message))
 
 
 def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float = 0.0,

@@ -5,20 +5,25 @@ v=DMARC1 records has none (and the walk stops there); a DNS failure is temperror
 evaluate(): pass when an SPF or DKIM pass is aligned with the From domain (relaxed: same
 organizational domain; strict: the same name); fail otherwise, or temperror when an identifier
 that could have aligned could not be checked because of DNS.
+The author domains are every domain of every From field (agentmx/fromheader.py). Only one From
+field naming one domain can pass; otherwise (RFC 9989 5.3.1 and 11.5) each domain, up to
+MAX_AUTHOR_DOMAINS, is evaluated on its own and the strictest policy among those that fail
+applies, so that a second From cannot hide a domain whose policy would reject the message.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from email.utils import getaddresses
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from agentmx.resolver import DnsTempError, Lookups
 
+from agentmx.fromheader import authors
 from agentmx.orgdomain import normalize, org_domain
 from .results import DkimResult, DmarcRecord, DmarcResult, SpfResult
 
 _POLICIES = ("none", "quarantine", "reject")
+MAX_AUTHOR_DOMAINS = 5     # From domains evaluated when there are several (RFC 9989 11.5: a bound)
 _TAG = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", re.S)
 _VERSION = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)", re.I)
 
@@ -103,23 +108,6 @@ def discover_record(lookups: Lookups, from_domain: str) -> Discovery:
     return Discovery(None, "", False)
 
 
-def from_domains(from_values: Iterable[str]) -> tuple[list[str], str]:
-    """The domains of the From header field(s), and a reason when there is not exactly one."""
-    values = list(from_values)
-    if not values:
-        return [], "no From header"
-    addresses = [addr for _, addr in getaddresses(values) if addr]
-    domains = {normalize(addr.rpartition("@")[2]) for addr in addresses if "@" in addr}
-    domains.discard("")
-    if len(values) > 1:                     # RFC 5322 allows one From field: never evaluated
-        return sorted(domains), f"{len(values)} From headers"
-    if not domains:
-        return [], "From has no usable domain"
-    if len(domains) > 1:
-        return sorted(domains), "From has addresses in several domains"
-    return sorted(domains), ""
-
-
 def aligned(domain: str, from_domain: str, mode: str) -> bool:
     domain = normalize(domain)
     if not domain:
@@ -132,10 +120,32 @@ def aligned(domain: str, from_domain: str, mode: str) -> bool:
 def evaluate(lookups: Lookups, from_values: Iterable[str], spf: SpfResult,
              dkim: Iterable[DkimResult], sample: float = 0.0) -> DmarcResult:
     """The DMARC result for one message. `sample` in [0, 1) is compared with pct/100."""
-    domains, problem = from_domains(from_values)
-    if problem:
-        return DmarcResult("permerror", from_domain=",".join(domains), reason=problem)
-    from_domain = domains[0]
+    who = authors(from_values)
+    dkim = list(dkim)
+    if not who.problem:
+        return _evaluate_domain(lookups, who.domains[0], spf, dkim, sample)
+    # RFC 9989 5.3.1: with zero or several author domains DMARC validation "is not possible"
+    # (nor with a repeated From field, 4.4), so the message never passes; 11.5: a receiver that
+    # goes on evaluates each domain and applies the strictest policy among those that fail.
+    each = tuple(_evaluate_domain(lookups, d, spf, dkim, sample) for d in who.domains[:MAX_AUTHOR_DOMAINS])
+    skipped = len(who.domains) - len(each)
+    problem = who.problem + (f"; only the first {MAX_AUTHOR_DOMAINS} checked" if skipped > 0 else "")
+    failed = [r for r in each if r.result == "fail"]
+    if failed:
+        worst = max(failed, key=lambda r: (_POLICIES.index(r.disposition), _POLICIES.index(r.policy)))
+        return replace(worst, reason=f"{problem}; {worst.from_domain} fails: {worst.reason}", each=each)
+    temp = [r for r in each if r.result == "temperror"]
+    if temp:
+        return DmarcResult("temperror", from_domain=temp[0].from_domain, each=each,
+                           reason=f"{problem}; {temp[0].from_domain}: {temp[0].reason}")
+    verdicts = ", ".join(f"{r.from_domain} {r.result}" for r in each)
+    return DmarcResult("permerror", from_domain=who.domains[0] if who.domains else "", each=each,
+                       reason=f"{problem}" + (f"; none fails ({verdicts})" if each else ""))
+
+
+def _evaluate_domain(lookups: Lookups, from_domain: str, spf: SpfResult, dkim: list[DkimResult],
+                     sample: float) -> DmarcResult:
+    """RFC 7489 for one author domain."""
     try:
         found = discover_record(lookups, from_domain)
     except DnsTempError as exc:
@@ -145,7 +155,6 @@ def evaluate(lookups: Lookups, from_values: Iterable[str], spf: SpfResult,
     rec = found.record
     policy = rec.sp if (found.is_org and rec.sp) else rec.p
 
-    dkim = list(dkim)
     dkim_ok = next((d.domain for d in dkim if d.result == "pass"
                     and aligned(d.domain, from_domain, rec.adkim)), None)
     spf_ok = spf.domain if (spf.result == "pass" and aligned(spf.domain, from_domain, rec.aspf)) else None

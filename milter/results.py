@@ -58,6 +58,9 @@ class DmarcResult:
     dkim_aligned: str | None = None   # the aligned, passing d= domain
     spf_aligned: str | None = None    # the aligned, passing MAIL FROM domain
     reason: str = ""
+    # When the From fields name several domains (or From is repeated): the verdict of each
+    # domain checked (RFC 9989 11.5); the result above is the one that applies. Else empty.
+    each: tuple["DmarcResult", ...] = ()
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,7 @@ def _signature(headers: list, include: list[bytes], bh: bytes, t: bytes, key: Dk
 
 
 def from_domain(from_values: list[str]) -> str | None:
-    """The one domain of the From header, or None (no From, several, or several domains)."""
-    from email.utils import getaddresses
-    if len(from_values) != 1:
-        return None
-    domains = {addr.rpartition("@")[2].lower().rstrip(".") for _, addr in getaddresses(from_values) if "@" in addr}
-    return domains.pop() if len(domains) == 1 else None
+    """The one domain of the From header, or None (no From, several From fields, several
+    domains, or one that is no domain name): read as DMARC reads it (agentmx/fromheader.py)."""
+    from agentmx.fromheader import authors
+    return authors(from_values).single_domain

@@ -25,6 +25,8 @@ def example_zone(zone, key):
         "_dmarc.example.org": {"TXT": ["v=DMARC1; p=reject; pct=50"]},
         "sel._domainkey.example.org": {"TXT": [key.txt]},
         "_dmarc.example.com": {"TXT": ["v=DMARC1; p=quarantine; sp=reject"]},
+        "_dmarc.bank.example": {"TXT": ["v=DMARC1; p=reject"]},
+        "_dmarc.shop.example": {"TXT": ["v=DMARC1; p=quarantine"]},
     })
 
 
@@ -39,8 +41,9 @@ def test_aligned_signature_passes(example_zone, lookups, key):
 
 @pytest.mark.parametrize("froms,reason", [
     ([], "no From header"),
-    (["a@example.org", "b@example.org"], "2 From headers"),
-    (["a@example.org, b@example.net"], "From has addresses in several domains"),
+    (["a@example.org", "b@example.org"], "2 From header fields (example.org); none fails (example.org pass)"),
+    (["a@example.org, b@example.net"],
+     "From has addresses in several domains (example.org, example.net); none fails (example.org pass, example.net none)"),
     (["undisclosed-recipients:;"], "From has no usable domain"),
 ])
 def test_from_problems_are_dmarc_permerror(example_zone, lookups, froms, reason):
@@ -49,6 +52,95 @@ def test_from_problems_are_dmarc_permerror(example_zone, lookups, froms, reason)
     res = authenticate(raw, ENV, lookups)
     assert res.dmarc.result == "permerror" and res.dmarc.reason == reason
     assert policy.decide(res, PolicyConfig(reject_dmarc=True)).action == "accept"
+
+
+def _news(from_lines: bytes, key=None) -> bytes:
+    """With ENV, a message that passes DMARC for example.org (SPF aligned; DKIM too when signed
+    with `key`), with from_lines as its From field(s): an attacker's message from a domain that
+    passes."""
+    raw = (from_lines + b"To: agent@agentmx.test\r\nSubject: Reset your password\r\n"
+           b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\nClick here.\r\n")
+    return sign(raw, "example.org", "sel", key) if key else raw
+
+
+def test_second_from_in_obsolete_syntax_is_not_hidden(example_zone, lookups, key):
+    """The regression (issue 13 item 10): `From :` (white space before the colon, RFC 5322
+    obs-from) was dropped by the header parser, and DMARC passed on the first From alone."""
+    raw = _news(b"From: News <news@example.org>\r\nFrom : Bank <security@bank.example>\r\n", key)
+    res = authenticate(raw, ENV, lookups)
+    assert res.dkim_summary == "pass" and res.spf.result == "pass"
+    assert (res.dmarc.result, res.dmarc.from_domain, res.dmarc.policy, res.dmarc.disposition) == \
+        ("fail", "bank.example", "reject", "reject")
+    assert res.dmarc.reason.startswith("2 From header fields (example.org, bank.example); bank.example fails")
+    assert [(d.from_domain, d.result) for d in res.dmarc.each] == [("example.org", "pass"), ("bank.example", "fail")]
+    assert policy.decide(res, PolicyConfig(reject_dmarc=True)) == policy.Decision(
+        "reject", "550", "5.7.1", "Message rejected per DMARC policy of bank.example")
+
+
+SPOOF = ("fail", "bank.example", "reject")     # bank.example's policy applies
+GENUINE = ("pass", "example.org", "none")      # bank.example is named, but not as an author
+
+
+@pytest.mark.parametrize("from_lines,verdict", [
+    (b"From: news@example.org\r\nFROM: security@bank.example\r\n", SPOOF),
+    (b"From: news@example.org\r\nfrom:security@bank.example\r\n", SPOOF),
+    (b"From : security@bank.example\r\nFrom: news@example.org\r\n", SPOOF),
+    (b"From: news@example.org\r\nX-A: b\r\nFrom\t  :security@bank.example\r\n", SPOOF),
+    (b"From: news@example.org,\r\n security@bank.example\r\n", SPOOF),
+    (b"From: news@example.org, security@bank.example\r\n", SPOOF),
+    (b"From: news@example.org security@bank.example\r\n", SPOOF),
+    (b"From: Staff: news@example.org, security@bank.example;\r\n", SPOOF),
+    (b"From: news@example.org)<security@bank.example>\r\n", SPOOF),
+    (b"From: news@example.org <security@bank.example>\r\n", SPOOF),
+    (b"From: News <news@example.org> Bank <security@bank.example>\r\n", SPOOF),
+    (b"From: news@example.org\rFrom: security@bank.example\r\n", SPOOF),
+    (b'From: "security@bank.example" <news@example.org>\r\n', GENUINE),
+    (b"From: =?utf-8?q?security=40bank.example?= <news@example.org>\r\n", GENUINE),
+    (b"From: news@example.org (security@bank.example)\r\n", GENUINE),
+    (b"From: news@example.org\x00security@bank.example\r\n", GENUINE),   # Postfix cuts at the NUL
+    (b"From security@bank.example Mon Jan  1 00:00:00 2024\r\nFrom: news@example.org\r\n", GENUINE),
+    (b"From: news@example.org\r\nReply-To: security@bank.example\r\nSender: security@bank.example\r\n", GENUINE),
+])
+def test_every_way_to_name_a_second_domain(example_zone, lookups, from_lines, verdict):
+    res = authenticate(_news(from_lines), ENV, lookups)
+    assert res.spf.result == "pass"
+    assert (res.dmarc.result, res.dmarc.from_domain, res.dmarc.disposition) == verdict
+
+
+def test_the_strictest_failing_policy_applies(example_zone, lookups):
+    spoof = Envelope("198.51.100.1", "evil.test", "x@evil.test")
+    raw = (b"From: a@shop.example\r\nFrom: b@bank.example\r\nFrom: c@nodmarc.example\r\n"
+           b"Subject: x\r\n\r\nbody\r\n")
+    res = authenticate(raw, spoof, lookups)
+    assert (res.dmarc.result, res.dmarc.from_domain, res.dmarc.disposition) == ("fail", "bank.example", "reject")
+    assert [d.result for d in res.dmarc.each] == ["fail", "fail", "none"]
+    # example.org asks reject for half (pct=50): unsampled, quarantine, as shop.example's; on a
+    # tie of what applies, the stricter policy asked wins
+    raw = b"From: a@shop.example, b@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+    res = authenticate(raw, spoof, lookups, sample=0.7)
+    assert (res.dmarc.from_domain, res.dmarc.policy, res.dmarc.disposition) == ("example.org", "reject", "quarantine")
+
+
+def test_author_domains_beyond_the_bound_are_not_checked(example_zone, lookups):
+    from agentmx.milter.dmarc_check import MAX_AUTHOR_DOMAINS
+    spoof = Envelope("198.51.100.1", "evil.test", "x@evil.test")
+    others = b"".join(b"From: u@d%d.example\r\n" % i for i in range(MAX_AUTHOR_DOMAINS))
+    late = authenticate(others + b"From: b@bank.example\r\n\r\nbody\r\n", spoof, lookups)
+    assert late.dmarc.result == "permerror" and f"only the first {MAX_AUTHOR_DOMAINS} checked" in late.dmarc.reason
+    assert len(late.dmarc.each) == MAX_AUTHOR_DOMAINS
+    early = authenticate(b"From: b@bank.example\r\n" + others + b"\r\nbody\r\n", spoof, lookups)
+    assert early.dmarc.result == "fail" and early.dmarc.from_domain == "bank.example"
+
+
+def test_dns_failure_for_one_author_domain(zone, lookups):
+    """No domain fails, one could not be checked: temperror. One fails: fail, whatever the rest."""
+    zone({"_dmarc.slow.example": {"TXT": "TIMEOUT"}, "_dmarc.bank.example": {"TXT": ["v=DMARC1; p=reject"]}})
+    spoof = Envelope("198.51.100.1", "evil.test", "x@evil.test")
+    res = authenticate(b"From: a@slow.example, b@nodmarc.example\r\n\r\nbody\r\n", spoof, lookups)
+    assert (res.dmarc.result, res.dmarc.from_domain) == ("temperror", "slow.example")
+    assert policy.decide(res, PolicyConfig(defer_temperror=True)).action == "defer"
+    res = authenticate(b"From: a@slow.example, b@bank.example\r\n\r\nbody\r\n", spoof, lookups)
+    assert (res.dmarc.result, res.dmarc.from_domain) == ("fail", "bank.example")
 
 
 def test_pct_sampling_and_subdomain_policy(example_zone, resolver):
@@ -95,3 +187,20 @@ def test_combined_policy_is_the_most_lenient():
     assert policy.combine([strict, strict]).reject_dmarc
     assert not policy.combine([strict, lax]).reject_dmarc
     assert policy.combine([]).records_only
+
+
+@pytest.mark.parametrize("head,domain", [
+    (b"From: Agent <agent@agents.example>\r\n", "agents.example"),
+    (b'From: "victim@bank.example" <agent@agents.example>\r\n', "agents.example"),
+    (b"From: agent@agents.example\r\nFrom : victim@bank.example\r\n", None),    # was agents.example
+    (b"From : victim@bank.example\r\nFrom: agent@agents.example\r\n", None),    # was agents.example
+    (b"From: agent@agents.example, victim@bank.example\r\n", None),
+    (b"From: agent@agents.example victim@bank.example\r\n", None),
+    (b"From: agent@agents.example, x@[192.0.2.1]\r\n", None),
+    (b"From: agent@agents.example)<victim@bank.example>\r\n", "bank.example"),
+])
+def test_the_signing_domain_is_read_as_dmarc_reads_from(head, domain):
+    """Outbound (milter/sign.py): sign only for the one domain a receiver's DMARC will judge."""
+    from agentmx.milter.authenticate import from_header_values
+    from agentmx.milter.sign import from_domain
+    assert from_domain(from_header_values(head + b"To: x@y.example\r\n\r\nbody\r\n")) == domain

@@ -72,3 +72,26 @@ def test_auth_with_dns_down_says_temperror(zone, dns_server):
     assert out.returncode == 0
     assert "DKIM d=googlemail.com s=20120113 a=rsa-sha256: temperror" in out.stdout
     assert "DMARC From googlemail.com: temperror" in out.stdout
+
+
+def test_auth_reads_a_second_from_in_obsolete_syntax(zone, tmp_path):
+    """Issue 13 item 10: `From :` was dropped, and `agentmx auth` said pass for the first From."""
+    port = zone({"sender.example": {"TXT": ["v=spf1 ip4:192.0.2.10 -all"]},
+                 "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=none"]},
+                 "_dmarc.bank.example": {"TXT": ["v=DMARC1; p=reject"]}}).port
+    raw = tmp_path / "spoof.eml"
+    raw.write_bytes(b"From: News <news@sender.example>\nFrom : Bank <security@bank.example>\n"
+                    b"To: agent@agentmx.test\nSubject: Reset your password\n\nClick here.\n")
+    out = subprocess.run([AGENTMX, "auth", str(raw), "--client-ip", "192.0.2.10", "--helo", "mail.sender.example",
+                          "--mail-from", "news@sender.example", "--dns", f"127.0.0.1:{port}", "--timeout", "1"],
+                         capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "AGENTMX_CONFIG": "/nonexistent/agentmx.toml"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    dmarc = next(line for line in lines if line.startswith("DMARC "))
+    assert dmarc.startswith("DMARC From bank.example: fail (2 From header fields (sender.example, bank.example); ")
+    assert "  2 From domain(s) checked; the result above is the one that applies:" in lines
+    assert "  DMARC From sender.example: pass (aligned SPF sender.example)" in lines
+    assert any(line.startswith("  DMARC From bank.example: fail (") for line in lines)
+    assert "    policy reject (p=reject sp=- pct=100 adkim=r aspf=r); applies to this message: reject" in lines
+    assert "dmarc=fail" in lines[-1] and "header.from=bank.example" in lines[-1]

@@ -260,3 +260,29 @@ def test_the_inbox_index_is_not_readable_by_other_users(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("inbox.sqlite*")}
     assert modes and all(m & 0o007 == 0 for m in modes.values()), modes
+
+
+def test_several_from_fields_are_not_hidden_from_the_agent(tmp_path, receiver):
+    """`from` stays the first From (DESIGN.md); that there were others is in `defects`, and the
+    milter's verdict for the domain whose policy applies is in auth (RFC 9989 11.5)."""
+    ar = (f"Authentication-Results: {AUTHSERV}; spf=pass smtp.mailfrom=alice@sender.test;\r\n"
+          f"\tdmarc=fail reason=\"2 From header fields (sender.test, bank.test); bank.test fails\"\r\n"
+          f"\t(p=reject sp=reject pct=100 dis=reject) header.from=bank.test policy.dmarc=reject\r\n")
+    body = BODY.replace("From: Alice <alice@sender.test>\r\n",
+                        "From: Alice <alice@sender.test>\r\nFrom : Bank <security@bank.test>\r\n")
+    deliver((ar + RECEIVED + body).encode("latin-1"), ENV, config(tmp_path, receiver.url))
+    (event,) = receiver.events()
+    jsonschema.validate(event, SCHEMA)
+    assert event["from"] == {"address": "alice@sender.test", "name": "Alice"}
+    assert [v for n, v in event["headers"] if n == "From"] == ["Alice <alice@sender.test>", "Bank <security@bank.test>"]
+    assert "header From: 2 From header fields (sender.test, bank.test): `from` is only the first of " \
+           "alice@sender.test, security@bank.test" in event["defects"]
+    assert event["auth"]["dmarc"] == "fail" and event["auth"]["details"]["dmarc"]["from"] == "bank.test"
+
+
+def test_a_dmarc_pass_for_another_domain_than_from_is_said(tmp_path, receiver):
+    body = BODY.replace("From: Alice <alice@sender.test>", "From: Bank <security@bank.test>")
+    deliver((OUR_AR + RECEIVED + body).encode("latin-1"), ENV, config(tmp_path, receiver.url))
+    (event,) = receiver.events()
+    assert event["auth"]["dmarc"] == "pass" and event["from"]["address"] == "security@bank.test"
+    assert "auth: DMARC passed for sender.test, but `from` is in bank.test" in event["defects"]

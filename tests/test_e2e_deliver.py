@@ -48,6 +48,7 @@ def world(dns_server, key):
         "mail.sender.test": {"A": ["127.0.0.1"]},
         "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject"]},
         "s1._domainkey.sender.test": {"TXT": [key.txt]},
+        "_dmarc.bank.test": {"TXT": ["v=DMARC1; p=reject"]},
     })
     receiver = Receiver()
     pf = PostfixInstance("dl", AUTHSERV)
@@ -138,6 +139,23 @@ def test_signed_mail_arrives_as_a_verified_event_with_fetchable_attachments(w, k
     with urllib.request.urlopen(url, timeout=5) as r:
         assert r.read() == payload
     wait_log(pf, "status=sent (delivered via agentmx service")
+
+
+def test_a_second_from_reaches_the_agent_as_a_dmarc_fail_and_a_defect(w, key):
+    """Issue 13 item 10 through Postfix, the milter and deliver: `from` stays the first From,
+    auth.dmarc is bank.test's fail (its p=reject), and `defects` says there were two."""
+    pf, receiver = w["pf"], w["receiver"]
+    raw = mail(key).replace(b"From: Alice <alice@sender.test>\r\n",
+                            b"From: Alice <alice@sender.test>\r\nFrom : Bank <support@bank.test>\r\n")
+    send(pf.port, "alice@sender.test", ["agent@agentmx.test"], raw)
+    (req,) = wait_requests(receiver, 1)
+    event = json.loads(req.body)
+    jsonschema.validate(event, SCHEMA)
+    assert event["from"] == {"address": "alice@sender.test", "name": "Alice"}
+    assert event["auth"]["spf"] == "pass" and event["auth"]["dmarc"] == "fail"
+    assert event["auth"]["details"]["dmarc"]["from"] == "bank.test"
+    assert event["auth"]["details"]["dmarc"]["policy"] == "reject"
+    assert any(d.startswith("header From: 2 From header fields (sender.test, bank.test)") for d in event["defects"])
 
 
 def test_unrouted_address_is_refused_at_smtp_time(w, key):

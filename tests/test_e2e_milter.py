@@ -9,7 +9,9 @@ import smtplib
 import subprocess
 import threading
 import time
+from email.utils import formatdate, make_msgid
 
+import dkim
 import pytest
 
 from conftest import report
@@ -159,6 +161,61 @@ def test_costly_dkim_key_is_refused_before_any_arithmetic(mx, stack, dns_server,
     assert waited < 5.0, f"a normal message took {waited:.1f} s beside the costly one"
     (meanwhile,) = [p for p in paths if b"Subject: meanwhile" in p.read_bytes()]
     assert only_ours(meanwhile)["dkim"][0].result == "pass"
+
+
+def _spoof(from_lines: bytes, to: str, keys) -> bytes:
+    """A message from sender.test (SPF and DKIM pass, aligned) whose From field(s) also name
+    bank.test. Every From field is signed (dkimpy's h=from once does not verify with two)."""
+    raw = from_lines + (f"To: {to}\r\nSubject: Reset your password\r\nDate: {formatdate()}\r\n"
+                        f"Message-ID: {make_msgid(domain='sender.test')}\r\n\r\nClick here.\r\n").encode()
+    signed = [b"from"] * from_lines.lower().count(b"from:") + [b"to", b"subject", b"date", b"message-id"]
+    return dkim.sign(raw, b"rsa", b"sender.test", keys["rsa"].private, canonicalize=(b"relaxed", b"relaxed"),
+                     include_headers=signed, linesep=b"\r\n") + raw
+
+
+def test_a_second_from_in_obsolete_syntax_cannot_hide_a_rejecting_domain(mx, keys):
+    """Issue 13 item 10 through Postfix and the milter process. Postfix 3.7 hands the milter
+    `From :` as a field named From (and stores it as `From:`), so the milter saw two From
+    fields: dmarc=permerror, which no policy rejects, and the mail client shows the bank. Now
+    each domain is checked (RFC 9989 11.5) and bank.test's p=reject applies."""
+    def spoof(to):       # signed as Postfix will store it (dkimpy does not read `From :`), sent obsolete
+        raw = _spoof(b"From: Alice <alice@sender.test>\r\nFrom: Bank <support@bank.test>\r\n", to, keys)
+        return raw.replace(b"\r\nFrom: Bank", b"\r\nFrom : Bank")
+
+    send(mx.port, "alice@sender.test", ["agent@agentmx.test"], spoof("agent@agentmx.test"))
+    (path,) = mx.wait_delivered(1)
+    v = only_ours(path)
+    assert v["dkim"][0].result == "pass" and v["spf"][0].result == "pass"
+    dm = v["dmarc"][0]
+    assert (dm.result, dm.header_from, dm.policy) == ("fail", "bank.test", "reject")
+    assert "2 From header fields (sender.test, bank.test)" in dm.reason
+    assert b"\nFrom: Bank <support@bank.test>" in path.read_bytes()     # as Postfix stored it
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(mx.port, "alice@sender.test", ["agent@strict.agentmx.test"], spoof("agent@strict.agentmx.test"))
+    assert exc.value.smtp_code == 550 and b"5.7.1" in exc.value.smtp_error and b"bank.test" in exc.value.smtp_error
+    time.sleep(0.5)
+    assert len(mx.delivered()) == 1
+
+
+@pytest.mark.parametrize("lines", [
+    b"From: Alice <alice@sender.test>, Bank <support@bank.test>\r\n",
+    b"From: Staff: alice@sender.test, support@bank.test;\r\n",
+    b"From: alice@sender.test support@bank.test\r\n",
+    b"From: alice@sender.test\r\nFROM: support@bank.test\r\n",
+], ids=["mailbox-list", "group", "no-comma", "upper-case"])
+def test_every_from_domain_counts_through_postfix(mx, keys, lines):
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(mx.port, "alice@sender.test", ["agent@strict.agentmx.test"],
+             _spoof(lines, "agent@strict.agentmx.test", keys))
+    assert exc.value.smtp_code == 550 and b"bank.test" in exc.value.smtp_error
+
+
+def test_an_address_in_the_display_name_is_no_author(mx, keys):
+    lines = b'From: "support@bank.test" <alice@sender.test>\r\n'
+    send(mx.port, "alice@sender.test", ["agent@strict.agentmx.test"], _spoof(lines, "agent@strict.agentmx.test", keys))
+    (path,) = mx.wait_delivered(1)
+    dm = only_ours(path)["dmarc"][0]
+    assert (dm.result, dm.header_from) == ("pass", "sender.test")
 
 
 def test_null_sender_is_checked_as_postmaster_at_helo(mx):

@@ -146,3 +146,23 @@ def test_deep_nesting_is_bounded():
     body += b"--b%d\r\nContent-Type: text/plain\r\n\r\ndeep\r\n" % depth
     p = parse(msg("Subject: deep\r\n", body, "multipart/mixed; boundary=b0"))
     assert any("nesting deeper" in d for d in p.defects)
+
+
+@pytest.mark.parametrize("head", [
+    b"From: a@passing.example\r\nFrom : victim@bank.example\r\nSubject: x\r\n",     # the stdlib dropped it
+    b"From : victim@bank.example\r\nFrom: a@passing.example\r\nSubject: x\r\n",     # ... or took it for mbox From_
+    b"From: a@passing.example\r\nSubject: x\r\nFrom\t: victim@bank.example\r\n",    # ... or pushed it into the body
+])
+def test_a_from_field_in_obsolete_syntax_is_kept(head):
+    p = parse(head + b"\r\nbody\r\n")
+    assert sorted(v for n, v in p.headers if n.lower() == "from") == ["a@passing.example", "victim@bank.example"]
+    assert p.text.strip() == "body"
+    assert (p.authors.fields, set(p.authors.domains)) == (2, {"passing.example", "bank.example"})
+    assert any("space before the colon" in d for d in p.defects)
+
+
+def test_from_fields_are_read_even_when_the_parser_breaks(monkeypatch):
+    import agentmx.deliver.parse as parse_module
+    monkeypatch.setattr(parse_module, "_parse", lambda raw: 1 / 0)
+    p = parse(b"From: a@passing.example\r\nFrom : victim@bank.example\r\n\r\nx")
+    assert p.defects[0].startswith(parse_module.INTERNAL) and p.authors.fields == 2
