@@ -1,28 +1,23 @@
 """Wake-ups for waiting readers: "something new is in the inbox" from deliver to serve, without polling.
 
-The embedded store (one host) carries them over unix datagram sockets in <data_dir>/notify/:
-every `agentmx serve` process binds one socket there (serve-<pid>.sock), and `ring(data_dir)`,
+On one host they travel over unix datagram sockets in <data_dir>/notify/: every `agentmx serve`
+process binds one socket there (serve-<pid>.sock: agentmx/api/listener.py), and `ring(data_dir)`,
 called by deliver after it has committed an inbox row, sends one tiny datagram to each. Nothing
 is queued and nothing waits: a datagram that cannot be sent (no serve running, its buffer full)
-is dropped, and serve's own slow check (`Listener.fallback`, one query every few seconds) catches
-whatever a lost datagram did not announce. A stale socket (its serve died) is removed.
+is dropped, and serve's own slow check catches whatever a lost datagram did not announce. A stale
+socket (its serve died) is removed. This module is on deliver's per-message path: stdlib os and
+socket only, no asyncio.
 
     deliver:  ring(data_dir)                          microseconds; never raises
-    serve:    listener = Listener(data_dir, check)    check() -> a number that grows with news
-              await listener.start(); gen = listener.generation
-              await listener.wait(gen, timeout)       -> the new generation, or the same on timeout
 """
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
 import socket
 from pathlib import Path
-from typing import Callable
 
-from .ownership import hand_over
 
 log = logging.getLogger("agentmx.notify")
 
@@ -53,7 +48,7 @@ def ring(data_dir: Path) -> int:
                 sock.sendto(b"1", path)
                 heard += 1
             except ConnectionRefusedError:          # nobody bound: a serve that died
-                _remove_stale(path)
+                remove_stale(path)
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.ENOENT, errno.EACCES):
                     log.debug("notify %s: %s", name, exc)
@@ -63,95 +58,8 @@ def ring(data_dir: Path) -> int:
     return heard
 
 
-def _remove_stale(path: str) -> None:
+def remove_stale(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:
         pass
-
-
-class Listener:
-    """serve's side: a generation counter that grows when deliver rings or `check()` moves."""
-
-    def __init__(self, data_dir: Path, check: Callable[[], int], fallback: float = 3.0):
-        self.data_dir = Path(data_dir)
-        self.check = check              # e.g. the inbox's last sequence number (run in a thread)
-        self.fallback = fallback
-        self.generation = 0
-        self._event = asyncio.Event()
-        self._transport: asyncio.DatagramTransport | None = None
-        self._task: asyncio.Task | None = None
-        self._path: Path | None = None
-        self._last_check: int | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        d = folder(self.data_dir)
-        try:
-            d.mkdir(mode=0o750, parents=True, exist_ok=True)
-            hand_over(d, self.data_dir)
-            self._path = d / f"serve-{os.getpid()}.sock"
-            _remove_stale(str(self._path))
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(str(self._path))
-            os.chmod(self._path, 0o660)            # deliver (the same user, or its group) may write
-            hand_over(self._path, self.data_dir)
-            self._transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self.bump), sock=sock)
-        except OSError as exc:
-            # Not fatal: waiters are still woken by the fallback check, only later.
-            log.warning("cannot listen for inbox notifications in %s (%s); checking every %gs instead",
-                        d, exc.strerror, self.fallback)
-            self._path = None
-        try:
-            self._last_check = await asyncio.to_thread(self.check)
-        except Exception as exc:                 # the first tick takes it, then
-            log.debug("notification check failed: %s", exc)
-        self._task = asyncio.create_task(self._fallback_loop())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._transport:
-            self._transport.close()
-        if self._path:
-            _remove_stale(str(self._path))
-
-    def bump(self) -> None:
-        self.generation += 1
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, generation: int, timeout: float) -> int:
-        """Until the generation moves past `generation`, or `timeout` seconds."""
-        if self.generation != generation:
-            return self.generation
-        event = self._event
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        return self.generation
-
-    async def _fallback_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.fallback)
-            try:
-                value = await asyncio.to_thread(self.check)
-            except Exception as exc:             # a store hiccup: try again at the next tick
-                log.debug("notification fallback check failed: %s", exc)
-                continue
-            if value != self._last_check:
-                self.bump()
-            self._last_check = value
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, bump: Callable[[], None]):
-        self.bump = bump
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.bump()

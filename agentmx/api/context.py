@@ -15,10 +15,10 @@ from starlette.requests import Request
 from agentmx import send
 from agentmx.config import ApiKey, Config
 from agentmx.inbox import Inbox
-from agentmx.notify import Listener
 from agentmx.store import Store
 
 from .errors import ApiError
+from .listener import Listener
 from .streams import StreamSlots
 
 
