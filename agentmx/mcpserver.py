@@ -99,9 +99,10 @@ def build(client_for: Callable[[Context], Client] | Client) -> MCPServer:
     @server.tool()
     def reply(ctx: Context, message_id: str, text: str, force: bool = False) -> str:
         """Reply to a received email, threaded, from the address it was sent to, to its sender
-        alone: the From address (or its Reply-To, when that is in the same organizational domain
-        and DMARC passed), never an address the email itself asks for. Replies to automatic mail
-        (bounces, auto-replies, lists) are refused unless force is true: they start mail loops."""
+        alone: the From address, and only when the sender is authenticated (DMARC pass, or an
+        aligned SPF or DKIM pass), never an address the email itself asks for. Replies to
+        automatic mail (bounces, auto-replies, lists) are refused unless force is true: they start
+        mail loops."""
         event = call(ctx, "message", message_id)
         try:
             to = reply_address(event)

@@ -1,19 +1,51 @@
-"""Files a root process makes in the data directory (a test, `agentmx status` by hand, serve run
-as root) are handed to the data directory's owner at once: deliver and serve, as user agentmx,
-must keep using them."""
+"""Owners and modes of the files agentmx makes, changed without ever following a symbolic link.
+
+The data directory belongs to user agentmx: a compromised deliver, serve or agent could plant a
+link there (`inbox.sqlite-wal -> /etc/passwd`), and a root process that then chowns or chmods
+"its" file (a test, `agentmx status` or `agentmx setup` by hand) would hand the link's target to
+agentmx. So every change here works on a file descriptor opened with O_NOFOLLOW (a regular file
+or a directory), or on the link itself (lchown, for sockets); a link is refused, never followed.
+"""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
+class NotOurs(OSError):
+    """A path that is a symbolic link, or not the kind of file expected: left alone."""
+
+
+def set_owner(path: Path, uid: int, gid: int, mode: int | None = None) -> None:
+    """chown (and chmod) `path`, a regular file, a directory or a socket, never a link's target.
+    Raises NotOurs for a symbolic link or another kind of file."""
+    st = os.lstat(path)
+    if stat.S_ISSOCK(st.st_mode):
+        os.chown(path, uid, gid, follow_symlinks=False)
+        if mode is not None:
+            os.chmod(path, mode)          # a socket cannot be opened; ours, just made by us
+        return
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise NotOurs(f"{path}: not a regular file or directory (a link?): left alone")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fchown(fd, uid, gid)
+        if mode is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def hand_over(path: Path, owner_of: Path) -> None:
-    """chown `path` to the owner and group of `owner_of`, when we are root; else nothing."""
+    """Give `path` the owner and group of `owner_of` (the data directory), when we are root; else
+    nothing. Never through a link."""
     if os.geteuid() != 0:
         return
     try:
         st = Path(owner_of).stat()
-        os.chown(path, st.st_uid, st.st_gid)
+        set_owner(path, st.st_uid, st.st_gid)
     except OSError:
         pass
 
@@ -24,7 +56,30 @@ def share_with_group(path: Path, like: Path, mode: int) -> None:
     if os.geteuid() != 0:
         return
     try:
-        os.chown(path, 0, Path(like).stat().st_gid)
-        os.chmod(path, mode)
+        set_owner(path, 0, Path(like).stat().st_gid, mode)
     except OSError:
         pass
+
+
+def no_other_access(path: Path) -> None:
+    """Take the others' bits away from a file of ours (made 0644 by an older version). Path-based
+    (an SQLite file must not be opened and closed beside a connection: its locks would go) and
+    never as root: as its owner, a chmod through a planted link can only reach one's own files."""
+    if os.geteuid() == 0:
+        return
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o007 and st.st_uid == os.geteuid():
+            os.chmod(path, st.st_mode & 0o770)
+    except OSError:
+        pass
+
+
+def refuse_links(*paths: Path) -> None:
+    """Raise NotOurs if any of `paths` is a symbolic link (a file we are about to open)."""
+    for p in paths:
+        try:
+            if stat.S_ISLNK(os.lstat(p).st_mode):
+                raise NotOurs(f"{p}: a symbolic link where agentmx keeps a file of its own: refused")
+        except FileNotFoundError:
+            pass

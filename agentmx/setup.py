@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dkimkeys, dnsrecords
+from .ownership import NotOurs, set_owner
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 BACKUP = ".agentmx-orig"
@@ -216,7 +217,8 @@ def layout(plan: Plan, app, milter) -> list[Owned]:
            Owned(etc / "agentmx.toml", 0, app.pw_gid, 0o640),
            Owned(etc / "recipients", 0, app.pw_gid, 0o640),
            Owned(plan.data_dir, app.pw_uid, app.pw_gid, 0o750),
-           Owned(plan.data_dir / "stats", milter.pw_uid, app.pw_gid, 0o750),
+           # setgid: the milter's counters (made with its primary group, postfix) get group agentmx
+           Owned(plan.data_dir / "stats", milter.pw_uid, app.pw_gid, 0o2750),
            Owned(keys, 0, milter.pw_gid, 0o750),
            Owned(plan.socket.parent, milter.pw_uid, _gid("postfix"), 0o750)]
     out += [Owned(etc / name, app.pw_uid, app.pw_gid, 0o400)
@@ -252,8 +254,10 @@ def apply(plan: Plan) -> str:
     config = load_config(cfg_path)
     (plan.agentmx_dir / "recipients").write_text(postfix_map(config.routes))
     for item in layout(plan, app, milter):
-        os.chown(item.path, item.uid, item.gid)
-        os.chmod(item.path, item.mode)
+        try:
+            set_owner(item.path, item.uid, item.gid, item.mode)     # never through a link
+        except NotOurs as exc:
+            raise SetupError(f"{exc}; remove it and run setup again") from None
     _apply_postfix(plan, plan.postfix_dir)
     return dnsrecords.zone_lines(dnsrecords.records(config, plan.domain))
 

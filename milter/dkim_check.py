@@ -22,7 +22,7 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 
 from agentmx.resolver import DnsTempError, Lookups
 
-from .dkimcrypto import BudgetExhausted, Refused, RsaBudget, body_hash, header_digest, parse_key_record, verify
+from .dkimcrypto import Bodies, BudgetExhausted, Headers, Refused, RsaBudget, header_digest, parse_key_record, verify
 from .results import ArcResult, DkimResult
 
 MAX_SIGNATURES = 8
@@ -60,7 +60,14 @@ class _Verifier:
     def __init__(self, message: bytes, budget: RsaBudget, timeout: float):
         super().__init__(message, logger=_dkimpy_log, timeout=timeout)
         self.rsa_budget = budget
-        self._body_hashes: dict[tuple, bytes] = {}
+        self._fields: Headers | None = None
+        self._bodies = Bodies(self.body)
+
+    @property
+    def fields(self) -> Headers:
+        if self._fields is None:          # Refused past MAX_HEADER_FIELDS: permerror, reason given
+            self._fields = Headers(self.headers)
+        return self._fields
 
     def verify_sig(self, sig, include_headers, sig_header, dnsfunc):
         if sig[b"a"] == b"rsa-sha1":
@@ -74,14 +81,11 @@ class _Verifier:
             raise dkim.MessageFormatError(f"invalid c= value: {exc.args[0]}") from None
         if b"bh" in sig:
             length = int(sig[b"l"]) if b"l" in sig else None
-            cache_key = (canon.body_algorithm.name, length)
-            if cache_key not in self._body_hashes:
-                self._body_hashes[cache_key] = body_hash(self.body, canon, length)
-            if self._body_hashes[cache_key] != base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"])):
+            if self._bodies.hash(canon, length) != base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"])):
                 raise dkim.ValidationError("body hash mismatch")
         if b"from" in include_headers:      # dkimpy's bug#644046: a second From breaks the signature
             include_headers.append(b"from")
-        digest = header_digest(self.headers, canon, include_headers, sig_header)
+        digest = header_digest(self.fields, canon, include_headers, sig_header)
         return verify(key, digest, base64.b64decode(re.sub(rb"\s+", b"", sig[b"b"])), self.rsa_budget)
 
 

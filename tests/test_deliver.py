@@ -286,3 +286,27 @@ def test_a_dmarc_pass_for_another_domain_than_from_is_said(tmp_path, receiver):
     (event,) = receiver.events()
     assert event["auth"]["dmarc"] == "pass" and event["from"]["address"] == "security@bank.test"
     assert "auth: DMARC passed for sender.test, but `from` is in bank.test" in event["defects"]
+
+
+def test_a_link_planted_in_the_data_directory_is_never_followed_by_root(tmp_path):
+    """The data directory is user agentmx's: a link it plants (`inbox.sqlite-wal -> /etc/passwd`)
+    must not lead a root process (a test, the CLI by hand) to chown or chmod the target."""
+    import os
+    import sqlite3
+    from agentmx.inbox import Inbox
+    victim = tmp_path / "victim"
+    victim.write_text("root:x:0:0\n")
+    os.chmod(victim, 0o644)
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 65534, 65534)                 # the data directory's owner (nobody, in the test)
+    for name in ("inbox.sqlite-wal", "inbox.sqlite-x", "agent-jobs.sqlite-shm"):
+        (data / name).symlink_to(victim)
+    with pytest.raises(sqlite3.OperationalError, match="symbolic link"):
+        Inbox(data).last_seq()
+    os.unlink(data / "inbox.sqlite-wal")
+    Inbox(data).record({"id": "msg_" + "b" * 26, "recipient": "a@b.test", "from": {"address": "x@y.test"},
+                        "subject": "s", "threadId": None}, "stored")
+    st = victim.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o644)
+    assert (data / "inbox.sqlite").stat().st_uid == 65534       # our own file is handed over

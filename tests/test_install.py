@@ -172,6 +172,11 @@ def test_serve_cannot_read_a_private_key_and_the_milter_no_app_secret(inst):
         denied = milter.run_as(["cat", str(inst["etc"] / secret)])
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, secret
         assert serve.run_as(["cat", str(inst["etc"] / secret)]).returncode == 0
+    # the milter's counters (for /metrics): written by the milter, readable by serve
+    inbound(inst, "Counters")
+    stats = inst["data"] / "stats" / "milter.json"
+    wait_for(stats.exists, timeout=30, what="the milter's counters")
+    assert serve.run_as(["cat", str(stats)]).returncode == 0
     for unit_name in ("agent", "worker", "lmtp", "gc"):
         other = Unit.read(UNITS / f"agentmx-{unit_name}.service")
         assert other.run_as(["cat", str(keys[0])]).returncode != 0, unit_name
@@ -194,5 +199,5 @@ def test_every_file_setup_made_has_the_documented_owner_and_mode(inst):
     for key in (etc / "keys" / DOMAIN).iterdir():
         assert owner(key) == ("root", "agentmx-milter", 0o640)
     assert owner(data) == ("agentmx", "agentmx", 0o750)
-    assert owner(data / "stats") == ("agentmx-milter", "agentmx", 0o750)
+    assert owner(data / "stats") == ("agentmx-milter", "agentmx", 0o2750)
     assert owner(inst["ix"].base / "milter") == ("agentmx-milter", "postfix", 0o750)

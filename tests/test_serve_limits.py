@@ -182,6 +182,22 @@ def test_300_idle_connections_neither_block_an_agent_nor_stay(served):
             s.close()
 
 
+def _until_closed(s: socket.socket, deadline: float) -> bytes | None:
+    """What the server sent before it closed the connection; None if it is still open at deadline."""
+    data = b""
+    while True:
+        s.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            return data
+        except socket.timeout:
+            return None
+        if not chunk:
+            return data
+        data += chunk
+
+
 def _closed_by(s: socket.socket, deadline: float) -> bool:
     s.settimeout(max(0.05, deadline - time.monotonic()))
     try:
@@ -223,6 +239,8 @@ def test_concurrency_is_bounded_and_the_rest_get_503(served):
      + b" HTTP/1.1\r\nHost: x\r\n\r\n", 403, "forbidden"),
     (b"GET /v1/blobs/%C3%A9?exp=1&type=&name=&sig= HTTP/1.1\r\nHost: x\r\n\r\n", 403, "forbidden"),
     (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 403, "metrics_off"),
+    (b"GET /v1/blobs/" + b"0" * 64 + b"?exp=%C2%B2&type=a/b&name=a&sig=" + b"0" * 64
+     + b" HTTP/1.1\r\nHost: x\r\n\r\n", 403, "forbidden"),           # "\u00b2".isdigit() is True
 ])
 def test_every_failure_is_json_on_a_kept_connection(served, request_bytes, status, code):
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
@@ -330,3 +348,110 @@ def test_ipv6_listen(tmp_path):
             assert r.read() == b"ok\n"
     finally:
         s.running.stop()
+
+
+def test_no_http2_a_preface_or_h2c_never_holds_a_connection(served):
+    """Hypercorn switched a cleartext connection to HTTP/2 on a `PRI *` preface, and an HTTP/2
+    connection that opens no stream was never timed out (the review held 260 for good and ran
+    serve out of file descriptors); `Upgrade: h2c` answered 101. serve speaks HTTP/1.1 only."""
+    prefaced = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        prefaced.append(s)
+    deadline = time.monotonic() + served.config.limits.read_timeout + 3
+    answers = [_until_closed(s, deadline) for s in prefaced]
+    assert all(a is not None and not a.startswith(b"HTTP/1.1 101") for a in answers), answers[:2]
+    for s in prefaced:
+        s.close()
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                  b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+
+
+def test_content_length_and_transfer_encoding_together_are_refused_and_closed(served):
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+        s.sendall(b"POST /v1/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                  + b"\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        out = read_response(s)
+        assert out.startswith(b"HTTP/1.1 400") and b"connection: close" in out.lower()
+        s.settimeout(3)
+        assert s.recv(1) == b""
+
+
+def test_a_client_that_stops_reading_holds_neither_a_slot_nor_the_connection(tmp_path):
+    """Downloads nobody reads: after write_timeout the kernel drops them (TCP_USER_TIMEOUT), and
+    while they wait they hold no request slot (max_requests = 2 here)."""
+    import os
+    import subprocess
+    from agentmx import urls
+    s = Served(tmp_path, read_timeout=2, write_timeout=2, max_requests=2)
+    try:
+        sha = s.ctx.store.put_blob(os.urandom(8_000_000))
+        url = urls.sign_url("", s.config.url_secret, sha, "application/octet-stream", "a.bin", 3600)
+        stalled = []
+        for _ in range(3):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.connect(("127.0.0.1", s.port))
+            c.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            stalled.append(c)
+        time.sleep(1)
+        assert Client(s.url, KEY).messages()["messages"] == []      # slots free for everyone else
+
+        def established() -> int:
+            out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{s.port} )"],
+                                 capture_output=True, text=True).stdout
+            return len(out.splitlines())
+        deadline = time.monotonic() + 20
+        while established() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert established() == 0, "unread downloads must not be kept"
+        for c in stalled:
+            c.close()
+    finally:
+        s.running.stop()
+
+
+def test_the_mcp_listener_has_the_same_bounds(tmp_path):
+    """[server] mcp_listen served the MCP app with no guard: a body trickled in was held for good."""
+    from agentmx.api.server import start_mcp
+    from support.postfix import free_tcp_port
+    s = Served(tmp_path, read_timeout=2, request_timeout=2)
+    port = free_tcp_port()
+    config = s.config.__class__(**{**s.config.__dict__, "mcp_listen": ("127.0.0.1", port)})
+    mcp = start_mcp(config, s.url)
+    try:
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 500\r\n\r\n{\"jsonrpc\"")
+            out = read_response(c)
+        assert out.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 6
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
+            assert read_response(c).startswith(b"HTTP/1.1 413")
+    finally:
+        mcp.stop()
+        s.running.stop()
+
+
+def test_a_request_path_cannot_write_a_log_line(served, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="agentmx.serve"):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+            s.sendall(b"GET /x%0aPOST%20/v1/send%20200 HTTP/1.1\r\nHost: x\r\n\r\n")
+            read_response(s)
+        time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "agentmx.serve"]
+    assert any("/x\\x0aPOST /v1/send 200" in line for line in lines)
+    assert not any("\n" in line for line in lines)
+
+
+def test_a_last_event_id_that_is_no_number_starts_the_stream_now(served):
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+        s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                  + b"\r\nLast-Event-ID: \xc2\xb2\r\n\r\n")
+        head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head

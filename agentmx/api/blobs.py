@@ -19,6 +19,7 @@ from agentmx import urls
 
 from .context import Context
 from .errors import ApiError
+from .guard import printable
 
 log = logging.getLogger("agentmx.serve")
 
@@ -34,7 +35,7 @@ async def blob_route(ctx: Context, request: Request):
     why = urls.check(ctx.config.url_secret, sha, q.get("exp"), q.get("type", ""), q.get("name", ""),
                      q.get("sig", "")) if ctx.config.url_secret else "no url_secret configured"
     if why:
-        log.warning("403 for blob %s: %s", sha[:16].encode("ascii", "replace").decode(), why)
+        log.warning("403 for blob %s: %s", printable(sha[:16]), why)
         raise ApiError(403, "forbidden", "this URL is not valid (altered, or expired)")
     path = ctx.store.blob_path(sha)
     if not await ctx.run(path.is_file):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -43,8 +44,11 @@ class BodyTimeout(ApiError):
 
 
 class Guard:
-    def __init__(self, app, limits: Limits):
-        self.app, self.limits = app, limits
+    def __init__(self, app, limits: Limits, buffer_body: bool = False):
+        """`buffer_body`: read the whole body (within the limits) before the app runs, for an app
+        that is not ours (MCP's), which would turn a body that is too slow or too big into its own
+        500 instead of our 408 or 413."""
+        self.app, self.limits, self.buffer_body = app, limits, buffer_body
         self.active = 0
 
     def _body_limit(self, scope) -> int:
@@ -70,6 +74,11 @@ class Guard:
                         "headers": err.response_headers() + [(b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
 
+        if _header(scope, b"transfer-encoding") is not None and _header(scope, b"content-length") is not None:
+            # RFC 9112 6.1: a request with both is a smuggling attempt or a broken proxy: refuse, close
+            err = ApiError(400, "bad_request", "Content-Length and Transfer-Encoding together", headers={"connection": "close"})
+            await respond(err)
+            return self._log(scope, state, started)
         length = _content_length(scope)
         if length is None and _header(scope, b"content-length") is not None:
             await respond(ApiError(400, "bad_request", "Content-Length is not a number"))
@@ -106,31 +115,69 @@ class Guard:
         async def guarded_send(message):
             if message["type"] == "http.response.start":
                 state["started"], state["status"] = True, message["status"]
+                release()               # a download a client reads slowly holds no request slot
             await asyncio.wait_for(send(message), self.limits.write_timeout)
 
-        if not stream:
+        holding = not stream
+
+        def release():
+            nonlocal holding
+            if holding:
+                holding = False
+                self.active -= 1
+
+        if holding:
             self.active += 1
         try:
+            if self.buffer_body:
+                guarded_receive = await _buffered(guarded_receive)
             await self.app(scope, guarded_receive, guarded_send)
         except ApiError as err:
             await respond(err)
         except asyncio.TimeoutError:
-            log.info("%s %s: the client stopped reading; dropped", scope.get("method"), path)
+            log.info("%s %s: the client stopped reading; dropped", printable(scope.get("method", "")), printable(path))
         except (ConnectionError, OSError) as exc:
-            log.info("%s %s: connection lost (%s)", scope.get("method"), path, exc.__class__.__name__)
+            log.info("%s %s: connection lost (%s)", printable(scope.get("method", "")), printable(path),
+                     exc.__class__.__name__)
         except Exception:
-            log.exception("%s %s: internal error", scope.get("method"), path)
+            log.exception("%s %s: internal error", printable(scope.get("method", "")), printable(path))
             await respond(ApiError(500, "internal", "internal error (logged); try again later"))
         finally:
-            if not stream:
-                self.active -= 1
+            release()
             self._log(scope, state, started)
 
     @staticmethod
     def _log(scope, state, started) -> None:
         # The path only: query strings carry URL signatures.
-        log.info("%s %s %s %dms", scope.get("method"), scope.get("path"), state["status"] or "-",
-                 (time.monotonic() - started) * 1000)
+        log.info("%s %s %s %dms", printable(scope.get("method", "")), printable(scope.get("path", "")),
+                 state["status"] or "-", (time.monotonic() - started) * 1000)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """A client's text for a log line: control characters escaped (a %0a in a path must not
+    write a line of its own), at most `limit` characters."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)[:limit])
+
+
+async def _buffered(receive):
+    """The whole body read now (ApiError 408 or 413 from `receive` as it comes), then handed to
+    the app as one message; after it, receive() is the client's again (http.disconnect)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return receive
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+    return replay
 
 
 def _body_done(state: dict) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
@@ -206,7 +207,7 @@ class InboxRoutes:
         the event id (a client resumes with Last-Event-ID); a comment line as keep-alive."""
         key = self.ctx.key(request)
         last = request.headers.get("last-event-id") or request.query_params.get("after")
-        after = int(last) if last and last.isdigit() and len(last) < 19 else None
+        after = int(last) if last and re.fullmatch(r"[0-9]{1,18}", last) else None
         self.ctx.streams.acquire(key.name)
         released = False
 

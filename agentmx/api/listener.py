@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from agentmx.notify import folder, remove_stale
-from agentmx.ownership import hand_over
+from agentmx.ownership import hand_over, refuse_links
 
 log = logging.getLogger("agentmx.notify")
 
@@ -38,6 +38,7 @@ class Listener:
         loop = asyncio.get_running_loop()
         d = folder(self.data_dir)
         try:
+            refuse_links(d)                          # never led out of the data directory
             d.mkdir(mode=0o750, parents=True, exist_ok=True)
             hand_over(d, self.data_dir)
             self._path = d / f"serve-{os.getpid()}.sock"

@@ -23,14 +23,20 @@ from agentmx.config import Config, ServerLimits
 log = logging.getLogger("agentmx.serve")
 
 BACKLOG = 1024
+MCP_MAX_BODY = 1_000_000        # an MCP request is a tool call: JSON-RPC, small
 
 
-def listening_socket(listen: tuple[str, int]) -> socket.socket:
+def listening_socket(listen: tuple[str, int], user_timeout: float | None = None) -> socket.socket:
     host, port = listen
     family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if user_timeout:
+        # Data the client does not take (it stopped reading: a zero window) for this long, and the
+        # kernel drops the connection; accepted sockets inherit it. Hypercorn's own close waits
+        # for unsent data forever (measured: three unread downloads held for good).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(user_timeout * 1000))
     sock.bind((host, port))
     sock.listen(BACKLOG)
     sock.setblocking(False)
@@ -54,8 +60,35 @@ def _hypercorn_config(fd: int, limits: ServerLimits) -> HypercornConfig:
     return hc
 
 
+def http1_only() -> None:
+    """HTTP/1.1 only. Hypercorn turns a cleartext connection into HTTP/2 on a `PRI *` preface or
+    an `Upgrade: h2c` request, and an HTTP/2 connection that opens no stream is never timed out
+    (measured: 260 preface-only connections held for good exhausted the file descriptors); h2c is
+    also a way past a front proxy's rules. serve sits behind the operator's TLS proxy, which
+    speaks HTTP/1.1 to it, so the check that would switch protocols is turned off: a preface is
+    then an unknown request (404) followed by garbage (400, closed), an h2c upgrade is ignored.
+    Hypercorn has no setting for this; tests/test_serve_limits.py holds it to the behaviour."""
+    from hypercorn.protocol.h11 import H11Protocol
+
+    async def stay_on_http1(self, event) -> None:
+        return None
+    H11Protocol._check_protocol = stay_on_http1
+
+
+def _dropped_connections(loop, context: dict) -> None:
+    """A connection the kernel dropped (TCP_USER_TIMEOUT: the client stopped reading) ends
+    Hypercorn's connection task with that error; it is one line, not a traceback."""
+    exc = context.get("exception")
+    if isinstance(exc, (TimeoutError, ConnectionError)) and "_server_callback" in repr(context.get("future")):
+        log.info("connection dropped: %s", exc.strerror or exc.__class__.__name__)
+        return
+    loop.default_exception_handler(context)
+
+
 async def serve_app(app, sock: socket.socket, limits: ServerLimits, shutdown=None) -> None:
     """Serve on `sock`, which Hypercorn takes over (ours is detached: one owner for the fd)."""
+    http1_only()
+    asyncio.get_running_loop().set_exception_handler(_dropped_connections)
     await hypercorn_serve(app, _hypercorn_config(sock.detach(), limits), shutdown_trigger=shutdown)
 
 
@@ -67,7 +100,7 @@ def create(config: Config):
 
 def run(config: Config) -> None:
     """The foreground service: SIGTERM or SIGINT stops it gracefully."""
-    sock = listening_socket(config.listen)
+    sock = listening_socket(config.listen, config.limits.write_timeout)
     log.info("serving on %s (public URL %s)", url_of(sock), config.public_url)
     if config.mcp_listen:
         start_mcp(config, url_of(sock))
@@ -92,7 +125,7 @@ class Running:
 
 
 def start_app(app, listen: tuple[str, int], limits: ServerLimits, name: str = "serve") -> Running:
-    sock = listening_socket(listen)
+    sock = listening_socket(listen, limits.write_timeout)
     url, port = url_of(sock), sock.getsockname()[1]
     ready = threading.Event()
     holder: dict = {}
@@ -118,7 +151,12 @@ def start_mcp(config: Config, api_url: str) -> Running:
     its own listener with the same connection limits."""
     from agentmx import mcpserver
     api_url = api_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
-    running = start_app(mcpserver.http_app(api_url, config.mcp_listen[0]), config.mcp_listen, config.limits,
-                        name="mcp-http")
+    from .guard import Guard, Limits
+    limits = config.limits
+    guarded = Guard(mcpserver.http_app(api_url, config.mcp_listen[0]),   # the same bounds as the API's
+                    Limits(max_body=MCP_MAX_BODY, max_small_body=MCP_MAX_BODY, request_timeout=limits.request_timeout,
+                           write_timeout=limits.write_timeout, max_requests=limits.max_requests),
+                    buffer_body=True)
+    running = start_app(guarded, config.mcp_listen, limits, name="mcp-http")
     log.info("MCP (streamable HTTP) on %s/mcp", running.url)
     return running
