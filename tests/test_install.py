@@ -201,3 +201,15 @@ def test_every_file_setup_made_has_the_documented_owner_and_mode(inst):
     assert owner(data) == ("agentmx", "agentmx", 0o750)
     assert owner(data / "stats") == ("agentmx-milter", "agentmx", 0o2750)
     assert owner(inst["ix"].base / "milter") == ("agentmx-milter", "postfix", 0o750)
+
+
+@pytest.mark.parametrize("name", ["agent", "worker", "lmtp", "gc"])
+def test_every_other_unit_checks_its_config_as_its_own_user(inst, name):
+    """ExecStartPre (check-config --service app) of the units not started above, under each
+    unit's own identity, on setup's files."""
+    unit = Unit.read(UNITS / f"agentmx-{name}.service")
+    paths = {"/opt/agentmx/venv": VENV, "/etc/agentmx/agentmx.toml": str(inst["cfg"])}
+    unit.run_pre(paths)               # raises with the command's output if one fails
+    out = unit.run_as([str(Path(VENV) / "bin" / "agentmx"), "--config", str(inst["cfg"]), "check-config",
+                       "--service", "app"])
+    assert out.returncode == 0, out.stderr
