@@ -194,6 +194,27 @@ class AgentConfig:
     lease: float = 600.0                 # a job a dead worker held is taken up again after this
 
 
+class StoreBackend(enum.Enum):
+    EMBEDDED = "embedded"     # SQLite + a blob folder in data_dir: one host
+    POSTGRES = "postgres"     # PostgreSQL + an S3-compatible bucket: several MX hosts
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint: str = ""                           # https://s3.example.com, or http://127.0.0.1:8333 on loopback
+    bucket: str = ""
+    region: str = "us-east-1"
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: StoreBackend = StoreBackend.EMBEDDED
+    database_url: str = field(default="", repr=False)   # postgresql://user:password@host:5432/agentmx
+    s3: S3Config = S3Config()
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """`agentmx worker`: deliver resident behind the lean pipe client (docs/performance.md)."""
@@ -237,6 +258,7 @@ class Config:
     send: SendConfig = SendConfig()
     api_keys: tuple[ApiKey, ...] = ()
     signing: SigningConfig = SigningConfig()
+    store: StoreConfig = StoreConfig()
     worker: WorkerConfig = WorkerConfig()
     agent: AgentConfig = AgentConfig()
 
@@ -519,6 +541,38 @@ def _signing(sec: _Section) -> SigningConfig:
     return SigningConfig(local_from=local_from, api_service=api_service, sasl=tuple(sasl))
 
 
+def _store(sec: _Section) -> StoreConfig:
+    """[store] and [store.s3]: which backend keeps everything, and where (secrets by file, read
+    only by the services that use the store)."""
+    backend = sec.get("backend", StoreBackend.EMBEDDED, lambda v: StoreBackend(v),
+                      " or ".join(f'"{b.value}"' for b in StoreBackend))
+    database_url = _secret(sec, "database_url", min_len=1)
+    s3_sec = sec.sub("s3")
+    s3 = S3Config(
+        endpoint=s3_sec.get("endpoint", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
+        bucket=s3_sec.get("bucket", "", lambda v: v if isinstance(v, str) and re.fullmatch(
+            r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v) else _raise(), "an S3 bucket name"),
+        region=s3_sec.get("region", S3Config.region, _nonempty_str, "a region name"),
+        access_key=_secret(s3_sec, "access_key", min_len=1) or "",
+        secret_key=_secret(s3_sec, "secret_key", min_len=1) or "",
+    )
+    s3_sec.finish()
+    sec.finish("s3")
+    if backend is StoreBackend.POSTGRES:
+        if database_url is None:
+            raise sec.error("database_url", 'is required with backend = "postgres": give database_url_file '
+                            "(or database_url)")
+        if database_url and not database_url.startswith(("postgresql://", "postgres://")):
+            raise sec.error("database_url", "must be a postgresql:// URL")
+        for key in ("endpoint", "bucket"):
+            if not getattr(s3, key):
+                raise s3_sec.error(key, 'is required with backend = "postgres" (blobs go to the S3 bucket)')
+        for key in ("access_key", "secret_key"):
+            if s3_sec.table.get(key) is None and s3_sec.table.get(f"{key}_file") is None:
+                raise s3_sec.error(key, f'is required with backend = "postgres": give {key}_file (or {key})')
+    return StoreConfig(backend=backend, database_url=database_url or "", s3=s3)
+
+
 def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Config:
     """Validate the TOML text of a configuration file; `path` is only used in error messages."""
     try:
@@ -527,7 +581,8 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
     top = _Section(path, "top level", doc, service)
-    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker", "agent", "signing")
+    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker", "agent", "signing",
+               "store")
 
     server = _Section(path, "server", doc.get("server", {}), service)
     server.used.add("authserv_id")
@@ -672,6 +727,8 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
         raise server.error("url_secret", "is required with routes (it signs the raw-message and "
                            "attachment URLs in events): give url_secret or url_secret_file")
 
+    store = _store(_Section(path, "store", doc.get("store", {}), service))
+
     sd = _Section(path, "send", doc.get("send", {}), service)
     for old in ("smtp_host", "smtp_port"):
         if old in sd.table:
@@ -713,7 +770,7 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
                   url_secret=url_secret or "", url_ttl=url_ttl, key_dir=key_dir, service=service,
                   mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
-                  worker=worker, agent=agent, signing=signing)
+                  worker=worker, agent=agent, signing=signing, store=store)
 
 
 def load_config(path: str | Path = DEFAULT_PATH, service: Service = Service.ALL) -> Config:

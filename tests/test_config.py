@@ -124,3 +124,27 @@ def test_listen_forms():
     for bad in ("::1:8025", "[127.0.0.1]:80", "[::1:80", "127.0.0.1:99999", "127.0.0.1:x"):
         with pytest.raises(ConfigError, match=r"\[server\] listen"):
             parse_config(MIN + f'listen = "{bad}"\n', P)
+
+
+def test_the_store_section(tmp_path):
+    from agentmx.config import Service, StoreBackend
+    assert parse_config(MIN, P).store.backend is StoreBackend.EMBEDDED
+    with pytest.raises(ConfigError, match=r'\[store\] backend: must be "embedded" or "postgres"'):
+        parse_config(MIN + '[store]\nbackend = "mysql"\n', P)
+    with pytest.raises(ConfigError, match=r"\[store\] database_url: is required"):
+        parse_config(MIN + '[store]\nbackend = "postgres"\n', P)
+    url = tmp_path / "db.url"
+    url.write_text("postgresql://agentmx:pw@127.0.0.1:5432/agentmx\n")
+    pg = MIN + f'[store]\nbackend = "postgres"\ndatabase_url_file = "{url}"\n'
+    with pytest.raises(ConfigError, match=r"\[store.s3\] endpoint: is required"):
+        parse_config(pg, P)
+    full = pg + ('[store.s3]\nendpoint = "http://127.0.0.1:8333"\nbucket = "agentmx-test"\n'
+                 f'access_key = "ak"\nsecret_key_file = "{tmp_path}/nope"\n')
+    with pytest.raises(ConfigError, match=r"\[store.s3\] secret_key_file: .*nope: cannot be read"):
+        parse_config(full, P, Service.APP)
+    milter = parse_config(full, P, Service.MILTER)          # the milter reads none of the store's secrets
+    assert milter.store.backend is StoreBackend.POSTGRES and milter.store.database_url == ""
+    (tmp_path / "nope").write_text("sk\n")
+    cfg = parse_config(full, P, Service.APP)
+    assert cfg.store.database_url.startswith("postgresql://") and cfg.store.s3.secret_key == "sk"
+    assert "pw" not in repr(cfg) and "sk" not in repr(cfg.store)

@@ -1,0 +1,202 @@
+"""The store: the one interface to everything agentmx keeps. Two backends implement it:
+
+    embedded   SQLite (WAL) in <data_dir>/agentmx.sqlite + blobs in <data_dir>/blobs  (one host)
+    postgres   PostgreSQL (psycopg 3, a pool) + blobs in an S3-compatible bucket     (several hosts)
+
+Every reader and writer (deliver and its front-ends, serve, the agent, replay, status, gc,
+metrics, MCP) goes through it; no other module opens a data file. Each method is one short
+transaction; the backend is thread-safe (serve calls it from a thread pool). When the backend
+cannot be reached or written, a method raises StoreUnavailable: deliver exits 75 (Postfix keeps
+the message), serve answers 503 with a JSON error and tries again on the next request.
+
+Times are unix seconds from the clock the store was made with (injected; tests pass their own).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Callable, Iterable
+
+from .model import (Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
+                    SendRecord)
+
+
+class StoreError(Exception):
+    """The one error type of the store's boundary."""
+
+
+class StoreUnavailable(StoreError):
+    """The database or the blob store cannot be reached or written now: try again later."""
+
+
+class SchemaMismatch(StoreError):
+    """The database's schema is not the one this version expects: run `agentmx store migrate`."""
+
+
+class Store(abc.ABC):
+    clock: Callable[[], float]
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Apply the pending schema migrations (versioned, each once, in order); the version now."""
+
+    @abc.abstractmethod
+    def check_schema(self) -> None:
+        """Raise SchemaMismatch unless the schema is this version's (services call it at start)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- blobs: raw messages and attachments, by the sha256 of their bytes ------------------------
+
+    @abc.abstractmethod
+    def put_blob(self, data: bytes) -> str:
+        """Store (once: content-addressed) and return the sha256 hex digest."""
+
+    @abc.abstractmethod
+    def get_blob(self, sha256: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def open_blob(self, sha256: str) -> Blob | None:
+        """The blob as chunks (serve streams a 25 MB attachment without holding it)."""
+
+    # --- events, with their inbox row: one write --------------------------------------------------
+
+    @abc.abstractmethod
+    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState) -> bool:
+        """Keep an event (its JSON body as sent) with its inbox row and its delivery record, in one
+        transaction, and wake the waiters (long-polls, event streams) on every host. A second
+        put of the same id (a Postfix retry) keeps the first row's place, read flag and attempts
+        and returns False."""
+
+    @abc.abstractmethod
+    def get_event(self, event_id: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def find_event(self, recipient: str, message_id: str, since: float) -> str | None:
+        """The id of an event for this recipient and Message-ID kept since `since`: the same
+        message reaching two MX hosts (a backup relaying to the primary) is one event."""
+
+    # --- deliveries and their attempts ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def record_attempt(self, event_id: str, attempt: Attempt, reason: str) -> Delivery:
+        """Append an attempt and set the delivery's (and the inbox row's) state to its outcome."""
+
+    @abc.abstractmethod
+    def delivery(self, event_id: str) -> Delivery | None: ...
+
+    @abc.abstractmethod
+    def attempts(self, event_id: str) -> list[Attempt]: ...
+
+    @abc.abstractmethod
+    def recent_deliveries(self, limit: int = 20) -> list[Delivery]:
+        """Newest change first (`agentmx status`)."""
+
+    # --- the inbox index (pull mode, waits, event streams) ----------------------------------------
+
+    @abc.abstractmethod
+    def inbox_query(self, addresses: tuple[str, ...], *, to: str | None = None, sender: str | None = None,
+                    subject: str | None = None, since: float | None = None, unread: bool = False,
+                    before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
+                    limit: int = 50, oldest_first: bool = False) -> list[InboxRow]:
+        """Rows whose base address is one of `addresses` ("agent@x") or in one of their domains
+        ("@x"); newest first unless oldest_first. `sender` is an address or "@domain"; `subject` a
+        substring (LIKE, escaped)."""
+
+    @abc.abstractmethod
+    def inbox_row(self, event_id: str) -> InboxRow | None: ...
+
+    @abc.abstractmethod
+    def ack(self, event_id: str) -> bool:
+        """Mark read; False when there is no such row."""
+
+    @abc.abstractmethod
+    def claim(self, event_id: str) -> bool:
+        """Mark an unread row read; True for exactly one caller (wait + ack on any host)."""
+
+    @abc.abstractmethod
+    def last_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    def listener(self, fallback: float = 3.0):
+        """serve's wake-ups (an object with async start(), stop(), wait(generation, timeout) and
+        .generation): unix datagrams on one host, LISTEN/NOTIFY across hosts."""
+
+    # --- what agents sent ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_send(self, record: SendRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_send(self, send_id: str) -> SendRecord | None: ...
+
+    # --- agent jobs (action = "agent" routes) ------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_job(self, event_id: str) -> bool:
+        """Queue a job; False when it is there already (a retried delivery)."""
+
+    @abc.abstractmethod
+    def claim_job(self, lease: float) -> Job | None:
+        """The next due job (or a running one whose lease ran out), leased to the caller: one
+        worker on one host gets it (row locks: SKIP LOCKED on postgres)."""
+
+    @abc.abstractmethod
+    def job(self, job_id: str) -> Job | None: ...
+
+    @abc.abstractmethod
+    def job_did(self, job_id: str, action: str) -> None: ...
+
+    @abc.abstractmethod
+    def job_done(self, job_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def job_failed(self, job_id: str, error: str, max_attempts: int, retry_base: float) -> JobState:
+        """Queued again with backoff (retry_base * 2^(attempts-1)), or parked after max_attempts."""
+
+    @abc.abstractmethod
+    def job_postpone(self, job_id: str, until: float) -> None:
+        """Queued again for `until`, attempts unchanged (the route's send cap is used up)."""
+
+    @abc.abstractmethod
+    def job_requeue(self, job_id: str) -> bool:
+        """A parked job, by hand: due now, attempts reset."""
+
+    @abc.abstractmethod
+    def job_counts(self) -> dict[JobState, int]: ...
+
+    @abc.abstractmethod
+    def put_transcript(self, event_id: str, record: dict) -> None: ...
+
+    @abc.abstractmethod
+    def get_transcript(self, event_id: str) -> dict | None: ...
+
+    # --- counters shared by every process and host: rate limits and the loop breaker --------------
+
+    @abc.abstractmethod
+    def take(self, keys: Iterable[tuple[str, int]], window: float) -> tuple[str, float] | None:
+        """Count one use under each (key, limit) in the sliding `window` (seconds), atomically:
+        all or none. None when taken; else (the first key that is full, seconds until one of
+        its uses is older than the window). Keys: "to:<address>", "thread:<id>",
+        "agent:<route>"..."""
+
+    @abc.abstractmethod
+    def give_back(self, keys: Iterable[str]) -> None:
+        """Forget the newest use under each key (a send Postfix then refused)."""
+
+    # --- operations -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def metrics(self) -> Metrics:
+        """From counters kept as records are written: cheap per scrape."""
+
+    @abc.abstractmethod
+    def gc(self, older_than: float, dry_run: bool = False) -> GcReport:
+        """Remove what is older than `older_than` (events, their attempts and deliveries, inbox
+        rows, sends, jobs, transcripts, old counter entries) and every blob no remaining event
+        refers to (blobs are shared by content)."""
+
+    # Room for the next issues: the schema already has the tables for delivery-status events of
+    # sends (issue 16), suppressions and blocks; their methods come with those issues.
