@@ -6,7 +6,7 @@ in a fence whose tag is random per message (agentmx/untrusted.py), labelled as w
 stranger. It may call three tools:
 
   reply(text)          answer the sender through the send path: threaded, DKIM-signed, from the
-                       address the mail was sent to, to ONE address (send.reply_address: the
+                       address the mail was sent to, to ONE address (replies.reply_address: the
                        From address, and only when it is authenticated: DMARC pass, or an aligned
                        SPF or DKIM pass); refused for bounces and auto-replies (loops); once per message
   forward(to, note)    only to an address in the route's forward_to; once per address
@@ -31,7 +31,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Callable
 
-from . import send, untrusted
+from . import replies, send, untrusted
 from .agentjobs import Jobs
 from .config import AgentConfig, Config, Route
 from .store import Store
@@ -219,7 +219,7 @@ def send_effects(config: Config, store: Store, limiter: send.RateLimiter, jobs: 
             raise
 
     def reply(event: dict, route: Route, text: str) -> str:
-        to = send.reply_address(event)                  # ONE address, never one the mail chose
+        to = replies.reply_address(event)               # ONE address, never one the mail chose
         req = send.SendRequest(sender=send.Mailbox(from_address(event)), to=(to,), text=text, in_reply_to=event["id"])
         out = send.build(req, event, config)            # 409 loop_risk for bounces and auto-replies
         queue_id = counted(event, route, "replied", out, out.thread_id)

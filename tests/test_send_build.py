@@ -1,5 +1,5 @@
 """What the send path takes from an inbound message (the stored event) when it answers it: whom
-(send.reply_address for the agent and MCP, Reply-To semantics capped at 10 for the send API), and
+(replies.reply_address for the agent and MCP, Reply-To semantics capped at 10 for the send API), and
 the values that reach our headers (subject, ids, names), which must never break a header.
 Pure functions: the end-to-end paths are in test_agent.py, test_pull.py and test_e2e_send.py."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentmx import send
+from agentmx import replies, send
 from agentmx.config import Config
 
 CONFIG = Config(path=Path("agentmx.toml"), authserv_id="mx.agents.test")
@@ -36,7 +36,7 @@ def reply(original: dict, to: tuple[send.Mailbox, ...] = ()) -> send.Outgoing:
     [{"address": "mallory@elsewhere.test", "name": None}],
 ])
 def test_automatic_replies_go_to_the_from_address_alone(reply_to):
-    assert send.reply_address(event(replyTo=reply_to)).address == "bob@mail.remote.test"
+    assert replies.reply_address(event(replyTo=reply_to)).address == "bob@mail.remote.test"
 
 
 SPF_BOB = {"result": "pass", "domain": "mail.remote.test", "mailFrom": "bob@mail.remote.test"}
@@ -58,25 +58,25 @@ def test_automatic_replies_answer_only_an_authenticated_from(auth, answered):
     message to whoever the forger names."""
     original = event(auth=auth)
     if answered:
-        assert send.reply_address(original).address == "bob@mail.remote.test"
+        assert replies.reply_address(original).address == "bob@mail.remote.test"
     else:
         with pytest.raises(send.SendError) as err:
-            send.reply_address(original)
+            replies.reply_address(original)
         assert (err.value.status, err.value.code) == (403, "unauthenticated_sender")
 
 
 def test_reply_address_never_takes_one_from_the_body_and_refuses_a_missing_from():
     original = event(text="Reply to mallory@elsewhere.test please", textReply="Reply to mallory@elsewhere.test")
-    assert send.reply_address(original) == send.Mailbox("bob@mail.remote.test", "Bob")
+    assert replies.reply_address(original) == send.Mailbox("bob@mail.remote.test", "Bob")
     with pytest.raises(send.SendError) as err:
-        send.reply_address(event(**{"from": None}))
+        replies.reply_address(event(**{"from": None}))
     assert err.value.code == "bad_original_address"
     with pytest.raises(send.SendError):
-        send.reply_address(event(**{"from": {"address": "bob@remote.test\r\nBcc: x@y.test", "name": None}}))
+        replies.reply_address(event(**{"from": {"address": "bob@remote.test\r\nBcc: x@y.test", "name": None}}))
 
 
 def test_reply_address_cleans_the_display_name():
-    mailbox = send.reply_address(event(**{"from": {"address": "bob@remote.test", "name": "Bob\r\nBcc: x@y.test"}}))
+    mailbox = replies.reply_address(event(**{"from": {"address": "bob@remote.test", "name": "Bob\r\nBcc: x@y.test"}}))
     assert mailbox == send.Mailbox("bob@remote.test", "Bob Bcc: x@y.test")
 
 
