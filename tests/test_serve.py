@@ -10,7 +10,7 @@ import pytest
 from agentmx import urls
 from agentmx.config import parse_config
 from agentmx.api.server import start
-from agentmx.store import Store
+from agentmx.store import open_store
 
 KEY = "serve-test-secret-0123456789"
 
@@ -20,7 +20,7 @@ def served(tmp_path):
     cfg = parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
                        f'url_secret = "{KEY}"\n', tmp_path / "c.toml")
     running = start(cfg)
-    store = Store(tmp_path)
+    store = open_store(cfg)
     yield running.url, store
     running.stop()
 

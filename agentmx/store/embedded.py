@@ -75,8 +75,26 @@ class EmbeddedStore(Store):
         return (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """The error for the caller; after an error of the database, this thread's connection is
+        dropped and the next call opens a new one (a file opened read-only because root had just
+        made it, or one replaced under us, must not stay broken in a long-lived thread)."""
+        if isinstance(exc, sqlite3.Error):
+            self._drop()
         what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return StoreUnavailable(f"data directory {self.data_dir}: {what}")
+
+    def _drop(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            return
+        self._local.db = None
+        with self._lock:
+            if self._conns.get(threading.current_thread()) is db:
+                del self._conns[threading.current_thread()]
+        try:
+            db.close()
+        except sqlite3.Error:
+            pass
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection, the schema checked once per store (SchemaMismatch)."""
