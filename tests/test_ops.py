@@ -160,6 +160,8 @@ def test_metrics_on_serve(tmp_path, receiver):
     finally:
         server.stop()
     assert 'agentmx_messages{state="delivered"} 2' in body and 'agentmx_messages{state="deferred"} 1' in body
+    for state in DeliveryState:                          # every state, not 4 of them (the issue)
+        assert f'agentmx_messages{{state="{state}"}} ' in body
     assert "agentmx_messages_received 3" in body
     assert "agentmx_delivery_attempts_total 3" in body
     assert 'agentmx_auth_results{check="dmarc",result="none"} 3' in body
