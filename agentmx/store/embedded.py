@@ -28,7 +28,6 @@ import os
 import re
 import sqlite3
 import stat
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -331,17 +330,20 @@ class EmbeddedStore(Store):
         return sha
 
     def _write(self, path: Path, data: bytes, now: float) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        """Atomically: a new file beside it (0640, the data directory owner's), fsynced, renamed.
+        (Not tempfile: its imports cost deliver ~3 ms of CPU per message.)"""
+        tmp = path.parent / f".tmp-{os.urandom(8).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
                 os.fchmod(f.fileno(), 0o640)
                 if os.geteuid() == 0:
                     st = self.data_dir.stat()
                     os.fchown(f.fileno(), st.st_uid, st.st_gid)
-            os.utime(tmp, (now, now))
+                os.utime(f.fileno(), (now, now))
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             try:

@@ -20,7 +20,7 @@ from agentmx.store import SchemaMismatch, StoreError, StoreUnavailable, migratio
 from agentmx.store.embedded import EmbeddedStore, rebuild_counters
 from agentmx.store.model import Attempt, DeliveryState, JobState
 
-from test_contract import event, put
+from store.test_contract import event, put
 
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 
