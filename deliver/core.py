@@ -176,14 +176,16 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
         return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event_id, reason=f"store: {exc}")
 
     def record(outcome: Outcome, status: int | None = None, took_ms: int = 0, answer: str = "") -> Outcome:
-        """The attempt, kept; a store that fails now defers the message, unless the agent has it
-        already (a 2xx, a refusal, a control answer): then the message must not arrive twice."""
+        """The attempt, kept. A store that fails now defers a message that was not POSTed (held,
+        stored, queued: done again on the retry); after a POST the outcome stands: deferred
+        anyway, or the agent has the message (2xx, 406, a control answer) and it must not arrive
+        twice."""
         try:
             store.record_attempt(event_id, Attempt(clock(), outcome.state, status, took_ms, answer, event_id,
                                                    env.queue_id), outcome.reason)
         except StoreError as exc:
-            if outcome.exit_code != EX_OK or status is None:
-                return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event_id, outcome.status, f"store: {exc}")
+            if status is None:
+                return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event_id, reason=f"store: {exc}")
             log.warning("%s: %s, but the attempt was not recorded: %s", env.queue_id or "-", outcome.state, exc)
         return outcome
 

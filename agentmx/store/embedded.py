@@ -664,13 +664,13 @@ class EmbeddedStore(Store):
         remaining event refers to. (A blob put again is touched: its age is its last use.)"""
         old = "SELECT id FROM events WHERE received < :t"
         with self._tx(write=not dry_run) as db:
-            t = {"t": older_than}
+            t = {"t": older_than, "done": JobState.DONE.value, "parked": JobState.PARKED.value}
             events = db.execute("SELECT COUNT(*) FROM events WHERE received < :t", t).fetchone()[0]
             doomed = {
                 "deliveries": f"FROM deliveries WHERE event_id IN ({old})",
                 "attempts": f"FROM attempts WHERE event_id IN ({old})",
                 "transcripts": f"FROM transcripts WHERE event_id IN ({old}) OR updated < :t",
-                "jobs": f"FROM jobs WHERE id IN ({old}) OR (updated < :t AND state IN ('done', 'parked'))",
+                "jobs": f"FROM jobs WHERE id IN ({old}) OR (updated < :t AND state IN (:done, :parked))",
                 "sends": "FROM sends WHERE created < :t",
                 "uses": "FROM uses WHERE at < :t",
             }
