@@ -1,7 +1,7 @@
 """`agentmx agent`: run the agent for action = "agent" routes (the model loop, its tools, its bounds).
 
-For each queued job (agentmx/agentjobs.py) the model gets the route's prompt as instructions and
-the email as DATA: its metadata from agentmx (auth verdicts, autoSubmitted) as JSON, its content
+For each queued job (in the store: deliver queues one per event) the model gets the route's prompt
+as instructions and the email as DATA: its metadata from agentmx (auth verdicts, autoSubmitted) as JSON, its content
 in a fence whose tag is random per message (agentmx/untrusted.py), labelled as written by a
 stranger. It may call three tools:
 
@@ -13,11 +13,12 @@ stranger. It may call three tools:
   done(summary)        finish
 
 At most [agent] max_rounds model calls per message, and at most the route's sends_per_hour
-replies and forwards in any hour (counted in the job queue; a job that finds them used up waits).
+replies and forwards in any hour (counted in the store under "agent:<route>", by every worker on
+every host; a job runs only with one of them reserved, else it waits until one frees).
 Whatever the email says, nothing else can happen: no other tool, no other address. Any error in a
 job (the model's, or a bug of ours on some message) is a failed attempt, retried with backoff and
-then parked, visibly; nothing is dropped and the worker goes on. The whole transcript is stored in
-<data_dir>/transcripts/<event id>.json and shown by `agentmx transcript ID`.
+then parked, visibly; nothing is dropped and the worker goes on. The whole transcript is kept in the
+store and shown by `agentmx transcript ID`.
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ from email.utils import formatdate, make_msgid
 from typing import Callable
 
 from . import replies, send, untrusted
-from .agentjobs import Jobs
 from .config import AgentConfig, Config, Route
-from .store import Store
+from .store import Store, StoreError, open_store
+from .store.model import JobState
 
 log = logging.getLogger("agentmx.agent")
 MAX_TEXT = 20_000
@@ -118,6 +119,7 @@ class Effects:
     """What the tools do in the world: injected, so the loop is testable on its own."""
     reply: Callable[[dict, Route, str], str]           # (event, route, text) -> message id
     forward: Callable[[dict, Route, str, str], str]    # (event, route, to, note) -> message id
+    reserved: set = field(default_factory=set)          # jobs holding one of their route's sends_per_hour
 
 
 @dataclass
@@ -199,23 +201,41 @@ def _tool(name, args, event, route: Route, effects: Effects, actions: list[str],
 
 # --- the effects, through the send path ---------------------------------------------------------
 
-def send_effects(config: Config, store: Store, limiter: send.RateLimiter, jobs: Jobs) -> Effects:
+def route_key(route: Route) -> str:
+    """The store's counter of a route's sends_per_hour, shared by every agent worker."""
+    return f"agent:{route.match}"
+
+
+def send_effects(config: Config, store: Store) -> Effects:
     from agentmx.deliver.route import split
+    reserved: set[str] = set()
 
     def from_address(event: dict) -> str:          # agent+tag@ answers as agent@
         return split(event["recipient"])[0]
 
     def counted(event: dict, route: Route, action: str, out: send.Outgoing, thread: str | None) -> str:
-        """Submit `out` as one of the route's sends_per_hour; returns Postfix's queue id."""
-        slot = jobs.take_send(route.match, event["id"], action, route.sends_per_hour)
-        if slot is None:
-            raise send.SendError(429, "route_rate_limited", f"this address has sent {route.sends_per_hour} "
-                                 "messages in the last hour (its sends_per_hour); nothing more is sent now")
+        """Submit `out` as one of the route's sends_per_hour (the job's reserved one first, then
+        more) and under the send limits every sender shares; returns Postfix's queue id."""
+        own = event["id"] in reserved
+        reserved.discard(event["id"])
+        cap = () if own else ((route_key(route), route.sends_per_hour),)
         try:
-            limiter.take(out.correspondents, thread)
+            taken = send.take_limits(store, config, out.correspondents, thread, cap)
+        except send.RateLimited as exc:
+            if own:
+                store.give_back([route_key(route)])
+            if exc.key == route_key(route):
+                raise send.SendError(429, "route_rate_limited", f"this address has sent {exc.limit} messages in the "
+                                     "last hour (its sends_per_hour); nothing more is sent now", exc.retry_after) from None
+            raise
+        except BaseException:
+            if own:
+                store.give_back([route_key(route)])
+            raise
+        try:
             return send.submit(out, config)
         except BaseException:
-            jobs.release_send(slot)
+            store.give_back(taken + ([route_key(route)] if own else []))
             raise
 
     def reply(event: dict, route: Route, text: str) -> str:
@@ -238,14 +258,14 @@ def send_effects(config: Config, store: Store, limiter: send.RateLimiter, jobs: 
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content((note + "\n\n" if note else "") + "Forwarded by agentmx; the original is attached.\n")
         raw_sha = (event.get("raw") or {}).get("sha256")
-        raw = store.blob_path(raw_sha).read_bytes() if raw_sha else b""
+        raw = (store.get_blob(raw_sha) or b"") if raw_sha else b""
         if raw:
             msg.add_attachment(raw, maintype="message", subtype="rfc822", filename="original.eml")
         out = send.Outgoing(msg, sender, (to,), message_id, message_id, None, (to,))
         queue_id = counted(event, route, f"forwarded:{to}", out, None)
         log.info("%s: forwarded to %s as %s (queue id %s)", event["id"], to, message_id, queue_id)
         return message_id
-    return Effects(reply, forward)
+    return Effects(reply, forward, reserved)
 
 
 # --- the worker --------------------------------------------------------------------------------
@@ -266,47 +286,55 @@ def _job_input(config: Config, store: Store, job_id: str) -> tuple[dict, Route]:
     return event, match.route
 
 
-def process_one(config: Config, jobs: Jobs, chat: ChatFn, effects: Effects, clock=time.time) -> str | None:
+def process_one(config: Config, store: Store, chat: ChatFn, effects: Effects, clock=time.time) -> str | None:
     """Claim and run one due job; returns its id, or None when nothing is due. Whatever goes wrong
-    in the job is one failed attempt of that job (backoff, then parked), never the worker's end."""
-    job = jobs.claim(config.agent.lease)
+    in the job is one failed attempt of that job (backoff, then parked), never the worker's end.
+    A job runs only with one of its route's sends_per_hour reserved (taken in the store before
+    the model is asked, given back if the job sent nothing): else it waits, queued, until one
+    frees, and two workers on two hosts cannot both spend the last one."""
+    job = store.claim_job(config.agent.lease)
     if job is None:
         return None
-    store = Store(config.data_dir)
     started = clock()
     record: dict = {"id": job.id, "attempts": []}
+    route = None
     try:
         record = store.get_transcript(job.id) or record
         event, route = _job_input(config, store, job.id)
-        full_until = jobs.full_until(route.match, route.sends_per_hour)
-        if full_until is not None:
-            jobs.postpone(job.id, full_until)
+        full = store.take([(route_key(route), route.sends_per_hour)], 3600)
+        if full is not None:
+            store.job_postpone(job.id, clock() + full[1])
             log.warning("%s: %s has used its sends_per_hour (%d); the job waits until %s", job.id, route.match,
-                        route.sends_per_hour, time.strftime("%H:%M:%S", time.localtime(full_until)))
+                        route.sends_per_hour, time.strftime("%H:%M:%S", time.localtime(clock() + full[1])))
             return job.id
+        effects.reserved.add(job.id)
         result = run_job(event, route, config.agent, chat, effects, job.actions,
-                         on_action=lambda a: jobs.did(job.id, a))
+                         on_action=lambda a: store.job_did(job.id, a))
     except _Unrunnable as exc:
-        error, state = str(exc), jobs.failed(job.id, str(exc), 1, 0)
+        error, state = str(exc), store.job_failed(job.id, str(exc), 1, 0)
         log.warning("%s: %s (%s)", job.id, error, state)
     except ModelError as exc:
         error = str(exc)
-        state = jobs.failed(job.id, error, config.agent.max_attempts, config.agent.retry_base)
+        state = store.job_failed(job.id, error, config.agent.max_attempts, config.agent.retry_base)
         log.warning("%s: model error (%s): %s", job.id, state, exc)
     except Exception as exc:                # a bug of ours on this message: it must not stop the worker
         error = f"internal error: {exc.__class__.__name__}: {str(exc)[:500]}"
-        state = jobs.failed(job.id, error, config.agent.max_attempts, config.agent.retry_base)
+        state = store.job_failed(job.id, error, config.agent.max_attempts, config.agent.retry_base)
         log.exception("%s: internal error (%s)", job.id, state)
     else:
-        jobs.done(job.id)
+        store.job_done(job.id)
         record["attempts"].append({"at": started, "outcome": result.outcome, "summary": result.summary,
                                    "actions": result.actions, "messages": result.transcript})
-        record["state"] = "done"
+        record["state"] = JobState.DONE.value
         log.info("%s: %s (%s) actions=%s", job.id, result.outcome, result.summary[:200], ",".join(result.actions) or "-")
         _keep(store, job.id, record)
         return job.id
-    record["attempts"].append({"at": started, "error": error, "state": state})
-    record["state"] = state
+    finally:
+        if job.id in effects.reserved:      # the job sent nothing: its reserved send is not spent
+            effects.reserved.discard(job.id)
+            store.give_back([route_key(route)])
+    record["attempts"].append({"at": started, "error": error, "state": state.value})
+    record["state"] = state.value
     _keep(store, job.id, record)
     return job.id
 
@@ -314,30 +342,32 @@ def process_one(config: Config, jobs: Jobs, chat: ChatFn, effects: Effects, cloc
 def _keep(store: Store, job_id: str, record: dict) -> None:
     try:
         store.put_transcript(job_id, record)
-    except (OSError, ValueError) as exc:
+    except (StoreError, ValueError) as exc:
         log.warning("%s: transcript not stored: %s", job_id, exc)
 
 
 def serve(config: Config, once: bool = False, poll: float = 1.0) -> int:
-    jobs = Jobs(config.data_dir)
-    effects = send_effects(config, Store(config.data_dir),
-                           send.RateLimiter(config.send.per_correspondent_per_hour, config.send.per_thread_per_hour),
-                           jobs)
+    store = open_store(config)
+    store.check_schema()
+    effects = send_effects(config, store)
     chat = chat_client(config.agent)
     log.info("agent worker: model %s at %s", config.agent.model, config.agent.base_url)
-    while True:
-        try:
-            did = process_one(config, jobs, chat, effects)
-        except Exception:                   # the queue itself (SQLite busy, disk): log, wait, go on
-            log.exception("agent worker: the job queue failed")
-            if once:
-                return 1
-            time.sleep(poll)
-            continue
-        if did is None:
-            if once:
-                return 0
-            time.sleep(poll)
+    try:
+        while True:
+            try:
+                did = process_one(config, store, chat, effects)
+            except Exception:               # the store itself (unreachable, disk): log, wait, go on
+                log.exception("agent worker: the job queue failed")
+                if once:
+                    return 1
+                time.sleep(poll)
+                continue
+            if did is None:
+                if once:
+                    return 0
+                time.sleep(poll)
+    finally:
+        store.close()
 
 
 def _base(recipient: str) -> str:

@@ -7,6 +7,8 @@ import logging
 import os
 import re
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +27,22 @@ def _config_path(arg: str | None) -> Path:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
                         format="%(name)s[%(process)d]: %(levelname)s %(message)s")
+
+
+@contextmanager
+def _store(config):
+    """The configured store, its schema checked, closed after the command."""
+    from agentmx.store import open_store
+    store = open_store(config)
+    try:
+        store.check_schema()
+        yield store
+    finally:
+        store.close()
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def cmd_milter(args) -> int:
@@ -186,9 +204,9 @@ def cmd_agent(args) -> int:
     """Run the agent for action = "agent" routes (agentmx/agentloop.py)."""
     config = load_config(_config_path(args.config), Service.APP)
     from agentmx import agentloop
-    from agentmx.agentjobs import Jobs
     if args.requeue:
-        ok = Jobs(config.data_dir).requeue(args.requeue)
+        with _store(config) as store:
+            ok = store.job_requeue(args.requeue)
         print(f"{args.requeue}: {'queued again' if ok else 'not a parked job'}")
         return 0 if ok else 1
     return agentloop.serve(config, once=args.once)
@@ -210,10 +228,8 @@ def _shown(value) -> str:
 def cmd_transcript(args) -> int:
     """Print what the agent was shown and did for one message (mail and model text escaped)."""
     config = load_config(_config_path(args.config), Service.APP)
-    from agentmx.agentjobs import Jobs
-    from agentmx.store import Store
-    record = Store(config.data_dir).get_transcript(args.id)
-    job = Jobs(config.data_dir, create=False).get(args.id)
+    with _store(config) as store:
+        record, job = store.get_transcript(args.id), store.job(args.id)
     if record is None and job is None:
         print(f"agentmx transcript: no agent job {_shown(args.id)}", file=sys.stderr)
         return 1
@@ -344,9 +360,10 @@ def cmd_status(args) -> int:
     from agentmx import ops
     config = load_config(_config_path(args.config), Service.APP)
     print(f"recent deliveries ({config.data_dir}):")
-    rows = ops.recent(config, args.limit)
+    with _store(config) as store:
+        rows = store.recent_deliveries(args.limit)
     for d in rows:
-        print(f"  {d.updated}  {d.state:9} {d.id}  to={d.recipient}  queue={d.queue_id or '-'}  "
+        print(f"  {_utc(d.updated)}  {d.state:9} {d.event_id}  to={d.recipient}  queue={d.queue_id or '-'}  "
               f"attempts={d.attempts}  status={d.status if d.status is not None else '-'}  {d.reason}")
     if not rows:
         print("  none yet")
@@ -361,7 +378,8 @@ def cmd_replay(args) -> int:
     from agentmx import ops
     config = load_config(_config_path(args.config), Service.APP)
     try:
-        status, reason = ops.replay(config, args.event_id)
+        with _store(config) as store:
+            status, reason = ops.replay(config, store, args.event_id)
     except LookupError as exc:
         print(f"agentmx replay: {exc}", file=sys.stderr)
         return 1
@@ -373,9 +391,12 @@ def cmd_gc(args) -> int:
     from agentmx import ops
     config = load_config(_config_path(args.config), Service.APP)
     days = args.days or config.retention_days
-    report = ops.gc(config, days, dry_run=args.dry_run)
+    with _store(config) as store:
+        report = ops.gc(config, store, days, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    print(f"{verb} {report.events} event(s) and {report.blobs} blob(s), {report.bytes} bytes, older than {days} days")
+    rest = ", ".join(f"{n} {what}" for what, n in report.other.items() if n)
+    print(f"{verb} {report.events} event(s) and {report.blobs} blob(s), {report.bytes} bytes, older than {days} days"
+          + (f" (and {rest})" if rest else ""))
     return 0
 
 
@@ -529,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--undo", action="store_true", help="restore main.cf and master.cf from setup's backup")
     su.set_defaults(func=cmd_setup)
 
+    from agentmx.store.cli import add_commands
+    add_commands(sub, _config_path)
+
     ck = sub.add_parser("check", help="query DNS and say, record by record, what is missing or wrong")
     ck.add_argument("domain")
     ck.add_argument("--dns", type=_parse_dns, help="DNS server as IP or IP:PORT (default $AGENTMX_DNS, the config, else the system's)")
@@ -553,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agentmx: {exc}", file=sys.stderr)
         return 78          # EX_CONFIG
+    except Exception as exc:
+        from agentmx.store import StoreError
+        if not isinstance(exc, StoreError):
+            raise
+        print(f"agentmx {args.command}: the store: {exc}", file=sys.stderr)
+        return 75          # EX_TEMPFAIL: try again (after `agentmx store migrate`, if it says so)
     except KeyboardInterrupt:
         return 130
 

@@ -1,44 +1,15 @@
-"""Operator commands on the data directory: status, replay, gc. Each a function of the config
-(and a clock), printing nothing itself; the CLI prints what they return."""
+"""Operator commands on the store: status, replay, gc, metrics. Each a function of the config and
+the store (and a clock), printing nothing itself; the CLI prints what they return."""
 from __future__ import annotations
 
 import json
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
 from .store import Store
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: str
-    state: str
-    attempts: int
-    status: int | None
-    reason: str
-    recipient: str
-    queue_id: str | None
-    updated: str
-
-
-def recent(config: Config, limit: int = 20) -> list[Delivery]:
-    """The last deliveries deliver recorded, newest first."""
-    folder = Path(config.data_dir) / "state"
-    if not folder.is_dir():
-        return []
-    files = sorted(folder.glob("msg_*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
-    out = []
-    for path in files:
-        try:
-            s = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        out.append(Delivery(path.stem, s.get("state", "?"), int(s.get("attempts", 0)), s.get("status"),
-                            s.get("reason", ""), s.get("recipient", ""), s.get("queueId"), s.get("updatedAt", "")))
-    return out
+from .store.model import Attempt, DeliveryState, GcReport
 
 
 def postfix_queue(config_dir: str | None = None) -> list[dict]:
@@ -69,12 +40,14 @@ def waiting_for_agents(config: Config, queue: list[dict]) -> list[tuple[str, str
     return out
 
 
-def replay(config: Config, event_id: str, clock=time.time, post=None) -> tuple[int, str]:
-    """POST a stored event again, with its original webhook-id. Returns (HTTP status, reason)."""
+def replay(config: Config, store: Store, event_id: str, clock=time.time, post=None) -> tuple[int, str]:
+    """POST a stored event again, with its original webhook-id; the answer is read as deliver
+    reads it (a control answer drops or marks it, 406 refuses it) and kept as one more attempt.
+    Returns (HTTP status, reason)."""
     from agentmx.deliver import route as routing
+    from agentmx.deliver.core import answer_state, excerpt
     from agentmx.deliver.http import post as http_post
     from agentmx.webhook import sign_headers
-    store = Store(config.data_dir)
     body = store.get_event(event_id)
     if body is None:
         raise LookupError(f"no stored event {event_id}")
@@ -87,114 +60,50 @@ def replay(config: Config, event_id: str, clock=time.time, post=None) -> tuple[i
         raise LookupError(f"the route for {event['recipient']} is a pull route: the event waits in "
                           f"GET /v1/messages, nothing to POST")
     headers = sign_headers(route.secret, event_id, body, timestamp=int(clock()), mailkite=route.mailkite_signature)
+    started = time.monotonic()
     resp = (post or http_post)(route.endpoint, body, headers, route.timeout)
-    state = store.get_state(event_id)
-    ok = 200 <= resp.status < 300 or resp.status == 406
-    new_state = "refused" if resp.status == 406 else "delivered" if ok else state.get("state", "deferred")
-    store.put_state(event_id, {**state, "state": new_state,
-                               "replays": int(state.get("replays", 0)) + 1, "status": resp.status,
-                               "reason": "replayed" if ok else (resp.error or f"HTTP {resp.status}")})
-    return resp.status, resp.error or ("accepted" if ok else f"HTTP {resp.status}")
+    took_ms = int((time.monotonic() - started) * 1000)
+    state, why = answer_state(resp)
+    if state is DeliveryState.DEFERRED:       # nothing retries a replay: the delivery stays what it was
+        previous = store.delivery(event_id)
+        state = previous.state if previous else DeliveryState.DEFERRED
+        why = f"replay failed: {why}"
+    else:
+        why = f"replayed: {why}"
+    store.record_attempt(event_id, Attempt(clock(), state, resp.status, took_ms, excerpt(resp), event_id), why)
+    return resp.status, why
 
 
-@dataclass(frozen=True)
-class GcReport:
-    events: int
-    blobs: int
-    bytes: int
+def gc(config: Config, store: Store, days: int, clock=time.time, dry_run: bool = False) -> GcReport:
+    """Remove, by retention, everything older than `days`: events with their inbox rows,
+    deliveries and attempts, sends, agent jobs and transcripts, old rate-limit uses, and every
+    blob no remaining event refers to (blobs are shared by content)."""
+    return store.gc(clock() - days * 86400, dry_run=dry_run)
 
 
-def gc(config: Config, days: int, clock=time.time, dry_run: bool = False) -> GcReport:
-    """Remove events, their state and sent records older than `days`, and every blob older than
-    that which no remaining event refers to (blobs are shared by content)."""
-    root = Path(config.data_dir)
-    cutoff = clock() - days * 86400
-    removed_events = 0
-    for kind in ("events", "state", "sent"):
-        folder = root / kind
-        if not folder.is_dir():
-            continue
-        for path in folder.glob("*.json"):
-            if path.stat().st_mtime < cutoff:
-                removed_events += kind == "events"
-                if not dry_run:
-                    path.unlink(missing_ok=True)
-    referenced: set[str] = set()
-    if (root / "events").is_dir():
-        for path in (root / "events").glob("*.json"):
-            if dry_run and path.stat().st_mtime < cutoff:
-                continue
-            try:
-                event = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            referenced.add((event.get("raw") or {}).get("sha256", ""))
-            referenced.update(a.get("sha256", "") for a in event.get("attachments") or [])
-    blobs = size = 0
-    for path in (root / "blobs").glob("*/*") if (root / "blobs").is_dir() else []:
-        st = path.stat()
-        if st.st_mtime < cutoff and path.name not in referenced:
-            blobs += 1
-            size += st.st_size
-            if not dry_run:
-                path.unlink(missing_ok=True)
-    return GcReport(removed_events, blobs, size)
-
-
-LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)
-
-
-def metrics(config: Config) -> str:
-    """Prometheus text exposition from the data directory: deliveries by state, auth verdicts of
-    delivered events, and the time from acceptance by Postfix to the agent's 2xx."""
-    from datetime import datetime
-    root = Path(config.data_dir)
-    states: dict[str, int] = {}
-    verdicts: dict[tuple[str, str], int] = {}
-    latencies: list[float] = []
-    attempts = 0
-    for path in (root / "state").glob("msg_*.json") if (root / "state").is_dir() else []:
-        try:
-            st = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        states[st.get("state", "unknown")] = states.get(st.get("state", "unknown"), 0) + 1
-        attempts += int(st.get("attempts", 0))
-        try:
-            event = json.loads((root / "events" / path.name).read_text())
-        except (OSError, ValueError):
-            continue
-        for check in ("spf", "dkim", "dmarc", "arc"):
-            key = (check, event.get("auth", {}).get(check, "none"))
-            verdicts[key] = verdicts.get(key, 0) + 1
-        if st.get("state") == "delivered":
-            try:
-                created = datetime.strptime(event["createdAt"], "%Y-%m-%dT%H:%M:%SZ")
-                done = datetime.strptime(st["updatedAt"], "%Y-%m-%dT%H:%M:%SZ")
-                latencies.append(max(0.0, (done - created).total_seconds()))
-            except (KeyError, ValueError):
-                pass
-    received = sum(1 for _ in (root / "events").glob("msg_*.json")) if (root / "events").is_dir() else 0
+def metrics(config: Config, store: Store) -> str:
+    """Prometheus text exposition: the store's counters (kept as records are written, so a scrape
+    costs a few queries however many events there are) and the milter's stats file."""
+    m = store.metrics()
     lines = ["# HELP agentmx_messages_received Messages stored as events (every delivered, deferred, refused or held one).",
-             "# TYPE agentmx_messages_received gauge", f"agentmx_messages_received {received}",
-             "# HELP agentmx_messages Messages deliver has handled, by their current state.",
+             "# TYPE agentmx_messages_received gauge", f"agentmx_messages_received {m.received}",
+             "# HELP agentmx_messages Stored messages by the current state of their delivery.",
              "# TYPE agentmx_messages gauge"]
-    for state in ("delivered", "deferred", "refused", "held"):
-        lines.append(f'agentmx_messages{{state="{state}"}} {states.get(state, 0)}')
-    lines += ["# HELP agentmx_delivery_attempts_total POST attempts, retries included.",
-              "# TYPE agentmx_delivery_attempts_total counter", f"agentmx_delivery_attempts_total {attempts}",
+    lines += [f'agentmx_messages{{state="{state}"}} {m.by_state.get(state, 0)}' for state in DeliveryState]
+    lines += ["# HELP agentmx_delivery_attempts_total Delivery attempts (POSTs, and what deliver did instead), "
+              "retries included.",
+              "# TYPE agentmx_delivery_attempts_total counter", f"agentmx_delivery_attempts_total {m.attempts}",
               "# HELP agentmx_auth_results Authentication results of stored events.",
               "# TYPE agentmx_auth_results gauge"]
-    for (check, result), n in sorted(verdicts.items()):
+    for (check, result), n in sorted(m.verdicts.items()):
         lines.append(f'agentmx_auth_results{{check="{check}",result="{result}"}} {n}')
     lines += ["# HELP agentmx_delivery_latency_seconds From acceptance by Postfix to the agent's 2xx.",
               "# TYPE agentmx_delivery_latency_seconds histogram"]
-    for bound in LATENCY_BUCKETS:
-        lines.append(f'agentmx_delivery_latency_seconds_bucket{{le="{bound:g}"}} {sum(1 for x in latencies if x <= bound)}')
-    lines.append(f'agentmx_delivery_latency_seconds_bucket{{le="+Inf"}} {len(latencies)}')
-    lines.append(f"agentmx_delivery_latency_seconds_sum {sum(latencies):g}")
-    lines.append(f"agentmx_delivery_latency_seconds_count {len(latencies)}")
-    lines += _milter_metrics(root / "stats" / "milter.json")
+    lines += [f'agentmx_delivery_latency_seconds_bucket{{le="{bound:g}"}} {n}' for bound, n in m.latency_buckets]
+    lines.append(f'agentmx_delivery_latency_seconds_bucket{{le="+Inf"}} {m.latency_count}')
+    lines.append(f"agentmx_delivery_latency_seconds_sum {m.latency_sum:g}")
+    lines.append(f"agentmx_delivery_latency_seconds_count {m.latency_count}")
+    lines += _milter_metrics(Path(config.data_dir) / "stats" / "milter.json")
     return "\n".join(lines) + "\n"
 
 

@@ -6,13 +6,14 @@ local Postfix over SMTP (where the milter DKIM-signs it). Stages, each its own f
     check_sender(key, request)                                403 (not this key's address)
     build(request, original, config)     -> Outgoing          409 (reply to an auto-submitted event),
                                                               400 (more than 10 recipients derived)
-    reply_address(original)              -> Mailbox           the one address automatic replies go to
+    take_limits(store, config, ...)      -> keys taken        429 (per correspondent, per thread: shared
+                                                              by every process on every host)
+    submit(outgoing, config)             -> Postfix queue id  502 (Postfix refused or is down)
 
 Every value taken from an inbound message (the stored event) passes through one_line() or
 _inbound_id() before it reaches a header of ours: a Subject encoded word that decodes to CR LF
-must not break the reply, nor the worker that builds it.
-    RateLimiter.take(...)                                     429 (per correspondent, per thread)
-    submit(outgoing, config)             -> Postfix queue id  502 (Postfix refused or is down)
+must not break the reply, nor the worker that builds it. Whom an automatic answer (the agent's,
+MCP's) goes to is agentmx/replies.py.
 """
 from __future__ import annotations
 
@@ -22,9 +23,6 @@ import hmac
 import re
 import smtplib
 import socket
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -340,35 +338,36 @@ def build(req: SendRequest, original: dict | None, config: Config, now: float | 
 
 # --- rate limits ----------------------------------------------------------------------------------
 
+HOUR = 3600.0
 
-class RateLimiter:
-    """Sliding one-hour windows per correspondent and per thread, in the serve process."""
 
-    def __init__(self, per_correspondent: int, per_thread: int, clock=time.time):
-        self.per_correspondent, self.per_thread, self.clock = per_correspondent, per_thread, clock
-        self._seen: dict[tuple[str, str], deque] = {}
-        self._lock = threading.Lock()
+def take_limits(store, config: Config, correspondents: tuple[str, ...], thread: str | None,
+                extra: tuple[tuple[str, int], ...] = ()) -> list[str]:
+    """Count one message under every limit it falls under, in the store (so every serve and agent
+    process on every host counts together): per correspondent ("to:<address>"), per thread
+    ("thread:<id>", the loop breaker) and `extra` (the agent's "agent:<route>"), each a sliding
+    hour, all or none. Returns the keys taken (for give_back when Postfix then refuses the
+    message); raises SendError 429 with Retry-After when one is full."""
+    limits = [(f"to:{c}", config.send.per_correspondent_per_hour) for c in dict.fromkeys(correspondents)]
+    if thread:
+        limits.append((f"thread:{thread}", config.send.per_thread_per_hour))
+    limits += extra
+    full = store.take(limits, HOUR)
+    if full is not None:
+        key, seconds = full
+        kind, _, what = key.partition(":")
+        text = f"to {what}" if kind == "to" else "into this thread" if kind == "thread" else f"under {key}"
+        raise RateLimited(key, dict(limits)[key], f"more than {dict(limits)[key]} messages {text} in an hour",
+                          int(seconds) + 1)
+    return [key for key, _ in limits]
 
-    def _window(self, key: tuple[str, str], now: float) -> deque:
-        q = self._seen.setdefault(key, deque())
-        while q and q[0] <= now - 3600:
-            q.popleft()
-        return q
 
-    def take(self, correspondents: tuple[str, ...], thread: str | None) -> None:
-        now = self.clock()
-        with self._lock:
-            checks = [(("to", c), self.per_correspondent) for c in correspondents]
-            if thread:
-                checks.append((("thread", thread), self.per_thread))
-            for key, limit in checks:
-                q = self._window(key, now)
-                if len(q) >= limit:
-                    retry = int(q[0] + 3600 - now) + 1
-                    what = f"to {key[1]}" if key[0] == "to" else "into this thread"
-                    raise SendError(429, "rate_limited", f"more than {limit} messages {what} in an hour", retry)
-            for key, _ in checks:
-                self._seen[key].append(now)
+class RateLimited(SendError):
+    """429: `key` has had `limit` messages in the last hour."""
+
+    def __init__(self, key: str, limit: int, message: str, retry_after: int):
+        super().__init__(429, "rate_limited", message, retry_after)
+        self.key, self.limit = key, limit
 
 
 # --- submit ---------------------------------------------------------------------------------------

@@ -17,16 +17,15 @@ import base64
 import hashlib
 import json
 import logging
-import sqlite3
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from agentmx import notify, urls
+from agentmx import urls
 from agentmx.config import Config
-from agentmx.inbox import Inbox
-from agentmx.store import Store, StoreError
+from agentmx.store import Store, StoreError, open_store
+from agentmx.store.model import EXCERPT, Attempt, DeliveryState
 from agentmx.webhook import sign_headers
 
 from . import event as ev
@@ -54,7 +53,7 @@ class Envelope:
 @dataclass(frozen=True)
 class Outcome:
     exit_code: int
-    state: str                        # delivered, refused, dropped, spam, held, stored, deferred
+    state: DeliveryState              # delivered, refused, dropped, spam, held, stored, queued, deferred
     event_id: str | None = None
     status: int | None = None         # the endpoint's HTTP status, 0 when it did not answer
     reason: str = ""
@@ -105,22 +104,10 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
     return event, {"raw_sha": raw_sha, "defects": len(parsed.defects)}
 
 
-CONTROL = {"drop": "dropped", "spam": "spam"}
+CONTROL = {"drop": DeliveryState.DROPPED, "spam": DeliveryState.SPAM}
 
 
-def _retry(write, attempts: int = 4, pause: float = 0.05):
-    """An SQLite write, tried again a few times: a file that another user's process (root, by
-    hand) created an instant ago is ours only once it has been handed over (sqlitedb)."""
-    for n in range(attempts):
-        try:
-            return write()
-        except sqlite3.OperationalError:
-            if n == attempts - 1:
-                raise
-            time.sleep(pause * (n + 1))
-
-
-def control_state(resp: Response) -> str | None:
+def control_state(resp: Response) -> DeliveryState | None:
     """MailKite's control answers: {"status": "drop"} or {"status": "spam"} in any HTTP answer."""
     try:
         status = json.loads(resp.body).get("status") if resp.body.lstrip()[:1] == b"{" else None
@@ -129,93 +116,94 @@ def control_state(resp: Response) -> str | None:
     return CONTROL.get(status) if isinstance(status, str) else None
 
 
-def deliver(raw: bytes, env: Envelope, config: Config, *, store: Store | None = None,
-            post: Callable[[str, bytes, dict, float], Response] = http_post,
-            clock: Callable[[], float] = time.time, inbox: Inbox | None = None) -> Outcome:
-    store = store or Store(config.data_dir)
-    own_inbox = inbox is None
-    inbox = inbox or Inbox(config.data_dir, clock)
-    try:
-        return _deliver(raw, env, config, store, post, clock, inbox)
-    finally:
-        if own_inbox:
-            inbox.close()
-
-
-def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, clock, inbox: Inbox) -> Outcome:
-    match = routing.match(env.recipient, config.routes)
-    if match is None:
-        return Outcome(EX_TEMPFAIL, "deferred", reason=f"no route for {env.recipient} (fix the config or the "
-                                                      f"Postfix recipient map); Postfix keeps the message")
-    now = clock()
-    try:
-        event, extra = build_event(raw, env, config, store, now, match)
-    except StoreError as exc:
-        return Outcome(EX_TEMPFAIL, "deferred", reason=f"data directory: {exc.strerror}")
-    event_id = event["id"]
-    body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    state = store.get_state(event_id)
-    attempts = int(state.get("attempts", 0)) + 1
-    route = match.route
-
-    def record(outcome: Outcome) -> Outcome:
-        try:
-            store.put_state(event_id, {"state": outcome.state, "attempts": attempts, "status": outcome.status,
-                                       "reason": outcome.reason, "updatedAt": ev.rfc3339(
-                                           datetime.fromtimestamp(clock(), timezone.utc)),
-                                       "recipient": env.recipient.lower(), "queueId": env.queue_id})
-        except StoreError as exc:
-            log.warning("%s: could not record state: %s", env.queue_id or "-", exc.strerror)
-        try:
-            inbox.set_state(event_id, outcome.state)
-        except sqlite3.Error as exc:
-            log.warning("%s: could not record state in the inbox index: %s", env.queue_id or "-", exc)
-        return outcome
-
-    # The event is stored before the agent sees it: an agent that answers at once (inReplyTo the
-    # event id) must find it, and a replay has it even if this process dies after the POST.
-    try:
-        store.put_event(event_id, body)
-    except StoreError as exc:
-        return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"data directory: {exc.strerror}")
-    try:
-        _retry(lambda: inbox.record(event, "stored" if not route.pushes else state.get("state", "received")))
-    except sqlite3.Error as exc:
-        if not route.pushes or route.mode == "both":   # the inbox is where the agent reads it
-            return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"inbox index: {exc}")
-        log.warning("%s: not in the inbox index (%s); pushed anyway", env.queue_id or "-", exc)
-    else:
-        notify.ring(config.data_dir)            # long-polls and event streams on this host wake up
-
-    if route.trust == "require-dmarc" and event["auth"]["dmarc"] != "pass":
-        return record(Outcome(EX_OK, "held", event_id,
-                              reason=f"kept aside: route requires DMARC pass, got {event['auth']['dmarc']}"))
-
-    if route.action == "agent":
-        from agentmx.agentjobs import Jobs
-        jobs = Jobs(config.data_dir, clock)
-        try:
-            _retry(lambda: jobs.put(event_id))
-        except sqlite3.Error as exc:
-            return Outcome(EX_TEMPFAIL, "deferred", event_id, reason=f"agent queue: {exc}")
-        finally:
-            jobs.close()
-        return record(Outcome(EX_OK, "queued", event_id, reason="queued for the agent (agentmx agent)"))
-    if not route.pushes:
-        return record(Outcome(EX_OK, "stored", event_id, reason="kept for the inbox API (pull route)"))
-
-    headers = sign_headers(route.secret, event_id, body, timestamp=int(clock()), mailkite=route.mailkite_signature)
-    resp = post(route.endpoint, body, headers, route.timeout)
-    details = {"attempts": attempts, "defects": extra["defects"], "bytes": len(body)}
+def answer_state(resp: Response) -> tuple[DeliveryState, str]:
+    """What an endpoint's answer makes of a delivery, and why: a control answer, 2xx, 406, or
+    (anything else) deferred. deliver and replay read answers alike."""
     control = control_state(resp) if resp.status else None
     if control:
-        return record(Outcome(EX_OK, control, event_id, resp.status,
-                              f"the agent's answer marked it {control}; kept, not retried", details))
+        return control, f"the agent's answer marked it {control}; kept, not retried"
     if 200 <= resp.status < 300:
-        return record(Outcome(EX_OK, "delivered", event_id, resp.status, "accepted", details))
+        return DeliveryState.DELIVERED, "accepted"
     if resp.status == 406:
-        return record(Outcome(EX_OK, "refused", event_id, 406, "the agent refused it (406); raw kept", details))
+        return DeliveryState.REFUSED, "the agent refused it (406); raw kept"
     why = resp.error or f"HTTP {resp.status}"
     if resp.retry_after:
         why += f", Retry-After {resp.retry_after}"
-    return record(Outcome(EX_TEMPFAIL, "deferred", event_id, resp.status, why, details))
+    return DeliveryState.DEFERRED, why
+
+
+def excerpt(resp: Response) -> str:
+    """The first characters of the answer (or the error), kept with the attempt."""
+    return (resp.body[:EXCERPT * 4].decode("utf-8", "replace") if resp.body else resp.error)[:EXCERPT]
+
+
+def deliver(raw: bytes, env: Envelope, config: Config, *, store: Store | None = None,
+            post: Callable[[str, bytes, dict, float], Response] = http_post,
+            clock: Callable[[], float] = time.time) -> Outcome:
+    """One delivery. `store`: the process's store (a front-end keeps one open); without it, one
+    is opened for this call. A store that cannot be reached or written (StoreUnavailable), or
+    whose schema is not this version's (SchemaMismatch), is exit 75: Postfix keeps the message."""
+    own = store is None
+    try:
+        if own:
+            store = open_store(config, clock)
+        try:
+            return _deliver(raw, env, config, store, post, clock)
+        finally:
+            if own:
+                store.close()
+    except StoreError as exc:
+        return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, reason=f"store: {exc}")
+
+
+def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, clock) -> Outcome:
+    match = routing.match(env.recipient, config.routes)
+    if match is None:
+        return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, reason=f"no route for {env.recipient} (fix the config "
+                                                                   f"or the Postfix recipient map); Postfix keeps the message")
+    now = clock()
+    event, extra = build_event(raw, env, config, store, now, match)
+    event_id = event["id"]
+    body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    route = match.route
+
+    # The event is stored, with its inbox row, before the agent sees it: an agent that answers at
+    # once (inReplyTo the event id) must find it, and a replay has it even if this process dies
+    # after the POST.
+    try:
+        store.put_event(event, body, route.match, DeliveryState.RECEIVED if route.pushes else DeliveryState.STORED)
+    except StoreError as exc:
+        return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event_id, reason=f"store: {exc}")
+
+    def record(outcome: Outcome, status: int | None = None, took_ms: int = 0, answer: str = "") -> Outcome:
+        """The attempt, kept. A store that fails now defers a message that was not POSTed (held,
+        stored, queued: done again on the retry); after a POST the outcome stands: deferred
+        anyway, or the agent has the message (2xx, 406, a control answer) and it must not arrive
+        twice."""
+        try:
+            store.record_attempt(event_id, Attempt(clock(), outcome.state, status, took_ms, answer, event_id,
+                                                   env.queue_id), outcome.reason)
+        except StoreError as exc:
+            if status is None:
+                return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event_id, reason=f"store: {exc}")
+            log.warning("%s: %s, but the attempt was not recorded: %s", env.queue_id or "-", outcome.state, exc)
+        return outcome
+
+    if route.trust == "require-dmarc" and event["auth"]["dmarc"] != "pass":
+        return record(Outcome(EX_OK, DeliveryState.HELD, event_id,
+                              reason=f"kept aside: route requires DMARC pass, got {event['auth']['dmarc']}"))
+
+    if route.action == "agent":
+        store.put_job(event_id)
+        return record(Outcome(EX_OK, DeliveryState.QUEUED, event_id, reason="queued for the agent (agentmx agent)"))
+    if not route.pushes:
+        return record(Outcome(EX_OK, DeliveryState.STORED, event_id, reason="kept for the inbox API (pull route)"))
+
+    headers = sign_headers(route.secret, event_id, body, timestamp=int(clock()), mailkite=route.mailkite_signature)
+    started = time.monotonic()
+    resp = post(route.endpoint, body, headers, route.timeout)
+    took_ms = int((time.monotonic() - started) * 1000)
+    state, why = answer_state(resp)
+    details = {"defects": extra["defects"], "bytes": len(body), "ms": took_ms}
+    code = EX_TEMPFAIL if state is DeliveryState.DEFERRED else EX_OK
+    return record(Outcome(code, state, event_id, resp.status, why, details), resp.status, took_ms, excerpt(resp))

@@ -42,6 +42,7 @@ from agentmx import dkimkeys, dnsrecords  # noqa: E402
 from agentmx.config import load_config  # noqa: E402
 from agentmx.milter.sign import sign as dkim_sign  # noqa: E402
 from agentmx.api.server import start as start_serve  # noqa: E402
+from agentmx.store import open_store  # noqa: E402
 
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 BOLD, DIM, GREEN, END = ("\033[1m", "\033[2m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("",) * 4
@@ -178,9 +179,10 @@ submit = "unix:{install_submit(ours)}"
     print(f"   sent {msg['Message-ID']} through mx.sender.example")
 
     say("5. The event the agent received")
-    event_file = wait_for(lambda: next((p for p in (data / "events").glob("msg_*.json")), None) if (data / "events").is_dir() else None,
-                          timeout=60, what=f"the event\n{ours.log()[-2000:]}")
-    event = json.loads(event_file.read_text())
+    store = open_store(config)                   # what deliver kept: read as serve reads it
+    row = wait_for(lambda: next(iter(store.inbox_query(("agent@agents.example",), limit=1)), None),
+                   timeout=60, what=f"the event\n{ours.log()[-2000:]}")
+    event = json.loads(store.get_event(row.id))
     for field in ("id", "from", "subject", "threadId", "codes", "autoSubmitted"):
         print(f"   {field:14} {json.dumps(event[field], ensure_ascii=False)}")
     auth = event["auth"]

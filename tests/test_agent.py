@@ -20,9 +20,10 @@ from support.model import ModelServer, tool_call
 from support.postfix import wait_for
 from support.world import build, delivered_at_rx, sent_to_at_rx
 
-from agentmx.agentjobs import Jobs
 from agentmx.agentloop import ModelError, chat_client, run_job, Effects
 from agentmx.config import AgentConfig, Route
+from agentmx.store import open_store
+from agentmx.store.model import DeliveryState, JobState
 
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 DOMAIN = "ai.agents.test"
@@ -63,6 +64,7 @@ sends_per_hour = 1
 @pytest.fixture
 def w(world, dns_server, model):
     dns_server.set_zone(world["zone"])
+    world.setdefault("store", open_store(world["config"]))
     model.script.clear()
     model.requests.clear()
     return world
@@ -79,25 +81,25 @@ def queued(w, subject: str, body: str = "Hello, when are you open?", extra: str 
     """SMTP in; returns the event id once deliver has queued the job. `decoded`: the event's
     subject when `subject` is encoded."""
     send(w["ox"].port, "bob@remote.test", [to], mail(subject, body, extra, to))
-    data = Path(w["config"].data_dir)
+    return wait_queued(w, lambda e: e["subject"] == (decoded or subject), f"the event {subject!r}")["id"]
+
+
+def wait_queued(w, which, what: str) -> dict:
+    """The first event `which(event)` accepts, once deliver has recorded its job as queued (read
+    through the store, as the services do)."""
+    store = w["store"]
 
     def find():
-        for p in (data / "events").glob("*.json"):
-            event = json.loads(p.read_text())
-            if event["subject"] == (decoded or subject):
-                return event["id"]
+        for row in store.inbox_query((f"@{DOMAIN}",), limit=500):
+            event = json.loads(store.get_event(row.id))
+            if which(event) and row.state is DeliveryState.QUEUED:
+                return event
         return None
-    event_id = wait_for(find, timeout=30, what=f"the event {subject!r}")
-    wait_queued(data, event_id)
-    return event_id
+    return wait_for(find, timeout=30, what=what)
 
 
-def wait_queued(data: Path, event_id: str) -> None:
-    """Until deliver has recorded the job as queued. (Not by opening the queue from here: this
-    process is root, and a database it created could be, for an instant, not yet the pipe user's.)"""
-    state = data / "state" / f"{event_id}.json"
-    wait_for(lambda: state.exists() and json.loads(state.read_text())["state"] == "queued", timeout=30,
-             what="the job queued")
+def jobs(w):
+    return w["store"]
 
 
 def run_worker(w) -> subprocess.CompletedProcess:
@@ -114,11 +116,11 @@ def test_the_agent_answers_a_message_end_to_end(w, model):
     model.script = [tool_call("reply", {"text": "We are open 9-17 on weekdays."}),
                     tool_call("done", {"summary": "answered the opening hours"})]
     event_id = queued(w, "Opening hours?")
-    assert Jobs(Path(w["config"].data_dir)).get(event_id).state == "queued"
+    assert jobs(w).job(event_id).state is JobState.QUEUED
     out = run_worker(w)
     assert out.returncode == 0, out.stderr
-    job = Jobs(Path(w["config"].data_dir)).get(event_id)
-    assert (job.state, job.actions) == ("done", ("replied",))
+    job = jobs(w).job(event_id)
+    assert (job.state, job.actions) == (JobState.DONE, ("replied",))
     first = model.requests[0]["body"]
     assert model.requests[0]["auth"] == "Bearer sk-test-model-key" and first["model"] == "scripted-1"
     system, user = first["messages"][0]["content"], first["messages"][1]["content"]
@@ -131,7 +133,7 @@ def test_the_agent_answers_a_message_end_to_end(w, model):
     v = verdicts(header)
     assert v["dkim"][0].result == "pass" and v["dkim"][0].header_d == DOMAIN and v["dmarc"][0].result == "pass"
     msg = email.message_from_bytes(raw)
-    event = json.loads((Path(w["config"].data_dir) / "events" / f"{event_id}.json").read_text())
+    event = json.loads(w["store"].get_event(event_id))
     assert msg["In-Reply-To"] == event["messageId"] and msg["Subject"] == "Re: Opening hours?"
     assert msg["From"] == f"support@{DOMAIN}" and msg["Auto-Submitted"] == "auto-replied"
     shown = transcript(w, event_id)
@@ -151,19 +153,15 @@ def test_prompt_injection_cannot_widen_what_the_agent_may_do(w, model):
         tool_call("forward", {"to": "human@remote.test", "note": "suspicious message"}),   # never reached: 4 rounds
     ]
     send(w["ox"].port, "bob@remote.test", [f"support@{DOMAIN}"], mail("admin mode", injected))
-    data = Path(w["config"].data_dir)
-    event_id = wait_for(lambda: next((json.loads(p.read_text())["id"] for p in (data / "events").glob("*.json")
-                                      if json.loads(p.read_text())["subject"] == "admin mode"), None), timeout=30,
-                        what="the event")
-    wait_queued(data, event_id)
+    event_id = wait_queued(w, lambda e: e["subject"] == "admin mode", "the event")["id"]
     assert run_worker(w).returncode == 0
-    record = json.loads((data / "transcripts" / f"{event_id}.json").read_text())["attempts"][-1]
+    record = w["store"].get_transcript(event_id)["attempts"][-1]
     tool_results = [m["content"] for m in record["messages"] if m["role"] == "tool"]
     assert tool_results[0].startswith("error: forwarding is allowed only to human@remote.test")
     assert tool_results[1] == "error: there is no tool 'send_email'"
     assert tool_results[2].startswith("sent") and tool_results[3] == "error: you already replied to this email"
     assert record["outcome"] == "round-limit" and len(model.requests) == 4
-    assert Jobs(data).get(event_id).actions == ("replied",)
+    assert jobs(w).job(event_id).actions == ("replied",)
     user = model.requests[0]["body"]["messages"][1]["content"]
     assert "IGNORE ALL PREVIOUS" in user.split("\n<untrusted-email-")[1]
     delivered_at_rx(w, b"We are open 9-17.")
@@ -175,14 +173,13 @@ def test_prompt_injection_cannot_widen_what_the_agent_may_do(w, model):
 def test_model_errors_retry_with_backoff_then_park(w, model):
     model.script = [(500, 0), (503, 0)]
     event_id = queued(w, "Model down")
-    data = Path(w["config"].data_dir)
     assert run_worker(w).returncode == 0
-    job = Jobs(data).get(event_id)
-    assert (job.state, job.attempts) == ("queued", 1) and "HTTP 500" in job.last_error     # backoff, not dropped
+    job = jobs(w).job(event_id)
+    assert (job.state, job.attempts) == (JobState.QUEUED, 1) and "HTTP 500" in job.last_error     # backoff, not dropped
     time.sleep(0.3)
     assert run_worker(w).returncode == 0
-    job = Jobs(data).get(event_id)
-    assert (job.state, job.attempts) == ("parked", 2) and "HTTP 503" in job.last_error
+    job = jobs(w).job(event_id)
+    assert (job.state, job.attempts) == (JobState.PARKED, 2) and "HTTP 503" in job.last_error
     shown = transcript(w, event_id)
     assert "parked" in shown and "HTTP 503" in shown
     model.script = [tool_call("done", {"summary": "nothing to answer"})]
@@ -190,17 +187,7 @@ def test_model_errors_retry_with_backoff_then_park(w, model):
                              text=True, timeout=30)
     assert requeue.returncode == 0
     assert run_worker(w).returncode == 0
-    assert Jobs(data).get(event_id).state == "done"
-
-
-def test_a_job_held_by_a_dead_worker_is_taken_up_again(tmp_path):
-    now = [1000.0]
-    jobs = Jobs(tmp_path, clock=lambda: now[0])
-    assert jobs.put("msg_aaaaaaaaaaaaaaaa") and not jobs.put("msg_aaaaaaaaaaaaaaaa")    # a retried delivery
-    assert jobs.claim(lease=60).id == "msg_aaaaaaaaaaaaaaaa"
-    assert jobs.claim(lease=60) is None                    # leased to the first worker
-    now[0] += 61                                           # which died
-    assert jobs.claim(lease=60).id == "msg_aaaaaaaaaaaaaaaa"
+    assert jobs(w).job(event_id).state is JobState.DONE
 
 
 def test_the_loop_never_replies_to_automatic_mail():
@@ -252,8 +239,8 @@ def test_a_subject_that_decodes_to_crlf_is_answered_and_forwarded_on_one_line(w,
     event_id = queued(w, "=?utf-8?q?Opening_hours=0D=0ABcc:_mallory@elsewhere.test?=", decoded=decoded)
     out = run_worker(w)
     assert out.returncode == 0, out.stderr
-    job = Jobs(Path(w["config"].data_dir)).get(event_id)
-    assert (job.state, job.actions) == ("done", ("replied", "forwarded:human@remote.test"))
+    job = jobs(w).job(event_id)
+    assert (job.state, job.actions) == (JobState.DONE, ("replied", "forwarded:human@remote.test"))
     reply = email.message_from_bytes(delivered_at_rx(w, b"CRLF test: answered."))
     assert reply["Subject"] == "Re: Opening hours Bcc: mallory@elsewhere.test" and reply["Bcc"] is None
     forward = email.message_from_bytes(delivered_at_rx(w, b"CRLF test: forwarded."))
@@ -265,11 +252,10 @@ def test_a_subject_that_decodes_to_crlf_is_answered_and_forwarded_on_one_line(w,
 def test_the_route_cap_holds_across_worker_restarts(w, model):
     """sends_per_hour = 1 on capped@: the first message is answered; the second waits (queued,
     not run, not dropped), also in a new worker process, and the model is not even asked."""
-    data = Path(w["config"].data_dir)
     model.script = [tool_call("reply", {"text": "Cap test: first."}), tool_call("done", {"summary": "ok"})]
     first = queued(w, "Cap one", to=f"capped@{DOMAIN}")
     assert run_worker(w).returncode == 0
-    assert Jobs(data).get(first).actions == ("replied",)
+    assert jobs(w).job(first).actions == ("replied",)
     delivered_at_rx(w, b"Cap test: first.")
     model.script = [tool_call("reply", {"text": "Cap test: second."}), tool_call("done", {"summary": "ok"})]
     model.requests.clear()
@@ -279,60 +265,109 @@ def test_the_route_cap_holds_across_worker_restarts(w, model):
         out = run_worker(w)
         assert out.returncode == 0, out.stderr
         logs += out.stderr
-        job = Jobs(data).get(second)
-        assert (job.state, job.attempts, job.actions) == ("queued", 0, ())
+        job = jobs(w).job(second)
+        assert (job.state, job.attempts, job.actions) == (JobState.QUEUED, 0, ())
     assert model.requests == [] and "has used its sends_per_hour (1)" in logs
-    import sqlite3
-    with sqlite3.connect(data / "agent-jobs.sqlite") as db:
-        (next_at,) = db.execute("SELECT next_at FROM jobs WHERE id = ?", (second,)).fetchone()
-    assert next_at > time.time() + 3000                 # when the first send is an hour old
+    assert jobs(w).job(second).next_at > time.time() + 3000        # when the first send is an hour old
     assert not any(b"Cap test: second." in p.read_bytes() for p in w["rx"].delivered())
 
 
-def test_the_route_cap_counts_a_sliding_hour(tmp_path):
+def test_the_route_cap_reserves_a_send_per_job(tmp_path):
+    """A job runs only with one of its route's sends reserved in the store (two workers cannot
+    both spend the last one), gives it back when it sent nothing, and takes more for more sends."""
+    from agentmx.agentloop import process_one, route_key
+    config = agent_config(tmp_path, sends_per_hour=2)
     now = [10_000.0]
-    jobs = Jobs(tmp_path, clock=lambda: now[0])
-    a = jobs.take_send("support@x.test", "msg_a", "replied", 2)
-    assert a is not None and jobs.take_send("support@x.test", "msg_b", "forwarded:h@x.test", 2) is not None
-    assert jobs.take_send("other@x.test", "msg_c", "replied", 2) is not None       # per route
-    now[0] += 10
-    assert jobs.take_send("support@x.test", "msg_d", "replied", 2) is None
-    assert jobs.full_until("support@x.test", 2) == 10_000.0 + 3600
-    jobs.release_send(a)                                 # Postfix refused it: not counted
-    assert jobs.full_until("support@x.test", 2) is None
-    assert jobs.take_send("support@x.test", "msg_d", "replied", 2) is not None
-    now[0] += 3600                                       # the first two left the window
-    assert jobs.full_until("support@x.test", 2) is None
+    store = open_store(config, lambda: now[0])
+    ids = [put_event(store, n) for n in ("quiet", "loud", "late")]
+    key = route_key(config.routes[0])
+    sent = []
+    effects = spending_effects(sent)
+
+    def chat(messages, tools):
+        if any(m["role"] == "tool" for m in messages) or "quiet" in messages[1]["content"]:
+            return tool_call("done", {"summary": "ok"})
+        return tool_call("reply", {"text": "hello"})
+    for _ in ids:
+        process_one(config, store, chat, effects, clock=lambda: now[0])
+        now[0] += 1
+    assert sent == [ids[1], ids[2]]                     # "quiet" gave its reserved send back
+    assert store.take([(key, 2)], 3600) is not None     # two spent: the third job would wait
+    assert store.job(ids[0]).state is JobState.DONE
 
 
-def test_any_error_in_a_job_is_a_failed_attempt_and_the_worker_goes_on(tmp_path):
-    """A bug of ours on one message (here: the reply effect raises) is that job's failed attempt,
-    retried with backoff and then parked with the error; the next job runs."""
+def test_the_route_cap_counts_a_sliding_hour(tmp_path):
     from agentmx.agentloop import process_one
+    config = agent_config(tmp_path, sends_per_hour=1)
+    now = [10_000.0]
+    store = open_store(config, lambda: now[0])
+    first, second = put_event(store, "first"), put_event(store, "second")
+    effects = spending_effects([])
+
+    def chat(messages, tools):
+        done = any(m["role"] == "tool" for m in messages)
+        return tool_call("done", {"summary": "ok"}) if done else tool_call("reply", {"text": "hello"})
+    assert process_one(config, store, chat, effects, clock=lambda: now[0]) == first
+    now[0] += 10
+    assert process_one(config, store, chat, effects, clock=lambda: now[0]) == second
+    job = store.job(second)
+    assert (job.state, job.next_at) == (JobState.QUEUED, 10_000.0 + 3600)      # waits for the hour to pass
+    now[0] = 10_000.0 + 3600
+    assert process_one(config, store, chat, effects, clock=lambda: now[0]) == second
+    assert store.job(second).state is JobState.DONE
+
+
+def agent_config(tmp_path, sends_per_hour: int = 10, max_attempts: int = 3):
     from agentmx.config import parse_config
-    from agentmx.store import Store
-    config = parse_config(f'''[server]
+    return parse_config(f'''[server]
 authserv_id = "mx.agents.test"
 data_dir = "{tmp_path}"
 url_secret = "a-test-url-secret-0123"
 [agent]
 base_url = "http://127.0.0.1:9/v1"
 model = "m"
-max_attempts = 2
+max_attempts = {max_attempts}
 retry_base = 0.05
 [[routes]]
 match = "support@{DOMAIN}"
 action = "agent"
 prompt = "p"
+sends_per_hour = {sends_per_hour}
 ''', tmp_path / "agentmx.toml")
+
+
+def spending_effects(sent: list) -> Effects:
+    """A reply that spends the job's reserved send, as send_effects' does (without Postfix)."""
+    def reply(event, route, text):
+        assert event["id"] in effects.reserved
+        effects.reserved.discard(event["id"])
+        sent.append(event["id"])
+        return "<ok@agents.test>"
+    effects = Effects(reply=reply, forward=lambda *a: "<x@y>")
+    return effects
+
+
+def put_event(store, subject: str) -> str:
+    """An event and its job, as deliver leaves them."""
+    event_id = f"msg_{subject:a<16}"
+    event = {"id": event_id, "recipient": f"support@{DOMAIN}", "subject": subject, "text": "hi",
+             "autoSubmitted": None, "from": {"address": "bob@remote.test"},
+             "auth": {"spf": "pass", "dkim": "pass", "dmarc": "pass", "spam": "ham"}, "attachments": []}
+    store.put_event(event, json.dumps(event).encode(), f"support@{DOMAIN}", DeliveryState.RECEIVED)
+    store.put_job(event_id)
+    return event_id
+
+
+def test_any_error_in_a_job_is_a_failed_attempt_and_the_worker_goes_on(tmp_path):
+    """A bug of ours on one message (here: the reply effect raises) is that job's failed attempt,
+    retried with backoff and then parked with the error; the next job runs."""
+    from agentmx.agentloop import process_one
+    config = agent_config(tmp_path, max_attempts=2)
     now = [1000.0]
-    store, jobs = Store(tmp_path), Jobs(tmp_path, clock=lambda: now[0])
-    ids = {n: f"msg_{n:a<16}" for n in ("bad", "good")}
-    for n, event_id in ids.items():
-        store.put_event(event_id, json.dumps({
-            "id": event_id, "recipient": f"support@{DOMAIN}", "subject": n, "text": "hi", "autoSubmitted": None,
-            "auth": {"spf": "pass", "dkim": "pass", "dmarc": "pass", "spam": "ham"}, "attachments": []}).encode())
-        jobs.put(event_id)
+    store = open_store(config, lambda: now[0])
+    ids = {}
+    for n in ("bad", "good"):
+        ids[n] = put_event(store, n)
         now[0] += 1
 
     def reply(event, *rest):
@@ -344,16 +379,16 @@ prompt = "p"
     def chat(messages, tools):
         done = any(m["role"] == "tool" for m in messages)
         return tool_call("done", {"summary": "ok"}) if done else tool_call("reply", {"text": "hello"})
-    while process_one(config, jobs, chat, effects) is not None:
+    while process_one(config, store, chat, effects, clock=lambda: now[0]) is not None:
         pass
-    bad, good = jobs.get(ids["bad"]), jobs.get(ids["good"])
-    assert (good.state, good.actions) == ("done", ("replied",))
-    assert (bad.state, bad.attempts) == ("queued", 1) and "RuntimeError: a bug of ours" in bad.last_error
+    bad, good = store.job(ids["bad"]), store.job(ids["good"])
+    assert (good.state, good.actions) == (JobState.DONE, ("replied",))
+    assert (bad.state, bad.attempts) == (JobState.QUEUED, 1) and "RuntimeError: a bug of ours" in bad.last_error
     now[0] += 1                                          # past the backoff
-    while process_one(config, jobs, chat, effects) is not None:
+    while process_one(config, store, chat, effects, clock=lambda: now[0]) is not None:
         pass
-    bad = jobs.get(ids["bad"])
-    assert (bad.state, bad.attempts) == ("parked", 2)
+    bad = store.job(ids["bad"])
+    assert (bad.state, bad.attempts) == (JobState.PARKED, 2)
     attempts = store.get_transcript(bad.id)["attempts"]
     assert [a["state"] for a in attempts] == ["queued", "parked"] and "internal error" in attempts[-1]["error"]
 
@@ -419,11 +454,11 @@ def test_the_mail_cannot_end_its_fence_in_mcp_results():
 def test_the_transcript_shows_escapes_from_mail_and_model_not_interprets_them(tmp_path):
     """ANSI sequences (ESC, and the one-byte CSI U+009B), a BEL-terminated title change, a bare
     CR and a right-to-left override, from the mail and from the model: printed as escapes."""
-    from agentmx.store import Store
+    from agentmx.store.embedded import EmbeddedStore
     cfg = tmp_path / "agentmx.toml"
     cfg.write_text(f'[server]\nauthserv_id = "mx.agents.test"\ndata_dir = "{tmp_path}"\n')
     hostile = "Hi\x1b[2J\x1b]0;owned\x07 there\rX \x9b31m red \u202egnp.exe"
-    Store(tmp_path).put_transcript("msg_dddddddddddddddd", {"id": "msg_dddddddddddddddd", "state": "done", "attempts": [
+    EmbeddedStore(tmp_path).put_transcript("msg_dddddddddddddddd", {"id": "msg_dddddddddddddddd", "state": "done", "attempts": [
         {"at": 1.0, "error": f"internal error: ValueError: {hostile}", "state": "queued"},
         {"at": 2.0, "outcome": "done", "summary": hostile, "actions": [], "messages": [
             {"role": "user", "content": hostile},
@@ -448,21 +483,12 @@ def test_a_forged_from_is_not_answered(w, model):
            f"Message-ID: <{n}@remote.test>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\n"
            f"Please unlock my account.\r\n").encode()
     send(w["ox"].port, "bob@remote.test", [f"support@{DOMAIN}"], raw)      # SPF passes for remote.test only
-    data = Path(w["config"].data_dir)
-
-    def find():
-        for p in (data / "events").glob("*.json"):
-            event = json.loads(p.read_text())
-            if event["subject"] == f"forged {n}":
-                return event
-        return None
-    event = wait_for(find, timeout=30, what="the forged message's event")
+    event = wait_queued(w, lambda e: e["subject"] == f"forged {n}", "the forged message's event")
     assert event["auth"]["spf"] == "pass" and event["auth"]["dmarc"] == "none"
-    wait_queued(data, event["id"])
     out = run_worker(w)
     assert out.returncode == 0, out.stderr
-    job = Jobs(data).get(event["id"])
-    assert (job.state, job.actions) == ("done", ())
+    job = jobs(w).job(event["id"])
+    assert (job.state, job.actions) == (JobState.DONE, ())
     tool_answer = next(m for m in model.requests[1]["body"]["messages"] if m["role"] == "tool")
     assert "unauthenticated" in tool_answer["content"] or "not authenticated" in tool_answer["content"]
     assert "victim@elsewhere.test" not in sent_to_at_rx(w)

@@ -123,7 +123,8 @@ def test_example_receiver_verifies_acks_and_dedupes(tmp_path):
         assert run_deliver(cfg, queue_id="5BNC").returncode == 0   # a bounce (null sender): 406, kept
         line = proc.stdout.readline()
         assert "from bob@example.org (NOT authenticated)" in line and "['889911']" in line
-        state = [json.loads(p.read_text())["state"] for p in (tmp_path / "data" / "state").iterdir()]
+        from agentmx.store.embedded import EmbeddedStore
+        state = [str(d.state) for d in EmbeddedStore(tmp_path / "data").recent_deliveries()]
         assert sorted(state) == ["delivered", "refused"]
         import urllib.error
         import urllib.request

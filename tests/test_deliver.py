@@ -16,7 +16,8 @@ from support.receiver import Receiver
 
 from agentmx.config import parse_config
 from agentmx.deliver.core import EX_OK, EX_TEMPFAIL, Envelope, deliver
-from agentmx.store import Store
+from agentmx.store.embedded import EmbeddedStore
+from agentmx.store.model import DeliveryState as S
 from agentmx.webhook import verify, verify_mailkite
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -76,7 +77,7 @@ ENV = Envelope(sender="alice@sender.test", recipient="agent@agentmx.test", queue
 def test_2xx_delivers_a_signed_schema_valid_event(tmp_path, receiver):
     cfg = config(tmp_path, receiver.url)
     out = deliver(raw(), ENV, cfg)
-    assert (out.exit_code, out.state, out.status) == (EX_OK, "delivered", 200)
+    assert (out.exit_code, out.state, out.status) == (EX_OK, S.DELIVERED, 200)
     (req,) = receiver.requests
     event = json.loads(req.body)
     jsonschema.validate(event, SCHEMA)
@@ -90,22 +91,27 @@ def test_2xx_delivers_a_signed_schema_valid_event(tmp_path, receiver):
     assert event["createdAt"] == "2026-11-27T19:42:03Z"
     (att,) = event["attachments"]
     assert att["filename"] == "résumé.pdf" and att["size"] == 9 and att["id"] == f"{event['id']}:1"
-    store = Store(cfg.data_dir)
-    assert store.blob_path(att["sha256"]).read_bytes() == b"%PDF-1.4\n"
-    assert store.blob_path(event["raw"]["sha256"]).read_bytes() == raw()
-    assert store.get_state(event["id"])["state"] == "delivered"
+    store = EmbeddedStore(cfg.data_dir)
+    assert store.get_blob(att["sha256"]) == b"%PDF-1.4\n"
+    assert store.get_blob(event["raw"]["sha256"]) == raw()
+    assert store.delivery(event["id"]).state is S.DELIVERED
+    (attempt,) = store.attempts(event["id"])
+    assert (attempt.outcome, attempt.status, attempt.webhook_id, attempt.queue_id) == (S.DELIVERED, 200, event["id"], "4ABC")
+    assert attempt.excerpt == '{"ok":true}' and 0 <= attempt.duration_ms < 2000
 
 
 def test_retries_carry_the_same_webhook_id(tmp_path, receiver):
     cfg = config(tmp_path, receiver.url)
     receiver.script = [(500, 0), (200, 0)]
     first = deliver(raw(), ENV, cfg)
-    assert (first.exit_code, first.state, first.status) == (EX_TEMPFAIL, "deferred", 500)
+    assert (first.exit_code, first.state, first.status) == (EX_TEMPFAIL, S.DEFERRED, 500)
     second = deliver(raw(), ENV, cfg)
-    assert (second.exit_code, second.state) == (EX_OK, "delivered")
+    assert (second.exit_code, second.state) == (EX_OK, S.DELIVERED)
     ids = [r.headers["webhook-id"] for r in receiver.requests]
     assert ids[0] == ids[1] == first.event_id == second.event_id
-    assert Store(cfg.data_dir).get_state(first.event_id)["attempts"] == 2
+    store = EmbeddedStore(cfg.data_dir)
+    assert store.delivery(first.event_id).attempts == 2
+    assert [(a.outcome, a.status) for a in store.attempts(first.event_id)] == [(S.DEFERRED, 500), (S.DELIVERED, 200)]
     other = deliver(raw(), Envelope(**{**ENV.__dict__, "recipient": "agent+news@agentmx.test"}), cfg)
     assert other.event_id != first.event_id
     assert receiver.events()[-1]["mailboxHash"] == "news"
@@ -115,9 +121,9 @@ def test_406_is_a_refusal_kept_and_not_retried(tmp_path, receiver):
     cfg = config(tmp_path, receiver.url)
     receiver.default = (406, 0)
     out = deliver(raw(), ENV, cfg)
-    assert (out.exit_code, out.state, out.status) == (EX_OK, "refused", 406)
-    store = Store(cfg.data_dir)
-    assert store.get_state(out.event_id)["state"] == "refused"
+    assert (out.exit_code, out.state, out.status) == (EX_OK, S.REFUSED, 406)
+    store = EmbeddedStore(cfg.data_dir)
+    assert store.delivery(out.event_id).state is S.REFUSED
     assert json.loads(store.get_event(out.event_id))["id"] == out.event_id
 
 
@@ -125,7 +131,7 @@ def test_406_is_a_refusal_kept_and_not_retried(tmp_path, receiver):
 def test_anything_else_is_a_tempfail(tmp_path, receiver, status):
     receiver.default = (status, 0)
     out = deliver(raw(), ENV, config(tmp_path, receiver.url))
-    assert (out.exit_code, out.state, out.status) == (EX_TEMPFAIL, "deferred", status)
+    assert (out.exit_code, out.state, out.status) == (EX_TEMPFAIL, S.DEFERRED, status)
     if status == 503:
         assert "Retry-After 120" in out.reason
 
@@ -142,17 +148,17 @@ def test_endpoint_down(tmp_path, receiver):
     url = receiver.url
     receiver.stop()
     out = deliver(raw(), ENV, config(tmp_path, url))
-    assert (out.exit_code, out.state, out.status) == (EX_TEMPFAIL, "deferred", 0)
+    assert (out.exit_code, out.state, out.status) == (EX_TEMPFAIL, S.DEFERRED, 0)
 
 
 def test_require_dmarc_keeps_the_rest_aside(tmp_path, receiver):
     cfg = config(tmp_path, receiver.url)
     env = Envelope(**{**ENV.__dict__, "recipient": "billing@agentmx.test"})
     held = deliver(raw(ours=False), env, cfg)
-    assert (held.exit_code, held.state) == (EX_OK, "held") and receiver.requests == []
-    assert Store(cfg.data_dir).get_event(held.event_id)
+    assert (held.exit_code, held.state) == (EX_OK, S.HELD) and receiver.requests == []
+    assert EmbeddedStore(cfg.data_dir).get_event(held.event_id)
     passed = deliver(raw(), env, cfg)
-    assert passed.state == "delivered" and len(receiver.requests) == 1
+    assert passed.state is S.DELIVERED and len(receiver.requests) == 1
 
 
 def test_forged_results_below_received_are_not_trusted(tmp_path, receiver):
@@ -185,7 +191,7 @@ def test_no_route_and_unwritable_store_keep_the_message(tmp_path, receiver):
     assert out.exit_code == EX_TEMPFAIL and "no route" in out.reason
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the data directory should be")
-    out = deliver(raw(), ENV, cfg, store=Store(blocker))
+    out = deliver(raw(), ENV, cfg, store=EmbeddedStore(blocker))
     assert out.exit_code == EX_TEMPFAIL and "data directory" in out.reason
     assert receiver.requests == []
 
@@ -199,7 +205,7 @@ def test_unparseable_input_is_still_delivered(tmp_path, receiver, junk):
     event = receiver.events()[0]
     jsonschema.validate(event, SCHEMA)
     assert event["size"] == len(junk)
-    assert Store(tmp_path / "data").blob_path(event["raw"]["sha256"]).read_bytes() == junk
+    assert EmbeddedStore(tmp_path / "data").get_blob(event["raw"]["sha256"]) == junk
 
 
 def test_the_event_is_stored_before_the_agent_sees_it(tmp_path):
@@ -209,25 +215,25 @@ def test_the_event_is_stored_before_the_agent_sees_it(tmp_path):
 
     def post(url, body, headers, timeout):
         from agentmx.deliver.http import Response
-        seen["stored"] = Store(tmp_path / "data").get_event(headers["webhook-id"])
+        seen["stored"] = EmbeddedStore(tmp_path / "data").get_event(headers["webhook-id"])
         return Response(200)
     out = deliver(raw(), ENV, config(tmp_path, "http://127.0.0.1:9/"), post=post)
-    assert out.state == "delivered" and seen["stored"] is not None and json.loads(seen["stored"])["id"] == out.event_id
+    assert out.state is S.DELIVERED and seen["stored"] is not None and json.loads(seen["stored"])["id"] == out.event_id
 
 
-@pytest.mark.parametrize("status,answer,state", [(200, b'{"status":"drop"}', "dropped"),
-                                                 (200, b'{"status": "spam"}', "spam"),
-                                                 (422, b'{"status":"drop"}', "dropped"),
-                                                 (200, b'{"status":"other"}', "delivered"),
-                                                 (200, b"not json", "delivered")])
+@pytest.mark.parametrize("status,answer,state", [(200, b'{"status":"drop"}', S.DROPPED),
+                                                 (200, b'{"status": "spam"}', S.SPAM),
+                                                 (422, b'{"status":"drop"}', S.DROPPED),
+                                                 (200, b'{"status":"other"}', S.DELIVERED),
+                                                 (200, b"not json", S.DELIVERED)])
 def test_control_answers(tmp_path, receiver, status, answer, state):
     """MailKite's control mode: the endpoint's JSON answer drops or marks the message; no retry."""
     receiver.default, receiver.answer = (status, 0), answer
     out = deliver(raw(), ENV, config(tmp_path, receiver.url))
     assert (out.exit_code, out.state) == (EX_OK, state)
-    assert Store(tmp_path / "data").get_state(out.event_id)["state"] == state
-    from agentmx.inbox import Inbox
-    assert Inbox(tmp_path / "data").get(out.event_id).state == state
+    store = EmbeddedStore(tmp_path / "data")
+    assert store.delivery(out.event_id).state is state and store.inbox_row(out.event_id).state is state
+    assert store.attempts(out.event_id)[0].excerpt == answer.decode()
 
 
 def test_pull_route_keeps_the_event_and_posts_nothing(tmp_path, receiver):
@@ -235,31 +241,18 @@ def test_pull_route_keeps_the_event_and_posts_nothing(tmp_path, receiver):
                        'url_secret = "0123456789abcdef0123"\n[[routes]]\nmatch = "agent@agentmx.test"\nmode = "pull"\n',
                        tmp_path / "agentmx.toml")
     out = deliver(raw(), ENV, cfg)
-    assert (out.exit_code, out.state) == (EX_OK, "stored") and receiver.requests == []
-    from agentmx.inbox import Inbox
-    row = Inbox(tmp_path / "data").get(out.event_id)
-    assert row.state == "stored" and row.address == "agent@agentmx.test" and not row.read
-    for p in (tmp_path / "data").glob("inbox.sqlite*"):
+    assert (out.exit_code, out.state) == (EX_OK, S.STORED) and receiver.requests == []
+    store = EmbeddedStore(tmp_path / "data")
+    row = store.inbox_row(out.event_id)
+    assert row.state is S.STORED and row.address == "agent@agentmx.test" and not row.read
+    (attempt,) = store.attempts(out.event_id)
+    assert (attempt.outcome, attempt.status) == (S.STORED, None)                # no POST
+    store.close()
+    for p in (tmp_path / "data").glob("agentmx.sqlite*"):
         p.unlink()
-    (tmp_path / "data" / "inbox.sqlite").write_bytes(b"not a database" * 100)     # the index is broken
+    (tmp_path / "data" / "agentmx.sqlite").write_bytes(b"not a database" * 100)   # the store is broken
     again = deliver(raw().replace(b"Subject: Hi", b"Subject: Other"), ENV, cfg)
-    assert again.exit_code == EX_TEMPFAIL and "inbox index" in again.reason    # Postfix keeps it
-
-
-def test_the_inbox_index_is_not_readable_by_other_users(tmp_path):
-    """Postfix runs pipe programs with umask 022: the index of senders and subjects was 0644."""
-    import os
-    from agentmx.inbox import Inbox
-    old = os.umask(0o022)
-    try:
-        inbox = Inbox(tmp_path)
-        inbox.record({"id": "msg_" + "a" * 26, "recipient": "a@b.test", "from": {"address": "x@y.test"},
-                      "subject": "secret plans", "threadId": None}, "stored")
-        inbox.close()
-    finally:
-        os.umask(old)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("inbox.sqlite*")}
-    assert modes and all(m & 0o007 == 0 for m in modes.values()), modes
+    assert again.exit_code == EX_TEMPFAIL and "store" in again.reason          # Postfix keeps it
 
 
 def test_several_from_fields_are_not_hidden_from_the_agent(tmp_path, receiver):
@@ -286,27 +279,3 @@ def test_a_dmarc_pass_for_another_domain_than_from_is_said(tmp_path, receiver):
     (event,) = receiver.events()
     assert event["auth"]["dmarc"] == "pass" and event["from"]["address"] == "security@bank.test"
     assert "auth: DMARC passed for sender.test, but `from` is in bank.test" in event["defects"]
-
-
-def test_a_link_planted_in_the_data_directory_is_never_followed_by_root(tmp_path):
-    """The data directory is user agentmx's: a link it plants (`inbox.sqlite-wal -> /etc/passwd`)
-    must not lead a root process (a test, the CLI by hand) to chown or chmod the target."""
-    import os
-    import sqlite3
-    from agentmx.inbox import Inbox
-    victim = tmp_path / "victim"
-    victim.write_text("root:x:0:0\n")
-    os.chmod(victim, 0o644)
-    data = tmp_path / "data"
-    data.mkdir()
-    os.chown(data, 65534, 65534)                 # the data directory's owner (nobody, in the test)
-    for name in ("inbox.sqlite-wal", "inbox.sqlite-x", "agent-jobs.sqlite-shm"):
-        (data / name).symlink_to(victim)
-    with pytest.raises(sqlite3.OperationalError, match="symbolic link"):
-        Inbox(data).last_seq()
-    os.unlink(data / "inbox.sqlite-wal")
-    Inbox(data).record({"id": "msg_" + "b" * 26, "recipient": "a@b.test", "from": {"address": "x@y.test"},
-                        "subject": "s", "threadId": None}, "stored")
-    st = victim.stat()
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o644)
-    assert (data / "inbox.sqlite").stat().st_uid == 65534       # our own file is handed over

@@ -28,6 +28,8 @@ from support.receiver import Receiver
 
 from agentmx.config import load_config
 from agentmx.api.server import start
+from agentmx.store import open_store
+from agentmx.store.model import DeliveryState
 from agentmx.webhook import verify
 
 AUTHSERV = "mx2.agentmx.test"
@@ -185,8 +187,8 @@ def test_endpoint_down_then_back_delivers_once_with_the_same_id(w, key):
     event = json.loads(req.body)
     assert event["subject"] == "while down"
     wait_for(pf.queue_is_empty, timeout=20, what="an empty queue")
-    state = json.loads((Path(w["config"].data_dir) / "state" / f"{event['id']}.json").read_text())
-    assert state["state"] == "delivered" and state["attempts"] == 2     # one deferred, one delivered
+    d = open_store(w["config"]).delivery(event["id"])
+    assert d.state is DeliveryState.DELIVERED and d.attempts == 2     # one deferred, one delivered
 
 
 def test_500_then_200_same_webhook_id(w, key):
@@ -221,11 +223,10 @@ def test_406_is_not_retried(w, key):
     send(pf.port, "alice@sender.test", ["agent@agentmx.test"], mail(key, subject="unwanted"))
     (req,) = wait_requests(receiver, 1)
     event_id = json.loads(req.body)["id"]
-    wait_for(lambda: (Path(w["config"].data_dir) / "state" / f"{event_id}.json").exists(), timeout=20,
-             what="the refusal recorded")
+    store = open_store(w["config"])
+    wait_for(lambda: store.delivery(event_id) and store.delivery(event_id).state is DeliveryState.REFUSED,
+             timeout=20, what="the refusal recorded")
     wait_for(pf.queue_is_empty, timeout=20, what="an empty queue")
-    state = json.loads((Path(w["config"].data_dir) / "state" / f"{event_id}.json").read_text())
-    assert state["state"] == "refused"
 
 
 def test_20_mb_attachment(w, key):

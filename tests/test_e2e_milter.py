@@ -283,7 +283,8 @@ def test_milter_counters_reach_metrics(mx, stack):
     config = load_config(mx.base / "agentmx.toml")
     stats = config.data_dir / "stats" / "milter.json"
     wait_for(stats.exists, timeout=10, what="the milter's stats file")
-    text = metrics(config)
+    from agentmx.store import open_store
+    text = metrics(config, open_store(config))
     assert 'agentmx_milter_messages_total{action="accept"}' in text
     assert 'agentmx_milter_verdicts_total{check="spf",result="pass"}' in text
     assert "agentmx_milter_latency_seconds_count" in text

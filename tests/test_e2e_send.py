@@ -28,6 +28,7 @@ from agentmx.client import ApiError, Client
 from agentmx.config import load_config
 from agentmx.deliver.core import Envelope, build_event, deliver
 from agentmx.api.server import start
+from agentmx.store.model import DeliveryState
 
 KEY_A = "amx_key_for_the_agent_0123456789"
 KEY_B = "amx_key_for_someone_else_0123456"
@@ -122,7 +123,7 @@ def inbound_event(w, to: str, subject: str = "Hello", extra: str = "") -> dict:
            f"Message-ID: <orig-{n}@remote.test>\r\nReferences: <root-{n}@remote.test>\r\n{extra}"
            f"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n\r\nCan you help?\r\n").encode()
     out = deliver(raw, Envelope("bob@remote.test", to, queue_id=f"Q{n}"), w["config"])
-    assert out.state == "delivered"
+    assert out.state is DeliveryState.DELIVERED
     return json.loads(w["receiver"].requests[-1].body)
 
 
@@ -261,7 +262,7 @@ def test_the_example_agent_answers_authenticated_mail(w):
                f"From: Bob <bob@remote.test>\r\nTo: helpdesk@rsa.agents.test\r\nSubject: Printer\r\n"
                f"Message-ID: <help-{n}@remote.test>\r\n\r\nThe printer is on fire.\r\n").encode()
         out = deliver(raw, Envelope("bob@remote.test", "helpdesk@rsa.agents.test", queue_id=f"Q{n}"), w["config"])
-        assert out.state == "delivered"
+        assert out.state is DeliveryState.DELIVERED
         assert "(authenticated)" in proc.stdout.readline()
         replied = proc.stdout.readline()
         assert replied.startswith("replied snd_"), replied

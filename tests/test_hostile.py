@@ -108,7 +108,7 @@ def test_attachment_names_never_reach_the_filesystem(tmp_path, receiver):
     data = tmp_path / "data"
     for path in data.rglob("*"):                          # ... but no path is made from it
         rel = path.relative_to(data).parts
-        assert rel[0] in ("blobs", "events", "state") or rel[0].startswith("inbox.sqlite"), path
+        assert rel[0] == "blobs" or rel[0].startswith("agentmx.sqlite"), path
         if rel[0] == "blobs" and path.is_file():
             assert path.name == hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -136,7 +136,9 @@ def test_mail_flows_in_as_a_verified_event(inst):
     assert event["codes"] == ["318273"]
     # stored by deliver (user agentmx, through pipe) where nobody else can read it
     data = inst["data"]
-    for p in [data / "inbox.sqlite", *(data / "events").glob("*.json")]:
+    files = [*data.glob("agentmx.sqlite*"), *(data / "blobs").glob("*/*")]
+    assert data / "agentmx.sqlite" in files and len(files) > 3
+    for p in files:
         assert stat.S_IMODE(p.stat().st_mode) & 0o007 == 0, p
 
 

@@ -16,6 +16,8 @@ from support.receiver import Receiver
 from agentmx import ops
 from agentmx.config import parse_config
 from agentmx.deliver.core import Envelope, deliver
+from agentmx.store import open_store
+from agentmx.store.model import DeliveryState
 from agentmx.webhook import verify
 
 SECRET = "whsec_" + base64.b64encode(b"ops-secret-ops-secret-ops-secret").decode()
@@ -55,8 +57,11 @@ def test_replay_sends_the_stored_event_again_with_its_id(tmp_path, receiver):
     first, second = receiver.requests
     assert first.body == second.body and first.headers["webhook-id"] == second.headers["webhook-id"] == out.event_id
     verify(second.headers, second.body, SECRET)
-    state = json.loads((cfg.data_dir / "state" / f"{out.event_id}.json").read_text())
-    assert state["replays"] == 1 and state["state"] == "delivered"
+    store = open_store(cfg)
+    assert store.delivery(out.event_id).state is DeliveryState.DELIVERED
+    first_try, replayed = store.attempts(out.event_id)
+    assert (replayed.status, replayed.webhook_id) == (200, out.event_id) and store.delivery(out.event_id).attempts == 2
+    assert store.delivery(out.event_id).reason == "replayed: accepted"
     missing = subprocess.run([AGENTMX, "--config", str(cfg.path), "replay", "msg_aaaaaaaaaaaaaaaaaaaaaaaaaa"],
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode == 1 and "no stored event" in missing.stderr
@@ -66,30 +71,51 @@ def test_replay_to_an_endpoint_that_fails(tmp_path, receiver):
     cfg = make_config(tmp_path, receiver.url)
     out = deliver(message(2), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q2"), cfg)
     receiver.default = (500, 0)
-    assert ops.replay(cfg, out.event_id) == (500, "HTTP 500")
+    store = open_store(cfg)
+    assert ops.replay(cfg, store, out.event_id) == (500, "replay failed: HTTP 500")
+    assert store.delivery(out.event_id).state is DeliveryState.DELIVERED     # nothing retries a replay
+    assert store.attempts(out.event_id)[-1].status == 500
+
+
+@pytest.mark.parametrize("answer,state", [(b'{"status":"drop"}', DeliveryState.DROPPED),
+                                          (b'{"status":"spam"}', DeliveryState.SPAM)])
+def test_replay_honours_control_answers(tmp_path, receiver, answer, state):
+    """A replay answered {"status": "drop"} is dropped, not "delivered" (the issue: it was)."""
+    cfg = make_config(tmp_path, receiver.url)
+    receiver.default = (500, 0)
+    out = deliver(message(2), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q2"), cfg)
+    receiver.default, receiver.answer = (200, 0), answer
+    store = open_store(cfg)
+    status, reason = ops.replay(cfg, store, out.event_id)
+    assert status == 200 and str(state) in reason
+    assert store.delivery(out.event_id).state is state and store.inbox_row(out.event_id).state is state
+    assert store.metrics().by_state[state] == 1 and store.metrics().by_state[DeliveryState.DELIVERED] == 0
 
 
 def test_gc_removes_old_mail_and_keeps_what_is_referenced(tmp_path, receiver):
     cfg = make_config(tmp_path, receiver.url)
     shared = b"the same attachment in an old and a new message"
-    old = deliver(message(3, shared), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q3"), cfg)
-    new = deliver(message(4, shared), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q4"), cfg)
-    data = cfg.data_dir
-    long_ago = time.time() - 20 * 86400
-    old_event = json.loads((data / "events" / f"{old.event_id}.json").read_text())
-    for path in [data / "events" / f"{old.event_id}.json", data / "state" / f"{old.event_id}.json",
-                 *(data / "blobs").glob("*/*")]:
-        os.utime(path, (long_ago, long_ago))
+    now = [time.time() - 20 * 86400]
+    clock = lambda: now[0]   # noqa: E731
+    store = open_store(cfg, clock)
+    old = deliver(message(3, shared), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q3"), cfg,
+                  store=store, clock=clock)
+    store.put_transcript(old.event_id, {"id": old.event_id, "attempts": []})
+    now[0] = time.time()
+    new = deliver(message(4, shared), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q4"), cfg,
+                  store=store, clock=clock)
+    old_event = json.loads(store.get_event(old.event_id))
     dry = subprocess.run([AGENTMX, "--config", str(cfg.path), "gc", "--dry-run"], capture_output=True, text=True)
-    assert "would remove 1 event(s) and 1 blob(s)" in dry.stdout
-    assert (data / "events" / f"{old.event_id}.json").exists()
-    report = ops.gc(cfg, cfg.retention_days)
+    assert "would remove 1 event(s) and 1 blob(s)" in dry.stdout and "1 transcripts" in dry.stdout, dry.stdout
+    assert store.get_event(old.event_id) is not None
+    report = ops.gc(cfg, store, cfg.retention_days)
     assert (report.events, report.blobs) == (1, 1)        # the old raw message; the shared attachment stays
-    assert not (data / "events" / f"{old.event_id}.json").exists()
-    assert (data / "events" / f"{new.event_id}.json").exists()
-    blob = lambda sha: data / "blobs" / sha[:2] / sha  # noqa: E731
-    assert not blob(old_event["raw"]["sha256"]).exists()
-    assert blob(old_event["attachments"][0]["sha256"]).exists()
+    assert report.other["transcripts"] == report.other["deliveries"] == 1
+    assert store.get_event(old.event_id) is None and store.get_transcript(old.event_id) is None
+    assert store.inbox_row(old.event_id) is None and store.delivery(old.event_id) is None
+    assert store.get_event(new.event_id) is not None
+    assert store.get_blob(old_event["raw"]["sha256"]) is None
+    assert store.get_blob(old_event["attachments"][0]["sha256"]) is not None
 
 
 def test_status_lists_recent_deliveries(tmp_path, receiver):
@@ -134,6 +160,8 @@ def test_metrics_on_serve(tmp_path, receiver):
     finally:
         server.stop()
     assert 'agentmx_messages{state="delivered"} 2' in body and 'agentmx_messages{state="deferred"} 1' in body
+    for state in DeliveryState:                          # every state, not 4 of them (the issue)
+        assert f'agentmx_messages{{state="{state}"}} ' in body
     assert "agentmx_messages_received 3" in body
     assert "agentmx_delivery_attempts_total 3" in body
     assert 'agentmx_auth_results{check="dmarc",result="none"} 3' in body

@@ -85,8 +85,9 @@ def test_pull_route_mail_appears_in_the_inbox_api_scoped_by_key(w):
     assert agent.ack(msg["id"]) == {"id": msg["id"], "read": True}
     assert msg["id"] not in [m["id"] for m in agent.messages(unread=True)["messages"]]
     assert [m["id"] for m in agent.thread(msg["threadId"])["messages"]] == [msg["id"]]
-    state = json.loads((Path(w["config"].data_dir) / "state" / f"{msg['id']}.json").read_text())
-    assert state["state"] == "stored"
+    from agentmx.store import open_store
+    from agentmx.store.model import DeliveryState
+    assert open_store(w["config"]).delivery(msg["id"]).state is DeliveryState.STORED
 
 
 def test_pagination_newest_first(w):

@@ -119,3 +119,35 @@ def test_ids_and_references_are_kept_as_they_were_and_bounded():
 def test_one_line():
     assert send.one_line("a\r\n\tb\x00c\u2028d\udc80") == "a \tb c d\ufffd"
     assert send.one_line(None) == "" and len(send.one_line("x" * 5000)) == 1000
+
+
+def test_rate_limits_are_counted_by_every_process_together(tmp_path):
+    """The limits lived in one serve process's memory: two serve processes (or the agent beside
+    serve, or two hosts) each let per_thread_per_hour messages into one thread. Counted in the
+    store, a second process is refused what the first one used, and gets it back when Postfix
+    refuses a message."""
+    import os
+    from dataclasses import replace
+    from agentmx.config import SendConfig
+    from agentmx.store.embedded import EmbeddedStore
+    config = replace(CONFIG, send=SendConfig(per_correspondent_per_hour=5, per_thread_per_hour=2))
+    pid = os.fork()
+    if pid == 0:                                          # the other process: two into the thread
+        code = 1
+        try:
+            store = EmbeddedStore(tmp_path)
+            send.take_limits(store, config, ("bob@remote.test",), "<t@remote.test>")
+            send.take_limits(store, config, ("carol@remote.test",), "<t@remote.test>")
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    store = EmbeddedStore(tmp_path)
+    with pytest.raises(send.SendError) as refused:
+        send.take_limits(store, config, ("dave@remote.test",), "<t@remote.test>")
+    assert (refused.value.status, refused.value.code) == (429, "rate_limited") and refused.value.retry_after > 3500
+    assert "into this thread" in refused.value.message
+    taken = send.take_limits(store, config, ("dave@remote.test",), "<other@remote.test>")    # all or none: dave's
+    assert taken == ["to:dave@remote.test", "thread:<other@remote.test>"]                 # refused use not counted
+    store.give_back(["thread:<t@remote.test>"])           # Postfix refused the other process's second one
+    assert send.take_limits(store, config, ("erin@remote.test",), "<t@remote.test>")

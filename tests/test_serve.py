@@ -10,7 +10,7 @@ import pytest
 from agentmx import urls
 from agentmx.config import parse_config
 from agentmx.api.server import start
-from agentmx.store import Store
+from agentmx.store import open_store
 
 KEY = "serve-test-secret-0123456789"
 
@@ -20,12 +20,12 @@ def served(tmp_path):
     cfg = parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
                        f'url_secret = "{KEY}"\n', tmp_path / "c.toml")
     running = start(cfg)
-    store = Store(tmp_path)
+    store = open_store(cfg)
     yield running.url, store
     running.stop()
 
 
-def get(url: str) -> tuple[int, bytes, dict]:
+def get(url) -> tuple[int, bytes, dict]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status, r.read(), dict(r.headers)
@@ -103,3 +103,37 @@ def test_a_crlf_in_a_signed_url_never_reaches_a_response_header(served):
     url = urls.sign_url(base, KEY, sha, "application/pdf", "r.pdf", 60)
     status, _, headers = get(_tamper(url, name="r.pdf\r\nSet-Cookie: owned=1", type="text/html\r\nX-A: 1"))
     assert status == 403 and "Set-Cookie" not in headers and "X-A" not in headers
+
+
+def test_a_store_that_fails_is_a_503_and_serve_recovers_by_itself(tmp_path):
+    """The store breaks under a running serve (here: its file is not a database): every request
+    that needs it gets a JSON 503 `store_unavailable` with Retry-After, nothing else; once the
+    store is usable again, the next request is served, without a restart."""
+    import json
+    from agentmx.api.app import create_app
+    from agentmx.api.context import Context
+    from agentmx.api.server import start_app
+    data = tmp_path / "data"
+    cfg = parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{data}"\nlisten = "127.0.0.1:0"\n'
+                       f'url_secret = "{KEY}"\n[[routes]]\nmatch = "@agents.test"\nmode = "pull"\n'
+                       f'[[api_keys]]\nname = "a"\nkey = "amx_store_test_key_0123456789"\nallow = ["@agents.test"]\n',
+                       tmp_path / "c.toml")
+    data.mkdir()
+    (data / "agentmx.sqlite").write_bytes(b"not a database" * 100)
+    running = start_app(create_app(Context.for_config(cfg)), cfg.listen, cfg.limits)
+    try:
+        def messages():
+            req = urllib.request.Request(f"{running.url}/v1/messages",
+                                         headers={"authorization": "Bearer amx_store_test_key_0123456789"})
+            return get(req)
+        status, body, headers = messages()
+        assert status == 503 and json.loads(body) == {"error": {"code": "store_unavailable", "message":
+                                                               "the store is unavailable; try again shortly"}}
+        assert {k.lower(): v for k, v in headers.items()}["retry-after"] == "5" and str(data) not in body.decode()
+        sha = "0" * 64
+        assert get(urls.sign_url(running.url, KEY, sha, "text/plain", "a.txt", 60))[0] == 404   # blobs: no SQLite
+        (data / "agentmx.sqlite").unlink()
+        status, body, _ = messages()
+        assert status == 200 and json.loads(body) == {"messages": [], "nextCursor": None}
+    finally:
+        running.stop()

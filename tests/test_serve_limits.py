@@ -18,6 +18,7 @@ from agentmx.api.server import start_app
 from agentmx.client import Client
 from agentmx.config import parse_config
 from agentmx.deliver.core import Envelope, deliver
+from agentmx.store.model import DeliveryState
 
 KEY = "amx_limits_key_for_the_agent_0123"
 OTHER = "amx_limits_key_for_someone_else_01"
@@ -51,19 +52,12 @@ class Served:
         self.config = parse_config(config_text(tmp_path, **server), tmp_path / "agentmx.toml")
         self.ctx = Context.for_config(self.config)
         self.queries = 0
-        inbox = self.ctx.inbox
+        query = self.ctx.store.inbox_query
 
-        def counting_inbox():
-            i = inbox()
-            if not getattr(i, "_counted", False):
-                query = i.query
-
-                def counted(*a, **kw):
-                    self.queries += 1
-                    return query(*a, **kw)
-                i.query, i._counted = counted, True
-            return i
-        self.ctx.inbox = counting_inbox
+        def counted(*a, **kw):
+            self.queries += 1
+            return query(*a, **kw)
+        self.ctx.store.inbox_query = counted
         self.running = start_app(create_app(self.ctx), self.config.listen, self.config.limits)
         self.url, self.port = self.running.url, self.running.port
 
@@ -72,7 +66,7 @@ class Served:
         raw = (f"From: Shop <noreply@shop.test>\r\nTo: {to}\r\nSubject: {subject}\r\n"
                f"Message-ID: <{n}@shop.test>\r\n\r\nYour code is 424242.\r\n").encode()
         out = deliver(raw, Envelope("noreply@shop.test", to, queue_id=f"Q{n}"), self.config)
-        assert out.state == "stored"
+        assert out.state is DeliveryState.STORED
         return out.event_id
 
 

@@ -7,7 +7,8 @@
     GET  /metrics                                   Prometheus, with [server] metrics_token as Bearer
     GET  /healthz                                   200 "ok"
 
-Every failure is JSON: {"error": {"code": ..., "message": ...}}.
+Every failure is JSON: {"error": {"code": ..., "message": ...}}; a store that cannot be reached is
+503 {"error": {"code": "store_unavailable", ...}}, and the next request tries again.
 """
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from agentmx.store import StoreError
+
 from .blobs import blob_route
 from .context import Context
 from .errors import ApiError
-from .guard import Guard, Limits
+from .guard import Guard, Limits, printable
 from .inbox import InboxRoutes
 from .sending import send_route
 
@@ -42,6 +45,14 @@ def _error(request: Request, exc: ApiError) -> Response:
 def _http_error(request: Request, exc: HTTPException) -> Response:
     code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
     return _error(request, ApiError(exc.status_code, code, message))
+
+
+def _store_error(request: Request, exc: StoreError) -> Response:
+    # The store cannot be reached or written (or its schema is not ours): the next request tries
+    # again; the reason is logged, not told (it names paths and hosts).
+    log.warning("503 for %s: the store: %s", printable(request.url.path), exc)
+    return _error(request, ApiError(503, "store_unavailable", "the store is unavailable; try again shortly",
+                                    retry_after=5))
 
 
 def _internal(request: Request, exc: Exception) -> Response:
@@ -66,7 +77,7 @@ class Metrics:
             raise ApiError(401, "unauthorized", "send the metrics token as: Authorization: Bearer <token>")
         if time.monotonic() - self._at > self.min_interval:
             from agentmx.ops import metrics
-            self._text = await self.ctx.run(metrics, self.ctx.config)
+            self._text = await self.ctx.run(metrics, self.ctx.config, self.ctx.store)
             self._at = time.monotonic()
         return PlainTextResponse(self._text, media_type="text/plain; version=0.0.4")
 
@@ -84,6 +95,7 @@ def create_app(ctx: Context):
             yield
         finally:
             await ctx.listener.stop()
+            ctx.store.close()
 
     routes = [
         Route("/healthz", healthz),
@@ -98,7 +110,7 @@ def create_app(ctx: Context):
         Route("/metrics", Metrics(ctx).handle),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        ApiError: _error, HTTPException: _http_error, Exception: _internal})
+        ApiError: _error, HTTPException: _http_error, StoreError: _store_error, Exception: _internal})
     limits = ctx.config.limits
     return Guard(app, Limits(max_body=ctx.config.send.max_request_bytes, request_timeout=limits.request_timeout,
                              write_timeout=limits.write_timeout, max_requests=limits.max_requests))

@@ -1,10 +1,11 @@
 """GET /v1/blobs/{sha256}?exp=&type=&name=&sig=: a stored raw message or attachment.
 
 A forged, altered or expired URL gets 403 (the log says which); a valid URL for a blob that is
-gone (expired by retention) gets 404. The file is found by its sha256 alone; the signed filename
-only goes into Content-Disposition, quoted per RFC 6266, and the signed type, checked again here
-(urls.check), into Content-Type. The bytes are the sender's: never sniffed, never run
-(nosniff, a sandbox CSP, attachment disposition).
+gone (expired by retention) gets 404. The blob is found by its sha256 alone and streamed from the
+store in chunks (a 25 MB attachment is never held whole); the signed filename only goes into
+Content-Disposition, quoted per RFC 6266, and the signed type, checked again here (urls.check),
+into Content-Type. The bytes are the sender's: never sniffed, never run (nosniff, a sandbox CSP,
+attachment disposition).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import re
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import FileResponse
+from starlette.responses import StreamingResponse
 
 from agentmx import urls
 
@@ -37,10 +38,11 @@ async def blob_route(ctx: Context, request: Request):
     if why:
         log.warning("403 for blob %s: %s", printable(sha[:16]), why)
         raise ApiError(403, "forbidden", "this URL is not valid (altered, or expired)")
-    path = ctx.store.blob_path(sha)
-    if not await ctx.run(path.is_file):
+    blob = await ctx.run(ctx.store.open_blob, sha)
+    if blob is None:
         raise ApiError(404, "gone", "the file was removed by retention")
-    return FileResponse(path, media_type=q.get("type"), headers={
+    return StreamingResponse(blob.chunks, media_type=q.get("type"), headers={
+        "content-length": str(blob.size),
         "content-disposition": disposition(q.get("name") or sha),
         "x-content-type-options": "nosniff",
         "content-security-policy": "sandbox",

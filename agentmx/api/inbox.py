@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from datetime import datetime, timezone
 from typing import AsyncIterator
@@ -28,10 +29,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from agentmx.config import ApiKey
-from agentmx.inbox import Row, base_address
+from agentmx.store import StoreError
+from agentmx.store.model import InboxRow, base_address
 
 from .context import Context
 from .errors import ApiError
+
+log = logging.getLogger("agentmx.serve")
 
 MAX_WAIT = 300
 KEEPALIVE = 15.0
@@ -90,16 +94,16 @@ class InboxRoutes:
 
     # --- sync parts, run in the thread pool -----------------------------------------------------
 
-    def message(self, row: Row) -> dict | None:
+    def message(self, row: InboxRow) -> dict | None:
         raw = self.ctx.store.get_event(row.id)
         if raw is None:                       # removed by retention (agentmx gc)
             return None
         event = json.loads(raw)
-        event["inbox"] = {"state": row.state, "read": row.read, "receivedAt": _rfc3339(row.received)}
+        event["inbox"] = {"state": row.state.value, "read": row.read, "receivedAt": _rfc3339(row.received)}
         return event
 
-    def _row(self, key: ApiKey, event_id: str) -> Row:
-        row = self.ctx.inbox().get(event_id)
+    def _row(self, key: ApiKey, event_id: str) -> InboxRow:
+        row = self.ctx.store.inbox_row(event_id)
         if row is None or not key.may_send_as(base_address(row.recipient)):
             raise ApiError(404, "unknown_message", f"no message {event_id} for this key")
         return row
@@ -107,8 +111,8 @@ class InboxRoutes:
     def _list(self, key: ApiKey, q) -> dict:
         limit = _int(q.get("limit"), 20, 1, 100, "limit")
         cursor = _int(q.get("cursor"), 0, 0, 2**62, "cursor") or None
-        rows = self.ctx.inbox().query(key.allow, **_filters(q), since=_since(q.get("since")),
-                                      unread=q.get("unread") in TRUE, before_seq=cursor, limit=limit + 1)
+        rows = self.ctx.store.inbox_query(key.allow, **_filters(q), since=_since(q.get("since")),
+                                          unread=q.get("unread") in TRUE, before_seq=cursor, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         messages = [m for m in (self.message(r) for r in rows) if m is not None]
@@ -122,35 +126,35 @@ class InboxRoutes:
 
     def _ack(self, key: ApiKey, event_id: str) -> dict:
         self._row(key, event_id)
-        self.ctx.inbox().ack(event_id)
+        self.ctx.store.ack(event_id)
         return {"id": event_id, "read": True}
 
     def _thread(self, key: ApiKey, thread_id: str) -> dict:
-        rows = self.ctx.inbox().query(key.allow, thread_id=thread_id, oldest_first=True, limit=500)
+        rows = self.ctx.store.inbox_query(key.allow, thread_id=thread_id, oldest_first=True, limit=500)
         if not rows:
             raise ApiError(404, "unknown_thread", f"no thread {thread_id} for this key")
         return {"threadId": thread_id, "messages": [m for m in (self.message(r) for r in rows) if m]}
 
     def _first_unread(self, key: ApiKey, filters: dict, since: float | None, ack: bool) -> dict | None:
-        inbox = self.ctx.inbox()
+        store = self.ctx.store
         for _ in range(20):                   # another waiter may claim the row first: take the next
-            rows = inbox.query(key.allow, **filters, since=since, unread=True, limit=1, oldest_first=True)
+            rows = store.inbox_query(key.allow, **filters, since=since, unread=True, limit=1, oldest_first=True)
             if not rows:
                 return None
             row = rows[0]
             if ack:
-                if not inbox.claim(row.id):
+                if not store.claim(row.id):
                     continue
-                row = inbox.get(row.id) or row
+                row = store.inbox_row(row.id) or row
             msg = self.message(row)
             if msg is not None:
                 return msg
             if not ack:                       # removed by retention under an unread row: skip it
-                inbox.ack(row.id)
+                store.ack(row.id)
         return None
 
     def _after(self, key: ApiKey, seq: int) -> list[tuple[int, dict | None]]:
-        rows = self.ctx.inbox().query(key.allow, after_seq=seq, oldest_first=True, limit=100)
+        rows = self.ctx.store.inbox_query(key.allow, after_seq=seq, oldest_first=True, limit=100)
         return [(row.seq, self.message(row)) for row in rows]
 
     # --- the routes -------------------------------------------------------------------------------
@@ -208,6 +212,8 @@ class InboxRoutes:
         key = self.ctx.key(request)
         last = request.headers.get("last-event-id") or request.query_params.get("after")
         after = int(last) if last and re.fullmatch(r"[0-9]{1,18}", last) else None
+        if after is None:                     # before the answer starts: a store down is still a 503
+            after = await self.ctx.run(self.ctx.store.last_seq)
         self.ctx.streams.acquire(key.name)
         released = False
 
@@ -218,8 +224,8 @@ class InboxRoutes:
                 self.ctx.streams.release(key.name)
 
         async def stream() -> AsyncIterator[bytes]:
+            seq = after
             try:
-                seq = after if after is not None else await self.ctx.run(lambda: self.ctx.inbox().last_seq())
                 yield b"retry: 2000\n\n"
                 listener = self.ctx.listener
                 while True:
@@ -231,6 +237,8 @@ class InboxRoutes:
                                    f"{json.dumps(msg, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
                     if await listener.wait(generation, KEEPALIVE) == generation:
                         yield b": keep-alive\n\n"
+            except StoreError as exc:         # the client reconnects (retry:) and resumes from its Last-Event-ID
+                log.warning("event stream for %s ended: %s", key.name, exc)
             finally:
                 release()
 

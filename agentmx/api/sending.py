@@ -2,7 +2,8 @@
 
 The API key is checked from the headers before one byte of the body is read; the body is then
 read within the guard's size and time limits, and the rest (the stored original, building the
-message, the rate limits, handing it to Postfix, the sent record) runs in the thread pool.
+message, the rate limits (counted in the store: shared by every process and host; given back when
+Postfix refuses the message), handing it to Postfix, the sent record) runs in the thread pool.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from agentmx import send
 from agentmx.config import ApiKey
 from agentmx.deliver.route import split
 from agentmx.store import StoreError
+from agentmx.store.model import SendRecord, SendState
 
 from .context import Context
 from .errors import ApiError
@@ -42,16 +44,22 @@ def send_for_key(ctx: Context, key: ApiKey, body: bytes) -> dict:
         if not key.may_send_as(split(original.get("recipient", ""))[0]):
             raise send.SendError(403, "forbidden_event", "this key may not answer mail sent to another address")
     out = send.build(req, original, ctx.config)
-    ctx.limiter.take(out.correspondents, out.thread_id if original is not None or out.in_reply_to else None)
-    queue_id = send.submit(out, ctx.config)
+    taken = send.take_limits(ctx.store, ctx.config, out.correspondents,
+                             out.thread_id if original is not None or out.in_reply_to else None)
+    try:
+        queue_id = send.submit(out, ctx.config)
+    except send.SendError:
+        ctx.store.give_back(taken)                # Postfix refused it: it does not count
+        raise
     send_id = "snd_" + base64.b32encode(os.urandom(16)).decode().lower().rstrip("=")
     result = {"id": send_id, "messageId": out.message_id, "queueId": queue_id, "threadId": out.thread_id,
               "inReplyTo": out.in_reply_to, "recipients": list(out.recipients)}
     try:
-        ctx.store.put_sent(send_id, {**result, "key": key.name, "from": out.envelope_from,
-                                     "replyToEvent": original.get("id") if original else None})
-    except StoreError as exc:
-        log.warning("%s: sent as %s but not recorded: %s", send_id, queue_id, exc.strerror)
+        ctx.store.put_send(SendRecord(send_id, key.name, out.envelope_from, out.recipients, out.message_id,
+                                      queue_id or None, out.thread_id, out.in_reply_to,
+                                      original.get("id") if original else None, SendState.QUEUED, ctx.clock()))
+    except StoreError as exc:                     # it is in Postfix's queue: the answer says so all the same
+        log.warning("%s: sent as %s but not recorded: %s", send_id, queue_id, exc)
     log.info("%s: queued as %s from=%s to=%s key=%s", send_id, queue_id, out.envelope_from,
              ",".join(out.recipients), key.name)
     return result

@@ -93,9 +93,13 @@ async def serve_app(app, sock: socket.socket, limits: ServerLimits, shutdown=Non
 
 
 def create(config: Config):
+    """The application for `config`, its store's schema checked first (SchemaMismatch: run
+    `agentmx store migrate`; StoreUnavailable: the store cannot be reached)."""
     from .app import create_app
     from .context import Context
-    return create_app(Context.for_config(config))
+    ctx = Context.for_config(config)
+    ctx.store.check_schema()
+    return create_app(ctx)
 
 
 def run(config: Config) -> None:

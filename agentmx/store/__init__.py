@@ -3,13 +3,35 @@
     embedded   SQLite (WAL) + a blob folder in data_dir: one host, the default and the demo
     postgres   PostgreSQL (psycopg 3, a pool) + an S3-compatible bucket: several MX hosts
 
-    model.py      every record a frozen dataclass, every state an enum
-    base.py       the interface, and its one error type (StoreError: StoreUnavailable, SchemaMismatch)
-    files.py      the data-directory files of earlier versions (events/, state/, sent/,
-                  transcripts/, blobs/): what the embedded backend replaces (issue 14)
+    model.py       every record a frozen dataclass, every state an enum
+    base.py        the interface, and its one error type (StoreError: StoreUnavailable, SchemaMismatch)
+    migrations.py  the schema's versions, each with its DDL per backend
+    embedded.py    the embedded backend; legacy.py imports an earlier version's data directory into it
+    cli.py         `agentmx store migrate`
 
-`open_store(config)` gives the configured backend.
+`open_store(config)` gives the configured backend. Nothing is imported here that deliver's
+per-message path does not need: the backends are imported when opened.
 """
 from __future__ import annotations
 
-from .files import Store, StoreError  # noqa: F401  (the file store, until the backends replace it)
+import time
+from typing import Callable
+
+from .base import SchemaMismatch, Store, StoreError, StoreUnavailable  # noqa: F401
+
+
+def open_store(config, clock: Callable[[], float] = time.time) -> Store:
+    """The store `config.store` names (the postgres backend imported only when configured)."""
+    from agentmx.config import StoreBackend
+    backend = config.store.backend
+    if backend is StoreBackend.EMBEDDED:
+        from .embedded import EmbeddedStore
+        return EmbeddedStore(config.data_dir, clock)
+    if backend is StoreBackend.POSTGRES:
+        try:
+            from . import postgres
+        except ImportError as exc:
+            raise StoreError(f"[store] backend = \"postgres\" is not available in this agentmx "
+                             f"({exc.name or exc}): install agentmx[postgres], or set backend = \"embedded\"") from None
+        return postgres.PostgresStore.from_config(config.store, clock)
+    raise StoreError(f"unknown store backend {backend!r}")

@@ -67,8 +67,9 @@ class Store(abc.ABC):
     def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState) -> bool:
         """Keep an event (its JSON body as sent) with its inbox row and its delivery record, in one
         transaction, and wake the waiters (long-polls, event streams) on every host. A second
-        put of the same id (a Postfix retry) keeps the first row's place, read flag and attempts
-        and returns False."""
+        put of the same id (a Postfix retry) keeps the first row's place, read flag, state and
+        attempts, replaces the body (the event as last sent: its URLs signed anew) and returns
+        False."""
 
     @abc.abstractmethod
     def get_event(self, event_id: str) -> bytes | None: ...
@@ -82,7 +83,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def record_attempt(self, event_id: str, attempt: Attempt, reason: str) -> Delivery:
-        """Append an attempt and set the delivery's (and the inbox row's) state to its outcome."""
+        """Append an attempt and set the delivery's (and the inbox row's) state to its outcome;
+        the excerpt is cut to model.EXCERPT characters. StoreError for an event not kept."""
 
     @abc.abstractmethod
     def delivery(self, event_id: str) -> Delivery | None: ...
@@ -165,7 +167,8 @@ class Store(abc.ABC):
         """A parked job, by hand: due now, attempts reset."""
 
     @abc.abstractmethod
-    def job_counts(self) -> dict[JobState, int]: ...
+    def job_counts(self) -> dict[JobState, int]:
+        """Every JobState, with 0 for those no job is in."""
 
     @abc.abstractmethod
     def put_transcript(self, event_id: str, record: dict) -> None: ...

@@ -9,8 +9,17 @@ import enum
 from dataclasses import dataclass, field
 from typing import Iterator
 
+EXCERPT = 200                  # characters of an endpoint's answer kept with each attempt
 
-class DeliveryState(enum.Enum):
+
+class _Named(enum.Enum):
+    """An enum that prints as its value ("delivered"), in log lines and f-strings alike."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DeliveryState(_Named):
     """What became of one inbound message for one recipient (one event)."""
     RECEIVED = "received"      # stored, its POST not answered yet (in flight, or the process died)
     DELIVERED = "delivered"    # the endpoint answered 2xx
@@ -27,14 +36,14 @@ class DeliveryState(enum.Enum):
         return self not in (DeliveryState.RECEIVED, DeliveryState.DEFERRED)
 
 
-class JobState(enum.Enum):
+class JobState(_Named):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     PARKED = "parked"
 
 
-class SendState(enum.Enum):
+class SendState(_Named):
     QUEUED = "queued"          # Postfix took it (issue 16 adds delivered, delayed, bounced, complained)
 
 
@@ -42,7 +51,7 @@ class SendState(enum.Enum):
 class Attempt:
     """One delivery attempt of an event: a POST, or what deliver did instead."""
     at: float
-    outcome: DeliveryState
+    outcome: DeliveryState           # the delivery's state after this attempt
     status: int | None = None        # the HTTP status; 0 when the endpoint did not answer; None: no POST
     duration_ms: int = 0
     excerpt: str = ""                # the first 200 characters of the answer, or the error
@@ -103,6 +112,12 @@ class Job:
     next_at: float
 
 
+def base_address(recipient: str) -> str:
+    """agent@example.com for Agent+tag@Example.com: the inbox's scope, deliver's own routing rule."""
+    from agentmx.deliver.route import split
+    return split(recipient)[0]
+
+
 @dataclass(frozen=True)
 class Blob:
     sha256: str
@@ -128,3 +143,8 @@ class Metrics:
     latency_buckets: tuple[tuple[float, int], ...]    # (le seconds, cumulative count) acceptance -> 2xx
     latency_sum: float
     latency_count: int
+
+
+# The delivery latency histogram's bounds (seconds, acceptance by Postfix -> the agent's 2xx),
+# shared by both backends' counters and by /metrics.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)
