@@ -128,3 +128,8 @@ class Metrics:
     latency_buckets: tuple[tuple[float, int], ...]    # (le seconds, cumulative count) acceptance -> 2xx
     latency_sum: float
     latency_count: int
+
+
+# The delivery latency histogram's bounds (seconds, acceptance by Postfix -> the agent's 2xx),
+# shared by both backends' counters and by /metrics.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)

@@ -277,16 +277,17 @@ def _parse_list(body: bytes) -> tuple[list[ObjectInfo], str]:
 
 
 class BlobStore:
-    """Content-addressed blobs: blobs/<sha[:2]>/<sha>, the sha256 hex digest of the bytes."""
+    """Content-addressed blobs: blobs/<sha[:2]>/<sha>, the sha256 hex digest of the bytes (under
+    `root`, a key prefix: tests give each store a part of one bucket)."""
 
-    def __init__(self, client: S3Client):
+    def __init__(self, client: S3Client, root: str = ""):
         self.client = client
+        self.root = root
 
-    @staticmethod
-    def key(sha256: str) -> str:
+    def key(self, sha256: str) -> str:
         if not _SHA.fullmatch(sha256):
             raise ValueError("not a sha256 hex digest")
-        return f"{PREFIX}{sha256[:2]}/{sha256}"
+        return f"{self.root}{PREFIX}{sha256[:2]}/{sha256}"
 
     def put(self, data: bytes) -> str:
         """Written once: an object already there (same bytes, by its name) is not sent again."""
@@ -313,9 +314,9 @@ class BlobStore:
 
     def list(self) -> Iterator[tuple[str, int, float]]:
         """(sha256, size, modified) of every blob in the bucket (gc)."""
-        for item in self.client.list(PREFIX):
+        for item in self.client.list(self.root + PREFIX):
             name = item.key.rsplit("/", 1)[-1]
-            if _SHA.fullmatch(name) and item.key == f"{PREFIX}{name[:2]}/{name}":
+            if _SHA.fullmatch(name) and item.key == self.key(name):
                 yield name, item.size, item.modified
 
 

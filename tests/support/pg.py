@@ -26,7 +26,16 @@ import pytest
 from . import reaper
 from .postfix import free_tcp_port
 
-BIN = Path(os.environ.get("AGENTMX_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _bin() -> Path:
+    """Debian's server binaries: /usr/lib/postgresql/<major>/bin, the newest installed (15 on Debian 12)."""
+    if os.environ.get("AGENTMX_PG_BIN"):
+        return Path(os.environ["AGENTMX_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _bin()
 ROLE = "agentmx"
 
 

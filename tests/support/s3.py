@@ -58,6 +58,7 @@ class S3Server:
         self.identities.write_text(json.dumps(identities))
         os.chmod(self.identities, 0o600)
         self.proc: subprocess.Popen | None = None
+        self.bucket = ""
 
     def __repr__(self) -> str:
         return f"S3Server({self.endpoint}, base={self.base})"
@@ -81,7 +82,21 @@ class S3Server:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, cwd=self.base, start_new_session=True)
         wait_for(self._ready, timeout=timeout, interval=0.2, what=f"SeaweedFS S3 on {self.endpoint}")
+        if self.bucket:        # back after stop(): up only once its volumes serve a write and a read again
+            wait_for(self._serving, timeout=timeout, interval=0.2, what=f"SeaweedFS serving {self.bucket}")
         return self
+
+    def _serving(self) -> bool:
+        from agentmx.store.base import StoreUnavailable
+        from agentmx.store.s3 import S3Client
+        client = S3Client(self.endpoint, self.bucket, self.region, self.access_key, self.secret_key, timeout=5)
+        try:
+            client.put("_ready", b"1")
+            return client.get("_ready") == b"1"
+        except StoreUnavailable:
+            return False
+        finally:
+            client.close()
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -149,12 +164,18 @@ class S3Server:
         S3Client(self.endpoint, name, self.region, self.access_key, self.secret_key).create_bucket()
 
 
+BUCKET = "agentmx-test"
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    """One SeaweedFS for the whole run; tests make buckets of their own (s3_server.create_bucket)."""
+    """One SeaweedFS for the whole run, with one bucket (s3_server.bucket). A bucket costs SeaweedFS
+    7 volumes: tests share this one, each under a key prefix of its own (BlobStore's root)."""
     server = S3Server()
     try:
         server.start()
+        server.create_bucket(BUCKET)
+        server.bucket = BUCKET
         yield server
     finally:
         server.close()
