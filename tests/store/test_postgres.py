@@ -344,6 +344,26 @@ def test_inbox_query_filters(postgres_store):
     assert ids(s.inbox_query(("agent@example.com", "@elsewhere.example"))) == ["4", "2", "1"]
 
 
+def test_inbox_rows_commit_in_seq_order(postgres_store_factory):
+    """While another host's put_event has drawn seq N and not committed, a put_event here waits
+    for it: a reader that has seen N+1 can never later find N (an event stream resuming after
+    N+1 would miss it)."""
+    from agentmx.store.postgres import LOCK_INBOX, LOCK_NS
+    s = postgres_store_factory()
+    writer = postgres_store_factory(like=s)                 # deliver, in another process
+    put(s, 1)
+    done = threading.Event()
+    with psycopg.connect(s.url) as other:                   # the other host, in its transaction
+        other.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_INBOX))
+        (drawn,) = other.execute("SELECT nextval('inbox_seq')").fetchone()
+        t = threading.Thread(target=lambda: (put(writer, 2), done.set()))
+        t.start()
+        assert not done.wait(1.0)                           # waits behind the uncommitted seq
+        assert [r.id[-1] for r in s.inbox_query(("agent@example.com",), after_seq=drawn - 1)] == []
+    t.join(10)                                              # the other transaction ended
+    assert done.is_set() and s.inbox_row(make_event(2)["id"]).seq > drawn
+
+
 def test_claim_is_once_across_hosts(postgres_store_factory):
     a = postgres_store_factory(pool_size=4)
     b = postgres_store_factory(like=a, pool_size=4)

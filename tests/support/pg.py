@@ -12,7 +12,6 @@ only). `stop()` and `start()` take it down and bring it back with its data (the 
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import secrets
@@ -39,7 +38,7 @@ BIN = _bin()
 ROLE = "agentmx"
 
 
-class PgServer:
+class PgServer(reaper.Server):
     def __init__(self, port: int | None = None):
         self.base = Path(tempfile.mkdtemp(prefix="agentmx-pg-", dir="/tmp"))
         os.chmod(self.base, 0o711)                # postgres must reach its folders inside
@@ -77,23 +76,12 @@ class PgServer:
         if self.running:
             self._as_postgres(BIN / "pg_ctl", "-D", self.data, "-w", "-t", "30", "-m", "fast", "stop")
 
-    @contextlib.contextmanager
-    def down(self):
-        """Stopped inside the block, started again after it whatever happens."""
-        self.stop()
-        try:
-            yield self
-        finally:
-            self.start()
-
     def close(self) -> None:
         try:
             if self.running:
                 self._as_postgres(BIN / "pg_ctl", "-D", self.data, "-w", "-t", "30", "-m", "immediate", "stop")
         finally:
-            reaper.unregister(self)
-            if not os.environ.get("AGENTMX_KEEP_TMP"):
-                shutil.rmtree(self.base, ignore_errors=True)
+            self._forget()
 
     @property
     def running(self) -> bool:
@@ -152,9 +140,4 @@ class PgServer:
 def pg_server():
     """One private PostgreSQL cluster for the whole run; tests take databases of their own from it
     (pg_server.create_database()). A test that stops it must start it again."""
-    server = PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from reaper.session(PgServer())

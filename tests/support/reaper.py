@@ -9,9 +9,13 @@ registered after that.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
+import os
+import shutil
 import signal
 import threading
+from pathlib import Path
 
 log = logging.getLogger("tests.reaper")
 
@@ -49,3 +53,38 @@ def _on_signal(signum, frame) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}: stopping the test servers")
+
+
+class Server:
+    """What the test servers share: start() registers, stop() takes it down with its data kept,
+    close() stops it and removes its folder (`base`) unless AGENTMX_KEEP_TMP is set."""
+    base: Path
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def down(self):
+        """Stopped inside the block, started again after it whatever happens (fault tests)."""
+        self.stop()
+        try:
+            yield self
+        finally:
+            self.start()
+
+    def _forget(self) -> None:
+        unregister(self)
+        if not os.environ.get("AGENTMX_KEEP_TMP"):
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def session(server: Server):
+    """The body of a session fixture: the server started, yielded, closed whatever happens."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -39,8 +39,8 @@ def weed_binary() -> str:
     return str(here) if here.exists() else (shutil.which("weed") or "weed")
 
 
-class S3Server:
-    def __init__(self):
+class S3Server(reaper.Server):
+    def __init__(self, bucket: str = ""):
         self.base = Path(tempfile.mkdtemp(prefix="agentmx-s3-", dir="/tmp"))
         (self.base / "data").mkdir()
         self.ports = {name: free_tcp_port() for name in _PORTS}
@@ -58,7 +58,8 @@ class S3Server:
         self.identities.write_text(json.dumps(identities))
         os.chmod(self.identities, 0o600)
         self.proc: subprocess.Popen | None = None
-        self.bucket = ""
+        self.bucket = ""                 # made at the first start when given: self.bucket then
+        self._new_bucket = bucket
 
     def __repr__(self) -> str:
         return f"S3Server({self.endpoint}, base={self.base})"
@@ -84,6 +85,9 @@ class S3Server:
         wait_for(self._ready, timeout=timeout, interval=0.2, what=f"SeaweedFS S3 on {self.endpoint}")
         if self.bucket:        # back after stop(): up only once its volumes serve a write and a read again
             wait_for(self._serving, timeout=timeout, interval=0.2, what=f"SeaweedFS serving {self.bucket}")
+        elif self._new_bucket:
+            self.create_bucket(self._new_bucket)
+            self.bucket = self._new_bucket
         return self
 
     def _serving(self) -> bool:
@@ -123,22 +127,11 @@ class S3Server:
                 proc.wait(10)
         self._remove_sockets()
 
-    @contextlib.contextmanager
-    def down(self):
-        """Stopped inside the block, started again after it whatever happens."""
-        self.stop()
-        try:
-            yield self
-        finally:
-            self.start()
-
     def close(self) -> None:
         try:
             self.stop()
         finally:
-            reaper.unregister(self)
-            if not os.environ.get("AGENTMX_KEEP_TMP"):
-                shutil.rmtree(self.base, ignore_errors=True)
+            self._forget()
 
     @property
     def running(self) -> bool:
@@ -171,11 +164,4 @@ BUCKET = "agentmx-test"
 def s3_server():
     """One SeaweedFS for the whole run, with one bucket (s3_server.bucket). A bucket costs SeaweedFS
     7 volumes: tests share this one, each under a key prefix of its own (BlobStore's root)."""
-    server = S3Server()
-    try:
-        server.start()
-        server.create_bucket(BUCKET)
-        server.bucket = BUCKET
-        yield server
-    finally:
-        server.close()
+    yield from reaper.session(S3Server(bucket=BUCKET))
