@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import re
@@ -145,7 +146,6 @@ class PostgresStore(Store):
     # --- blobs --------------------------------------------------------------------------------------
 
     def put_blob(self, data: bytes) -> str:
-        import hashlib
         sha = hashlib.sha256(data).hexdigest()
 
         def put(cur):

@@ -94,8 +94,9 @@ class S3Client:
             return None
         if resp.status != 200:
             self._fail(conn, resp, "GET", key)
-        size = int(resp.getheader("content-length") or 0)
-        return size, self._stream(conn, resp, size, chunk, key)
+        length = resp.getheader("content-length")
+        size = int(length) if length and length.isdigit() else -1          # -1: not said (chunked)
+        return max(size, 0), self._stream(conn, resp, size, chunk, key)
 
     def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
         """Every object under `prefix`, in key order (ListObjectsV2, 1000 a page)."""
@@ -180,7 +181,7 @@ class S3Client:
                     break
                 got += len(data)
                 yield data
-            if got != size:
+            if size >= 0 and got != size:
                 raise StoreUnavailable(f"S3 GET {key}: {got} of {size} bytes")
             done = True
         finally:
