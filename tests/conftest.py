@@ -15,6 +15,9 @@ CORPUS = SHARED / "corpus"
 sys.path.insert(0, str(TESTS))          # tests/support as the package `support`
 
 from support.dnszone import DnsServer  # noqa: E402
+from support.pg import pg_server  # noqa: E402,F401  (session fixtures: a private PostgreSQL, SeaweedFS S3,
+from support.s3 import s3_server  # noqa: E402,F401   and postgres-backend stores on them)
+from support.stores import postgres_store, postgres_store_factory  # noqa: E402,F401
 
 from agentmx.resolver import Resolver  # noqa: E402
 

@@ -1,0 +1,752 @@
+"""The postgres backend: records in PostgreSQL (psycopg 3), blobs in an S3-compatible bucket
+(store/s3.py), shared by every agentmx process on every MX host.
+
+    store = PostgresStore(url, blobs, clock, pool_size=1)     deliver: one connection, no threads
+    store = PostgresStore(url, blobs, clock, pool_size=4)     serve, the agent: a psycopg_pool
+
+Every method is one transaction. What makes it safe across hosts:
+  - inbox order: put_event takes a transaction-level advisory lock before it draws the next seq,
+    so rows commit in seq order everywhere and an event stream resuming after N misses nothing;
+  - wake-ups: put_event sends NOTIFY in its transaction (delivered at commit) to every listener
+    (listener(): LISTEN on its own connection, with the slow check as a fallback);
+  - claim_job: SELECT ... FOR UPDATE SKIP LOCKED: one worker gets a job;
+  - claim (wait + ack): UPDATE ... WHERE NOT read: one caller gets a message;
+  - take: uses counted under a transaction-level advisory lock per key, keys locked in order;
+  - blobs: a row per blob, written under its row lock with the object; gc deletes objects under
+    the same locks, so a put of the same bytes and gc never cross.
+Any failure to reach PostgreSQL (refused, timeout, a connection cut, the server shutting down)
+or the bucket is StoreUnavailable; the pool replaces broken connections by itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from typing import Callable, Iterable, Iterator
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from . import postgres_schema
+from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
+from .model import (LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState,
+                    Metrics, SendRecord, SendState)
+from .s3 import BlobStore
+
+log = logging.getLogger("agentmx.store.postgres")
+
+CHANNEL = "agentmx_inbox"
+# Advisory lock keys: (our namespace, what). hashtext() of a key is the second half for take().
+LOCK_NS = 0x61676D78                      # "agmx"
+LOCK_INBOX = 1
+LOCK_MIGRATE = 2
+LOCK_NS_TAKE = LOCK_NS + 1
+LOCK_NS_BLOB = LOCK_NS + 2
+CHECKS = ("spf", "dkim", "dmarc", "arc")
+_SHA = re.compile(r"[0-9a-f]{64}")
+_RETRIES = 3                              # a deadlock or serialization failure: the transaction again
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, blobs: BlobStore, clock: Callable[[], float] = time.time, *,
+                 pool_size: int = 1, timeout: float = 5.0, statement_timeout: float = 30.0):
+        self.url = url
+        self.blobs = blobs
+        self.clock = clock
+        self.timeout = timeout
+        self._kwargs = {"connect_timeout": max(1, int(timeout)), "application_name": "agentmx",
+                        "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
+                        "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+        self._conns = (_OneConnection(url, self._kwargs) if pool_size <= 1
+                       else _Pool(url, self._kwargs, pool_size, timeout))
+
+    @classmethod
+    def from_config(cls, store_config, clock: Callable[[], float] = time.time, pool_size: int = 1) -> "PostgresStore":
+        """From config.store (agentmx.config.StoreConfig)."""
+        from .s3 import blob_store
+        return cls(store_config.database_url, blob_store(store_config.s3), clock, pool_size=pool_size)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({_redact(self.url)}, {self.blobs.client!r})"
+
+    # --- transactions ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[psycopg.Cursor]:
+        """One transaction: committed when the block ends, rolled back on an exception; any way
+        PostgreSQL could not be reached is StoreUnavailable."""
+        try:
+            with self._conns.connection() as conn:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        yield cur
+        except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
+            raise                                    # _run() tries the transaction again
+        except (psycopg.OperationalError, psycopg.InterfaceError, _PoolTimeout()) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
+        except pgerrors.UndefinedTable as exc:
+            raise SchemaMismatch(f"PostgreSQL: {_first_line(exc)}: run `agentmx store migrate`") from None
+        except psycopg.Error as exc:                 # our bug or a value PostgreSQL refused
+            raise StoreError(f"PostgreSQL: {_first_line(exc)}") from None
+
+    def _run(self, fn):
+        """fn(cur) in one transaction, again (up to _RETRIES) after a deadlock or a serialization
+        failure: both roll back the whole transaction, so running it again is safe."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._tx() as cur:
+                    return fn(cur)
+            except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure) as exc:
+                if attempt == _RETRIES - 1:
+                    raise StoreUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
+                time.sleep(0.01 * (attempt + 1))
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        def apply(cur):
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_MIGRATE))  # one host at a time
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
+                        "applied double precision NOT NULL)")
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            current = cur.fetchone()[0]
+            if current > postgres_schema.LATEST:
+                raise SchemaMismatch(f"the database has schema version {current}, newer than this agentmx "
+                                     f"({postgres_schema.LATEST}): upgrade agentmx")
+            for version, ddl in postgres_schema.MIGRATIONS:
+                if version > current:
+                    cur.execute(ddl)
+                    cur.execute("INSERT INTO schema_version (version, applied) VALUES (%s, %s)",
+                                (version, self.clock()))
+                    log.info("schema migrated to version %d", version)
+            return postgres_schema.LATEST
+        return self._run(apply)
+
+    def check_schema(self) -> None:
+        def read(cur):
+            cur.execute("SELECT to_regclass('schema_version') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            return cur.fetchone()[0]
+        version = self._run(read)
+        if version != postgres_schema.LATEST:
+            raise SchemaMismatch(f"the database has schema version {version}, this agentmx needs "
+                                 f"{postgres_schema.LATEST}: run `agentmx store migrate`")
+
+    def close(self) -> None:
+        self._conns.close()
+        self.blobs.client.close()
+
+    # --- blobs --------------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+
+        def put(cur):
+            # Row first, under its lock, then the object: gc takes the same lock before it deletes.
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NS_BLOB, sha))
+            cur.execute("INSERT INTO blobs (sha256, size, seen) VALUES (%s, %s, %s) ON CONFLICT (sha256) "
+                        "DO UPDATE SET seen = GREATEST(blobs.seen, excluded.seen)", (sha, len(data), self.clock()))
+            if self.blobs.client.head(self.blobs.key(sha)) != len(data):
+                self.blobs.client.put(self.blobs.key(sha), data, sha256=sha)
+            return sha
+        return self._run(put)
+
+    def get_blob(self, sha256: str) -> bytes | None:
+        return self.blobs.get(sha256)
+
+    def open_blob(self, sha256: str) -> Blob | None:
+        return self.blobs.open(sha256)
+
+    # --- events -------------------------------------------------------------------------------------
+
+    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState) -> bool:
+        from agentmx.deliver.route import split
+        event_id = event["id"]
+        recipient = _text(event.get("recipient") or "").lower()
+        now = self.clock()
+        auth = event.get("auth") or {}
+        verdicts = {c: _text(str(auth.get(c) or "none"))[:32] for c in CHECKS}
+        refs = _blob_refs(event)
+
+        def put(cur):
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_INBOX))
+            cur.execute("INSERT INTO events (id, recipient, message_id, route, body, accepted, spf, dkim, dmarc, arc, "
+                        "created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                        (event_id, recipient, _text(event.get("messageId") or "")[:998], _text(route), body,
+                         _timestamp(event.get("createdAt")), *verdicts.values(), now))
+            if cur.rowcount == 0:                    # a retry: same place, read flag and attempts
+                cur.execute("UPDATE events SET body = %s WHERE id = %s", (body, event_id))
+                cur.execute("SELECT state FROM deliveries WHERE event_id = %s FOR UPDATE", (event_id,))
+                row = cur.fetchone()
+                old = row[0] if row else None
+                cur.execute("UPDATE deliveries SET state = %s, updated = %s WHERE event_id = %s",
+                            (state.value, now, event_id))
+                cur.execute("UPDATE inbox SET state = %s WHERE id = %s", (state.value, event_id))
+                if old and old != state.value:
+                    _count(cur, {("state", old): -1, ("state", state.value): 1})
+                cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                return False
+            if refs:
+                cur.executemany("INSERT INTO event_blobs (event_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                [(event_id, sha) for sha in refs])
+            cur.execute("INSERT INTO deliveries (event_id, route, recipient, state, created, updated) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)", (event_id, _text(route), recipient, state.value, now, now))
+            cur.execute("INSERT INTO inbox (seq, id, address, recipient, sender, subject, thread_id, received, state) "
+                        "VALUES (nextval('inbox_seq'), %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq",
+                        (event_id, split(recipient)[0] if "@" in recipient else recipient, recipient,
+                         _text(((event.get("from") or {}).get("address") or "")).lower(),
+                         _text(event.get("subject") or ""), _opt_text(event.get("threadId")), now, state.value))
+            seq = cur.fetchone()[0]
+            deltas = {("received", ""): 1, ("state", state.value): 1}
+            deltas.update({("verdict", f"{c}:{v}"): 1 for c, v in verdicts.items()})
+            _count(cur, deltas)
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))   # delivered at commit
+            return True
+        return self._run(put)
+
+    def get_event(self, event_id: str) -> bytes | None:
+        row = self._one("SELECT body FROM events WHERE id = %s", (event_id,))
+        return bytes(row[0]) if row else None
+
+    def find_event(self, recipient: str, message_id: str, since: float) -> str | None:
+        if not message_id:
+            return None
+        row = self._one("SELECT id FROM events WHERE recipient = %s AND message_id = %s AND created >= %s "
+                        "ORDER BY created, id LIMIT 1", (_text(recipient).lower(), _text(message_id), since))
+        return row[0] if row else None
+
+    # --- deliveries -------------------------------------------------------------------------------------
+
+    def record_attempt(self, event_id: str, attempt: Attempt, reason: str) -> Delivery:
+        now = self.clock()
+
+        def record(cur):
+            cur.execute("SELECT d.state, e.accepted FROM deliveries d JOIN events e ON e.id = d.event_id "
+                        "WHERE d.event_id = %s FOR UPDATE OF d", (event_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise StoreError(f"no event {event_id!r}")
+            old, accepted = row
+            new = attempt.outcome.value
+            cur.execute("INSERT INTO attempts (event_id, at, outcome, status, duration_ms, excerpt, webhook_id, queue_id) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        (event_id, attempt.at, new, attempt.status, attempt.duration_ms, _text(attempt.excerpt)[:200],
+                         _text(attempt.webhook_id), _opt_text(attempt.queue_id)))
+            cur.execute("UPDATE deliveries SET state = %s, attempts = attempts + 1, status = %s, reason = %s, "
+                        "queue_id = COALESCE(%s, queue_id), updated = %s WHERE event_id = %s RETURNING " + _DELIVERY,
+                        (new, attempt.status, _text(reason)[:1000], _opt_text(attempt.queue_id), now, event_id))
+            delivery = _delivery(cur.fetchone())
+            cur.execute("UPDATE inbox SET state = %s WHERE id = %s", (new, event_id))
+            deltas = {("attempts", ""): 1}
+            if old != new:
+                deltas[("state", old)] = -1
+                deltas[("state", new)] = 1
+            if attempt.outcome is DeliveryState.DELIVERED and old != new and accepted is not None:
+                latency = max(0.0, attempt.at - accepted)
+                bound = next((b for b in LATENCY_BUCKETS if latency <= b), None)
+                deltas[("latency_bucket", "+Inf" if bound is None else f"{bound:g}")] = 1
+                deltas[("latency_sum", "")] = latency
+                deltas[("latency_count", "")] = 1
+            _count(cur, deltas)
+            return delivery
+        return self._run(record)
+
+    def delivery(self, event_id: str) -> Delivery | None:
+        row = self._one("SELECT " + _DELIVERY + " FROM deliveries WHERE event_id = %s", (event_id,))
+        return _delivery(row) if row else None
+
+    def attempts(self, event_id: str) -> list[Attempt]:
+        rows = self._all("SELECT at, outcome, status, duration_ms, excerpt, webhook_id, queue_id FROM attempts "
+                         "WHERE event_id = %s ORDER BY id", (event_id,))
+        return [Attempt(at=r[0], outcome=DeliveryState(r[1]), status=r[2], duration_ms=r[3], excerpt=r[4],
+                        webhook_id=r[5], queue_id=r[6]) for r in rows]
+
+    def recent_deliveries(self, limit: int = 20) -> list[Delivery]:
+        rows = self._all("SELECT " + _DELIVERY + " FROM deliveries ORDER BY updated DESC, event_id DESC LIMIT %s",
+                         (max(0, int(limit)),))
+        return [_delivery(r) for r in rows]
+
+    # --- the inbox -----------------------------------------------------------------------------------------
+
+    def inbox_query(self, addresses: tuple[str, ...], *, to: str | None = None, sender: str | None = None,
+                    subject: str | None = None, since: float | None = None, unread: bool = False,
+                    before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
+                    limit: int = 50, oldest_first: bool = False) -> list[InboxRow]:
+        from agentmx.deliver.route import split
+        scope, args = [], []
+        for a in addresses:
+            a = _text(a).lower()
+            if a.startswith("@"):
+                scope.append("domain = %s")
+                args.append(a[1:])
+            else:
+                scope.append("address = %s")
+                args.append(a)
+        if not scope:
+            return []
+        where = ["(" + " OR ".join(scope) + ")"]
+        if to:
+            where.append("address = %s")
+            args.append(split(_text(to))[0])
+        if sender:
+            s = _text(sender).lower()
+            where.append("(sender = %s OR sender LIKE %s)")
+            args += [s, "%" + _like(s if s.startswith("@") else "@" + s)]
+        if subject:
+            where.append("subject ILIKE %s")
+            args.append("%" + _like(_text(subject)) + "%")
+        if since is not None:
+            where.append("received >= %s")
+            args.append(since)
+        if unread:
+            where.append("NOT read")
+        if before_seq is not None:
+            where.append("seq < %s")
+            args.append(before_seq)
+        if after_seq is not None:
+            where.append("seq > %s")
+            args.append(after_seq)
+        if thread_id is not None:
+            where.append("thread_id = %s")
+            args.append(_text(thread_id))
+        order = "ASC" if oldest_first else "DESC"
+        rows = self._all(f"SELECT {_INBOX} FROM inbox WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT %s",
+                         (*args, max(1, min(int(limit), 500))))
+        return [_inbox(r) for r in rows]
+
+    def inbox_row(self, event_id: str) -> InboxRow | None:
+        row = self._one(f"SELECT {_INBOX} FROM inbox WHERE id = %s", (event_id,))
+        return _inbox(row) if row else None
+
+    def ack(self, event_id: str) -> bool:
+        return self._rowcount("UPDATE inbox SET read = true WHERE id = %s", (event_id,)) == 1
+
+    def claim(self, event_id: str) -> bool:
+        # Two callers: the second waits for the first's row lock, then sees read = true.
+        return self._rowcount("UPDATE inbox SET read = true WHERE id = %s AND NOT read", (event_id,)) == 1
+
+    def last_seq(self) -> int:
+        return self._one("SELECT COALESCE(MAX(seq), 0) FROM inbox", ())[0]
+
+    def listener(self, fallback: float = 3.0):
+        from .pglisten import PgListener
+        return PgListener(self.url, self._kwargs, self.last_seq, fallback)
+
+    # --- sends --------------------------------------------------------------------------------------------
+
+    def put_send(self, record: SendRecord) -> None:
+        self._rowcount(
+            "INSERT INTO sends (id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, "
+            "reply_to_event, state, created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO "
+            "UPDATE SET key = excluded.key, sender = excluded.sender, recipients = excluded.recipients, "
+            "message_id = excluded.message_id, queue_id = excluded.queue_id, thread_id = excluded.thread_id, "
+            "in_reply_to = excluded.in_reply_to, reply_to_event = excluded.reply_to_event, state = excluded.state",
+            (record.id, _text(record.key), _text(record.sender), [_text(r) for r in record.recipients],
+             _text(record.message_id), _opt_text(record.queue_id), _opt_text(record.thread_id),
+             _opt_text(record.in_reply_to), _opt_text(record.reply_to_event), record.state.value, record.created))
+
+    def get_send(self, send_id: str) -> SendRecord | None:
+        r = self._one("SELECT id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, "
+                      "reply_to_event, state, created FROM sends WHERE id = %s", (send_id,))
+        if r is None:
+            return None
+        return SendRecord(id=r[0], key=r[1], sender=r[2], recipients=tuple(r[3]), message_id=r[4], queue_id=r[5],
+                          thread_id=r[6], in_reply_to=r[7], reply_to_event=r[8], state=SendState(r[9]), created=r[10])
+
+    # --- agent jobs -------------------------------------------------------------------------------------------
+
+    def put_job(self, event_id: str) -> bool:
+        now = self.clock()
+        return self._rowcount("INSERT INTO jobs (id, state, next_at, created, updated) VALUES (%s, %s, %s, %s, %s) "
+                              "ON CONFLICT (id) DO NOTHING", (event_id, JobState.QUEUED.value, now, now, now)) == 1
+
+    def claim_job(self, lease: float) -> Job | None:
+        now = self.clock()
+        row = self._one(
+            "UPDATE jobs SET state = %(running)s, lease_until = %(until)s, updated = %(now)s "
+            "WHERE id = (SELECT id FROM jobs WHERE (state = %(queued)s AND next_at <= %(now)s) "
+            "            OR (state = %(running)s AND lease_until < %(now)s) "
+            "            ORDER BY next_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING " + _JOB,
+            {"running": JobState.RUNNING.value, "queued": JobState.QUEUED.value, "now": now, "until": now + lease})
+        return _job(row) if row else None
+
+    def job(self, job_id: str) -> Job | None:
+        row = self._one("SELECT " + _JOB + " FROM jobs WHERE id = %s", (job_id,))
+        return _job(row) if row else None
+
+    def job_did(self, job_id: str, action: str) -> None:
+        self._rowcount("UPDATE jobs SET actions = array_append(actions, %s), updated = %s WHERE id = %s",
+                       (_text(action), self.clock(), job_id))
+
+    def job_done(self, job_id: str) -> None:
+        self._rowcount("UPDATE jobs SET state = %s, last_error = '', updated = %s WHERE id = %s",
+                       (JobState.DONE.value, self.clock(), job_id))
+
+    def job_failed(self, job_id: str, error: str, max_attempts: int, retry_base: float) -> JobState:
+        now = self.clock()
+        row = self._one(
+            "UPDATE jobs SET attempts = attempts + 1, "
+            "state = CASE WHEN attempts + 1 >= %(max)s THEN %(parked)s ELSE %(queued)s END, "
+            "next_at = %(now)s + %(base)s * power(2, attempts), last_error = %(error)s, updated = %(now)s "
+            "WHERE id = %(id)s RETURNING state",
+            {"max": max_attempts, "parked": JobState.PARKED.value, "queued": JobState.QUEUED.value, "now": now,
+             "base": float(retry_base), "error": _text(error)[:1000], "id": job_id})
+        if row is None:
+            raise StoreError(f"no job {job_id!r}")
+        return JobState(row[0])
+
+    def job_postpone(self, job_id: str, until: float) -> None:
+        self._rowcount("UPDATE jobs SET state = %s, next_at = %s, updated = %s WHERE id = %s",
+                       (JobState.QUEUED.value, until, self.clock(), job_id))
+
+    def job_requeue(self, job_id: str) -> bool:
+        now = self.clock()
+        return self._rowcount("UPDATE jobs SET state = %s, attempts = 0, next_at = %s, updated = %s "
+                              "WHERE id = %s AND state = %s",
+                              (JobState.QUEUED.value, now, now, job_id, JobState.PARKED.value)) == 1
+
+    def job_counts(self) -> dict[JobState, int]:
+        return {JobState(s): n for s, n in self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state", ())}
+
+    def put_transcript(self, event_id: str, record: dict) -> None:
+        self._rowcount("INSERT INTO transcripts (event_id, record, created) VALUES (%s, %s, %s) ON CONFLICT "
+                       "(event_id) DO UPDATE SET record = excluded.record",
+                       (event_id, json.dumps(record, ensure_ascii=True), self.clock()))
+
+    def get_transcript(self, event_id: str) -> dict | None:
+        row = self._one("SELECT record FROM transcripts WHERE event_id = %s", (event_id,))
+        return json.loads(row[0]) if row else None
+
+    # --- counters across processes and hosts ---------------------------------------------------------------
+
+    def take(self, keys: Iterable[tuple[str, int]], window: float) -> tuple[str, float] | None:
+        wanted = sorted(dict((_text(k), int(limit)) for k, limit in keys).items())
+        if not wanted:
+            return None
+        now = self.clock()
+
+        def take(cur):
+            for key, _ in wanted:                 # in key order: two takes never wait on each other in a cycle
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NS_TAKE, key))
+            for key, limit in wanted:
+                if limit <= 0:
+                    return key, float(window)
+                # The limit-th newest use in the window: when it leaves the window, one is free.
+                cur.execute("SELECT at FROM uses WHERE key = %s AND at > %s ORDER BY at DESC LIMIT 1 OFFSET %s",
+                            (key, now - window, limit - 1))
+                row = cur.fetchone()
+                if row is not None:
+                    return key, max(0.0, row[0] + window - now)
+            cur.executemany("INSERT INTO uses (key, at) VALUES (%s, %s)", [(key, now) for key, _ in wanted])
+            return None
+        return self._run(take)
+
+    def give_back(self, keys: Iterable[str]) -> None:
+        wanted = sorted({_text(k) for k in keys})
+        if not wanted:
+            return
+
+        def give(cur):
+            for key in wanted:
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NS_TAKE, key))
+            for key in wanted:
+                cur.execute("DELETE FROM uses WHERE id = (SELECT id FROM uses WHERE key = %s "
+                            "ORDER BY at DESC, id DESC LIMIT 1)", (key,))
+        self._run(give)
+
+    # --- operations -------------------------------------------------------------------------------------------
+
+    def metrics(self) -> Metrics:
+        rows = self._all("SELECT name, label, value FROM counters", ())
+        values = {(name, label): value for name, label, value in rows}
+        by_state = {}
+        for (name, label), value in values.items():
+            if name == "state":
+                try:
+                    by_state[DeliveryState(label)] = int(value)
+                except ValueError:                   # a state a newer agentmx wrote
+                    continue
+        verdicts = {}
+        for (name, label), value in values.items():
+            if name == "verdict" and ":" in label:
+                check, result = label.split(":", 1)
+                verdicts[(check, result)] = int(value)
+        cumulative, buckets = 0, []
+        for bound in LATENCY_BUCKETS:
+            cumulative += int(values.get(("latency_bucket", f"{bound:g}"), 0))
+            buckets.append((float(bound), cumulative))
+        return Metrics(received=int(values.get(("received", ""), 0)), by_state=by_state,
+                       attempts=int(values.get(("attempts", ""), 0)), verdicts=verdicts,
+                       latency_buckets=tuple(buckets), latency_sum=float(values.get(("latency_sum", ""), 0.0)),
+                       latency_count=int(values.get(("latency_count", ""), 0)))
+
+    def gc(self, older_than: float, dry_run: bool = False) -> GcReport:
+        other: dict[str, int] = {}
+
+        def records(cur):
+            cur.execute("SELECT COUNT(*) FROM events WHERE created < %s", (older_than,))
+            events = cur.fetchone()[0]
+            for table in ("attempts", "deliveries", "inbox"):
+                cur.execute(f"SELECT COUNT(*) FROM {table} t JOIN events e ON e.id = t."
+                            f"{'id' if table == 'inbox' else 'event_id'} WHERE e.created < %s", (older_than,))
+                other[table] = cur.fetchone()[0]
+            for table, column in (("sends", "created"), ("transcripts", "created"), ("jobs", "updated"),
+                                  ("uses", "at")):
+                verb = "SELECT COUNT(*) FROM" if dry_run else "DELETE FROM"
+                cur.execute(f"{verb} {table} WHERE {column} < %s", (older_than,))
+                other[table] = cur.fetchone()[0] if dry_run else cur.rowcount
+            if dry_run or not events:
+                return events
+            # The counters of what goes: states and verdicts are of stored events (gauges).
+            cur.execute("SELECT d.state, e.spf, e.dkim, e.dmarc, e.arc, COUNT(*) FROM events e "
+                        "JOIN deliveries d ON d.event_id = e.id WHERE e.created < %s "
+                        "GROUP BY 1, 2, 3, 4, 5", (older_than,))
+            deltas: dict[tuple[str, str], float] = {}
+            for state, spf, dkim, dmarc, arc, n in cur.fetchall():
+                deltas[("state", state)] = deltas.get(("state", state), 0) - n
+                for check, value in zip(CHECKS, (spf, dkim, dmarc, arc)):
+                    deltas[("verdict", f"{check}:{value}")] = deltas.get(("verdict", f"{check}:{value}"), 0) - n
+            deltas[("received", "")] = -events
+            cur.execute("DELETE FROM events WHERE created < %s", (older_than,))   # cascades
+            _count(cur, deltas)
+            return events
+        events = self._run(records)
+        blobs, size = self._gc_blobs(older_than, dry_run)
+        return GcReport(events=events, blobs=blobs, bytes=size, other=other)
+
+    def _gc_blobs(self, older_than: float, dry_run: bool) -> tuple[int, int]:
+        """Blobs no event refers to, put before `older_than`: their rows and objects, in batches,
+        each row locked while its object is deleted. Then objects with no row at all (left by a
+        gc that could not reach the bucket), each under the lock put_blob takes."""
+        removed = size = 0
+        batch = 500
+        # (A dry run has not removed the old events: their references do not count either.)
+        query = ("SELECT sha256, size FROM blobs b WHERE seen < %s AND NOT EXISTS "
+                 "(SELECT 1 FROM event_blobs r JOIN events e ON e.id = r.event_id "
+                 " WHERE r.sha256 = b.sha256 AND e.created >= %s) ORDER BY sha256")
+        if dry_run:
+            rows = self._all(query, (older_than, older_than))
+            return len(rows), sum(r[1] for r in rows)
+
+        def one_batch(cur):
+            cur.execute(query + " LIMIT %s FOR UPDATE SKIP LOCKED", (older_than, older_than, batch))
+            rows = cur.fetchall()
+            for sha, _ in rows:
+                self.blobs.delete(sha)
+            if rows:
+                cur.execute("DELETE FROM blobs WHERE sha256 = ANY(%s)", ([sha for sha, _ in rows],))
+            return rows
+        while True:
+            rows = self._run(one_batch)
+            removed += len(rows)
+            size += sum(r[1] for r in rows)
+            if len(rows) < batch:
+                break
+
+        def orphan(cur, sha):
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NS_BLOB, sha))
+            cur.execute("SELECT 1 FROM blobs WHERE sha256 = %s", (sha,))
+            if cur.fetchone() is None:
+                self.blobs.delete(sha)
+                return True
+            return False
+        for sha, length, modified in list(self.blobs.list()):
+            if modified < older_than and self._run(lambda cur: orphan(cur, sha)):
+                removed += 1
+                size += length
+        return removed, size
+
+    # --- small helpers ----------------------------------------------------------------------------------------
+
+    def _one(self, sql: str, args):
+        def q(cur):
+            cur.execute(sql, args)
+            return cur.fetchone()
+        return self._run(q)
+
+    def _all(self, sql: str, args):
+        def q(cur):
+            cur.execute(sql, args)
+            return cur.fetchall()
+        return self._run(q)
+
+    def _rowcount(self, sql: str, args) -> int:
+        def q(cur):
+            cur.execute(sql, args)
+            return cur.rowcount
+        return self._run(q)
+
+
+# --- connections: one for deliver's per-message process, a pool for serve and the agent ----------------
+
+class _NoPool(Exception):
+    """Never raised: what _PoolTimeout() gives while psycopg_pool is not loaded."""
+
+
+def _PoolTimeout() -> type[Exception]:
+    """psycopg_pool's PoolTimeout when the pool module is loaded (deliver never loads it)."""
+    import sys
+    mod = sys.modules.get("psycopg_pool")
+    return mod.PoolTimeout if mod else _NoPool
+
+
+class _OneConnection:
+    """One connection, opened when first used, again after it broke: no pool, no threads
+    (deliver is a process per message)."""
+
+    def __init__(self, url: str, kwargs: dict):
+        self.url, self.kwargs = url, kwargs
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+        self._last_used = 0.0
+
+    @contextlib.contextmanager
+    def connection(self):
+        with self._lock:
+            conn = self._conn
+            if conn is not None and (conn.closed or conn.broken):
+                conn = self._conn = None
+            if conn is not None and time.monotonic() - self._last_used > 5:
+                try:                                         # idle a while: still there?
+                    conn.execute("SELECT 1")
+                    conn.rollback()
+                except psycopg.Error:
+                    conn.close()
+                    conn = self._conn = None
+            if conn is None:
+                conn = self._conn = psycopg.connect(self.url, **self.kwargs)
+            try:
+                yield conn
+            finally:
+                self._last_used = time.monotonic()
+                if conn.broken:
+                    self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class _Pool:
+    """psycopg_pool.ConnectionPool, opened when first used; a connection is checked as it is
+    handed out, so one the server dropped (a restart) is replaced, not given to a caller."""
+
+    def __init__(self, url: str, kwargs: dict, size: int, timeout: float):
+        self.url, self.kwargs, self.size, self.timeout = url, kwargs, size, timeout
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def _open(self):
+        with self._lock:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+                self._pool = ConnectionPool(self.url, kwargs=self.kwargs, min_size=1, max_size=self.size,
+                                            timeout=self.timeout, open=False, name="agentmx",
+                                            check=ConnectionPool.check_connection, reconnect_timeout=0,
+                                            num_workers=1)
+                self._pool.open(wait=False)
+            return self._pool
+
+    def connection(self):
+        return self._open().connection()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+
+# --- rows -------------------------------------------------------------------------------------------------------
+
+_DELIVERY = "event_id, route, recipient, state, attempts, status, reason, queue_id, created, updated"
+_INBOX = "seq, id, address, recipient, sender, subject, thread_id, received, state, read"
+_JOB = "id, state, attempts, actions, last_error, next_at"
+
+
+def _delivery(r) -> Delivery:
+    return Delivery(event_id=r[0], route=r[1], recipient=r[2], state=DeliveryState(r[3]), attempts=r[4],
+                    status=r[5], reason=r[6], queue_id=r[7], created=r[8], updated=r[9])
+
+
+def _inbox(r) -> InboxRow:
+    return InboxRow(seq=r[0], id=r[1], address=r[2], recipient=r[3], sender=r[4], subject=r[5], thread_id=r[6],
+                    received=r[7], state=DeliveryState(r[8]), read=bool(r[9]))
+
+
+def _job(r) -> Job:
+    return Job(id=r[0], state=JobState(r[1]), attempts=r[2], actions=tuple(r[3] or ()), last_error=r[4],
+               next_at=r[5])
+
+
+def _count(cur, deltas: dict[tuple[str, str], float]) -> None:
+    """Add to counter rows, in key order (two writers lock them in the same order: no deadlock)."""
+    items = sorted((k, v) for k, v in deltas.items() if v)
+    if not items:
+        return
+    cur.execute("INSERT INTO counters (name, label, value) SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) "
+                "ON CONFLICT (name, label) DO UPDATE SET value = counters.value + excluded.value",
+                ([k[0] for k, _ in items], [k[1] for k, _ in items], [float(v) for _, v in items]))
+
+
+def _blob_refs(event: dict) -> list[str]:
+    refs = []
+    raw = event.get("raw")
+    if isinstance(raw, dict) and isinstance(raw.get("sha256"), str):
+        refs.append(raw["sha256"])
+    for a in event.get("attachments") or ():
+        if isinstance(a, dict) and isinstance(a.get("sha256"), str):
+            refs.append(a["sha256"])
+    return sorted({r for r in refs if _SHA.fullmatch(r)})
+
+
+def _timestamp(value) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return dt.timestamp()
+
+
+def _text(value) -> str:
+    """Text PostgreSQL takes: no NUL, no lone surrogates (hostile mail may carry both)."""
+    s = str(value)
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = s.encode("utf-8", "replace").decode("utf-8")
+    return s
+
+
+def _opt_text(value) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return _redact(text[0]) if text else type(exc).__name__
+
+
+def _redact(text: str) -> str:
+    """A URL's password never in a message or a log."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+

@@ -1,0 +1,166 @@
+"""The postgres backend's schema, as versioned migrations: (version, DDL), applied in order, each
+once, each in its own transaction, by `agentmx store migrate` (PostgresStore.migrate()).
+
+The version numbers and table names are the embedded backend's (one data model): a version adds
+the same tables and columns to both. Times are unix seconds (double precision), from the
+store's clock; states are the model's enum values as text.
+"""
+from __future__ import annotations
+
+V1 = """
+CREATE TABLE events (
+    id          text PRIMARY KEY,            -- msg_...
+    recipient   text NOT NULL,               -- lower case
+    message_id  text NOT NULL DEFAULT '',    -- find_event: one message at two MX hosts is one event
+    route       text NOT NULL,
+    body        bytea NOT NULL,              -- the event JSON, as sent
+    accepted    double precision,            -- createdAt (acceptance by Postfix): delivery latency
+    spf         text NOT NULL DEFAULT 'none',
+    dkim        text NOT NULL DEFAULT 'none',
+    dmarc       text NOT NULL DEFAULT 'none',
+    arc         text NOT NULL DEFAULT 'none',
+    created     double precision NOT NULL
+);
+CREATE INDEX events_message ON events (recipient, message_id);
+CREATE INDEX events_created ON events (created);
+
+-- Which blobs (raw message, attachments) an event refers to: gc keeps those.
+CREATE TABLE event_blobs (
+    event_id    text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    sha256      text NOT NULL,
+    PRIMARY KEY (event_id, sha256)
+);
+CREATE INDEX event_blobs_sha ON event_blobs (sha256);
+
+-- One row per blob in the bucket: written (under the row lock) before the object is, so gc and
+-- a put of the same bytes never cross.
+CREATE TABLE blobs (
+    sha256      text PRIMARY KEY,
+    size        bigint NOT NULL,
+    seen        double precision NOT NULL    -- the last put
+);
+CREATE INDEX blobs_seen ON blobs (seen);
+
+CREATE TABLE deliveries (
+    event_id    text PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,
+    route       text NOT NULL,
+    recipient   text NOT NULL,
+    state       text NOT NULL,
+    attempts    integer NOT NULL DEFAULT 0,
+    status      integer,
+    reason      text NOT NULL DEFAULT '',
+    queue_id    text,
+    created     double precision NOT NULL,
+    updated     double precision NOT NULL
+);
+CREATE INDEX deliveries_updated ON deliveries (updated);
+
+CREATE TABLE attempts (
+    id          bigserial PRIMARY KEY,
+    event_id    text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    at          double precision NOT NULL,
+    outcome     text NOT NULL,
+    status      integer,
+    duration_ms integer NOT NULL DEFAULT 0,
+    excerpt     text NOT NULL DEFAULT '',
+    webhook_id  text NOT NULL DEFAULT '',
+    queue_id    text
+);
+CREATE INDEX attempts_event ON attempts (event_id, id);
+
+-- seq is the order of arrival: taken under a transaction-level advisory lock, so rows commit in
+-- seq order on every host and an event stream resuming after seq N misses nothing.
+CREATE SEQUENCE inbox_seq;
+CREATE TABLE inbox (
+    seq         bigint PRIMARY KEY,
+    id          text NOT NULL UNIQUE REFERENCES events (id) ON DELETE CASCADE,
+    address     text NOT NULL,               -- the recipient's base address, lower case
+    domain      text GENERATED ALWAYS AS (split_part(address, '@', 2)) STORED,
+    recipient   text NOT NULL,
+    sender      text NOT NULL,               -- From address, lower case
+    subject     text NOT NULL,
+    thread_id   text,
+    received    double precision NOT NULL,
+    state       text NOT NULL,
+    read        boolean NOT NULL DEFAULT false
+);
+CREATE INDEX inbox_address ON inbox (address, seq);
+CREATE INDEX inbox_domain ON inbox (domain, seq);
+CREATE INDEX inbox_thread ON inbox (thread_id);
+
+CREATE TABLE sends (
+    id              text PRIMARY KEY,        -- snd_...
+    key             text NOT NULL,
+    sender          text NOT NULL,
+    recipients      text[] NOT NULL,
+    message_id      text NOT NULL,
+    queue_id        text,
+    thread_id       text,
+    in_reply_to     text,
+    reply_to_event  text,
+    state           text NOT NULL,
+    created         double precision NOT NULL
+);
+CREATE INDEX sends_created ON sends (created);
+
+CREATE TABLE jobs (
+    id          text PRIMARY KEY,            -- the event id
+    state       text NOT NULL,
+    attempts    integer NOT NULL DEFAULT 0,
+    next_at     double precision NOT NULL,
+    lease_until double precision NOT NULL DEFAULT 0,
+    actions     text[] NOT NULL DEFAULT '{}',
+    last_error  text NOT NULL DEFAULT '',
+    created     double precision NOT NULL,
+    updated     double precision NOT NULL
+);
+CREATE INDEX jobs_due ON jobs (state, next_at);
+
+CREATE TABLE transcripts (
+    event_id    text PRIMARY KEY,
+    record      text NOT NULL,               -- JSON, as written
+    created     double precision NOT NULL
+);
+
+-- Rate limits and the loop breaker: one row per use, counted in a sliding window under a
+-- transaction-level advisory lock per key (take()).
+CREATE TABLE uses (
+    id          bigserial PRIMARY KEY,
+    key         text NOT NULL,
+    at          double precision NOT NULL
+);
+CREATE INDEX uses_key ON uses (key, at);
+
+-- What /metrics shows, kept as records are written (cheap per scrape).
+CREATE TABLE counters (
+    name        text NOT NULL,
+    label       text NOT NULL DEFAULT '',
+    value       double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (name, label)
+);
+
+-- Room for the next issues: delivery-status events of sends (issue 16), suppressions, blocks.
+CREATE TABLE send_events (
+    id          bigserial PRIMARY KEY,
+    send_id     text NOT NULL,
+    kind        text NOT NULL,
+    at          double precision NOT NULL,
+    detail      text NOT NULL DEFAULT ''
+);
+CREATE INDEX send_events_send ON send_events (send_id, id);
+CREATE TABLE suppressions (
+    address     text PRIMARY KEY,
+    reason      text NOT NULL,
+    created     double precision NOT NULL
+);
+CREATE TABLE blocks (
+    pattern     text PRIMARY KEY,
+    reason      text NOT NULL,
+    created     double precision NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, V1),
+)
+LATEST = MIGRATIONS[-1][0]
