@@ -14,6 +14,7 @@ per-message path does not need: the backends are imported when opened.
 """
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Callable
 
@@ -29,7 +30,7 @@ def open_store(config, clock: Callable[[], float] = time.time) -> Store:
         return EmbeddedStore(config.data_dir, clock)
     if backend is StoreBackend.POSTGRES:
         try:
-            from . import postgres
+            postgres = importlib.import_module(f"{__name__}.postgres")
         except ImportError as exc:
             raise StoreError(f"[store] backend = \"postgres\" is not available in this agentmx "
                              f"({exc.name or exc}): install agentmx[postgres], or set backend = \"embedded\"") from None

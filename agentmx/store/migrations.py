@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import postgres_schema        # the PostgreSQL DDL, as text (no psycopg import)
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -125,7 +127,7 @@ _V1_SQLITE = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events with their inbox rows, deliveries and attempts, sends, agent jobs and transcripts, "
                  "rate-limit uses, metrics counters; empty tables for issue 16 (send events, suppressions, blocks)",
-              {"embedded": _V1_SQLITE}),
+              {"embedded": _V1_SQLITE, "postgres": (postgres_schema.V1,)}),
 )
 
 LATEST = MIGRATIONS[-1].version

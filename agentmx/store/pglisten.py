@@ -20,6 +20,7 @@ from agentmx.api.listener import Listener
 log = logging.getLogger("agentmx.notify")
 
 CHANNEL = "agentmx_inbox"
+START_WAIT = 5.0
 
 
 class PgListener(Listener):
@@ -39,6 +40,13 @@ class PgListener(Listener):
             log.debug("notification check failed: %s", exc)
         self._task = asyncio.create_task(self._fallback_loop())
         self._listen_task = asyncio.create_task(self._listen_loop())
+        # A waiter that starts right after start() must not miss a NOTIFY sent before LISTEN was in
+        # force: wait for it (briefly; a database that is down leaves the fallback check to it).
+        try:
+            await asyncio.wait_for(self.listening.wait(), START_WAIT)
+        except asyncio.TimeoutError:
+            log.warning("inbox notifications not listening after %gs; the check every %gs goes on",
+                        START_WAIT, self.fallback)
 
     async def stop(self) -> None:
         if self._listen_task:

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator
 import psycopg
 from psycopg import errors as pgerrors
 
-from . import postgres_schema
+from . import migrations
 from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
 from .model import (LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState,
                     Metrics, SendRecord, SendState)
@@ -115,16 +115,16 @@ class PostgresStore(Store):
                         "applied double precision NOT NULL)")
             cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
             current = cur.fetchone()[0]
-            if current > postgres_schema.LATEST:
+            if current > migrations.LATEST:
                 raise SchemaMismatch(f"the database has schema version {current}, newer than this agentmx "
-                                     f"({postgres_schema.LATEST}): upgrade agentmx")
-            for version, ddl in postgres_schema.MIGRATIONS:
-                if version > current:
-                    cur.execute(ddl)
-                    cur.execute("INSERT INTO schema_version (version, applied) VALUES (%s, %s)",
-                                (version, self.clock()))
-                    log.info("schema migrated to version %d", version)
-            return postgres_schema.LATEST
+                                     f"({migrations.LATEST}): upgrade agentmx")
+            for version, what, statements in migrations.pending(current, "postgres"):
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute("INSERT INTO schema_version (version, applied) VALUES (%s, %s)",
+                            (version, self.clock()))
+                log.info("schema migrated to version %d (%s)", version, what)
+            return migrations.LATEST
         return self._run(apply)
 
     def check_schema(self) -> None:
@@ -135,9 +135,9 @@ class PostgresStore(Store):
             cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
             return cur.fetchone()[0]
         version = self._run(read)
-        if version != postgres_schema.LATEST:
+        if version != migrations.LATEST:
             raise SchemaMismatch(f"the database has schema version {version}, this agentmx needs "
-                                 f"{postgres_schema.LATEST}: run `agentmx store migrate`")
+                                 f"{migrations.LATEST}: run `agentmx store migrate`")
 
     def close(self) -> None:
         self._conns.close()
@@ -181,16 +181,8 @@ class PostgresStore(Store):
                         "created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                         (event_id, recipient, _text(event.get("messageId") or "")[:998], _text(route), body,
                          _timestamp(event.get("createdAt")), *verdicts.values(), now))
-            if cur.rowcount == 0:                    # a retry: same place, read flag and attempts
+            if cur.rowcount == 0:       # a retry: the body as last sent; place, read flag, state, attempts kept
                 cur.execute("UPDATE events SET body = %s WHERE id = %s", (body, event_id))
-                cur.execute("SELECT state FROM deliveries WHERE event_id = %s FOR UPDATE", (event_id,))
-                row = cur.fetchone()
-                old = row[0] if row else None
-                cur.execute("UPDATE deliveries SET state = %s, updated = %s WHERE event_id = %s",
-                            (state.value, now, event_id))
-                cur.execute("UPDATE inbox SET state = %s WHERE id = %s", (state.value, event_id))
-                if old and old != state.value:
-                    _count(cur, {("state", old): -1, ("state", state.value): 1})
                 cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
                 return False
             if refs:
@@ -413,7 +405,9 @@ class PostgresStore(Store):
                               (JobState.QUEUED.value, now, now, job_id, JobState.PARKED.value)) == 1
 
     def job_counts(self) -> dict[JobState, int]:
-        return {JobState(s): n for s, n in self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state", ())}
+        counts = {state: 0 for state in JobState}
+        counts.update({JobState(s): n for s, n in self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state", ())})
+        return counts
 
     def put_transcript(self, event_id: str, record: dict) -> None:
         self._rowcount("INSERT INTO transcripts (event_id, record, created) VALUES (%s, %s, %s) ON CONFLICT "
@@ -466,7 +460,7 @@ class PostgresStore(Store):
     def metrics(self) -> Metrics:
         rows = self._all("SELECT name, label, value FROM counters", ())
         values = {(name, label): value for name, label, value in rows}
-        by_state = {}
+        by_state = {state: 0 for state in DeliveryState}
         for (name, label), value in values.items():
             if name == "state":
                 try:
@@ -493,9 +487,9 @@ class PostgresStore(Store):
         def records(cur):
             cur.execute("SELECT COUNT(*) FROM events WHERE created < %s", (older_than,))
             events = cur.fetchone()[0]
-            for table in ("attempts", "deliveries", "inbox"):
-                cur.execute(f"SELECT COUNT(*) FROM {table} t JOIN events e ON e.id = t."
-                            f"{'id' if table == 'inbox' else 'event_id'} WHERE e.created < %s", (older_than,))
+            for table in ("attempts", "deliveries"):          # inbox rows go with their events
+                cur.execute(f"SELECT COUNT(*) FROM {table} t JOIN events e ON e.id = t.event_id "
+                            "WHERE e.created < %s", (older_than,))
                 other[table] = cur.fetchone()[0]
             for table, column in (("sends", "created"), ("transcripts", "created"), ("jobs", "updated"),
                                   ("uses", "at")):

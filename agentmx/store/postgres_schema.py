@@ -1,4 +1,5 @@
-"""The postgres backend's schema, as versioned migrations: (version, DDL), applied in order, each
+"""The postgres backend's DDL for each schema version (the versions themselves, with the embedded
+backend's DDL beside this one, are agentmx/store/migrations.py: one list), applied in order, each
 once, each in its own transaction, by `agentmx store migrate` (PostgresStore.migrate()).
 
 The version numbers and table names are the embedded backend's (one data model): a version adds
@@ -159,8 +160,3 @@ CREATE TABLE blocks (
     created     double precision NOT NULL
 );
 """
-
-MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (1, V1),
-)
-LATEST = MIGRATIONS[-1][0]

@@ -28,6 +28,9 @@ class Clock:
 
 BACKENDS = {
     "embedded": lambda request, tmp_path, clock: EmbeddedStore(tmp_path / "data", clock),
+    # its own migrated database and its own key prefix in the shared bucket (tests/support/stores.py)
+    "postgres": lambda request, tmp_path, clock: request.getfixturevalue("postgres_store_factory")(clock=clock,
+                                                                                                    pool_size=4),
 }
 
 

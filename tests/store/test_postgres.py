@@ -279,11 +279,11 @@ def test_put_event_once_and_its_retry(postgres_store):
     assert s.ack(event["id"])
     s.record_attempt(event["id"], Attempt(at=s.clock(), outcome=DeliveryState.DEFERRED, status=500), "HTTP 500")
     put(s, 2)
-    # The retry: False; same place, still read, attempts kept; the new body and state.
+    # The retry: False; same place, still read, state and attempts kept; the new body.
     body = json.dumps({**event, "subject": "retry"}).encode()
     assert s.put_event(event, body, "agent@example.com", DeliveryState.RECEIVED) is False
     again = s.inbox_row(event["id"])
-    assert again.seq == row.seq and again.read and again.state is DeliveryState.RECEIVED
+    assert again.seq == row.seq and again.read and again.state is DeliveryState.DEFERRED   # kept, as its attempts
     assert s.delivery(event["id"]).attempts == 1
     assert s.get_event(event["id"]) == body
     assert s.last_seq() > row.seq
@@ -425,7 +425,7 @@ def test_job_lifecycle(postgres_store):
     clock.now += 30
     assert s.claim_job(lease=60).id == "msg_a"
     assert s.job_failed("msg_a", "again", max_attempts=2, retry_base=30) is JobState.PARKED
-    assert s.job_counts() == {JobState.PARKED: 1}
+    assert {k: v for k, v in s.job_counts().items() if v} == {JobState.PARKED: 1}
     assert s.job_requeue("msg_a") and not s.job_requeue("msg_a")
     assert s.job("msg_a").attempts == 0
     job = s.claim_job(lease=60)
@@ -436,7 +436,7 @@ def test_job_lifecycle(postgres_store):
     clock.now += 100
     s.claim_job(lease=60)
     s.job_done(job.id)
-    assert s.job_counts() == {JobState.DONE: 1} and s.job("msg_none") is None
+    assert {k: v for k, v in s.job_counts().items() if v} == {JobState.DONE: 1} and s.job("msg_none") is None
 
 
 def test_claim_job_skips_a_row_another_worker_holds(postgres_store):
@@ -482,7 +482,7 @@ def test_each_job_is_run_once_by_workers_on_two_hosts(postgres_store_factory):
         runs.append(json.loads(out))
     taken = [j for r in runs for j in r]
     assert sorted(taken) == [f"msg_{i:03d}" for i in range(40)]        # each exactly once
-    assert a.job_counts() == {JobState.DONE: 40}
+    assert {k: v for k, v in a.job_counts().items() if v} == {JobState.DONE: 40}
 
 
 # --- take: limits across processes and hosts ------------------------------------------------------------------------
@@ -696,7 +696,7 @@ def test_gc_removes_old_records_and_unreferenced_blobs(postgres_store):
     report = s.gc(older_than=2_000.0)
     assert (report.events, report.blobs) == (1, 2)
     assert report.bytes == len(b"old raw") + len(b"put, never referenced")
-    assert report.other["attempts"] == 1 and report.other["inbox"] == 1 and report.other["deliveries"] == 1
+    assert report.other["attempts"] == 1 and report.other["deliveries"] == 1
     assert report.other["jobs"] == 1 and report.other["transcripts"] == 1 and report.other["sends"] == 1
     assert report.other["uses"] == 1
     assert s.get_event(old["id"]) is None and s.inbox_row(old["id"]) is None and s.delivery(old["id"]) is None
