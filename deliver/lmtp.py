@@ -44,7 +44,7 @@ class _Lmtp(LMTP):
     @syntax("XFORWARD attribute=value ...")
     async def smtp_XFORWARD(self, arg: str) -> None:
         fields = getattr(self.session, "xforward", {})
-        for item in arg.split():
+        for item in (arg or "").split():
             name, _, value = item.partition("=")
             if name.upper() in XFORWARD_ATTRS:
                 fields[name.upper()] = "" if value.startswith("[") and value in ("[UNAVAILABLE]", "[TEMPUNAVAIL]") \
@@ -60,6 +60,11 @@ class Handler:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         return responses[:-1] + ["250-XFORWARD " + " ".join(XFORWARD_ATTRS[:6]), responses[-1]]
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An exception anywhere in the session outside deliver (which frontend.run maps itself):
+        451, never aiosmtpd's own "500 Error", which Postfix takes as permanent and bounces on."""
+        return frontend.failure(None, error, "lmtp", log).reply
 
     async def handle_DATA(self, server, session, envelope) -> str:
         loop = asyncio.get_running_loop()

@@ -210,6 +210,38 @@ def test_a_store_that_cannot_be_reached_keeps_the_message(kind, tmp_path, endpoi
         assert told.startswith("451 4.3.0 the store: StoreUnavailable")
 
 
+@pytest.mark.unit
+def test_an_exception_in_the_lmtp_session_is_451_not_aiosmtpd_s_500(tmp_path, endpoint, caplog):
+    """Outside deliver (here the delivery pool is gone, so handle_DATA itself raises) aiosmtpd would
+    answer "500 Error: ...", which Postfix takes as permanent."""
+    import smtplib
+    import threading
+    current = frontend.Current.resident(load_config(write_config(tmp_path, endpoint.url), Service.APP))
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.shutdown()
+    handler = lmtp.Handler(current, pool)
+    loop = asyncio.new_event_loop()
+    sock = frontend.bind_unix(tmp_path / "l.sock", 0o600)
+    server = loop.run_until_complete(loop.create_unix_server(
+        lambda: lmtp._Lmtp(handler, hostname="mx.agentmx.test", decode_data=False, loop=loop), sock=sock))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with smtplib.LMTP(str(tmp_path / "l.sock")) as c:
+            c.ehlo_or_helo_if_needed()
+            c.mail("bob@example.org")
+            c.rcpt("agent@agentmx.test")
+            code, text = c.data(MESSAGE)
+        assert code == 451 and text == b"4.3.0 internal error RuntimeError in agentmx lmtp", (code, text)
+        assert "NOQUEUE: internal error RuntimeError in agentmx lmtp (deferred)" in caplog.text
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
+
+
 # --- requests we cannot read --------------------------------------------------------------------
 
 @pytest.mark.unit
