@@ -139,12 +139,20 @@ def deferred(queue_id: str | None, why: str) -> Result:
     return Result(EX_TEMPFAIL, f"{queue_id or NOQUEUE}: {why} (deferred)", "deferred", queue_id, None, why)
 
 
+def _is_store_error(exc: BaseException) -> bool:
+    """The store's own error type, imported only on this path (the pipe starts once per message)."""
+    try:
+        from agentmx.store.base import StoreError
+    except Exception:                     # a broken install: the error is then reported as a bug
+        return False
+    return isinstance(exc, StoreError)
+
+
 def failure(queue_id: str | None, exc: BaseException, frontend: str, logger: logging.Logger) -> Result:
     """Any exception of ours, or one we were handed, as a deferral; logged here, a traceback for a bug."""
-    from agentmx.store.base import StoreError
     if isinstance(exc, (BadRequest, ConfigError)):
         result = deferred(queue_id, str(exc))
-    elif isinstance(exc, StoreError):
+    elif _is_store_error(exc):
         result = deferred(queue_id, f"the store: {exc.__class__.__name__}: {exc}")
     else:
         result = deferred(queue_id, f"internal error {exc.__class__.__name__} in agentmx {frontend}")
