@@ -24,7 +24,6 @@ import argparse
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -108,15 +107,20 @@ def envelope_from_lmtp(mail_from: str | None, rcpt_tos: list[str], xforward: dic
 
 # --- the result: exit code, SMTP reply, the outcome line -----------------------------------------
 
-@dataclass(frozen=True)
 class Result:
-    """What a front-end answers for one message. exit_code is 0 or 75 and nothing else."""
-    exit_code: int
-    line: str                        # the one outcome line, the queue id first
-    state: str                       # deliver's state, or "deferred" when deliver did not finish
-    queue_id: str | None = None
-    event_id: str | None = None
-    reason: str = ""
+    """What a front-end answers for one message. exit_code is 0 or 75 and nothing else.
+    (A plain class: defining a dataclass costs 0.5 ms, in every pipe process.)"""
+    __slots__ = ("exit_code", "line", "state", "queue_id", "event_id", "reason")
+
+    def __init__(self, exit_code: int, line: str, state: str, queue_id: str | None = None,
+                 event_id: str | None = None, reason: str = ""):
+        self.exit_code = exit_code
+        self.line = line                  # the one outcome line, the queue id first
+        self.state = state                # deliver's state, or "deferred" when deliver did not finish
+        self.queue_id, self.event_id, self.reason = queue_id, event_id, reason
+
+    def __repr__(self) -> str:
+        return f"Result({self.exit_code}, {self.line!r})"
 
     @property
     def reply(self) -> str:
