@@ -143,48 +143,23 @@ def explain(res, header: str) -> str:
 
 def cmd_deliver(args) -> int:
     """The Postfix pipe program: the message on stdin, exit 0 or 75 (never anything else)."""
-    from agentmx.deliver.core import EX_TEMPFAIL, Envelope, deliver
-    qid = args.queue_id or "NOQUEUE"
-    try:
-        config = load_config(_config_path(args.config), Service.APP)
-    except ConfigError as exc:
-        print(f"agentmx deliver: {qid}: {exc} (deferred)", file=sys.stderr)
-        return EX_TEMPFAIL
-    except Exception as exc:       # e.g. a file the pipe user may not read: keep the message
-        print(f"agentmx deliver: {qid}: cannot load the configuration: {exc.__class__.__name__}: {exc} (deferred)",
-              file=sys.stderr)
-        return EX_TEMPFAIL
-    try:
-        raw = sys.stdin.buffer.read()
-        env = Envelope(sender=args.sender, recipient=args.recipient, queue_id=args.queue_id,
-                       client_address=args.client_address, client_helo=args.client_helo,
-                       original_recipient=args.original_recipient)
-        outcome = deliver(raw, env, config)
-    except Exception as exc:       # a bug of ours must keep the message: Postfix retries
-        logging.getLogger("agentmx.deliver").exception("%s: internal error", qid)
-        print(f"agentmx deliver: {qid}: internal error {exc.__class__.__name__} (deferred)", file=sys.stderr)
-        return EX_TEMPFAIL
-    line = (f"{qid}: {outcome.state} to={args.recipient} id={outcome.event_id or '-'} "
-            f"status={outcome.status if outcome.status is not None else '-'} ({outcome.reason})")
-    # One line on stderr: Postfix's pipe(8) puts it into the status text of the delivery, so the
-    # mail log (and postqueue -p for a deferral) says what happened and why.
-    logging.getLogger("agentmx.deliver").info("%s", line)
-    return outcome.exit_code
+    from agentmx.deliver import pipe
+    return pipe.main(args, _config_path(args.config))
 
 
 def cmd_worker(args) -> int:
-    """deliver, resident, behind the lean pipe client (agentmx/pipeclient.py)."""
+    """deliver, resident, behind the lean pipe client (deliver/worker.py, deliver/pipeclient.py)."""
     config = load_config(_config_path(args.config), Service.APP)
-    from agentmx import worker
+    from agentmx.deliver import worker
     worker.serve(config, Path(args.socket) if args.socket else config.worker.socket,
                  args.processes or config.worker.processes, config.worker.socket_mode)
     return 0
 
 
 def cmd_lmtp(args) -> int:
-    """deliver as an LMTP server for Postfix's lmtp(8) (agentmx/lmtp.py)."""
+    """deliver as an LMTP server for Postfix's lmtp(8) (deliver/lmtp.py)."""
     config = load_config(_config_path(args.config), Service.APP)
-    from agentmx import lmtp
+    from agentmx.deliver import lmtp
     lmtp.serve(config, Path(args.socket) if args.socket else config.worker.lmtp_socket,
                args.processes or config.worker.processes, config.worker.socket_mode)
     return 0
@@ -456,12 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_auth)
 
     d = sub.add_parser("deliver", help="the Postfix pipe program: message on stdin, exit 0 or 75")
-    d.add_argument("--sender", default="", help="${sender}")
-    d.add_argument("--recipient", required=True, help="${recipient}")
-    d.add_argument("--queue-id", help="${queue_id}")
-    d.add_argument("--client-address", help="${client_address}")
-    d.add_argument("--client-helo", help="${client_helo}")
-    d.add_argument("--original-recipient", help="${original_recipient}")
+    from agentmx.deliver.frontend import add_envelope_arguments
+    add_envelope_arguments(d)
     d.set_defaults(func=cmd_deliver)
 
     wk = sub.add_parser("worker", help="run deliver resident for the lean pipe client ([worker] in the config)")
@@ -568,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         # Postfix bounces a message whose pipe program exits with anything but 0 or 75
         # (EX_TEMPFAIL): a deliver command line we cannot read must keep the message.
         if "deliver" in argv and exc.code not in (0, None):
-            print("agentmx deliver: bad command line in master.cf (deferred)", file=sys.stderr)
-            return 75
+            from agentmx.deliver import pipe
+            return pipe.bad_command_line(argv)
         raise
     _setup_logging(args.log_level)
     try:

@@ -84,6 +84,25 @@ def test_lmtp_answers_with_deliver_outcome(tmp_path, receiver):
         srv.stop()
 
 
+def test_lmtp_never_answers_5xx_for_an_error_of_ours(tmp_path, receiver):
+    """An exception in our LMTP code outside deliver (here a bare XFORWARD, which used to raise in
+    its parser) was answered by aiosmtpd with "500 Error: ...": Postfix takes a 5xx to any command
+    as permanent and bounces the message."""
+    cfg = write_config(tmp_path, receiver.url)
+    srv = LmtpServer(cfg, tmp_path / "lmtp.sock", processes=1)
+    try:
+        with smtplib.LMTP(str(srv.sock)) as c:
+            c.ehlo_or_helo_if_needed()
+            code, text = c.docmd("XFORWARD")
+            assert code == 250, text
+            assert c.docmd("XFORWARD", "ADDR=192.0.2.7 IDENT=4BARE")[0] == 250
+            assert c.sendmail("bob@example.org", ["agent@agentmx.test"], MESSAGE) == {}
+        assert receiver.events()[-1]["envelope"]["clientIp"] == "192.0.2.7"
+        assert "4BARE: delivered to=agent@agentmx.test" in srv.log.read_text()
+    finally:
+        srv.stop()
+
+
 def test_lmtp_behind_postfix(tmp_path, dns_server):
     dns_server.set_zone({})
     receiver = Receiver()

@@ -85,6 +85,25 @@ def test_the_client_keeps_the_deliver_contract(tmp_path, receiver):
         w.kill()
 
 
+def test_the_worker_reads_deliver_s_command_line_as_deliver_does(tmp_path, receiver):
+    """`--recipient X --queue-id Y` (separate arguments, which `agentmx deliver` accepts) used to reach
+    the worker as no recipient and no queue id: every attempt deferred while the worker was up, and
+    the webhook-id (made from the queue id) differed from the fallback's."""
+    cfg = write_config(tmp_path, receiver.url)
+    argv = [PYTHON, "-I", "-S", CLIENT, "--socket", str(tmp_path / "w.sock"), "--agentmx", AGENTMX, "--config", str(cfg),
+            "deliver", "--sender", "bob@example.org", "--recipient", "agent@agentmx.test", "--queue-id", "4SPC"]
+    w = Worker(cfg, tmp_path / "w.sock", processes=1)
+    try:
+        by_worker = subprocess.run(argv, input=MESSAGE, capture_output=True, timeout=30)
+        assert by_worker.returncode == 0 and by_worker.stderr.startswith(b"4SPC: delivered"), by_worker.stderr
+    finally:
+        w.kill()
+    by_fallback = subprocess.run(argv, input=MESSAGE, capture_output=True, timeout=30)     # worker gone
+    assert by_fallback.returncode == 0, by_fallback.stderr
+    assert len(receiver.requests) == 2 and len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+    assert "4SPC: delivered to=agent@agentmx.test" in w.log.read_text()
+
+
 def test_worker_down_the_client_delivers_itself(tmp_path, receiver):
     cfg = write_config(tmp_path, receiver.url)
     out = client(cfg, tmp_path / "nobody-listens.sock")

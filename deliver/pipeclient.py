@@ -1,5 +1,5 @@
 """The lean pipe client: Postfix's pipe(8) runs this per message; a resident `agentmx worker`
-does the work. Standard library only, no agentmx imports: it runs as
+(deliver/worker.py) does the work. Standard library only, no agentmx imports: it runs as
 
     python3 -I -S .../share/agentmx/pipeclient.py --socket PATH --agentmx PATH ARGS...
 
