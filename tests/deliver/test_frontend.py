@@ -34,7 +34,7 @@ from agentmx import cli
 from agentmx.config import Service, load_config
 from agentmx.deliver import frontend, lmtp, pipe, worker
 from agentmx.deliver.core import Envelope, Outcome
-from agentmx.store import Store
+from agentmx.store.embedded import EmbeddedStore
 from agentmx.store.base import StoreUnavailable
 from support.receiver import Receiver
 from test_cli_deliver import MESSAGE, SECRET
@@ -175,8 +175,8 @@ def test_the_three_frontends_make_the_same_event(tmp_path, endpoint):
 
 # --- exceptions of ours, the store -------------------------------------------------------------
 
-class BrokenStore(Store):
-    """A real file store with one bug: storing a blob raises."""
+class BrokenStore(EmbeddedStore):
+    """A real embedded store with one bug: storing a blob raises."""
 
     def put_blob(self, data: bytes) -> str:
         raise KeyError("a bug of ours")
@@ -388,7 +388,7 @@ def test_the_store_is_made_once_per_process_and_again_when_it_moves(tmp_path, en
 
     def factory(config):
         made.append((os.getpid(), config.data_dir))
-        return Store(config.data_dir)
+        return EmbeddedStore(config.data_dir)
     cfg = write_config(tmp_path, endpoint.url)
     v = Via("worker", cfg, store_factory=factory)
     for n in range(3):
@@ -398,7 +398,7 @@ def test_the_store_is_made_once_per_process_and_again_when_it_moves(tmp_path, en
     assert v.send(queue_id="4S3")[0] == 0 and len(made) == 1
     cfg.write_text(cfg.read_text().replace(f'data_dir = "{tmp_path / "data"}"', f'data_dir = "{tmp_path / "d2"}"'))
     assert v.send(queue_id="4S4")[0] == 0
-    assert made[1:] == [(os.getpid(), tmp_path / "d2")] and (tmp_path / "d2" / "events").is_dir()
+    assert made[1:] == [(os.getpid(), tmp_path / "d2")] and (tmp_path / "d2" / "agentmx.sqlite").is_file()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                                       # a forked process makes its own
@@ -418,7 +418,7 @@ def test_the_pipe_makes_its_store_once(tmp_path, endpoint):
     made = []
     cfg = write_config(tmp_path, endpoint.url)
     args = cli.build_parser().parse_args(["deliver", "--recipient=agent@agentmx.test", "--queue-id=4P"])
-    assert pipe.main(args, cfg, io.BytesIO(MESSAGE), lambda c: made.append(c) or Store(c.data_dir)) == 0
+    assert pipe.main(args, cfg, io.BytesIO(MESSAGE), lambda c: made.append(c) or EmbeddedStore(c.data_dir)) == 0
     assert len(made) == 1 and len(endpoint.requests) == 1
 
 
