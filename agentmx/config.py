@@ -206,6 +206,7 @@ class S3Config:
     region: str = "us-east-1"
     access_key: str = field(default="", repr=False)
     secret_key: str = field(default="", repr=False)
+    prefix: str = ""                             # a key prefix: several installs (or tests) share one bucket
 
 
 @dataclass(frozen=True)
@@ -555,6 +556,8 @@ def _store(sec: _Section) -> StoreConfig:
         region=s3_sec.get("region", S3Config.region, _nonempty_str, "a region name"),
         access_key=_secret(s3_sec, "access_key", min_len=1) or "",
         secret_key=_secret(s3_sec, "secret_key", min_len=1) or "",
+        prefix=s3_sec.get("prefix", "", lambda v: v if isinstance(v, str) and re.fullmatch(
+            r"((?!\.\.?/)[A-Za-z0-9._-]+/)*", v) else _raise(), 'a key prefix ending in "/" (letters, digits, . _ -)'),
     )
     s3_sec.finish()
     sec.finish("s3")

@@ -148,3 +148,8 @@ def test_the_store_section(tmp_path):
     cfg = parse_config(full, P, Service.APP)
     assert cfg.store.database_url.startswith("postgresql://") and cfg.store.s3.secret_key == "sk"
     assert "pw" not in repr(cfg) and "sk" not in repr(cfg.store)
+    assert cfg.store.s3.prefix == ""
+    assert parse_config(full.replace("[store.s3]\n", '[store.s3]\nprefix = "mx/a/"\n'), P).store.s3.prefix == "mx/a/"
+    for bad in ("mx", "/mx/", "../", "a b/"):
+        with pytest.raises(ConfigError, match=r"\[store.s3\] prefix: must be a key prefix"):
+            parse_config(full.replace("[store.s3]\n", f'[store.s3]\nprefix = "{bad}"\n'), P)

@@ -323,5 +323,5 @@ class BlobStore:
 
 def blob_store(s3) -> BlobStore:
     """From config.store.s3 (agentmx.config.S3Config)."""
-    return BlobStore(S3Client(s3.endpoint, s3.bucket, s3.region, s3.access_key, s3.secret_key))
+    return BlobStore(S3Client(s3.endpoint, s3.bucket, s3.region, s3.access_key, s3.secret_key), root=s3.prefix)
 

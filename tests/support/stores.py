@@ -5,13 +5,21 @@
         gives another store on the same database and prefix (a second process or MX host).
     postgres_store: one such store with the real clock.
 
+    store_section(backend, where, pg_server=None, s3_server=None, owner="nobody", database=None)
+        -> the [store] TOML for an agentmx.toml: "" for embedded; for postgres a new database (or
+        `database`, to share one between hosts), a key prefix of its own in the session's bucket,
+        and the URL and keys in files under `where` readable only by `owner` (the services' user).
+
 Everything made is closed, and its database dropped, when the test ends. For the contract tests'
 `store` fixture, the postgres parameter is one line:
     request.getfixturevalue("postgres_store_factory")(clock=clock)
 """
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +62,28 @@ def postgres_store_factory(pg_server, s3_server):  # noqa: F811
 @pytest.fixture
 def postgres_store(postgres_store_factory):
     return postgres_store_factory()
+
+
+def store_section(backend: str, where: Path, pg_server=None, s3_server=None, owner: str = "nobody",
+                  database: str | None = None) -> str:
+    """The [store] tables of an agentmx.toml for `backend` ("embedded" or "postgres"), as an
+    operator writes them: the secrets in files of their own, mode 0400, owned by `owner` (the user
+    deliver and serve run as in the test). `database`: an existing database name (a second host on
+    the first one's database and key prefix); otherwise a new one is made."""
+    if backend == "embedded":
+        return '[store]\nbackend = "embedded"\n'
+    if database is None:
+        database = f"agentmx_{time.monotonic_ns() % 10**12}"
+        pg_server.create_database(database)
+    where.mkdir(parents=True, exist_ok=True)
+    files = {"database.url": pg_server.url_for(database), "s3.access": s3_server.access_key,
+             "s3.secret": s3_server.secret_key}
+    for name, value in files.items():
+        path = where / name
+        path.write_text(value + "\n")
+        shutil.chown(path, owner)
+        os.chmod(path, 0o400)
+    return (f'[store]\nbackend = "postgres"\ndatabase_url_file = "{where / "database.url"}"\n'
+            f'[store.s3]\nendpoint = "{s3_server.endpoint}"\nbucket = "{s3_server.bucket}"\n'
+            f'region = "{s3_server.region}"\nprefix = "{database}/"\n'
+            f'access_key_file = "{where / "s3.access"}"\nsecret_key_file = "{where / "s3.secret"}"\n')
