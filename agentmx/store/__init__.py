@@ -7,6 +7,7 @@
     base.py        the interface, and its one error type (StoreError: StoreUnavailable, SchemaMismatch)
     migrations.py  the schema's versions, each with its DDL per backend
     embedded.py    the embedded backend; legacy.py imports an earlier version's data directory into it
+    transfer.py    moving a store to another backend, verified (`agentmx store migrate --to postgres`)
     cli.py         `agentmx store migrate`
 
 `open_store(config)` gives the configured backend. Nothing is imported here that deliver's
@@ -21,8 +22,10 @@ from typing import Callable
 from .base import SchemaMismatch, Store, StoreError, StoreUnavailable  # noqa: F401
 
 
-def open_store(config, clock: Callable[[], float] = time.time) -> Store:
-    """The store `config.store` names (the postgres backend imported only when configured)."""
+def open_store(config, clock: Callable[[], float] = time.time, pool_size: int = 1) -> Store:
+    """The store `config.store` names (the postgres backend imported only when configured);
+    `pool_size`: connections a postgres store may hold at once (threads; the embedded store has
+    one per thread anyway)."""
     from agentmx.config import StoreBackend
     backend = config.store.backend
     if backend is StoreBackend.EMBEDDED:
@@ -34,5 +37,5 @@ def open_store(config, clock: Callable[[], float] = time.time) -> Store:
         except ImportError as exc:
             raise StoreError(f"[store] backend = \"postgres\" is not available in this agentmx "
                              f"({exc.name or exc}): install agentmx[postgres], or set backend = \"embedded\"") from None
-        return postgres.PostgresStore.from_config(config.store, clock)
+        return postgres.PostgresStore.from_config(config.store, clock, pool_size=pool_size)
     raise StoreError(f"unknown store backend {backend!r}")

@@ -17,7 +17,7 @@ import abc
 from typing import Callable, Iterable
 
 from .model import (Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
-                    SendRecord)
+                    RecordKind, SendRecord)
 
 
 class StoreError(Exception):
@@ -200,6 +200,28 @@ class Store(abc.ABC):
         """Remove what is older than `older_than` (events, their attempts and deliveries, inbox
         rows, sends, jobs, transcripts, old counter entries) and every blob no remaining event
         refers to (blobs are shared by content)."""
+
+    # --- moving a store to another backend (`agentmx store migrate --to`, transfer.py) -------------
+
+    @abc.abstractmethod
+    def export_records(self, kind: RecordKind, after=None, limit: int = 500) -> list:
+        """Up to `limit` records of `kind` whose key (model.record_key) is after `after` (None: from
+        the first), in key order (text keys in code-point order), as model.py's neutral values:
+        StoredEvent (by seq), SendRecord, StoredJob (by id), StoredTranscript (by event_id),
+        StoredUses (by (key, at)). Read in one transaction: an event comes with all of it."""
+
+    @abc.abstractmethod
+    def import_records(self, kind: RecordKind, records: list) -> int:
+        """Insert, in one transaction, each record whose key this store does not hold yet, exactly
+        as given (an event at its seq, with its delivery, attempts, blob references and inbox
+        row; the counters behind metrics() counted as if it had arrived here); a record whose key
+        is here already is left as it is (never overwritten, never doubled). StoredUses: as many
+        uses at that instant as the record counts. The next event put here comes after every
+        imported one. StoreError when an event's seq is another event's here. The number inserted."""
+
+    @abc.abstractmethod
+    def blob_names(self, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
+        """(sha256, size) of up to `limit` blobs kept, in name order, after `after`."""
 
     # Room for the next issues: the schema already has the tables for delivery-status events of
     # sends (issue 16), suppressions and blocks; their methods come with those issues.

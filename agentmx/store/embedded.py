@@ -41,7 +41,8 @@ from agentmx.ownership import NotOurs, hand_over, no_other_access, refuse_links
 from . import migrations
 from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
 from .model import (EXCERPT, LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job,
-                    JobState, Metrics, SendRecord, SendState, base_address)
+                    JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript,
+                    StoredUses, base_address, delivered_at)
 
 FILE = "agentmx.sqlite"
 BACKEND = "embedded"
@@ -539,11 +540,8 @@ class EmbeddedStore(Store):
                         record.state.value, record.created))
 
     def get_send(self, send_id: str) -> SendRecord | None:
-        r = self._one("SELECT id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, reply_to_event, "
-                      "state, created FROM sends WHERE id = ?", (send_id,))
-        if r is None:
-            return None
-        return SendRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], r[8], SendState(r[9]), r[10])
+        r = self._one(f"SELECT {_SEND} FROM sends WHERE id = ?", (send_id,))
+        return _send(r) if r else None
 
     # --- agent jobs ----------------------------------------------------------------------------------
 
@@ -722,6 +720,158 @@ class EmbeddedStore(Store):
                 if not dry_run:
                     file.unlink(missing_ok=True)
         return count, size
+
+    # --- moving a store (transfer.py) ----------------------------------------------------------------
+
+    def export_records(self, kind: RecordKind, after=None, limit: int = 500) -> list:
+        limit = max(1, int(limit))
+        with self._tx(write=False) as db:
+            if kind is RecordKind.EVENTS:
+                return _export_events(db, 0 if after is None else int(after), limit)
+            if kind is RecordKind.SENDS:
+                rows = db.execute(f"SELECT {_SEND} FROM sends WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit))
+                return [_send(r) for r in rows]
+            if kind is RecordKind.JOBS:
+                rows = db.execute("SELECT id, state, attempts, actions, last_error, next_at, lease_until, created, "
+                                  "updated FROM jobs WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit))
+                return [StoredJob(r[0], JobState(r[1]), r[2], tuple(json.loads(r[3])), *r[4:]) for r in rows]
+            if kind is RecordKind.TRANSCRIPTS:
+                rows = db.execute("SELECT event_id, record, updated FROM transcripts WHERE event_id > ? "
+                                  "ORDER BY event_id LIMIT ?", (after or "", limit))
+                return [StoredTranscript(*r) for r in rows]
+            if kind is RecordKind.USES:
+                key, at = after if after is not None else ("", float("-inf"))
+                rows = db.execute("SELECT key, at, COUNT(*) FROM uses WHERE key > ? OR (key = ? AND at > ?) "
+                                  "GROUP BY key, at ORDER BY key, at LIMIT ?", (key, key, at, limit))
+                return [StoredUses(*r) for r in rows]
+        raise StoreError(f"no such record kind {kind!r}")
+
+    def import_records(self, kind: RecordKind, records: list) -> int:
+        inserted = 0
+        with self._tx() as db:
+            for r in records:
+                inserted += _IMPORT[kind](db, r)
+        if inserted and kind is RecordKind.EVENTS:
+            notify.ring(self.data_dir)
+        return inserted
+
+    def blob_names(self, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        try:
+            folders = sorted(os.listdir(self.blobs)) if os.path.isdir(self.blobs) else []
+            for folder in folders:
+                if not re.fullmatch(r"[0-9a-f]{2}", folder) or folder < after[:2]:
+                    continue
+                path = self.blobs / folder
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+                for name in sorted(os.listdir(path)):
+                    if name <= after or not _SHA.match(name) or name[:2] != folder:
+                        continue
+                    try:
+                        st = os.lstat(path / name)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        out.append((name, st.st_size))
+                        if len(out) >= limit:
+                            return out
+        except OSError as exc:
+            raise self._unavailable(exc) from None
+        return out
+
+
+# --- moving a store: rows <-> the neutral records of model.py ----------------------------------------
+
+_SEND = "id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, reply_to_event, state, created"
+
+
+def _send(r) -> SendRecord:
+    return SendRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], r[8], SendState(r[9]), r[10])
+
+
+def _export_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+    rows = db.execute(f"SELECT e.seq, e.id, b.body, e.recipient, e.address, e.sender, e.subject, e.thread_id, "
+                      f"e.message_id, e.received, e.accepted, e.read, e.spf, e.dkim, e.dmarc, e.arc, "
+                      + ", ".join(f"d.{c}" for c in _DELIVERY.split(", ")) + " "
+                      "FROM events e JOIN event_bodies b ON b.seq = e.seq JOIN deliveries d ON d.event_id = e.id "
+                      "WHERE e.seq > ? ORDER BY e.seq LIMIT ?", (after, limit)).fetchall()
+    if not rows:
+        return []
+    span = "(SELECT id FROM events WHERE seq > ? AND seq <= ?)"
+    bounds = (after, rows[-1][0])
+    attempts: dict[str, list[Attempt]] = {}
+    for r in db.execute("SELECT event_id, at, outcome, status, duration_ms, excerpt, webhook_id, queue_id FROM attempts "
+                        f"WHERE event_id IN {span} ORDER BY id", bounds):
+        attempts.setdefault(r[0], []).append(Attempt(r[1], DeliveryState(r[2]), *r[3:]))
+    blobs: dict[str, list[str]] = {}
+    for event_id, sha in db.execute(f"SELECT event_id, sha256 FROM event_blobs WHERE event_id IN {span}", bounds):
+        blobs.setdefault(event_id, []).append(sha)
+    return [StoredEvent(seq=r[0], id=r[1], body=bytes(r[2]), recipient=r[3], address=r[4], sender=r[5], subject=r[6],
+                        thread_id=r[7], message_id=r[8] or "", received=r[9], accepted=r[10], read=bool(r[11]),
+                        verdicts=tuple(r[12:16]), blobs=tuple(sorted(blobs.get(r[1], ()))),
+                        delivery=_delivery(r[16:]), attempts=tuple(attempts.get(r[1], ())))
+            for r in rows]
+
+
+def _import_event(db: sqlite3.Connection, r: StoredEvent) -> int:
+    if db.execute("SELECT 1 FROM events WHERE id = ?", (r.id,)).fetchone():
+        return 0
+    other = db.execute("SELECT id FROM events WHERE seq = ?", (r.seq,)).fetchone()
+    if other:
+        raise StoreError(f"inbox position {r.seq} of {r.id} is {other[0]}'s in {FILE}: the store took mail of its "
+                         "own before the import")
+    d = r.delivery
+    db.execute("INSERT INTO events (seq, id, address, recipient, sender, subject, thread_id, message_id, received, "
+               "accepted, read, spf, dkim, dmarc, arc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (r.seq, r.id, r.address, r.recipient, r.sender, r.subject, r.thread_id, r.message_id or None, r.received,
+                r.received if r.accepted is None else r.accepted, int(r.read), *r.verdicts))
+    db.execute("INSERT INTO event_bodies (seq, body) VALUES (?, ?)", (r.seq, r.body))
+    db.execute("INSERT INTO deliveries (event_id, route, recipient, state, attempts, status, reason, queue_id, created, "
+               "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (r.id, d.route, d.recipient, d.state.value, d.attempts, d.status, d.reason, d.queue_id, d.created,
+                d.updated))
+    db.executemany("INSERT INTO attempts (event_id, at, outcome, status, duration_ms, excerpt, webhook_id, queue_id) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [(r.id, a.at, a.outcome.value, a.status, a.duration_ms, a.excerpt, a.webhook_id, a.queue_id)
+                    for a in r.attempts])
+    db.executemany("INSERT OR IGNORE INTO event_blobs (event_id, sha256) VALUES (?, ?)", [(r.id, s) for s in r.blobs])
+    changes = [("received", "", 1), ("state", d.state.value, 1), ("attempts", "", d.attempts),
+               *(("verdict", f"{c}={v}", 1) for c, v in zip(CHECKS, r.verdicts))]
+    if r.accepted is not None:
+        for at in delivered_at(r.attempts):
+            changes += _latency(at - r.accepted)
+    _bump(db, changes)
+    return 1
+
+
+def _import_send(db: sqlite3.Connection, r: SendRecord) -> int:
+    return db.execute(f"INSERT OR IGNORE INTO sends ({_SEND}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (r.id, r.key, r.sender, json.dumps(list(r.recipients)), r.message_id, r.queue_id, r.thread_id,
+                       r.in_reply_to, r.reply_to_event, r.state.value, r.created)).rowcount
+
+
+def _import_job(db: sqlite3.Connection, r: StoredJob) -> int:
+    return db.execute("INSERT OR IGNORE INTO jobs (id, state, attempts, actions, last_error, next_at, lease_until, "
+                      "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (r.id, r.state.value, r.attempts, json.dumps(list(r.actions)), r.last_error, r.next_at,
+                       r.lease_until, r.created, r.updated)).rowcount
+
+
+def _import_transcript(db: sqlite3.Connection, r: StoredTranscript) -> int:
+    return db.execute("INSERT OR IGNORE INTO transcripts (event_id, record, updated) VALUES (?, ?, ?)",
+                      (r.event_id, r.record, r.at)).rowcount
+
+
+def _import_uses(db: sqlite3.Connection, r: StoredUses) -> int:
+    have = db.execute("SELECT COUNT(*) FROM uses WHERE key = ? AND at = ?", (r.key, r.at)).fetchone()[0]
+    missing = max(0, r.count - have)
+    db.executemany("INSERT INTO uses (key, at) VALUES (?, ?)", [(r.key, r.at)] * missing)
+    return int(missing > 0)
+
+
+_IMPORT = {RecordKind.EVENTS: _import_event, RecordKind.SENDS: _import_send, RecordKind.JOBS: _import_job,
+           RecordKind.TRANSCRIPTS: _import_transcript, RecordKind.USES: _import_uses}
 
 
 # --- rows -> records ---------------------------------------------------------------------------------

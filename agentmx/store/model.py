@@ -148,3 +148,87 @@ class Metrics:
 # The delivery latency histogram's bounds (seconds, acceptance by Postfix -> the agent's 2xx),
 # shared by both backends' counters and by /metrics.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)
+
+
+# --- moving a store: what Store.export_records gives and Store.import_records takes ----------------
+# Backend-neutral values (the embedded and postgres schemas differ: SQLite keeps the inbox columns
+# on events, PostgreSQL an inbox table beside them), so a move in either direction, and its
+# verification (the same export of both stores, compared), needs no code per pair of backends.
+
+class RecordKind(_Named):
+    """What a store exports and imports, in the order a move copies them, each with its key."""
+    EVENTS = "events"              # StoredEvent, by seq (the inbox's order, kept)
+    SENDS = "sends"                # SendRecord, by id
+    JOBS = "jobs"                  # StoredJob, by id
+    TRANSCRIPTS = "transcripts"    # StoredTranscript, by event_id
+    USES = "uses"                  # StoredUses, by (key, at): rate-limit and loop-breaker counts
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event with everything of it: its inbox row, body, blob references, delivery, attempts."""
+    seq: int
+    id: str
+    body: bytes                      # the event JSON as last sent
+    recipient: str
+    address: str
+    sender: str
+    subject: str
+    thread_id: str | None
+    message_id: str                  # "" when the message had none
+    received: float                  # when the store took it
+    accepted: float | None           # the event's createdAt (acceptance by Postfix), None when unreadable
+    read: bool
+    verdicts: tuple[str, str, str, str]   # spf, dkim, dmarc, arc as stored
+    blobs: tuple[str, ...]           # sha256 of the raw message and attachments, sorted
+    delivery: Delivery
+    attempts: tuple[Attempt, ...]    # in order
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    id: str
+    state: JobState
+    attempts: int
+    actions: tuple[str, ...]
+    last_error: str
+    next_at: float
+    lease_until: float
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class StoredTranscript:
+    event_id: str
+    record: str                      # the JSON text as written
+    at: float                        # when it was written
+
+
+@dataclass(frozen=True)
+class StoredUses:
+    key: str                         # "to:<address>", "thread:<id>", "agent:<route>"
+    at: float
+    count: int                       # uses under this key at this instant
+
+
+def record_key(record):
+    """The key a record is exported in order of (and imported once by)."""
+    if isinstance(record, StoredEvent):
+        return record.seq
+    if isinstance(record, StoredTranscript):
+        return record.event_id
+    if isinstance(record, StoredUses):
+        return (record.key, record.at)
+    return record.id                 # SendRecord, StoredJob
+
+
+def delivered_at(attempts) -> list[float]:
+    """When each attempt took the delivery into DELIVERED (from another state): the observations
+    of the latency histogram, as record_attempt counts them, for an imported event."""
+    out, before = [], None
+    for a in attempts:
+        if a.outcome is DeliveryState.DELIVERED and before is not DeliveryState.DELIVERED:
+            out.append(a.at)
+        before = a.outcome
+    return out

@@ -35,7 +35,8 @@ from psycopg import errors as pgerrors
 from . import migrations
 from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
 from .model import (LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState,
-                    Metrics, SendRecord, SendState)
+                    Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses,
+                    delivered_at)
 from .s3 import BlobStore
 
 log = logging.getLogger("agentmx.store.postgres")
@@ -345,12 +346,8 @@ class PostgresStore(Store):
              _opt_text(record.in_reply_to), _opt_text(record.reply_to_event), record.state.value, record.created))
 
     def get_send(self, send_id: str) -> SendRecord | None:
-        r = self._one("SELECT id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, "
-                      "reply_to_event, state, created FROM sends WHERE id = %s", (send_id,))
-        if r is None:
-            return None
-        return SendRecord(id=r[0], key=r[1], sender=r[2], recipients=tuple(r[3]), message_id=r[4], queue_id=r[5],
-                          thread_id=r[6], in_reply_to=r[7], reply_to_event=r[8], state=SendState(r[9]), created=r[10])
+        r = self._one(f"SELECT {_SEND} FROM sends WHERE id = %s", (send_id,))
+        return _send(r) if r else None
 
     # --- agent jobs -------------------------------------------------------------------------------------------
 
@@ -557,6 +554,43 @@ class PostgresStore(Store):
                 size += length
         return removed, size
 
+    # --- moving a store (transfer.py) ----------------------------------------------------------------------
+    # Text keys in code-point order whatever the database's collation: COLLATE "C".
+
+    def export_records(self, kind: RecordKind, after=None, limit: int = 500) -> list:
+        limit = max(1, int(limit))
+        if kind is RecordKind.EVENTS:
+            return self._run(lambda cur: _export_events(cur, 0 if after is None else int(after), limit))
+        if kind is RecordKind.SENDS:
+            rows = self._all(f'SELECT {_SEND} FROM sends WHERE id > %s COLLATE "C" ORDER BY id COLLATE "C" LIMIT %s',
+                             (after or "", limit))
+            return [_send(r) for r in rows]
+        if kind is RecordKind.JOBS:
+            rows = self._all('SELECT id, state, attempts, actions, last_error, next_at, lease_until, created, updated '
+                             'FROM jobs WHERE id > %s COLLATE "C" ORDER BY id COLLATE "C" LIMIT %s', (after or "", limit))
+            return [StoredJob(r[0], JobState(r[1]), r[2], tuple(r[3] or ()), *r[4:]) for r in rows]
+        if kind is RecordKind.TRANSCRIPTS:
+            rows = self._all('SELECT event_id, record, created FROM transcripts WHERE event_id > %s COLLATE "C" '
+                             'ORDER BY event_id COLLATE "C" LIMIT %s', (after or "", limit))
+            return [StoredTranscript(*r) for r in rows]
+        if kind is RecordKind.USES:
+            key, at = after if after is not None else ("", float("-inf"))
+            rows = self._all('SELECT key, at, COUNT(*) FROM uses WHERE key > %s COLLATE "C" OR (key = %s AND at > %s) '
+                             'GROUP BY key, at ORDER BY key COLLATE "C", at LIMIT %s', (key, key, at, limit))
+            return [StoredUses(*r) for r in rows]
+        raise StoreError(f"no such record kind {kind!r}")
+
+    def import_records(self, kind: RecordKind, records: list) -> int:
+        records = list(records)
+        if not records:
+            return 0
+        return self._run(lambda cur: _IMPORT[kind](cur, records))
+
+    def blob_names(self, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
+        return [(sha, size) for sha, size in self._all(
+            'SELECT sha256, size FROM blobs WHERE sha256 > %s COLLATE "C" ORDER BY sha256 COLLATE "C" LIMIT %s',
+            (after, max(1, int(limit))))]
+
     # --- small helpers ----------------------------------------------------------------------------------------
 
     def _one(self, sql: str, args):
@@ -680,6 +714,155 @@ def _inbox(r) -> InboxRow:
 def _job(r) -> Job:
     return Job(id=r[0], state=JobState(r[1]), attempts=r[2], actions=tuple(r[3] or ()), last_error=r[4],
                next_at=r[5])
+
+
+# --- moving a store: rows <-> the neutral records of model.py -------------------------------------------------
+
+_SEND = "id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, reply_to_event, state, created"
+
+
+def _send(r) -> SendRecord:
+    return SendRecord(id=r[0], key=r[1], sender=r[2], recipients=tuple(r[3]), message_id=r[4], queue_id=r[5],
+                      thread_id=r[6], in_reply_to=r[7], reply_to_event=r[8], state=SendState(r[9]), created=r[10])
+
+
+def _export_events(cur, after: int, limit: int) -> list[StoredEvent]:
+    cur.execute("SELECT i.seq, e.id, e.body, e.recipient, i.address, i.sender, i.subject, i.thread_id, e.message_id, "
+                "i.received, e.accepted, i.read, e.spf, e.dkim, e.dmarc, e.arc, d.event_id, d.route, d.recipient, "
+                "d.state, d.attempts, d.status, d.reason, d.queue_id, d.created, d.updated "
+                "FROM inbox i JOIN events e ON e.id = i.id JOIN deliveries d ON d.event_id = i.id "
+                "WHERE i.seq > %s ORDER BY i.seq LIMIT %s", (after, limit))
+    rows = cur.fetchall()
+    if not rows:
+        return []
+    ids = [r[1] for r in rows]
+    attempts: dict[str, list[Attempt]] = {}
+    cur.execute("SELECT event_id, at, outcome, status, duration_ms, excerpt, webhook_id, queue_id FROM attempts "
+                "WHERE event_id = ANY(%s) ORDER BY id", (ids,))
+    for r in cur.fetchall():
+        attempts.setdefault(r[0], []).append(Attempt(r[1], DeliveryState(r[2]), *r[3:]))
+    blobs: dict[str, list[str]] = {}
+    cur.execute("SELECT event_id, sha256 FROM event_blobs WHERE event_id = ANY(%s)", (ids,))
+    for event_id, sha in cur.fetchall():
+        blobs.setdefault(event_id, []).append(sha)
+    return [StoredEvent(seq=r[0], id=r[1], body=bytes(r[2]), recipient=r[3], address=r[4], sender=r[5], subject=r[6],
+                        thread_id=r[7], message_id=r[8] or "", received=r[9], accepted=r[10], read=bool(r[11]),
+                        verdicts=tuple(r[12:16]), blobs=tuple(sorted(blobs.get(r[1], ()))),
+                        delivery=_delivery(r[16:]), attempts=tuple(attempts.get(r[1], ())))
+            for r in rows]
+
+
+def _missing(cur, table: str, column: str, keys: list[str]) -> set[str]:
+    cur.execute(f"SELECT {column} FROM {table} WHERE {column} = ANY(%s)", (keys,))
+    return set(keys) - {r[0] for r in cur.fetchall()}
+
+
+def _import_events(cur, records: list[StoredEvent]) -> int:
+    cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_INBOX))     # put_event's: one order
+    missing = _missing(cur, "events", "id", [r.id for r in records])
+    new = [r for r in records if r.id in missing]
+    if not new:
+        return 0
+    cur.execute("SELECT seq, id FROM inbox WHERE seq = ANY(%s) ORDER BY seq LIMIT 1", ([r.seq for r in new],))
+    taken = cur.fetchone()
+    if taken:
+        raise StoreError(f"inbox position {taken[0]} is {taken[1]}'s in this database, not the imported event's: "
+                         "the database took mail of its own before the import")
+    cur.executemany("INSERT INTO events (id, recipient, message_id, route, body, accepted, spf, dkim, dmarc, arc, "
+                    "created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(r.id, _text(r.recipient), _text(r.message_id), _text(r.delivery.route), r.body, r.accepted,
+                      *(_text(v) for v in r.verdicts), r.received) for r in new])
+    cur.executemany("INSERT INTO deliveries (event_id, route, recipient, state, attempts, status, reason, queue_id, "
+                    "created, updated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(r.id, _text(d.route), _text(d.recipient), d.state.value, d.attempts, d.status, _text(d.reason),
+                      _opt_text(d.queue_id), d.created, d.updated) for r in new for d in (r.delivery,)])
+    cur.executemany("INSERT INTO inbox (seq, id, address, recipient, sender, subject, thread_id, received, state, read) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(r.seq, r.id, _text(r.address), _text(r.recipient), _text(r.sender), _text(r.subject),
+                      _opt_text(r.thread_id), r.received, r.delivery.state.value, r.read) for r in new])
+    rows = [(r.id, a.at, a.outcome.value, a.status, a.duration_ms, _text(a.excerpt), _text(a.webhook_id),
+             _opt_text(a.queue_id)) for r in new for a in r.attempts]
+    if rows:
+        cur.executemany("INSERT INTO attempts (event_id, at, outcome, status, duration_ms, excerpt, webhook_id, "
+                        "queue_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    refs = [(r.id, sha) for r in new for sha in r.blobs]
+    if refs:
+        cur.executemany("INSERT INTO event_blobs (event_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING", refs)
+    deltas: dict[tuple[str, str], float] = {}
+
+    def add(key, value):
+        deltas[key] = deltas.get(key, 0) + value
+    for r in new:
+        add(("received", ""), 1)
+        add(("state", r.delivery.state.value), 1)
+        add(("attempts", ""), r.delivery.attempts)
+        for check, value in zip(CHECKS, r.verdicts):
+            add(("verdict", f"{check}:{_text(value)}"), 1)
+        for at in (delivered_at(r.attempts) if r.accepted is not None else ()):
+            latency = max(0.0, at - r.accepted)
+            bound = next((b for b in LATENCY_BUCKETS if latency <= b), None)
+            add(("latency_bucket", "+Inf" if bound is None else f"{bound:g}"), 1)
+            add(("latency_sum", ""), latency)
+            add(("latency_count", ""), 1)
+    _count(cur, deltas)
+    # Mail put here from now on comes after every imported event (is_called: nextval gives last_value + 1).
+    cur.execute("SELECT setval('inbox_seq', GREATEST(%s, (SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+                "FROM inbox_seq)))", (max(r.seq for r in new),))
+    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(max(r.seq for r in new))))
+    return len(new)
+
+
+def _import_sends(cur, records: list[SendRecord]) -> int:
+    missing = _missing(cur, "sends", "id", [r.id for r in records])
+    new = [r for r in records if r.id in missing]
+    if new:
+        cur.executemany(f"INSERT INTO sends ({_SEND}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        [(r.id, _text(r.key), _text(r.sender), [_text(x) for x in r.recipients], _text(r.message_id),
+                          _opt_text(r.queue_id), _opt_text(r.thread_id), _opt_text(r.in_reply_to),
+                          _opt_text(r.reply_to_event), r.state.value, r.created) for r in new])
+    return len(new)
+
+
+def _import_jobs(cur, records: list[StoredJob]) -> int:
+    missing = _missing(cur, "jobs", "id", [r.id for r in records])
+    new = [r for r in records if r.id in missing]
+    if new:
+        cur.executemany("INSERT INTO jobs (id, state, attempts, actions, last_error, next_at, lease_until, created, "
+                        "updated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                        [(r.id, r.state.value, r.attempts, [_text(a) for a in r.actions], _text(r.last_error),
+                          r.next_at, r.lease_until, r.created, r.updated) for r in new])
+    return len(new)
+
+
+def _import_transcripts(cur, records: list[StoredTranscript]) -> int:
+    missing = _missing(cur, "transcripts", "event_id", [r.event_id for r in records])
+    new = [r for r in records if r.event_id in missing]
+    if new:
+        cur.executemany("INSERT INTO transcripts (event_id, record, created) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (event_id) DO NOTHING", [(r.event_id, _text(r.record), r.at) for r in new])
+    return len(new)
+
+
+def _import_uses(cur, records: list[StoredUses]) -> int:
+    keys = sorted({_text(r.key) for r in records})
+    for key in keys:                       # take()'s locks, in its order
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NS_TAKE, key))
+    cur.execute("SELECT key, at, COUNT(*) FROM uses WHERE key = ANY(%s) GROUP BY key, at", (keys,))
+    have = {(k, at): n for k, at, n in cur.fetchall()}
+    rows, inserted = [], 0
+    for r in records:
+        missing = r.count - have.get((_text(r.key), r.at), 0)
+        if missing > 0:
+            rows += [(_text(r.key), r.at)] * missing
+            inserted += 1
+    if rows:
+        cur.executemany("INSERT INTO uses (key, at) VALUES (%s, %s)", rows)
+    return inserted
+
+
+_IMPORT = {RecordKind.EVENTS: _import_events, RecordKind.SENDS: _import_sends, RecordKind.JOBS: _import_jobs,
+           RecordKind.TRANSCRIPTS: _import_transcripts, RecordKind.USES: _import_uses}
 
 
 def _count(cur, deltas: dict[tuple[str, str], float]) -> None:

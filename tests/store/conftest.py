@@ -45,3 +45,12 @@ def store(request, tmp_path, clock):
     s.migrate()
     yield s
     s.close()
+
+
+@pytest.fixture
+def other_store(request, store, tmp_path, clock):
+    """A second fresh, migrated store of the same backend as `store` (the target of an import)."""
+    s = BACKENDS[request.node.callspec.params["store"]](request, tmp_path / "other", clock)
+    s.migrate()
+    yield s
+    s.close()

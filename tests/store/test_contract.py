@@ -4,6 +4,7 @@ its own connection) must not win together."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -497,3 +498,143 @@ def test_gc_removes_what_is_old_and_keeps_shared_blobs(store, clock):
     assert m.verdicts[("dmarc", "pass")] == 1
     assert (m.attempts, m.latency_count) == (before.attempts, before.latency_count)    # counters only grow
     assert store.gc(cutoff) == type(report)(0, 0, 0, {k: 0 for k in report.other})
+
+
+# --- moving a store: export and import (transfer.py) ---------------------------------------------------
+
+def populate(store, clock) -> dict:
+    """A store with a bit of everything: events with blobs, attempts of every kind, an ack, sends,
+    jobs in several states, transcripts, rate-limit uses."""
+    raw, att = store.put_blob(b"raw message 1"), store.put_blob(os.urandom(5000))
+    ids = {"delivered": put(store, 1, blobs=(raw, att)), "deferred": put(store, 2, thread="<t@x>"),
+           "pull": put(store, 3, DeliveryState.STORED), "agent": put(store, 4, message_id=""),
+           "spam": put(store, 5, subject="nul\x00 and \u00e9", auth={"spf": "fail", "dkim": "none"})}
+    clock.advance(2)
+    store.record_attempt(ids["deferred"], attempt(store, DeliveryState.DEFERRED, 503, excerpt="busy",
+                                                  webhook_id=ids["deferred"], queue_id="Q2"), "HTTP 503")
+    clock.advance(5)
+    store.record_attempt(ids["deferred"], attempt(store, DeliveryState.DELIVERED, 200, duration_ms=12), "HTTP 200")
+    store.record_attempt(ids["delivered"], attempt(store, DeliveryState.DELIVERED, 204), "HTTP 204")
+    store.record_attempt(ids["pull"], attempt(store, DeliveryState.STORED, None), "kept")
+    store.record_attempt(ids["agent"], attempt(store, DeliveryState.QUEUED, None), "queued")
+    store.record_attempt(ids["spam"], attempt(store, DeliveryState.SPAM, 200, excerpt='{"status":"spam"}'), "spam")
+    assert store.ack(ids["pull"])
+    store.put_send(SendRecord("snd_" + "a" * 26, "agent:@agents.test", "agent@agents.test", ("bob@x.test", "c@y.test"),
+                              "<s1@agents.test>", "QS1", "<t@x>", "<2@remote.test>", ids["deferred"], SendState.QUEUED,
+                              clock()))
+    store.put_send(SendRecord("snd_" + "b" * 26, "ops", "ops@agents.test", ("d@z.test",), "<s2@agents.test>", None,
+                              None, None, None, SendState.QUEUED, clock()))
+    for event_id in (ids["agent"], ids["delivered"]):
+        store.put_job(event_id)
+    job = store.claim_job(60)
+    store.job_did(job.id, "replied")
+    store.job_failed(job.id, "model down", 1, 30)
+    store.put_transcript(ids["agent"], {"event": ids["agent"], "steps": ["read", "replied \u2713"]})
+    assert store.take([("to:bob@x.test", 5), ("thread:<t@x>", 5)], 3600) is None
+    assert store.take([("to:bob@x.test", 5)], 3600) is None           # two uses at the same instant
+    clock.advance(1)
+    assert store.take([("agent:@agents.test", 5)], 3600) is None
+    return ids
+
+
+def export_all(store, limit: int = 2) -> dict:
+    """Every record of every kind, paging `limit` at a time (so that paging itself is tested)."""
+    from agentmx.store.model import RecordKind, record_key
+    out = {}
+    for kind in RecordKind:
+        records, after = [], None
+        while page := store.export_records(kind, after, limit):
+            records += page
+            after = record_key(page[-1])
+        out[kind] = records
+    return out
+
+
+def blob_names(store) -> list:
+    names, after = [], ""
+    while page := store.blob_names(after, 1):
+        names += page
+        after = page[-1][0]
+    return names
+
+
+def test_export_then_import_gives_the_same_store(store, other_store, clock):
+    from agentmx.store.model import RecordKind
+    ids = populate(store, clock)
+    exported = export_all(store)
+    assert [len(exported[k]) for k in RecordKind] == [5, 2, 2, 1, 3]
+    ev = exported[RecordKind.EVENTS]
+    assert [e.seq for e in ev] == sorted(e.seq for e in ev) and ev[0].id == ids["delivered"]
+    assert len(ev[0].blobs) == 2 and [a.status for a in ev[1].attempts] == [503, 200]
+    assert [(u.key, u.count) for u in exported[RecordKind.USES]] == [("agent:@agents.test", 1), ("thread:<t@x>", 1),
+                                                                    ("to:bob@x.test", 2)]
+    for kind in RecordKind:                       # the newest event first, as a move does
+        records = exported[kind][::-1] if kind is RecordKind.EVENTS else exported[kind]
+        assert other_store.import_records(kind, records) == len(records)
+    again = export_all(other_store)
+    for kind in RecordKind:
+        if kind is RecordKind.EVENTS:
+            assert [e.id for e in again[kind]] == [e.id for e in ev]
+            ev_nul = next(e for e in ev if e.id == ids["spam"])
+            assert next(e for e in again[kind] if e.id == ids["spam"]).subject in (ev_nul.subject,
+                                                                                 ev_nul.subject.replace("\x00", "\ufffd"))
+            strip = [dataclasses.replace(e, subject="") for e in again[kind]]
+            assert strip == [dataclasses.replace(e, subject="") for e in ev]
+        else:
+            assert again[kind] == exported[kind], kind
+    # what the services see: the inbox in its order with its read flags, deliveries, jobs, limits, metrics
+    scope = ("@agents.test",)
+    assert ids_and_reads(other_store.inbox_query(scope)) == ids_and_reads(store.inbox_query(scope))
+    assert other_store.last_seq() == store.last_seq()
+    assert other_store.attempts(ids["deferred"]) == store.attempts(ids["deferred"])
+    for job_id in (ids["delivered"], ids["agent"]):
+        assert other_store.job(job_id) == store.job(job_id)
+    assert other_store.job_counts() == store.job_counts()
+    assert other_store.get_transcript(ids["agent"]) == store.get_transcript(ids["agent"])
+    assert other_store.take([("to:bob@x.test", 2)], 3600) is not None           # the two uses moved with it
+    mine, theirs = store.metrics(), other_store.metrics()
+    assert dataclasses.replace(theirs, latency_sum=0) == dataclasses.replace(mine, latency_sum=0)
+    assert theirs.latency_sum == pytest.approx(mine.latency_sum) and theirs.latency_count == 2
+    # new mail is filed after the imported
+    assert put(other_store, 50) and other_store.inbox_row("msg_0000000000000050").seq > store.last_seq()
+
+
+def ids_and_reads(rows) -> list:
+    return [(r.seq, r.id, r.read, r.state) for r in rows]
+
+
+def test_import_is_idempotent_and_never_overwrites(store, other_store, clock):
+    from agentmx.store.model import RecordKind
+    ids = populate(store, clock)
+    exported = export_all(store)
+    for kind in RecordKind:
+        other_store.import_records(kind, exported[kind])
+    assert other_store.ack(ids["delivered"])                         # the target's own change since
+    other_store.job_done(ids["agent"])
+    other_store.record_attempt(ids["deferred"], attempt(other_store, DeliveryState.DELIVERED, 200), "again")
+    metrics = other_store.metrics()
+    for kind in RecordKind:                                          # a second run
+        assert other_store.import_records(kind, exported[kind]) == 0, kind
+    assert other_store.inbox_row(ids["delivered"]).read is True
+    assert other_store.job(ids["agent"]).state is JobState.DONE
+    assert len(other_store.attempts(ids["deferred"])) == 3
+    assert other_store.metrics() == metrics
+    assert other_store.take([("to:bob@x.test", 3)], 3600) is None     # 2 moved uses + this one: not doubled
+    assert other_store.take([("to:bob@x.test", 3)], 3600) is not None
+
+
+def test_import_refuses_an_inbox_position_another_event_holds(store, other_store, clock):
+    from agentmx.store.model import RecordKind
+    put(store, 1)
+    put(other_store, 2)                                              # the target took mail of its own first
+    with pytest.raises(StoreError, match="inbox position 1"):
+        other_store.import_records(RecordKind.EVENTS, store.export_records(RecordKind.EVENTS))
+    assert other_store.inbox_row("msg_0000000000000001") is None and other_store.metrics().received == 1
+
+
+def test_blob_names_in_order(store):
+    shas = sorted(store.put_blob(os.urandom(n)) for n in (10, 20, 30, 40))
+    assert [s for s, _ in blob_names(store)] == shas
+    assert dict(blob_names(store))[shas[0]] in (10, 20, 30, 40)
+    assert store.blob_names(shas[1], 10) == [(s, n) for s, n in blob_names(store)][2:]
+    assert store.blob_names(shas[-1]) == []

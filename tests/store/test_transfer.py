@@ -1,0 +1,193 @@
+"""`agentmx store migrate --to postgres`: an embedded store moved to the session's real PostgreSQL
+and SeaweedFS by the real command, verified; run twice; killed (-9) mid-run and run again; a
+target row or blob changed afterwards is named by the verification, which exits 1."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentmx.config import load_config
+from agentmx.store import open_store
+from agentmx.store.embedded import EmbeddedStore
+from agentmx.store.model import DeliveryState, RecordKind
+from agentmx.store.s3 import S3Client
+
+from store.test_contract import blob_names, event, export_all, populate
+from support.stores import store_section
+
+AGENTMX = str(Path(sys.executable).with_name("agentmx"))
+
+
+class Clock:
+    def __init__(self):
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def host(tmp_path, pg_server, s3_server):
+    """An agentmx.toml whose [store] names a new PostgreSQL database and key prefix, its data_dir
+    holding an embedded store (the host before the move)."""
+    name = f"agentmx_move_{time.monotonic_ns() % 10**9}"
+    pg_server.create_database(name)
+    data = tmp_path / "data"
+    text = (f'[server]\nauthserv_id = "mx.agents.test"\ndata_dir = "{data}"\nurl_secret = "a-test-url-secret-0123"\n'
+            '[[routes]]\nmatch = "@agents.test"\nmode = "pull"\n'
+            + store_section("postgres", tmp_path / "secrets", pg_server, s3_server, owner="root", database=name))
+    path = tmp_path / "agentmx.toml"
+    path.write_text(text)
+    yield {"config": path, "data": data, "database": name, "prefix": f"{name}/"}
+    pg_server.drop_database(name)
+
+
+def migrate(host, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([AGENTMX, "--config", str(host["config"]), "store", "migrate", "--to", "postgres", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def target(host):
+    return open_store(load_config(host["config"]))
+
+
+def same_records(source, target) -> None:
+    """Every record of the source in the target, equal (text as PostgreSQL holds it: no NUL)."""
+    ours, theirs = export_all(source, 500), export_all(target, 500)
+    for kind in RecordKind:
+        if kind is RecordKind.EVENTS:
+            ours[kind] = [dataclasses.replace(e, subject=e.subject.replace("\x00", "\ufffd")) for e in ours[kind]]
+        assert theirs[kind] == ours[kind], kind
+
+
+def test_an_embedded_store_moves_verified_and_a_second_run_changes_nothing(host, s3_server, pg_server):
+    clock = Clock()
+    source = EmbeddedStore(host["data"], clock)
+    ids = populate(source, clock)
+    for n in range(10, 16):                               # more mail, each with a raw message and an attachment
+        raw, att = source.put_blob(f"raw {n}".encode() * 100), source.put_blob(os.urandom(20_000 + n))
+        ev = event(n, blobs=(raw, att))
+        source.put_event(ev, repr(ev).encode(), "@agents.test", DeliveryState.STORED)
+    source.ack("msg_0000000000000012")
+    blobs = blob_names(source)
+    assert len(blobs) == 14
+
+    run = migrate(host)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = {line.split()[0]: line.split() for line in run.stdout.splitlines() if line.split()}
+    assert lines["blobs"][1] == "14" and lines["events"][1] == "11" and lines["uses"][1] == "3", run.stdout
+    for table in ("blobs", "events", "sends", "jobs", "transcripts", "uses"):
+        row = lines[table]                                 # name, rows, sha256, rows, sha256, only-in-target, ok
+        assert row[1] == row[3] and row[2] == row[4] and row[-1] == "ok", run.stdout
+    assert "verified: the target holds everything" in run.stdout
+
+    moved = target(host)
+    try:
+        same_records(source, moved)
+        for sha, size in blobs:
+            data = moved.get_blob(sha)
+            assert len(data) == size and hashlib.sha256(data).hexdigest() == sha
+        scope = ("@agents.test",)
+        assert [(r.seq, r.id, r.read) for r in moved.inbox_query(scope, limit=100)] == \
+            [(r.seq, r.id, r.read) for r in source.inbox_query(scope, limit=100)]
+        assert moved.metrics().by_state == source.metrics().by_state
+        assert moved.get_transcript(ids["agent"]) == source.get_transcript(ids["agent"])
+
+        again = migrate(host)                              # twice: nothing new, nothing doubled, verified
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "new in the target: 0 events, 0 sends, 0 jobs, 0 transcripts, 0 uses" in again.stdout
+        same_records(source, moved)
+
+        # the target's services carry on: new mail after the old, an ack; a third run keeps them
+        ev = event(40)
+        moved.put_event(ev, b"{}", "@agents.test", DeliveryState.STORED)
+        assert moved.inbox_row(ev["id"]).seq == source.last_seq() + 1
+        moved.ack(ids["delivered"])
+        third = migrate(host)
+        assert third.returncode == 1
+        assert "events: 1 different (first: seq 1)" in third.stderr and "Nothing in the target was overwritten" in \
+            third.stderr, third.stderr
+        assert moved.inbox_row(ids["delivered"]).read is True
+        assert [line for line in third.stdout.splitlines() if line.startswith("events")][-1].split()[5] == "1"
+    finally:
+        moved.close()
+        source.close()
+
+
+def test_a_changed_row_or_blob_in_the_target_is_named(host, s3_server, pg_server):
+    clock = Clock()
+    source = EmbeddedStore(host["data"], clock)
+    populate(source, clock)
+    assert migrate(host).returncode == 0
+    pg_server.psql("UPDATE attempts SET excerpt = 'forged' WHERE status = 503", database=host["database"])
+    sha = max(blob_names(source), key=lambda name: name[1])[0]
+    S3Client(s3_server.endpoint, s3_server.bucket, s3_server.region, s3_server.access_key, s3_server.secret_key).put(
+        f"{host['prefix']}blobs/{sha[:2]}/{sha}", b"not the attachment")
+
+    check = migrate(host, "--verify-only")
+    assert check.returncode == 1
+    assert "the target does NOT match the source" in check.stderr
+    assert "events: 1 different (first: seq 2)" in check.stderr, check.stderr
+    assert f"blobs: 1 different (first: {sha})" in check.stderr, check.stderr
+    table = {line.split()[0]: line.split()[-1] for line in check.stdout.splitlines() if line.split()}
+    assert (table["events"], table["blobs"], table["sends"]) == ("MISMATCH", "MISMATCH", "ok")
+    source.close()
+
+
+def test_killed_mid_run_then_run_again_completes_verified(host):
+    """kill -9 while blobs are copied, then while events are: the third run completes, verified,
+    nothing doubled."""
+    clock = Clock()
+    source = EmbeddedStore(host["data"], clock)
+    shas = [source.put_blob(os.urandom(50_000) + bytes([n])) for n in range(60)]
+    for n in range(1, 1201):
+        ev = event(n, blobs=(shas[n % 60], shas[(n + 1) % 60]))
+        source.put_event(ev, repr(ev).encode(), "@agents.test", DeliveryState.STORED)
+    source.close()
+
+    def killed_at(prefix: str, *args) -> str:
+        proc = subprocess.Popen([AGENTMX, "--config", str(host["config"]), "store", "migrate", "--to", "postgres",
+                                 *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(prefix):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL, "".join(seen)
+        return line
+
+    assert killed_at("blobs:", "--batch", "10", "--workers", "1").startswith("blobs: 10 copied")
+    moved = target(host)
+    assert 10 <= len(blob_names(moved)) < 60
+    assert killed_at("events:").startswith("events: 500 read")
+    assert 500 <= moved.last_seq() and len(export_all(moved, 500)[RecordKind.EVENTS]) < 1200
+
+    run = migrate(host)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verified: the target holds everything" in run.stdout
+    source = EmbeddedStore(host["data"])
+    same_records(source, moved)
+    assert len(blob_names(moved)) == 60 and moved.metrics().received == 1200
+    moved.close()
+    source.close()
+
+
+def test_the_target_must_be_a_postgres_store(tmp_path):
+    cfg = tmp_path / "agentmx.toml"
+    cfg.write_text(f'[server]\nauthserv_id = "mx.agents.test"\ndata_dir = "{tmp_path / "data"}"\n')
+    run = subprocess.run([AGENTMX, "--config", str(cfg), "store", "migrate", "--to", "postgres"], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 78 and '[store] backend is "embedded"' in run.stderr, run.stderr
