@@ -76,7 +76,7 @@ def _import_legacy(store, config) -> None:
 def cmd_move(config, path, args) -> int:
     """The embedded store in data_dir -> the configured postgres store, copied and verified."""
     from agentmx.config import StoreBackend
-    from agentmx.store import open_store, transfer
+    from agentmx.store import SchemaMismatch, StoreError, StoreUnavailable, open_store, transfer
     from agentmx.store.embedded import FILE, EmbeddedStore
     if config.store.backend is not StoreBackend.POSTGRES:
         print(f"agentmx store migrate --to postgres: {path}: [store] backend is \"{config.store.backend.value}\": "
@@ -101,6 +101,11 @@ def cmd_move(config, path, args) -> int:
             report = transfer.verify(source, target, say, batch=max(1, args.batch))
         else:
             report = transfer.move(source, target, say, workers=max(1, args.workers), batch=max(1, args.batch))
+    except StoreError as exc:
+        if isinstance(exc, (StoreUnavailable, SchemaMismatch)):
+            raise                             # 75: try again (after `agentmx store migrate`)
+        print(f"agentmx store migrate --to postgres: refused: {exc}", file=sys.stderr)
+        return EX_MISMATCH
     finally:
         source.close()
         target.close()

@@ -36,11 +36,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .base import Store
+from .base import Store, StoreError
 from .model import RecordKind, record_key
 
 BATCH = 500             # records per transaction of the target, blob names per listing
 SHOWN = 5               # keys named per table in a mismatch
+
+
+class Refused(StoreError):
+    """The target cannot take the source's records as they are (nothing of them was copied)."""
 
 
 @dataclass
@@ -156,6 +160,7 @@ def _copy_blobs(source: Store, target: Store, report: Report, checked: set[str],
 def _copy(source: Store, target: Store, kind: RecordKind, report: Report, say, batch: int) -> None:
     read = copied = 0
     if kind is RecordKind.EVENTS:
+        _refuse_a_used_target(source, target)
         newest = source.last_seq()
         if newest:              # first: the target's next inbox position is past every source event's
             copied += target.import_records(kind, source.export_records(kind, after=newest - 1, limit=1))
@@ -165,6 +170,19 @@ def _copy(source: Store, target: Store, kind: RecordKind, report: Report, say, b
         say(f"{kind.value}: {read} read, {copied} copied")
     report.read[kind.value] = read
     report.copied[kind.value] = copied
+
+
+def _refuse_a_used_target(source: Store, target: Store) -> None:
+    """Refused before anything of the inbox is copied: a target whose first event is not the
+    source's (it took mail of its own before the move, numbered from 1 like the source's)."""
+    first = target.export_records(RecordKind.EVENTS, None, 1)
+    if not first:
+        return
+    ours = source.export_records(RecordKind.EVENTS, first[0].seq - 1, 1)
+    if not ours or (ours[0].seq, ours[0].id) != (first[0].seq, first[0].id):
+        raise Refused(f"the target holds {first[0].id} at inbox position {first[0].seq}, which is not the source's "
+                      "event there: it took mail of its own before the move. Nothing of the inbox was copied; "
+                      "move into an empty database")
 
 
 # --- the verification --------------------------------------------------------------------------------------

@@ -191,3 +191,20 @@ def test_the_target_must_be_a_postgres_store(tmp_path):
     run = subprocess.run([AGENTMX, "--config", str(cfg), "store", "migrate", "--to", "postgres"], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 78 and '[store] backend is "embedded"' in run.stderr, run.stderr
+
+
+def test_a_target_that_took_mail_of_its_own_first_is_refused(host):
+    source = EmbeddedStore(host["data"])
+    for n in (1, 2):
+        ev = event(n)
+        source.put_event(ev, b"{}", "@agents.test", DeliveryState.STORED)
+    used = target(host)
+    used.migrate()
+    ev = event(7)
+    used.put_event(ev, b"{}", "@agents.test", DeliveryState.STORED)       # seq 1, before any move
+    run = migrate(host)
+    assert run.returncode == 1
+    assert "refused: the target holds msg_0000000000000007 at inbox position 1" in run.stderr, run.stderr
+    assert used.inbox_row("msg_0000000000000001") is None and used.inbox_row("msg_0000000000000002") is None
+    used.close()
+    source.close()
