@@ -42,7 +42,7 @@ from . import migrations
 from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
 from .model import (EXCERPT, LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job,
                     JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript,
-                    StoredUses, base_address, delivered_at)
+                    StoredUses, base_address, delivered_at, export_after, stored_events)
 
 FILE = "agentmx.sqlite"
 BACKEND = "embedded"
@@ -728,23 +728,8 @@ class EmbeddedStore(Store):
         with self._tx(write=False) as db:
             if kind is RecordKind.EVENTS:
                 return _export_events(db, 0 if after is None else int(after), limit)
-            if kind is RecordKind.SENDS:
-                rows = db.execute(f"SELECT {_SEND} FROM sends WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit))
-                return [_send(r) for r in rows]
-            if kind is RecordKind.JOBS:
-                rows = db.execute("SELECT id, state, attempts, actions, last_error, next_at, lease_until, created, "
-                                  "updated FROM jobs WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit))
-                return [StoredJob(r[0], JobState(r[1]), r[2], tuple(json.loads(r[3])), *r[4:]) for r in rows]
-            if kind is RecordKind.TRANSCRIPTS:
-                rows = db.execute("SELECT event_id, record, updated FROM transcripts WHERE event_id > ? "
-                                  "ORDER BY event_id LIMIT ?", (after or "", limit))
-                return [StoredTranscript(*r) for r in rows]
-            if kind is RecordKind.USES:
-                key, at = after if after is not None else ("", float("-inf"))
-                rows = db.execute("SELECT key, at, COUNT(*) FROM uses WHERE key > ? OR (key = ? AND at > ?) "
-                                  "GROUP BY key, at ORDER BY key, at LIMIT ?", (key, key, at, limit))
-                return [StoredUses(*r) for r in rows]
-        raise StoreError(f"no such record kind {kind!r}")
+            sql, make = _EXPORT[kind]
+            return [make(r) for r in db.execute(sql, (*export_after(kind, after), limit))]
 
     def import_records(self, kind: RecordKind, records: list) -> int:
         inserted = 0
@@ -790,6 +775,20 @@ def _send(r) -> SendRecord:
     return SendRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], r[8], SendState(r[9]), r[10])
 
 
+# The records of a kind after a key, in key order (SQLite compares text by its bytes: code points),
+# and how a row becomes one.
+_EXPORT = {
+    RecordKind.SENDS: (f"SELECT {_SEND} FROM sends WHERE id > ? ORDER BY id LIMIT ?", _send),
+    RecordKind.JOBS: ("SELECT id, state, attempts, actions, last_error, next_at, lease_until, created, updated FROM jobs "
+                      "WHERE id > ? ORDER BY id LIMIT ?",
+                      lambda r: StoredJob(r[0], JobState(r[1]), r[2], tuple(json.loads(r[3])), *r[4:])),
+    RecordKind.TRANSCRIPTS: ("SELECT event_id, record, updated FROM transcripts WHERE event_id > ? ORDER BY event_id "
+                             "LIMIT ?", lambda r: StoredTranscript(*r)),
+    RecordKind.USES: ("SELECT key, at, COUNT(*) FROM uses WHERE key > ? OR (key = ? AND at > ?) GROUP BY key, at "
+                      "ORDER BY key, at LIMIT ?", lambda r: StoredUses(*r)),
+}
+
+
 def _export_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
     rows = db.execute(f"SELECT e.seq, e.id, b.body, e.recipient, e.address, e.sender, e.subject, e.thread_id, "
                       f"e.message_id, e.received, e.accepted, e.read, e.spf, e.dkim, e.dmarc, e.arc, "
@@ -800,18 +799,10 @@ def _export_events(db: sqlite3.Connection, after: int, limit: int) -> list[Store
         return []
     span = "(SELECT id FROM events WHERE seq > ? AND seq <= ?)"
     bounds = (after, rows[-1][0])
-    attempts: dict[str, list[Attempt]] = {}
-    for r in db.execute("SELECT event_id, at, outcome, status, duration_ms, excerpt, webhook_id, queue_id FROM attempts "
-                        f"WHERE event_id IN {span} ORDER BY id", bounds):
-        attempts.setdefault(r[0], []).append(Attempt(r[1], DeliveryState(r[2]), *r[3:]))
-    blobs: dict[str, list[str]] = {}
-    for event_id, sha in db.execute(f"SELECT event_id, sha256 FROM event_blobs WHERE event_id IN {span}", bounds):
-        blobs.setdefault(event_id, []).append(sha)
-    return [StoredEvent(seq=r[0], id=r[1], body=bytes(r[2]), recipient=r[3], address=r[4], sender=r[5], subject=r[6],
-                        thread_id=r[7], message_id=r[8] or "", received=r[9], accepted=r[10], read=bool(r[11]),
-                        verdicts=tuple(r[12:16]), blobs=tuple(sorted(blobs.get(r[1], ()))),
-                        delivery=_delivery(r[16:]), attempts=tuple(attempts.get(r[1], ())))
-            for r in rows]
+    return stored_events(
+        rows, db.execute("SELECT event_id, at, outcome, status, duration_ms, excerpt, webhook_id, queue_id FROM attempts "
+                         f"WHERE event_id IN {span} ORDER BY id", bounds),
+        db.execute(f"SELECT event_id, sha256 FROM event_blobs WHERE event_id IN {span}", bounds))
 
 
 def _import_event(db: sqlite3.Connection, r: StoredEvent) -> int:

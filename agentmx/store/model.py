@@ -223,6 +223,35 @@ def record_key(record):
     return record.id                 # SendRecord, StoredJob
 
 
+def stored_events(rows, attempt_rows, blob_rows) -> list[StoredEvent]:
+    """Both backends' export of events, from rows of (seq, id, body, recipient, address, sender,
+    subject, thread_id, message_id, received, accepted, read, spf, dkim, dmarc, arc, and the
+    delivery's event_id, route, recipient, state, attempts, status, reason, queue_id, created,
+    updated); their attempts (event_id, at, outcome, status, duration_ms, excerpt, webhook_id,
+    queue_id), in order; their blob references (event_id, sha256)."""
+    attempts: dict[str, list[Attempt]] = {}
+    for r in attempt_rows:
+        attempts.setdefault(r[0], []).append(Attempt(r[1], DeliveryState(r[2]), *r[3:]))
+    blobs: dict[str, list[str]] = {}
+    for event_id, sha in blob_rows:
+        blobs.setdefault(event_id, []).append(sha)
+    return [StoredEvent(seq=r[0], id=r[1], body=bytes(r[2]), recipient=r[3], address=r[4], sender=r[5], subject=r[6],
+                        thread_id=r[7], message_id=r[8] or "", received=r[9], accepted=r[10], read=bool(r[11]),
+                        verdicts=tuple(r[12:16]), blobs=tuple(sorted(blobs.get(r[1], ()))),
+                        delivery=Delivery(*r[16:19], DeliveryState(r[19]), *r[20:26]),
+                        attempts=tuple(attempts.get(r[1], ())))
+            for r in rows]
+
+
+def export_after(kind: RecordKind, after) -> tuple:
+    """The query arguments that select a kind's records after the key `after` (None: all):
+    (key,) for one-column keys, (key, key, at) for uses: `key > ? OR (key = ? AND at > ?)`."""
+    if kind is RecordKind.USES:
+        key, at = after if after is not None else ("", float("-inf"))
+        return (key, key, at)
+    return (after or "",)
+
+
 def delivered_at(attempts) -> list[float]:
     """When each attempt took the delivery into DELIVERED (from another state): the observations
     of the latency histogram, as record_attempt counts them, for an imported event."""

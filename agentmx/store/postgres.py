@@ -36,7 +36,7 @@ from . import migrations
 from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
 from .model import (LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState,
                     Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses,
-                    delivered_at)
+                    delivered_at, export_after, stored_events)
 from .s3 import BlobStore
 
 log = logging.getLogger("agentmx.store.postgres")
@@ -561,24 +561,8 @@ class PostgresStore(Store):
         limit = max(1, int(limit))
         if kind is RecordKind.EVENTS:
             return self._run(lambda cur: _export_events(cur, 0 if after is None else int(after), limit))
-        if kind is RecordKind.SENDS:
-            rows = self._all(f'SELECT {_SEND} FROM sends WHERE id > %s COLLATE "C" ORDER BY id COLLATE "C" LIMIT %s',
-                             (after or "", limit))
-            return [_send(r) for r in rows]
-        if kind is RecordKind.JOBS:
-            rows = self._all('SELECT id, state, attempts, actions, last_error, next_at, lease_until, created, updated '
-                             'FROM jobs WHERE id > %s COLLATE "C" ORDER BY id COLLATE "C" LIMIT %s', (after or "", limit))
-            return [StoredJob(r[0], JobState(r[1]), r[2], tuple(r[3] or ()), *r[4:]) for r in rows]
-        if kind is RecordKind.TRANSCRIPTS:
-            rows = self._all('SELECT event_id, record, created FROM transcripts WHERE event_id > %s COLLATE "C" '
-                             'ORDER BY event_id COLLATE "C" LIMIT %s', (after or "", limit))
-            return [StoredTranscript(*r) for r in rows]
-        if kind is RecordKind.USES:
-            key, at = after if after is not None else ("", float("-inf"))
-            rows = self._all('SELECT key, at, COUNT(*) FROM uses WHERE key > %s COLLATE "C" OR (key = %s AND at > %s) '
-                             'GROUP BY key, at ORDER BY key COLLATE "C", at LIMIT %s', (key, key, at, limit))
-            return [StoredUses(*r) for r in rows]
-        raise StoreError(f"no such record kind {kind!r}")
+        sql, make = _EXPORT[kind]
+        return [make(r) for r in self._all(sql, (*export_after(kind, after), limit))]
 
     def import_records(self, kind: RecordKind, records: list) -> int:
         records = list(records)
@@ -736,20 +720,25 @@ def _export_events(cur, after: int, limit: int) -> list[StoredEvent]:
     if not rows:
         return []
     ids = [r[1] for r in rows]
-    attempts: dict[str, list[Attempt]] = {}
     cur.execute("SELECT event_id, at, outcome, status, duration_ms, excerpt, webhook_id, queue_id FROM attempts "
                 "WHERE event_id = ANY(%s) ORDER BY id", (ids,))
-    for r in cur.fetchall():
-        attempts.setdefault(r[0], []).append(Attempt(r[1], DeliveryState(r[2]), *r[3:]))
-    blobs: dict[str, list[str]] = {}
+    attempts = cur.fetchall()
     cur.execute("SELECT event_id, sha256 FROM event_blobs WHERE event_id = ANY(%s)", (ids,))
-    for event_id, sha in cur.fetchall():
-        blobs.setdefault(event_id, []).append(sha)
-    return [StoredEvent(seq=r[0], id=r[1], body=bytes(r[2]), recipient=r[3], address=r[4], sender=r[5], subject=r[6],
-                        thread_id=r[7], message_id=r[8] or "", received=r[9], accepted=r[10], read=bool(r[11]),
-                        verdicts=tuple(r[12:16]), blobs=tuple(sorted(blobs.get(r[1], ()))),
-                        delivery=_delivery(r[16:]), attempts=tuple(attempts.get(r[1], ())))
-            for r in rows]
+    return stored_events(rows, attempts, cur.fetchall())
+
+
+# The records of a kind after a key, in code-point order of their key (COLLATE "C": whatever the
+# database's collation), and how a row becomes one.
+_EXPORT = {
+    RecordKind.SENDS: (f'SELECT {_SEND} FROM sends WHERE id > %s COLLATE "C" ORDER BY id COLLATE "C" LIMIT %s', _send),
+    RecordKind.JOBS: ('SELECT id, state, attempts, actions, last_error, next_at, lease_until, created, updated FROM jobs '
+                      'WHERE id > %s COLLATE "C" ORDER BY id COLLATE "C" LIMIT %s',
+                      lambda r: StoredJob(r[0], JobState(r[1]), r[2], tuple(r[3] or ()), *r[4:])),
+    RecordKind.TRANSCRIPTS: ('SELECT event_id, record, created FROM transcripts WHERE event_id > %s COLLATE "C" '
+                             'ORDER BY event_id COLLATE "C" LIMIT %s', lambda r: StoredTranscript(*r)),
+    RecordKind.USES: ('SELECT key, at, COUNT(*) FROM uses WHERE key > %s COLLATE "C" OR (key = %s AND at > %s) '
+                      'GROUP BY key, at ORDER BY key COLLATE "C", at LIMIT %s', lambda r: StoredUses(*r)),
+}
 
 
 def _missing(cur, table: str, column: str, keys: list[str]) -> set[str]:
@@ -812,36 +801,33 @@ def _import_events(cur, records: list[StoredEvent]) -> int:
     return len(new)
 
 
-def _import_sends(cur, records: list[SendRecord]) -> int:
-    missing = _missing(cur, "sends", "id", [r.id for r in records])
-    new = [r for r in records if r.id in missing]
-    if new:
-        cur.executemany(f"INSERT INTO sends ({_SEND}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                        "ON CONFLICT (id) DO NOTHING",
-                        [(r.id, _text(r.key), _text(r.sender), [_text(x) for x in r.recipients], _text(r.message_id),
-                          _opt_text(r.queue_id), _opt_text(r.thread_id), _opt_text(r.in_reply_to),
-                          _opt_text(r.reply_to_event), r.state.value, r.created) for r in new])
-    return len(new)
+def _insert_new(table: str, column: str, key, sql: str, row):
+    """An importer of records keyed by one column: inserts those whose key the table lacks."""
+    def insert(cur, records: list) -> int:
+        missing = _missing(cur, table, column, [key(r) for r in records])
+        new = [r for r in records if key(r) in missing]
+        if new:
+            cur.executemany(sql, [row(r) for r in new])
+        return len(new)
+    return insert
 
 
-def _import_jobs(cur, records: list[StoredJob]) -> int:
-    missing = _missing(cur, "jobs", "id", [r.id for r in records])
-    new = [r for r in records if r.id in missing]
-    if new:
-        cur.executemany("INSERT INTO jobs (id, state, attempts, actions, last_error, next_at, lease_until, created, "
-                        "updated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                        [(r.id, r.state.value, r.attempts, [_text(a) for a in r.actions], _text(r.last_error),
-                          r.next_at, r.lease_until, r.created, r.updated) for r in new])
-    return len(new)
-
-
-def _import_transcripts(cur, records: list[StoredTranscript]) -> int:
-    missing = _missing(cur, "transcripts", "event_id", [r.event_id for r in records])
-    new = [r for r in records if r.event_id in missing]
-    if new:
-        cur.executemany("INSERT INTO transcripts (event_id, record, created) VALUES (%s, %s, %s) "
-                        "ON CONFLICT (event_id) DO NOTHING", [(r.event_id, _text(r.record), r.at) for r in new])
-    return len(new)
+_import_sends = _insert_new(
+    "sends", "id", lambda r: r.id,
+    f"INSERT INTO sends ({_SEND}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+    lambda r: (r.id, _text(r.key), _text(r.sender), [_text(x) for x in r.recipients], _text(r.message_id),
+               _opt_text(r.queue_id), _opt_text(r.thread_id), _opt_text(r.in_reply_to), _opt_text(r.reply_to_event),
+               r.state.value, r.created))
+_import_jobs = _insert_new(
+    "jobs", "id", lambda r: r.id,
+    "INSERT INTO jobs (id, state, attempts, actions, last_error, next_at, lease_until, created, updated) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+    lambda r: (r.id, r.state.value, r.attempts, [_text(a) for a in r.actions], _text(r.last_error), r.next_at,
+               r.lease_until, r.created, r.updated))
+_import_transcripts = _insert_new(
+    "transcripts", "event_id", lambda r: r.event_id,
+    "INSERT INTO transcripts (event_id, record, created) VALUES (%s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+    lambda r: (r.event_id, _text(r.record), r.at))
 
 
 def _import_uses(cur, records: list[StoredUses]) -> int:
