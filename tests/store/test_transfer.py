@@ -208,3 +208,22 @@ def test_a_target_that_took_mail_of_its_own_first_is_refused(host):
     assert used.inbox_row("msg_0000000000000001") is None and used.inbox_row("msg_0000000000000002") is None
     used.close()
     source.close()
+
+
+def test_a_damaged_source_blob_is_named_and_not_copied(host):
+    source = EmbeddedStore(host["data"])
+    good, bad = source.put_blob(b"a good attachment"), source.put_blob(b"an attachment the disk will damage")
+    ev = event(1, blobs=(good, bad))
+    source.put_event(ev, b"{}", "@agents.test", DeliveryState.STORED)
+    path = host["data"] / "blobs" / bad[:2] / bad
+    os.chmod(path, 0o600)
+    path.write_bytes(b"an attachment the disk has damaged")
+    run = migrate(host)
+    assert run.returncode == 1
+    assert f"blob {bad}: damaged in the source (its bytes do not hash to its name): not copied" in run.stderr
+    assert f"blobs: 1 missing in the target (first: {bad})" in run.stderr, run.stderr
+    moved = target(host)
+    assert moved.get_blob(bad) is None and moved.get_blob(good) == b"a good attachment"
+    assert moved.inbox_row(ev["id"]) is not None                    # the event itself moved
+    moved.close()
+    source.close()
