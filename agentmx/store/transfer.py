@@ -96,7 +96,7 @@ def move(source: Store, target: Store, say: Callable[[str], None] = lambda _: No
          workers: int = 4) -> Report:
     """Copy what the target lacks, then verify; see the module's docstring."""
     report = Report()
-    checked: set[str] = set()
+    checked: set[bytes] = set()
     started = time.monotonic()
     _copy_blobs(source, target, report, checked, say, workers, batch)
     report.seconds["blobs"] = time.monotonic() - started
@@ -108,7 +108,7 @@ def move(source: Store, target: Store, say: Callable[[str], None] = lambda _: No
 
 
 def verify(source: Store, target: Store, say: Callable[[str], None] = lambda _: None, *, report: Report | None = None,
-           checked: set[str] | None = None, batch: int = BATCH) -> Report:
+           checked: set[bytes] | None = None, batch: int = BATCH) -> Report:
     """Compare the two stores, table by table (the module's docstring); blobs in `checked` were
     read back from the target by this run's copy already."""
     report = report or Report()
@@ -128,7 +128,7 @@ def verify(source: Store, target: Store, say: Callable[[str], None] = lambda _: 
 
 # --- the copy ----------------------------------------------------------------------------------------------
 
-def _copy_blobs(source: Store, target: Store, report: Report, checked: set[str], say, workers: int,
+def _copy_blobs(source: Store, target: Store, report: Report, checked: set[bytes], say, workers: int,
                 batch: int) -> None:
     def one(name: tuple[str, int]) -> tuple[int, str | None]:
         sha = name[0]
@@ -141,7 +141,7 @@ def _copy_blobs(source: Store, target: Store, report: Report, checked: set[str],
         back = target.get_blob(sha)
         if back is None or hashlib.sha256(back).hexdigest() != sha:
             return len(data), f"blob {sha}: read back from the target, {'missing' if back is None else 'damaged'}"
-        checked.add(sha)
+        checked.add(bytes.fromhex(sha))       # 32 bytes a blob, not a 64-character string
         return len(data), None
 
     count = size = 0
@@ -187,11 +187,11 @@ def _refuse_a_used_target(source: Store, target: Store) -> None:
 
 # --- the verification --------------------------------------------------------------------------------------
 
-def _check_blobs(source: Store, target: Store, checked: set[str], batch: int) -> TableCheck:
+def _check_blobs(source: Store, target: Store, checked: set[bytes], batch: int) -> TableCheck:
     """Each source blob in the target, its bytes hashing to its name."""
     def content(name: tuple[str, int]) -> bytes:
         sha, size = name
-        if sha not in checked:
+        if bytes.fromhex(sha) not in checked:
             data = target.get_blob(sha)
             if data is None:
                 return b"missing " + sha.encode()
