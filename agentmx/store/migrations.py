@@ -128,6 +128,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events with their inbox rows, deliveries and attempts, sends, agent jobs and transcripts, "
                  "rate-limit uses, metrics counters; empty tables for issue 16 (send events, suppressions, blocks)",
               {"embedded": _V1_SQLITE, "postgres": (postgres_schema.V1,)}),
+    Migration(2, "events.fingerprint: the body's sha256 and verdicts (deliver/dedup.py), so that one message "
+                 "taken by two MX hosts, or twice by one, is one event",
+              {"embedded": ("ALTER TABLE events ADD COLUMN fingerprint TEXT",),
+               "postgres": (postgres_schema.V2,)}),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 EXCERPT = 200                  # characters of an endpoint's answer kept with each attempt
+MESSAGE_ID_MAX = 998           # characters of an event's Message-ID kept (and compared by find_event)
 
 
 class _Named(enum.Enum):

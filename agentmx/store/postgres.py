@@ -33,8 +33,8 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from . import migrations
-from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState,
+from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
+from .model import (LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState,
                     Metrics, SendRecord, SendState)
 from .s3 import BlobStore
 
@@ -166,28 +166,41 @@ class PostgresStore(Store):
 
     # --- events -------------------------------------------------------------------------------------
 
-    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState) -> bool:
+    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState,
+                  fingerprint: str | None = None, since: float | None = None) -> bool:
         from agentmx.deliver.route import split
         event_id = event["id"]
         recipient = _text(event.get("recipient") or "").lower()
+        message_id = _text(event.get("messageId") or "")[:MESSAGE_ID_MAX]
         now = self.clock()
         auth = event.get("auth") or {}
         verdicts = {c: _text(str(auth.get(c) or "none"))[:32] for c in CHECKS}
         refs = _blob_refs(event)
 
         def put(cur):
+            # One lock for every put: the duplicate check below and the insert are one step for
+            # all hosts, and rows commit in seq order.
             cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_INBOX))
+            if fingerprint and since is not None and message_id:
+                cur.execute("SELECT 1 FROM events WHERE id = %s", (event_id,))
+                if cur.fetchone() is None:
+                    first = self._first(cur, recipient, message_id, fingerprint, since)
+                    if first is not None:
+                        raise DuplicateEvent(first)
             cur.execute("INSERT INTO events (id, recipient, message_id, route, body, accepted, spf, dkim, dmarc, arc, "
-                        "created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                        (event_id, recipient, _text(event.get("messageId") or "")[:998], _text(route), body,
-                         _timestamp(event.get("createdAt")), *verdicts.values(), now))
-            if cur.rowcount == 0:       # a retry: the body as last sent; place, read flag, state, attempts kept
-                cur.execute("UPDATE events SET body = %s WHERE id = %s", (body, event_id))
-                cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-                return False
+                        "created, fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        (event_id, recipient, message_id, _text(route), body,
+                         _timestamp(event.get("createdAt")), *verdicts.values(), now, _opt_text(fingerprint)))
+            inserted = cur.rowcount == 1
             if refs:
                 cur.executemany("INSERT INTO event_blobs (event_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                 [(event_id, sha) for sha in refs])
+            if not inserted:
+                # a retry: the body as last sent (and the blobs it names); place, read flag, state, attempts kept
+                cur.execute("UPDATE events SET body = %s WHERE id = %s", (body, event_id))
+                cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                return False
             cur.execute("INSERT INTO deliveries (event_id, route, recipient, state, created, updated) "
                         "VALUES (%s, %s, %s, %s, %s, %s)", (event_id, _text(route), recipient, state.value, now, now))
             cur.execute("INSERT INTO inbox (seq, id, address, recipient, sender, subject, thread_id, received, state) "
@@ -207,11 +220,17 @@ class PostgresStore(Store):
         row = self._one("SELECT body FROM events WHERE id = %s", (event_id,))
         return bytes(row[0]) if row else None
 
-    def find_event(self, recipient: str, message_id: str, since: float) -> str | None:
-        if not message_id:
+    def find_event(self, recipient: str, message_id: str, fingerprint: str, since: float) -> str | None:
+        if not message_id or not fingerprint:
             return None
-        row = self._one("SELECT id FROM events WHERE recipient = %s AND message_id = %s AND created >= %s "
-                        "ORDER BY created, id LIMIT 1", (_text(recipient).lower(), _text(message_id), since))
+        return self._run(lambda cur: self._first(cur, _text(recipient).lower(), _text(message_id)[:MESSAGE_ID_MAX],
+                                                 fingerprint, since))
+
+    @staticmethod
+    def _first(cur, recipient: str, message_id: str, fingerprint: str, since: float) -> str | None:
+        cur.execute("SELECT id FROM events WHERE recipient = %s AND message_id = %s AND fingerprint = %s "
+                    "AND created >= %s ORDER BY created, id LIMIT 1", (recipient, message_id, _text(fingerprint), since))
+        row = cur.fetchone()
         return row[0] if row else None
 
     # --- deliveries -------------------------------------------------------------------------------------

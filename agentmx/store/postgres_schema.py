@@ -160,3 +160,10 @@ CREATE TABLE blocks (
     created     double precision NOT NULL
 );
 """
+
+# find_event's third key: deliver's fingerprint of the message (the body's sha256 and the
+# verdicts), NULL for events kept before it (they are never taken for a duplicate). The
+# events_message index (recipient, message_id) finds the few candidates.
+V2 = """
+ALTER TABLE events ADD COLUMN fingerprint text;
+"""

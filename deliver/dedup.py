@@ -1,0 +1,37 @@
+"""One event per message, whichever MX host took it and however often: the key deliver keeps
+with each event and looks up before it keeps a new one (Store.find_event / put_event).
+
+The same message reaching two hosts (a sender retrying at host B after host A accepted it, a
+backup MX, Postfix stopped after DATA and the client sending again) is two different raw
+messages: each host adds its own Received and Authentication-Results lines and its own queue
+id, so neither the raw sha256 nor the event id match. What matches is, for one recipient:
+
+  the Message-ID                              (no Message-ID: no dedup)
+  the body after the header block             (its sha256; line ends read as LF, so the pipe's
+                                               LF and LMTP's CRLF copies agree)
+  the DKIM and DMARC verdicts of the copy     (a forgery that fails them cannot stand for a
+                                               copy that passes, nor the other way round)
+
+kept within WINDOW (docs/decisions.md, "One event per message across MX hosts").
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+WINDOW = 7 * 86400.0          # seconds: longer than the 5 days senders and backup MXs keep retrying
+
+_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+
+
+def body_of(raw: bytes) -> bytes:
+    """The body after the header block (the first empty line), line ends as LF; b"" without one."""
+    end = _END_OF_HEADERS.search(raw)
+    return raw[end.end():].replace(b"\r\n", b"\n") if end else b""
+
+
+def fingerprint(raw: bytes, auth: dict) -> str:
+    """The key beside recipient and Message-ID: sha256 over the verdicts and the body."""
+    h = hashlib.sha256(f"dkim={auth.get('dkim') or 'none'};dmarc={auth.get('dmarc') or 'none'}\n".encode())
+    h.update(body_of(raw))
+    return h.hexdigest()
