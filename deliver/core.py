@@ -104,7 +104,17 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
                       envelope=envelope, auth=auth, attachments=attachments,
                       raw={"sha256": raw_sha, "url": link(raw_sha, "message/rfc822", f"{event_id}.eml")},
                       size=len(raw), flagged=flagged)
-    return event, {"raw_sha": raw_sha, "defects": len(parsed.defects), "fingerprint": dedup.fingerprint(raw, auth)}
+    return event, {"raw_sha": raw_sha, "defects": len(parsed.defects), "fingerprint": dedup.fingerprint(raw, env.sender, auth)}
+
+
+# What only a POST makes of a delivery: a retry that finds one of these does not POST again.
+POSTED = frozenset({DeliveryState.DELIVERED, DeliveryState.REFUSED, DeliveryState.DROPPED, DeliveryState.SPAM})
+
+
+def _duplicate(env: Envelope, first: str, state: DeliveryState) -> Outcome:
+    """Exit 0 for a copy of a message its first copy took care of (the agent has it, or it is kept)."""
+    log.info("%s: duplicate of %s (%s): not delivered again", env.queue_id or "-", first, state)
+    return Outcome(EX_OK, state, first, reason=f"duplicate of {first}, already {state}: not delivered again")
 
 
 def _body(event: dict) -> bytes:
@@ -183,9 +193,11 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
         first = None
         if event.get("messageId"):
             first = store.find_event(env.recipient, event["messageId"], extra["fingerprint"], now - dedup.WINDOW)
+        again = False
         if first is None or first == event["id"]:
             try:
-                store.put_event(event, body, route.match, first_state, extra["fingerprint"], now - dedup.WINDOW)
+                again = not store.put_event(event, body, route.match, first_state, extra["fingerprint"],
+                                            now - dedup.WINDOW)
             except DuplicateEvent as exc:        # another host kept it a moment ago
                 first = exc.first
         if first is not None and first != event["id"]:
@@ -194,15 +206,21 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
                 return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, first,
                                reason=f"duplicate of {first}, which is gone (gc): the retry keeps it anew")
             if known.state.final:
-                log.info("%s: duplicate of %s (%s): not delivered again", env.queue_id or "-", first, known.state)
-                return Outcome(EX_OK, known.state, first,
-                               reason=f"duplicate of {first}, already {known.state}: not delivered again")
+                return _duplicate(env, first, known.state)
             # Not delivered yet (deferred, or in flight at the other host): delivered under the
             # first copy's id, so the agent sees one webhook-id for the message.
             log.info("%s: duplicate of %s (%s): delivered under its id", env.queue_id or "-", first, known.state)
             event, extra = build_event(raw, env, config, store, now, match, event_id=first)
             body = _body(event)
             store.put_event(event, body, route.match, first_state)
+        elif again:
+            # This copy's own retry, while a copy under another queue id or at another host was
+            # delivered under this id: the agent has it. (This copy's own delivered attempt is
+            # POSTed again, with the same webhook-id: Postfix retries only what it was not told
+            # was delivered.)
+            known = store.delivery(event["id"])
+            if known is not None and known.state in POSTED and known.queue_id != env.queue_id:
+                return _duplicate(env, event["id"], known.state)
     except StoreError as exc:
         return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event["id"], reason=f"store: {exc}")
     event_id = event["id"]

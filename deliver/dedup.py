@@ -9,6 +9,8 @@ id, so neither the raw sha256 nor the event id match. What matches is, for one r
   the Message-ID                              (no Message-ID: no dedup)
   the body after the header block             (its sha256; line ends read as LF, so the pipe's
                                                LF and LMTP's CRLF copies agree)
+  the envelope sender (MAIL FROM)             (a retry and a backup MX keep it; a bounce quoting
+                                               the message has another)
   the DKIM and DMARC verdicts of the copy     (a forgery that fails them cannot stand for a
                                                copy that passes, nor the other way round)
 
@@ -30,8 +32,9 @@ def body_of(raw: bytes) -> bytes:
     return raw[end.end():].replace(b"\r\n", b"\n") if end else b""
 
 
-def fingerprint(raw: bytes, auth: dict) -> str:
-    """The key beside recipient and Message-ID: sha256 over the verdicts and the body."""
-    h = hashlib.sha256(f"dkim={auth.get('dkim') or 'none'};dmarc={auth.get('dmarc') or 'none'}\n".encode())
+def fingerprint(raw: bytes, sender: str, auth: dict) -> str:
+    """The key beside recipient and Message-ID: sha256 over MAIL FROM, the verdicts and the body."""
+    head = f"from={sender.lower()};dkim={auth.get('dkim') or 'none'};dmarc={auth.get('dmarc') or 'none'}\n"
+    h = hashlib.sha256(head.encode("utf-8", "backslashreplace"))
     h.update(body_of(raw))
     return h.hexdigest()

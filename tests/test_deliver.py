@@ -346,9 +346,10 @@ def test_a_copy_of_a_deferred_message_is_delivered_under_the_first_id(tmp_path, 
     sent = json.loads(store.get_event(first.event_id))
     assert store.get_blob(sent["raw"]["sha256"]) == copy_at_b()
     store.close()
-    # host A's own retry of its copy is not a duplicate of anything: it finds the event delivered
+    # host A's own retry of its copy finds the event delivered: exit 0, no third POST
     third = deliver(raw(), ENV, cfg)
-    assert (third.exit_code, third.event_id) == (EX_OK, first.event_id)
+    assert (third.exit_code, third.state, third.event_id) == (EX_OK, S.DELIVERED, first.event_id)
+    assert "duplicate of" in third.reason and len(receiver.requests) == 2
 
 
 @pytest.mark.parametrize("why, copy, env", [
@@ -379,7 +380,9 @@ def test_no_message_id_no_dedup_and_the_window_ends(tmp_path, receiver):
 
 def test_the_fingerprint_reads_the_body_whatever_the_line_ends_and_headers():
     from agentmx.deliver.dedup import body_of, fingerprint
-    passed = {"dkim": "pass", "dmarc": "pass"}
-    assert fingerprint(raw(), passed) == fingerprint(copy_at_b(), passed) == fingerprint(copy_at_b(lf=False), passed)
-    assert fingerprint(raw(), passed) != fingerprint(raw(), {"dkim": "pass", "dmarc": "fail"})
+    passed, a = {"dkim": "pass", "dmarc": "pass"}, "alice@sender.test"
+    assert fingerprint(raw(), a, passed) == fingerprint(copy_at_b(), "Alice@Sender.test", passed) \
+        == fingerprint(copy_at_b(lf=False), a, passed)
+    assert fingerprint(raw(), a, passed) != fingerprint(raw(), a, {"dkim": "pass", "dmarc": "fail"})
+    assert fingerprint(raw(), a, passed) != fingerprint(raw(), "", passed)           # a bounce quoting it
     assert body_of(b"Subject: x\r\n\r\nline\r\n") == b"line\n" and body_of(b"Subject: no body") == b""
