@@ -32,11 +32,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, report
+from conftest import report
 from e2e_helpers import RsaKey, send, sign
 from support.model import ModelServer
-from support.postfix import (MilterProcess, PostfixInstance, agentmx_config, fragment_settings, free_tcp_port,
-                             install_deliver, install_submit, listening, wait_for)
+from support.postfix import (MilterProcess, PostfixInstance, agentmx_config, free_tcp_port, install_deliver,
+                             install_lmtp, install_submit, listening, wait_for)
 from support.receiver import Receiver
 from support.stores import store_section
 
@@ -160,16 +160,8 @@ def world(dns_server, pg_server, s3_server, key):
             if front == "pipe":
                 install_deliver(pf, cfg, DOMAIN, AGENTMX, transport_maps=f"inline:{{ {DOMAIN}=agentmx: {others} }}")
             else:
-                recipients = pf.base / "recipients"
-                recipients.write_text(subprocess.run([AGENTMX, "--config", str(cfg), "postfix-map"], capture_output=True,
-                                                     text=True, check=True).stdout)
-                pf.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.deliver.fragment", relay_domains=DOMAIN,
-                                               transport_maps=f"inline:{{ {DOMAIN}=agentmx:unix:{lmtp_sock} {others} }}",
-                                               relay_recipient_maps=f"texthash:{recipients}"))
-                (entry,) = [line for line in (ROOT / "postfix" / "master.cf.lmtp.fragment").read_text().splitlines()
-                            if line and not line.startswith("#")]
-                pf.postconf_master(entry)
-                lmtp_sock.parent.mkdir()
+                install_lmtp(pf, cfg, DOMAIN, lmtp_sock, AGENTMX,
+                             transport_maps=f"inline:{{ {DOMAIN}=agentmx:unix:{lmtp_sock} {others} }}")
                 shutil.chown(lmtp_sock.parent, "nobody", "nogroup")
             w[name] = {"pf": pf, "cfg": cfg, "port": port, "api": f"http://127.0.0.1:{port}", "authserv": authserv}
         migrate = subprocess.run(as_nobody([AGENTMX, "--config", str(w["a"]["cfg"]), "store", "migrate"]),

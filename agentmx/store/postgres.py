@@ -34,8 +34,8 @@ from psycopg import errors as pgerrors
 
 from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState,
-                    Metrics, SendRecord, SendState)
+from .model import (LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow,
+                    Job, JobState, Metrics, SendRecord, SendState)
 from .s3 import BlobStore
 
 log = logging.getLogger("agentmx.store.postgres")
