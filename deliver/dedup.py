@@ -20,21 +20,40 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Iterator
 
 WINDOW = 7 * 86400.0          # seconds: longer than the 5 days senders and backup MXs keep retrying
 
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 
 
-def body_of(raw: bytes) -> bytes:
-    """The body after the header block (the first empty line), line ends as LF; b"" without one."""
+def body_chunks(raw: bytes, size: int = 1 << 16) -> Iterator[bytes]:
+    """The body after the header block (the first empty line), line ends as LF, in pieces of
+    about `size` bytes: a 50 MB message is hashed without a copy of its body. Nothing without
+    an empty line."""
     end = _END_OF_HEADERS.search(raw)
-    return raw[end.end():].replace(b"\r\n", b"\n") if end else b""
+    if not end:
+        return
+    view, pos, carry = memoryview(raw), end.end(), b""
+    while pos < len(raw):
+        chunk = carry + bytes(view[pos:pos + size])
+        pos += size
+        carry = b""
+        if chunk.endswith(b"\r") and pos < len(raw):      # a CRLF split between two pieces
+            chunk, carry = chunk[:-1], b"\r"
+        yield chunk.replace(b"\r\n", b"\n")
+    if carry:
+        yield carry
+
+
+def body_of(raw: bytes) -> bytes:
+    return b"".join(body_chunks(raw))
 
 
 def fingerprint(raw: bytes, sender: str, auth: dict) -> str:
     """The key beside recipient and Message-ID: sha256 over MAIL FROM, the verdicts and the body."""
     head = f"from={sender.lower()};dkim={auth.get('dkim') or 'none'};dmarc={auth.get('dmarc') or 'none'}\n"
     h = hashlib.sha256(head.encode("utf-8", "backslashreplace"))
-    h.update(body_of(raw))
+    for chunk in body_chunks(raw):
+        h.update(chunk)
     return h.hexdigest()

@@ -386,3 +386,8 @@ def test_the_fingerprint_reads_the_body_whatever_the_line_ends_and_headers():
     assert fingerprint(raw(), a, passed) != fingerprint(raw(), a, {"dkim": "pass", "dmarc": "fail"})
     assert fingerprint(raw(), a, passed) != fingerprint(raw(), "", passed)           # a bounce quoting it
     assert body_of(b"Subject: x\r\n\r\nline\r\n") == b"line\n" and body_of(b"Subject: no body") == b""
+    from agentmx.deliver.dedup import body_chunks
+    crlf = b"Subject: x\r\n\r\n" + b"ab\r\n" * 1000
+    for size in (2, 3, 4, 7, 4096):                  # a CRLF split across pieces is still one line end
+        assert b"".join(body_chunks(crlf, size)) == b"ab\n" * 1000 == body_of(crlf.replace(b"\r\n", b"\n")), size
+    assert b"".join(body_chunks(b"S: x\n\nends in CR\r", 3)) == b"ends in CR\r"
