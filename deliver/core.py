@@ -24,10 +24,11 @@ from typing import Callable
 
 from agentmx import urls
 from agentmx.config import Config
-from agentmx.store import Store, StoreError, open_store
+from agentmx.store import DuplicateEvent, Store, StoreError, open_store
 from agentmx.store.model import EXCERPT, Attempt, DeliveryState
 from agentmx.webhook import sign_headers
 
+from . import dedup
 from . import event as ev
 from . import route as routing
 from .authread import read_auth
@@ -61,11 +62,13 @@ class Outcome:
 
 
 def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, now: float,
-                match: routing.Match | None) -> tuple[dict, dict]:
+                match: routing.Match | None, event_id: str | None = None) -> tuple[dict, dict]:
     """The event for one delivery, storing the raw message and attachments when `store` is given.
-    Returns (event, extra) where extra holds what the caller logs (raw sha, defects count)."""
+    Returns (event, extra) where extra holds what the caller logs (raw sha, defects count) and
+    the message's dedup fingerprint. `event_id`: the id of the first copy of this message (a
+    duplicate delivered under it), else this copy's own."""
     raw_sha = store.put_blob(raw) if store else hashlib.sha256(raw).hexdigest()
-    event_id = ev.event_id(env.recipient, raw_sha, env.queue_id)
+    event_id = event_id or ev.event_id(env.recipient, raw_sha, env.queue_id)
     parsed = parse(raw)
     route = match.route if match else None
     auth = read_auth(parsed.headers, config.authserv_id)
@@ -101,7 +104,63 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
                       envelope=envelope, auth=auth, attachments=attachments,
                       raw={"sha256": raw_sha, "url": link(raw_sha, "message/rfc822", f"{event_id}.eml")},
                       size=len(raw), flagged=flagged)
-    return event, {"raw_sha": raw_sha, "defects": len(parsed.defects)}
+    return event, {"raw_sha": raw_sha, "defects": len(parsed.defects),
+                   "fingerprint": dedup.fingerprint(raw, env.sender, auth)}
+
+
+# What only a POST makes of a delivery: a retry that finds one of these does not POST again.
+POSTED = frozenset({DeliveryState.DELIVERED, DeliveryState.REFUSED, DeliveryState.DROPPED, DeliveryState.SPAM})
+
+
+def _duplicate(env: Envelope, first: str, state: DeliveryState) -> Outcome:
+    """Exit 0 for a copy of a message its first copy took care of (the agent has it, or it is kept)."""
+    log.info("%s: duplicate of %s (%s): not delivered again", env.queue_id or "-", first, state)
+    return Outcome(EX_OK, state, first, reason=f"duplicate of {first}, already {state}: not delivered again")
+
+
+def _keep(raw: bytes, env: Envelope, config: Config, store: Store, now: float, match: routing.Match, event: dict,
+          fingerprint: str) -> tuple[dict, bytes] | Outcome:
+    """Keep the event, unless it is a copy of a message kept already (another MX host took it, or
+    this one under another queue id: deliver/dedup.py). Returns the event to deliver and its
+    body (the first copy's id for a copy not delivered yet), or the Outcome of a copy whose
+    first copy was taken care of."""
+    route = match.route
+    state = DeliveryState.RECEIVED if route.pushes else DeliveryState.STORED
+    since = now - dedup.WINDOW
+    body = _body(event)
+    first = store.find_event(env.recipient, event["messageId"], fingerprint, since) if event.get("messageId") else None
+    again = False
+    if first is None or first == event["id"]:
+        try:
+            again = not store.put_event(event, body, route.match, state, fingerprint, since)
+        except DuplicateEvent as exc:            # another host kept it a moment ago
+            first = exc.first
+    if first is not None and first != event["id"]:
+        known = store.delivery(first)
+        if known is None:
+            return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, first,
+                           reason=f"duplicate of {first}, which is gone (gc): the retry keeps it anew")
+        if known.state.final:
+            return _duplicate(env, first, known.state)
+        # Not delivered yet (deferred, or in flight at the other host): delivered under the first
+        # copy's id, so the agent sees one webhook-id for the message.
+        log.info("%s: duplicate of %s (%s): delivered under its id", env.queue_id or "-", first, known.state)
+        event, _ = build_event(raw, env, config, store, now, match, event_id=first)
+        body = _body(event)
+        store.put_event(event, body, route.match, state)
+    elif again:
+        # This copy's own retry, while a copy under another queue id or at another host was
+        # delivered under this id: the agent has it. (This copy's own delivered attempt is POSTed
+        # again, with the same webhook-id: Postfix retries only what it was not told was delivered.)
+        known = store.delivery(event["id"])
+        if known is not None and known.state in POSTED and known.queue_id != env.queue_id:
+            return _duplicate(env, event["id"], known.state)
+    return event, body
+
+
+def _body(event: dict) -> bytes:
+    """The event as POSTed and kept."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 CONTROL = {"drop": DeliveryState.DROPPED, "spam": DeliveryState.SPAM}
@@ -162,18 +221,20 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
         return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, reason=f"no route for {env.recipient} (fix the config "
                                                                    f"or the Postfix recipient map); Postfix keeps the message")
     now = clock()
-    event, extra = build_event(raw, env, config, store, now, match)
-    event_id = event["id"]
-    body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     route = match.route
+    event, extra = build_event(raw, env, config, store, now, match)
 
     # The event is stored, with its inbox row, before the agent sees it: an agent that answers at
     # once (inReplyTo the event id) must find it, and a replay has it even if this process dies
     # after the POST.
     try:
-        store.put_event(event, body, route.match, DeliveryState.RECEIVED if route.pushes else DeliveryState.STORED)
+        kept = _keep(raw, env, config, store, now, match, event, extra["fingerprint"])
     except StoreError as exc:
-        return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event_id, reason=f"store: {exc}")
+        return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event["id"], reason=f"store: {exc}")
+    if isinstance(kept, Outcome):
+        return kept
+    event, body = kept
+    event_id = event["id"]
 
     def record(outcome: Outcome, status: int | None = None, took_ms: int = 0, answer: str = "") -> Outcome:
         """The attempt, kept. A store that fails now defers a message that was not POSTed (held,

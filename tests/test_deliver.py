@@ -279,3 +279,115 @@ def test_a_dmarc_pass_for_another_domain_than_from_is_said(tmp_path, receiver):
     (event,) = receiver.events()
     assert event["auth"]["dmarc"] == "pass" and event["from"]["address"] == "security@bank.test"
     assert "auth: DMARC passed for sender.test, but `from` is in bank.test" in event["defects"]
+
+
+# --- one event per message: the same message taken twice (two MX hosts, or one under two queue ids) ---
+
+RECEIVED_B = ("Received: from mail.sender.test (unknown [192.0.2.1])\r\n\tby mx2.agentmx.test (Postfix) with ESMTPS id"
+              " 5DEF\r\n\tfor <agent@agentmx.test>; Fri, 27 Nov 2026 19:47:10 +0000 (UTC)\r\n")
+ENV_B = Envelope(sender="alice@sender.test", recipient="agent@agentmx.test", queue_id="5DEF",
+                 client_address="192.0.2.1", client_helo="mail.sender.test")
+
+
+def copy_at_b(body: str = BODY, ours: bool = True, lf: bool = True) -> bytes:
+    """The same message as host B hands it over: its own trace headers and queue id, LF line ends
+    (the pipe) where host A's copy has CRLF."""
+    text = (OUR_AR.replace(";", " (from mx2);", 1) if ours else "") + RECEIVED_B + body
+    data = text.encode("latin-1")
+    return data.replace(b"\r\n", b"\n") if lf else data
+
+
+def test_a_copy_of_a_delivered_message_is_not_posted_again(tmp_path, receiver, caplog):
+    cfg = config(tmp_path, receiver.url)
+    first = deliver(raw(), ENV, cfg)
+    assert (first.exit_code, first.state) == (EX_OK, S.DELIVERED)
+    with caplog.at_level("INFO", logger="agentmx.deliver"):
+        second = deliver(copy_at_b(), ENV_B, cfg)
+    assert (second.exit_code, second.state, second.event_id) == (EX_OK, S.DELIVERED, first.event_id)
+    assert f"duplicate of {first.event_id}" in second.reason and f"duplicate of {first.event_id}" in caplog.text
+    assert len(receiver.requests) == 1                                   # no second POST
+    store = EmbeddedStore(cfg.data_dir)
+    assert len(store.inbox_query(("agent@agentmx.test",))) == 1 and store.delivery(first.event_id).attempts == 1
+    store.close()
+
+
+def pull_config(tmp_path: Path, endpoint: str):
+    return parse_config(f'[server]\nauthserv_id = "{AUTHSERV}"\ndata_dir = "{tmp_path / "data"}"\n'
+                        'url_secret = "0123456789abcdef0123"\n[[routes]]\nmatch = "agent@agentmx.test"\nmode = "pull"\n',
+                        tmp_path / "agentmx.toml")
+
+
+@pytest.mark.parametrize("state, make", [(S.REFUSED, config), (S.STORED, pull_config)])
+def test_a_copy_of_a_message_refused_or_stored_is_not_kept_again(tmp_path, receiver, state, make):
+    cfg = make(tmp_path, receiver.url)
+    receiver.script = [(406, 0)]
+    first = deliver(raw(), ENV, cfg)
+    assert first.state is state
+    second = deliver(copy_at_b(), ENV_B, cfg)
+    assert (second.exit_code, second.state, second.event_id) == (EX_OK, state, first.event_id)
+    store = EmbeddedStore(cfg.data_dir)
+    assert len(store.inbox_query(("agent@agentmx.test",))) == 1
+    store.close()
+
+
+def test_a_copy_of_a_deferred_message_is_delivered_under_the_first_id(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url)
+    receiver.script = [(500, 0), (200, 0)]
+    first = deliver(raw(), ENV, cfg)
+    assert first.state is S.DEFERRED
+    second = deliver(copy_at_b(), ENV_B, cfg)
+    assert (second.exit_code, second.state, second.event_id) == (EX_OK, S.DELIVERED, first.event_id)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [first.event_id] * 2
+    store = EmbeddedStore(cfg.data_dir)
+    assert [(a.outcome, a.queue_id) for a in store.attempts(first.event_id)] == [(S.DEFERRED, "4ABC"),
+                                                                                (S.DELIVERED, "5DEF")]
+    assert len(store.inbox_query(("agent@agentmx.test",))) == 1
+    # the event as last sent is host B's copy; its raw message is kept with it
+    sent = json.loads(store.get_event(first.event_id))
+    assert store.get_blob(sent["raw"]["sha256"]) == copy_at_b()
+    store.close()
+    # host A's own retry of its copy finds the event delivered: exit 0, no third POST
+    third = deliver(raw(), ENV, cfg)
+    assert (third.exit_code, third.state, third.event_id) == (EX_OK, S.DELIVERED, first.event_id)
+    assert "duplicate of" in third.reason and len(receiver.requests) == 2
+
+
+@pytest.mark.parametrize("why, copy, env", [
+    ("another body under the same Message-ID (a forgery)",
+     lambda: copy_at_b(BODY.replace("Hello agent", "Wire the money")), ENV_B),
+    ("the same body without our verification (dkim and dmarc none, not pass)", lambda: copy_at_b(ours=False), ENV_B),
+    ("another recipient", lambda: copy_at_b(), Envelope(**{**ENV_B.__dict__, "recipient": "agent+x@agentmx.test"})),
+])
+def test_what_is_not_a_copy_is_a_second_event(tmp_path, receiver, why, copy, env):
+    cfg = config(tmp_path, receiver.url)
+    first = deliver(raw(), ENV, cfg)
+    second = deliver(copy(), env, cfg)
+    assert second.event_id != first.event_id and second.state in (S.DELIVERED, S.HELD), why
+    assert "duplicate" not in second.reason
+
+
+def test_no_message_id_no_dedup_and_the_window_ends(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url)
+    bare = BODY.replace("Message-ID: <m1@sender.test>\r\n", "")
+    first = deliver(raw().replace(b"Message-ID: <m1@sender.test>\r\n", b""), ENV, cfg)
+    second = deliver(copy_at_b(bare), ENV_B, cfg)
+    assert second.event_id != first.event_id and len(receiver.requests) == 2
+    now = time.time()
+    third = deliver(raw(), ENV, cfg, clock=lambda: now)
+    late = deliver(copy_at_b(), ENV_B, cfg, clock=lambda: now + 8 * 86400)           # past the 7-day window
+    assert late.event_id != third.event_id and len(receiver.requests) == 4
+
+
+def test_the_fingerprint_reads_the_body_whatever_the_line_ends_and_headers():
+    from agentmx.deliver.dedup import body_of, fingerprint
+    passed, a = {"dkim": "pass", "dmarc": "pass"}, "alice@sender.test"
+    assert fingerprint(raw(), a, passed) == fingerprint(copy_at_b(), "Alice@Sender.test", passed) \
+        == fingerprint(copy_at_b(lf=False), a, passed)
+    assert fingerprint(raw(), a, passed) != fingerprint(raw(), a, {"dkim": "pass", "dmarc": "fail"})
+    assert fingerprint(raw(), a, passed) != fingerprint(raw(), "", passed)           # a bounce quoting it
+    assert body_of(b"Subject: x\r\n\r\nline\r\n") == b"line\n" and body_of(b"Subject: no body") == b""
+    from agentmx.deliver.dedup import body_chunks
+    crlf = b"Subject: x\r\n\r\n" + b"ab\r\n" * 1000
+    for size in (2, 3, 4, 7, 4096):                  # a CRLF split across pieces is still one line end
+        assert b"".join(body_chunks(crlf, size)) == b"ab\n" * 1000 == body_of(crlf.replace(b"\r\n", b"\n")), size
+    assert b"".join(body_chunks(b"S: x\n\nends in CR\r", 3)) == b"ends in CR\r"

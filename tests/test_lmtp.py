@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from e2e_helpers import send
-from support.postfix import PostfixInstance, agentmx_config, fragment_settings, wait_for
+from support.postfix import PostfixInstance, agentmx_config, install_lmtp, wait_for
 from support.receiver import Receiver
 from test_cli_deliver import MESSAGE, SECRET, write_config
 
@@ -117,16 +116,7 @@ def test_lmtp_behind_postfix(tmp_path, dns_server):
                                 server=f'data_dir = "{data}"\nurl_secret = "lmtp-url-secret-0123456"',
                                 rest=f'[worker]\nlmtp_socket = "{sock}"\nsocket_mode = "0666"\n{route}')
         pf.postconf("smtpd_milters =", "non_smtpd_milters =")
-        recipients = pf.base / "recipients"
-        recipients.write_text("agent@agentmx.test OK\n")
-        pf.postconf(*fragment_settings(ROOT / "postfix" / "main.cf.deliver.fragment", relay_domains="agentmx.test",
-                                       transport_maps=f"inline:{{ agentmx.test=agentmx:unix:{sock} }}",
-                                       relay_recipient_maps=f"texthash:{recipients}"))
-        (entry,) = [line for line in (ROOT / "postfix" / "master.cf.lmtp.fragment").read_text().splitlines()
-                    if line and not line.startswith("#")]
-        pf.postconf_master(entry)
-        sock.parent.mkdir()
-        os.chmod(sock.parent, 0o755)
+        install_lmtp(pf, cfg, "agentmx.test", sock, AGENTMX)
         srv = LmtpServer(cfg, sock)
         pf.start()
         long_line = b"x" * 5000

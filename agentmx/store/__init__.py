@@ -4,7 +4,7 @@
     postgres   PostgreSQL (psycopg 3, a pool) + an S3-compatible bucket: several MX hosts
 
     model.py       every record a frozen dataclass, every state an enum
-    base.py        the interface, and its one error type (StoreError: StoreUnavailable, SchemaMismatch)
+    base.py        the interface, and its one error type (StoreError: StoreUnavailable, SchemaMismatch, DuplicateEvent)
     migrations.py  the schema's versions, each with its DDL per backend
     embedded.py    the embedded backend; legacy.py imports an earlier version's data directory into it
     transfer.py    moving a store to another backend, verified (`agentmx store migrate --to postgres`)
@@ -19,7 +19,7 @@ import importlib
 import time
 from typing import Callable
 
-from .base import SchemaMismatch, Store, StoreError, StoreUnavailable  # noqa: F401
+from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable  # noqa: F401
 
 
 def open_store(config, clock: Callable[[], float] = time.time, pool_size: int = 1) -> Store:

@@ -32,6 +32,15 @@ class SchemaMismatch(StoreError):
     """The database's schema is not the one this version expects: run `agentmx store migrate`."""
 
 
+class DuplicateEvent(StoreError):
+    """put_event with a fingerprint: another event already holds this message for this recipient
+    (the same message taken by two MX hosts, or twice by one); `first` is that event's id."""
+
+    def __init__(self, first: str):
+        super().__init__(f"duplicate of {first}")
+        self.first = first
+
+
 class Store(abc.ABC):
     clock: Callable[[], float]
 
@@ -64,20 +73,28 @@ class Store(abc.ABC):
     # --- events, with their inbox row: one write --------------------------------------------------
 
     @abc.abstractmethod
-    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState) -> bool:
+    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState,
+                  fingerprint: str | None = None, since: float | None = None) -> bool:
         """Keep an event (its JSON body as sent) with its inbox row and its delivery record, in one
         transaction, and wake the waiters (long-polls, event streams) on every host. A second
         put of the same id (a Postfix retry) keeps the first row's place, read flag, state and
-        attempts, replaces the body (the event as last sent: its URLs signed anew) and returns
-        False."""
+        attempts, replaces the body (the event as last sent: its URLs signed anew), adds the blobs
+        it refers to, and returns False.
+
+        `fingerprint` (deliver's: the body's sha256 and the verdicts, deliver/dedup.py) is kept
+        with the event. With `since` too, and an event messageId, a NEW id is kept only when
+        find_event finds no other event for its recipient, Message-ID and fingerprint kept since
+        `since`, checked in the same transaction (two hosts storing one message at once keep
+        one); else DuplicateEvent(that event's id) is raised and nothing is written."""
 
     @abc.abstractmethod
     def get_event(self, event_id: str) -> bytes | None: ...
 
     @abc.abstractmethod
-    def find_event(self, recipient: str, message_id: str, since: float) -> str | None:
-        """The id of an event for this recipient and Message-ID kept since `since`: the same
-        message reaching two MX hosts (a backup relaying to the primary) is one event."""
+    def find_event(self, recipient: str, message_id: str, fingerprint: str, since: float) -> str | None:
+        """The id of the first event kept since `since` for this recipient (any case), Message-ID
+        and fingerprint: the same message reaching two MX hosts (or one twice, under two queue
+        ids) is one event. None for an empty Message-ID or fingerprint."""
 
     # --- deliveries and their attempts ------------------------------------------------------------
 

@@ -39,10 +39,10 @@ from agentmx import notify
 from agentmx.ownership import NotOurs, hand_over, no_other_access, refuse_links
 
 from . import migrations
-from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (EXCERPT, LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job,
-                    JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript,
-                    StoredUses, base_address, delivered_at, export_after, stored_events)
+from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
+from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Delivery, DeliveryState, GcReport,
+                    InboxRow, Job, JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob,
+                    StoredTranscript, StoredUses, base_address, delivered_at, export_after, stored_events)
 
 FILE = "agentmx.sqlite"
 BACKEND = "embedded"
@@ -394,33 +394,42 @@ class EmbeddedStore(Store):
 
     # --- events ------------------------------------------------------------------------------------
 
-    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState) -> bool:
+    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState,
+                  fingerprint: str | None = None, since: float | None = None) -> bool:
         event_id = event["id"]
+        recipient = event["recipient"].lower()
+        message_id = (event.get("messageId") or "")[:MESSAGE_ID_MAX] or None
         now = self.clock()
         auth = event.get("auth") or {}
         shas = {s for s in [(event.get("raw") or {}).get("sha256"),
                             *(a.get("sha256") for a in event.get("attachments") or [])] if isinstance(s, str)}
-        with self._tx() as db:
+        with self._tx() as db:        # BEGIN IMMEDIATE: the duplicate check and the insert are one step
             row = db.execute("SELECT seq FROM events WHERE id = ?", (event_id,)).fetchone()
             if row is not None:
                 db.execute("UPDATE event_bodies SET body = ? WHERE seq = ?", (body, row[0]))
                 first = False
             else:
+                if fingerprint and since is not None and message_id:
+                    other = _first(db, recipient, message_id, fingerprint, since)
+                    if other is not None:
+                        raise DuplicateEvent(other)
                 verdicts = [str(auth.get(c) or "none") for c in CHECKS]
                 seq = db.execute(
                     "INSERT INTO events (id, address, recipient, sender, subject, thread_id, message_id, received, "
-                    "accepted, spf, dkim, dmarc, arc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event_id, base_address(event["recipient"]), event["recipient"].lower(),
+                    "accepted, spf, dkim, dmarc, arc, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event_id, base_address(event["recipient"]), recipient,
                      ((event.get("from") or {}).get("address") or "").lower(), event.get("subject") or "",
-                     event.get("threadId"), event.get("messageId"), now, _accepted(event, now), *verdicts)).lastrowid
+                     event.get("threadId"), message_id, now, _accepted(event, now), *verdicts,
+                     fingerprint)).lastrowid
                 db.execute("INSERT INTO event_bodies (seq, body) VALUES (?, ?)", (seq, body))
                 db.execute("INSERT INTO deliveries (event_id, route, recipient, state, created, updated) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (event_id, route, event["recipient"].lower(), state.value, now, now))
-                db.executemany("INSERT OR IGNORE INTO event_blobs (event_id, sha256) VALUES (?, ?)",
-                               [(event_id, s) for s in shas])
+                           "VALUES (?, ?, ?, ?, ?, ?)", (event_id, route, recipient, state.value, now, now))
                 _bump(db, [("received", "", 1), ("state", state.value, 1),
                            *(("verdict", f"{c}={v}", 1) for c, v in zip(CHECKS, verdicts))])
                 first = True
+            # the blobs of the body as last sent (a copy taken by another host names its own raw message)
+            db.executemany("INSERT OR IGNORE INTO event_blobs (event_id, sha256) VALUES (?, ?)",
+                           [(event_id, s) for s in shas])
         notify.ring(self.data_dir)        # long-polls and event streams on this host wake up
         return first
 
@@ -428,10 +437,13 @@ class EmbeddedStore(Store):
         row = self._one("SELECT b.body FROM events e JOIN event_bodies b ON b.seq = e.seq WHERE e.id = ?", (event_id,))
         return bytes(row[0]) if row else None
 
-    def find_event(self, recipient: str, message_id: str, since: float) -> str | None:
-        row = self._one("SELECT id FROM events WHERE recipient = ? AND message_id = ? AND received >= ? "
-                        "ORDER BY seq LIMIT 1", (recipient.lower(), message_id, since))
-        return row[0] if row else None
+    def find_event(self, recipient: str, message_id: str, fingerprint: str, since: float) -> str | None:
+        if not message_id or not fingerprint:
+            return None
+        try:
+            return _first(self._db(), recipient.lower(), message_id[:MESSAGE_ID_MAX], fingerprint, since)
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
 
     # --- deliveries --------------------------------------------------------------------------------
 
@@ -792,7 +804,7 @@ _EXPORT = {
 def _export_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
     rows = db.execute(f"SELECT e.seq, e.id, b.body, e.recipient, e.address, e.sender, e.subject, e.thread_id, "
                       f"e.message_id, e.received, e.accepted, e.read, e.spf, e.dkim, e.dmarc, e.arc, "
-                      + ", ".join(f"d.{c}" for c in _DELIVERY.split(", ")) + " "
+                      + ", ".join(f"d.{c}" for c in _DELIVERY.split(", ")) + ", e.fingerprint "
                       "FROM events e JOIN event_bodies b ON b.seq = e.seq JOIN deliveries d ON d.event_id = e.id "
                       "WHERE e.seq > ? ORDER BY e.seq LIMIT ?", (after, limit)).fetchall()
     if not rows:
@@ -814,9 +826,9 @@ def _import_event(db: sqlite3.Connection, r: StoredEvent) -> int:
                          "own before the import")
     d = r.delivery
     db.execute("INSERT INTO events (seq, id, address, recipient, sender, subject, thread_id, message_id, received, "
-               "accepted, read, spf, dkim, dmarc, arc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               "accepted, read, spf, dkim, dmarc, arc, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (r.seq, r.id, r.address, r.recipient, r.sender, r.subject, r.thread_id, r.message_id or None, r.received,
-                r.received if r.accepted is None else r.accepted, int(r.read), *r.verdicts))
+                r.received if r.accepted is None else r.accepted, int(r.read), *r.verdicts, r.fingerprint))
     db.execute("INSERT INTO event_bodies (seq, body) VALUES (?, ?)", (r.seq, r.body))
     db.execute("INSERT INTO deliveries (event_id, route, recipient, state, attempts, status, reason, queue_id, created, "
                "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -881,6 +893,13 @@ def _inbox_row(r) -> InboxRow:
 
 def _job(r) -> Job:
     return Job(r[0], JobState(r[1]), r[2], tuple(json.loads(r[3])), r[4], r[5])
+
+
+def _first(db: sqlite3.Connection, recipient: str, message_id: str, fingerprint: str, since: float) -> str | None:
+    """find_event's query: the first event kept since `since` with these three keys."""
+    row = db.execute("SELECT id FROM events WHERE recipient = ? AND message_id = ? AND fingerprint = ? AND received >= ? "
+                     "ORDER BY seq LIMIT 1", (recipient, message_id, fingerprint, since)).fetchone()
+    return row[0] if row else None
 
 
 def _bump(db: sqlite3.Connection, changes: list[tuple[str, str, float]]) -> None:

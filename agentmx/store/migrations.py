@@ -128,6 +128,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events with their inbox rows, deliveries and attempts, sends, agent jobs and transcripts, "
                  "rate-limit uses, metrics counters; empty tables for issue 16 (send events, suppressions, blocks)",
               {"embedded": _V1_SQLITE, "postgres": (postgres_schema.V1,)}),
+    Migration(2, "events.fingerprint (deliver/dedup.py: MAIL FROM, verdicts, the body's sha256) and an index on "
+                 "recipient, Message-ID and it: one message taken by two MX hosts, or twice by one, is one event",
+              {"embedded": ("ALTER TABLE events ADD COLUMN fingerprint TEXT",
+                            "DROP INDEX events_message",
+                            "CREATE INDEX events_dedup ON events (recipient, message_id, fingerprint)"),
+               "postgres": (postgres_schema.V2,)}),
 )
 
 LATEST = MIGRATIONS[-1].version

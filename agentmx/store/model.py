@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 EXCERPT = 200                  # characters of an endpoint's answer kept with each attempt
+MESSAGE_ID_MAX = 998           # characters of an event's Message-ID kept (and compared by find_event)
 
 
 class _Named(enum.Enum):
@@ -183,6 +184,7 @@ class StoredEvent:
     blobs: tuple[str, ...]           # sha256 of the raw message and attachments, sorted
     delivery: Delivery
     attempts: tuple[Attempt, ...]    # in order
+    fingerprint: str | None = None   # deliver's copy detector (deliver/dedup.py), None when not kept
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ def stored_events(rows, attempt_rows, blob_rows) -> list[StoredEvent]:
     """Both backends' export of events, from rows of (seq, id, body, recipient, address, sender,
     subject, thread_id, message_id, received, accepted, read, spf, dkim, dmarc, arc, and the
     delivery's event_id, route, recipient, state, attempts, status, reason, queue_id, created,
-    updated); their attempts (event_id, at, outcome, status, duration_ms, excerpt, webhook_id,
+    updated, and the event's fingerprint); their attempts (event_id, at, outcome, status, duration_ms, excerpt, webhook_id,
     queue_id), in order; their blob references (event_id, sha256)."""
     attempts: dict[str, list[Attempt]] = {}
     for r in attempt_rows:
@@ -239,7 +241,7 @@ def stored_events(rows, attempt_rows, blob_rows) -> list[StoredEvent]:
                         thread_id=r[7], message_id=r[8] or "", received=r[9], accepted=r[10], read=bool(r[11]),
                         verdicts=tuple(r[12:16]), blobs=tuple(sorted(blobs.get(r[1], ()))),
                         delivery=Delivery(*r[16:19], DeliveryState(r[19]), *r[20:26]),
-                        attempts=tuple(attempts.get(r[1], ())))
+                        attempts=tuple(attempts.get(r[1], ())), fingerprint=r[26])
             for r in rows]
 
 

@@ -33,10 +33,10 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from . import migrations
-from .base import SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (LATENCY_BUCKETS, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState,
-                    Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses,
-                    delivered_at, export_after, stored_events)
+from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
+from .model import (LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow,
+                    Job, JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript,
+                    StoredUses, delivered_at, export_after, stored_events)
 from .s3 import BlobStore
 
 log = logging.getLogger("agentmx.store.postgres")
@@ -167,28 +167,41 @@ class PostgresStore(Store):
 
     # --- events -------------------------------------------------------------------------------------
 
-    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState) -> bool:
+    def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState,
+                  fingerprint: str | None = None, since: float | None = None) -> bool:
         from agentmx.deliver.route import split
         event_id = event["id"]
         recipient = _text(event.get("recipient") or "").lower()
+        message_id = _text(event.get("messageId") or "")[:MESSAGE_ID_MAX]
         now = self.clock()
         auth = event.get("auth") or {}
         verdicts = {c: _text(str(auth.get(c) or "none"))[:32] for c in CHECKS}
         refs = _blob_refs(event)
 
         def put(cur):
+            # One lock for every put: the duplicate check below and the insert are one step for
+            # all hosts, and rows commit in seq order.
             cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_INBOX))
+            if fingerprint and since is not None and message_id:
+                cur.execute("SELECT 1 FROM events WHERE id = %s", (event_id,))
+                if cur.fetchone() is None:
+                    first = self._first(cur, recipient, message_id, fingerprint, since)
+                    if first is not None:
+                        raise DuplicateEvent(first)
             cur.execute("INSERT INTO events (id, recipient, message_id, route, body, accepted, spf, dkim, dmarc, arc, "
-                        "created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                        (event_id, recipient, _text(event.get("messageId") or "")[:998], _text(route), body,
-                         _timestamp(event.get("createdAt")), *verdicts.values(), now))
-            if cur.rowcount == 0:       # a retry: the body as last sent; place, read flag, state, attempts kept
-                cur.execute("UPDATE events SET body = %s WHERE id = %s", (body, event_id))
-                cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-                return False
+                        "created, fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        (event_id, recipient, message_id, _text(route), body,
+                         _timestamp(event.get("createdAt")), *verdicts.values(), now, _opt_text(fingerprint)))
+            inserted = cur.rowcount == 1
             if refs:
                 cur.executemany("INSERT INTO event_blobs (event_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                 [(event_id, sha) for sha in refs])
+            if not inserted:
+                # a retry: the body as last sent (and the blobs it names); place, read flag, state, attempts kept
+                cur.execute("UPDATE events SET body = %s WHERE id = %s", (body, event_id))
+                cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                return False
             cur.execute("INSERT INTO deliveries (event_id, route, recipient, state, created, updated) "
                         "VALUES (%s, %s, %s, %s, %s, %s)", (event_id, _text(route), recipient, state.value, now, now))
             cur.execute("INSERT INTO inbox (seq, id, address, recipient, sender, subject, thread_id, received, state) "
@@ -208,11 +221,17 @@ class PostgresStore(Store):
         row = self._one("SELECT body FROM events WHERE id = %s", (event_id,))
         return bytes(row[0]) if row else None
 
-    def find_event(self, recipient: str, message_id: str, since: float) -> str | None:
-        if not message_id:
+    def find_event(self, recipient: str, message_id: str, fingerprint: str, since: float) -> str | None:
+        if not message_id or not fingerprint:
             return None
-        row = self._one("SELECT id FROM events WHERE recipient = %s AND message_id = %s AND created >= %s "
-                        "ORDER BY created, id LIMIT 1", (_text(recipient).lower(), _text(message_id), since))
+        return self._run(lambda cur: self._first(cur, _text(recipient).lower(), _text(message_id)[:MESSAGE_ID_MAX],
+                                                 fingerprint, since))
+
+    @staticmethod
+    def _first(cur, recipient: str, message_id: str, fingerprint: str, since: float) -> str | None:
+        cur.execute("SELECT id FROM events WHERE recipient = %s AND message_id = %s AND fingerprint = %s "
+                    "AND created >= %s ORDER BY created, id LIMIT 1", (recipient, message_id, _text(fingerprint), since))
+        row = cur.fetchone()
         return row[0] if row else None
 
     # --- deliveries -------------------------------------------------------------------------------------
@@ -713,7 +732,7 @@ def _send(r) -> SendRecord:
 def _export_events(cur, after: int, limit: int) -> list[StoredEvent]:
     cur.execute("SELECT i.seq, e.id, e.body, e.recipient, i.address, i.sender, i.subject, i.thread_id, e.message_id, "
                 "i.received, e.accepted, i.read, e.spf, e.dkim, e.dmarc, e.arc, d.event_id, d.route, d.recipient, "
-                "d.state, d.attempts, d.status, d.reason, d.queue_id, d.created, d.updated "
+                "d.state, d.attempts, d.status, d.reason, d.queue_id, d.created, d.updated, e.fingerprint "
                 "FROM inbox i JOIN events e ON e.id = i.id JOIN deliveries d ON d.event_id = i.id "
                 "WHERE i.seq > %s ORDER BY i.seq LIMIT %s", (after, limit))
     rows = cur.fetchall()
@@ -758,9 +777,9 @@ def _import_events(cur, records: list[StoredEvent]) -> int:
         raise StoreError(f"inbox position {taken[0]} is {taken[1]}'s in this database, not the imported event's: "
                          "the database took mail of its own before the import")
     cur.executemany("INSERT INTO events (id, recipient, message_id, route, body, accepted, spf, dkim, dmarc, arc, "
-                    "created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "created, fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [(r.id, _text(r.recipient), _text(r.message_id), _text(r.delivery.route), r.body, r.accepted,
-                      *(_text(v) for v in r.verdicts), r.received) for r in new])
+                      *(_text(v) for v in r.verdicts), r.received, _opt_text(r.fingerprint)) for r in new])
     cur.executemany("INSERT INTO deliveries (event_id, route, recipient, state, attempts, status, reason, queue_id, "
                     "created, updated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [(r.id, _text(d.route), _text(d.recipient), d.state.value, d.attempts, d.status, _text(d.reason),

@@ -160,3 +160,13 @@ CREATE TABLE blocks (
     created     double precision NOT NULL
 );
 """
+
+# find_event's third key: deliver's fingerprint of the message (MAIL FROM, the verdicts, the
+# body's sha256), NULL for events kept before it (never taken for a duplicate). The index holds
+# all three keys: a sender who sends many messages under one Message-ID cannot make each look-up
+# read all of them.
+V2 = """
+ALTER TABLE events ADD COLUMN fingerprint text;
+DROP INDEX events_message;
+CREATE INDEX events_dedup ON events (recipient, message_id, fingerprint);
+"""

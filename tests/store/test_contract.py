@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from agentmx.store import StoreError
+from agentmx.store import DuplicateEvent, StoreError
 from agentmx.store.model import (EXCERPT, LATENCY_BUCKETS, Attempt, DeliveryState, JobState, SendRecord, SendState)
 
 pytestmark = pytest.mark.unit
@@ -32,9 +32,10 @@ def event(n: int, recipient: str = "agent@agents.test", sender: str = "bob@remot
                                                                for i, s in enumerate(attachments, 1)]}
 
 
-def put(store, n: int, state: DeliveryState = DeliveryState.RECEIVED, route: str = "@agents.test", **kw) -> str:
+def put(store, n: int, state: DeliveryState = DeliveryState.RECEIVED, route: str = "@agents.test",
+        fingerprint: str | None = None, **kw) -> str:
     ev = event(n, **kw)
-    assert store.put_event(ev, json.dumps(ev).encode(), route, state) is True
+    assert store.put_event(ev, json.dumps(ev).encode(), route, state, fingerprint) is True
     return ev["id"]
 
 
@@ -114,13 +115,94 @@ def test_a_second_put_keeps_place_read_flag_state_and_attempts(store, clock):
     assert len(store.inbox_query(("@agents.test",))) == 2 and store.metrics().received == 2    # no second row
 
 
-def test_find_event_within_since(store, clock):
-    e = put(store, 1, recipient="agent@agents.test", message_id="<same@remote.test>")
-    assert store.find_event("agent@agents.test", "<same@remote.test>", clock.now - 60) == e
-    assert store.find_event("Agent@Agents.test", "<same@remote.test>", clock.now - 60) == e
-    assert store.find_event("other@agents.test", "<same@remote.test>", clock.now - 60) is None
-    assert store.find_event("agent@agents.test", "<other@remote.test>", clock.now - 60) is None
-    assert store.find_event("agent@agents.test", "<same@remote.test>", clock.now + 1) is None
+FP = "f" * 64
+
+
+def test_find_event_by_recipient_message_id_and_fingerprint_within_since(store, clock):
+    ev = event(1, recipient="agent@agents.test", message_id="<same@remote.test>")
+    assert store.put_event(ev, json.dumps(ev).encode(), "@agents.test", DeliveryState.RECEIVED, FP) is True
+    e = ev["id"]
+    put(store, 2, message_id="<same@remote.test>")                      # kept without a fingerprint
+    assert store.find_event("agent@agents.test", "<same@remote.test>", FP, clock.now - 60) == e
+    assert store.find_event("Agent@Agents.test", "<same@remote.test>", FP, clock.now - 60) == e
+    assert store.find_event("other@agents.test", "<same@remote.test>", FP, clock.now - 60) is None
+    assert store.find_event("agent@agents.test", "<other@remote.test>", FP, clock.now - 60) is None
+    assert store.find_event("agent@agents.test", "<same@remote.test>", "e" * 64, clock.now - 60) is None
+    assert store.find_event("agent@agents.test", "<same@remote.test>", FP, clock.now + 1) is None
+    assert store.find_event("agent@agents.test", "", FP, clock.now - 60) is None
+    assert store.find_event("agent@agents.test", "<same@remote.test>", "", clock.now - 60) is None
+
+
+def test_find_event_gives_the_first_of_several(store, clock):
+    ids_ = []
+    for n in (1, 2):
+        ev = event(n, message_id="<same@remote.test>")
+        store.put_event(ev, json.dumps(ev).encode(), "@agents.test", DeliveryState.RECEIVED, FP)   # no `since`: kept
+        ids_.append(ev["id"])
+        clock.advance(1)
+    assert store.find_event("agent@agents.test", "<same@remote.test>", FP, clock.now - 60) == ids_[0]
+
+
+def test_put_event_with_since_refuses_a_second_copy(store, clock):
+    first = event(1, message_id="<same@remote.test>", blobs=("a" * 64,))
+    assert store.put_event(first, json.dumps(first).encode(), "@agents.test", DeliveryState.RECEIVED, FP,
+                           clock.now - DAY) is True
+    copy = event(2, message_id="<same@remote.test>", blobs=("b" * 64,))
+    with pytest.raises(StoreError) as info:
+        store.put_event(copy, json.dumps(copy).encode(), "@agents.test", DeliveryState.RECEIVED, FP, clock.now - DAY)
+    assert isinstance(info.value, DuplicateEvent) and info.value.first == first["id"]
+    assert store.get_event(copy["id"]) is None and store.delivery(copy["id"]) is None     # nothing written
+    assert len(store.inbox_query(("@agents.test",))) == 1 and store.metrics().received == 1
+    # the first copy's own retry is a retry, not a duplicate
+    assert store.put_event(first, json.dumps(first).encode(), "@agents.test", DeliveryState.RECEIVED, FP,
+                           clock.now - DAY) is False
+    # another body (a forgery with the same Message-ID), another recipient, or outside the window: kept
+    for n, kw, fp, since in ((3, {}, "e" * 64, clock.now - DAY), (4, {"recipient": "other@agents.test"}, FP,
+                                                                  clock.now - DAY), (5, {}, FP, clock.now + 1)):
+        other = event(n, message_id="<same@remote.test>", **kw)
+        assert store.put_event(other, json.dumps(other).encode(), "@agents.test", DeliveryState.RECEIVED, fp,
+                               since) is True, n
+    # no Message-ID: never a duplicate
+    for n in (6, 7):
+        bare = event(n)
+        bare["messageId"] = None
+        assert store.put_event(bare, json.dumps(bare).encode(), "@agents.test", DeliveryState.RECEIVED, FP,
+                               clock.now - DAY) is True
+
+
+def test_a_retry_under_the_first_id_adds_the_blobs_it_names(store, clock):
+    raw_a, raw_b = store.put_blob(b"copy at host A"), store.put_blob(b"copy at host B")
+    clock.advance(2 * DAY)
+    ev = event(1, blobs=(raw_a,))
+    store.put_event(ev, json.dumps(ev).encode(), "@agents.test", DeliveryState.RECEIVED)
+    again = event(1, blobs=(raw_b,))              # host B's copy delivered under the first id
+    assert store.put_event(again, json.dumps(again).encode(), "@agents.test", DeliveryState.RECEIVED) is False
+    report = store.gc(clock.now - DAY)            # the blobs are old, the event is not
+    assert (report.events, report.blobs) == (0, 0)
+    assert store.get_blob(raw_b) == b"copy at host B" and store.get_blob(raw_a) == b"copy at host A"
+
+
+def test_two_copies_put_at_once_keep_one_event(store, clock):
+    """Two hosts (here: two threads, each with its own connection) storing one message at once."""
+    for n in range(1, 11):
+        barrier, results = threading.Barrier(2), []
+        copies = [event(100 * n + k, message_id=f"<race-{n}@remote.test>") for k in (1, 2)]
+
+        def put_copy(ev, barrier=barrier, results=results):
+            barrier.wait()
+            try:
+                store.put_event(ev, json.dumps(ev).encode(), "@agents.test", DeliveryState.RECEIVED, FP,
+                                clock.now - DAY)
+                results.append(ev["id"])
+            except DuplicateEvent as exc:
+                results.append(("duplicate of", exc.first))
+        threads = [threading.Thread(target=put_copy, args=(c,)) for c in copies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        kept = [r for r in results if isinstance(r, str)]
+        assert len(kept) == 1 and [r for r in results if r not in kept] == [("duplicate of", kept[0])], results
 
 
 # --- deliveries and attempts ------------------------------------------------------------------------
@@ -506,7 +588,7 @@ def populate(store, clock) -> dict:
     """A store with a bit of everything: events with blobs, attempts of every kind, an ack, sends,
     jobs in several states, transcripts, rate-limit uses."""
     raw, att = store.put_blob(b"raw message 1"), store.put_blob(os.urandom(5000))
-    ids = {"delivered": put(store, 1, blobs=(raw, att)), "deferred": put(store, 2, thread="<t@x>"),
+    ids = {"delivered": put(store, 1, blobs=(raw, att), fingerprint="e" * 64), "deferred": put(store, 2, thread="<t@x>"),
            "pull": put(store, 3, DeliveryState.STORED), "agent": put(store, 4, message_id=""),
            "spam": put(store, 5, subject="nul\x00 and \u00e9", auth={"spf": "fail", "dkim": "none"})}
     clock.advance(2)
@@ -566,6 +648,7 @@ def test_export_then_import_gives_the_same_store(store, other_store, clock):
     ev = exported[RecordKind.EVENTS]
     assert [e.seq for e in ev] == sorted(e.seq for e in ev) and ev[0].id == ids["delivered"]
     assert len(ev[0].blobs) == 2 and [a.status for a in ev[1].attempts] == [503, 200]
+    assert ev[0].fingerprint == "e" * 64 and ev[1].fingerprint is None        # a moved copy is still a copy
     assert [(u.key, u.count) for u in exported[RecordKind.USES]] == [("agent:@agents.test", 1), ("thread:<t@x>", 1),
                                                                     ("to:bob@x.test", 2)]
     for kind in RecordKind:                       # the newest event first, as a move does

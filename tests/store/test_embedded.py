@@ -103,11 +103,14 @@ def test_a_link_planted_in_the_data_directory_is_never_followed_by_root(tmp_path
 
 # --- the schema's versions --------------------------------------------------------------------------
 
+NOW = migrations.LATEST
+
+
 def one_migration_later(monkeypatch) -> None:
     """This agentmx, as the next version with one more migration will be."""
-    v2 = migrations.Migration(2, "a test table", {"embedded": ("CREATE TABLE test_v2 (x INTEGER)",)})
-    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + (v2,))
-    monkeypatch.setattr(migrations, "LATEST", 2)
+    later = migrations.Migration(NOW + 1, "a test table", {"embedded": ("CREATE TABLE test_later (x INTEGER)",)})
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + (later,))
+    monkeypatch.setattr(migrations, "LATEST", NOW + 1)
 
 
 @pytest.mark.unit
@@ -126,13 +129,13 @@ def test_an_older_schema_waits_for_store_migrate(tmp_path, monkeypatch):
     store.close()
     one_migration_later(monkeypatch)
     newer = EmbeddedStore(tmp_path / "data")
-    with pytest.raises(SchemaMismatch, match="version 1, this agentmx needs 2: run `agentmx store migrate`"):
+    with pytest.raises(SchemaMismatch, match=f"version {NOW}, this agentmx needs {NOW + 1}: run `agentmx store migrate`"):
         newer.check_schema()
     with pytest.raises(SchemaMismatch):
         newer.get_event(e)
-    assert newer.migrate() == 2
+    assert newer.migrate() == NOW + 1
     newer.check_schema()
-    assert newer.get_event(e) is not None and newer.migrate() == 2
+    assert newer.get_event(e) is not None and newer.migrate() == NOW + 1
     newer.close()
 
 
@@ -315,4 +318,21 @@ def test_store_migrate_imports_an_earlier_data_directory_once(tmp_path):
     assert m.received == 5 and m.by_state[DeliveryState.STORED] == 2 and m.attempts == 6
     put(store, 99)                                                          # new mail after the old
     assert store.inbox_query(("@agents.test",))[0].id == "msg_0000000000000099"
+    store.close()
+
+
+@pytest.mark.unit
+def test_a_version_1_store_migrates_to_fingerprints(tmp_path, monkeypatch):
+    """An upgraded host: `agentmx store migrate` adds the column; events kept since carry it."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+    monkeypatch.setattr(migrations, "LATEST", 1)
+    EmbeddedStore(tmp_path / "data").check_schema()
+    monkeypatch.undo()
+    store = EmbeddedStore(tmp_path / "data")
+    with pytest.raises(SchemaMismatch):
+        store.check_schema()
+    assert store.migrate() == migrations.LATEST
+    ev = event(1)
+    store.put_event(ev, json.dumps(ev).encode(), "@agents.test", DeliveryState.RECEIVED, "f" * 64, 0)
+    assert store.find_event("agent@agents.test", "<1@remote.test>", "f" * 64, 0) == ev["id"]
     store.close()

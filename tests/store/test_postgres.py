@@ -20,7 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from agentmx.store.base import SchemaMismatch, StoreError, StoreUnavailable
+from agentmx.store import migrations
+from agentmx.store.base import DuplicateEvent, SchemaMismatch, StoreError, StoreUnavailable
 from agentmx.store.model import Attempt, DeliveryState, JobState, SendRecord, SendState
 from agentmx.store.s3 import BlobStore, S3Client
 
@@ -230,7 +231,7 @@ def test_sigv4_matches_aws_documented_example():
 
 def test_migrate_is_idempotent_and_checked(postgres_store_factory, pg_server):
     store = postgres_store_factory()
-    assert store.migrate() == store.migrate() == 1
+    assert store.migrate() == store.migrate() == migrations.LATEST
     store.check_schema()
     name = f"agentmx_empty_{time.monotonic_ns()}"
     url = pg_server.create_database(name)
@@ -261,7 +262,7 @@ def test_two_hosts_migrating_at_once_apply_each_version_once(postgres_store_fact
         threads = [threading.Thread(target=run, args=(s,)) for s in stores]
         [t.start() for t in threads]
         [t.join() for t in threads]
-        assert not errors and results == [1, 1, 1]
+        assert not errors and results == [migrations.LATEST] * 3
         stores[0].check_schema()
         [s.close() for s in stores]
     finally:
@@ -313,10 +314,41 @@ def test_record_attempt_and_recent(postgres_store):
 def test_find_event_across_hosts(postgres_store_factory):
     a = postgres_store_factory()
     b = postgres_store_factory(like=a)                      # another MX host, the same database
-    event = put(a, 7, recipient="Agent@Example.com")
-    assert b.find_event("agent@example.com", event["messageId"], since=0) == event["id"]
-    assert b.find_event("agent@example.com", event["messageId"], since=time.time() + 60) is None
-    assert b.find_event("other@example.com", event["messageId"], since=0) is None
+    event = make_event(7, recipient="Agent@Example.com")
+    assert a.put_event(event, json.dumps(event).encode(), "agent@example.com", DeliveryState.RECEIVED, "f" * 64, 0)
+    assert b.find_event("agent@example.com", event["messageId"], "f" * 64, since=0) == event["id"]
+    assert b.find_event("agent@example.com", event["messageId"], "f" * 64, since=time.time() + 60) is None
+    assert b.find_event("other@example.com", event["messageId"], "f" * 64, since=0) is None
+    copy = make_event(8, recipient="agent@example.com")
+    copy["messageId"] = event["messageId"]
+    with pytest.raises(DuplicateEvent) as info:             # host B storing its copy of the message
+        b.put_event(copy, json.dumps(copy).encode(), "agent@example.com", DeliveryState.RECEIVED, "f" * 64, 0)
+    assert info.value.first == event["id"]
+
+
+def test_a_version_1_database_migrates_to_fingerprints(postgres_store_factory, pg_server, monkeypatch):
+    from agentmx.store.postgres import PostgresStore
+    store = postgres_store_factory()
+    name = f"agentmx_v1_{time.monotonic_ns()}"
+    url = pg_server.create_database(name)
+    try:
+        monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        monkeypatch.setattr(migrations, "LATEST", 1)
+        old = PostgresStore(url, store.blobs)
+        assert old.migrate() == 1
+        old.close()
+        monkeypatch.undo()
+        new = PostgresStore(url, store.blobs)
+        with pytest.raises(SchemaMismatch):
+            new.check_schema()
+        assert new.migrate() == migrations.LATEST
+        new.check_schema()
+        event = make_event(1)
+        new.put_event(event, json.dumps(event).encode(), "agent@example.com", DeliveryState.RECEIVED, "f" * 64, 0)
+        assert new.find_event(event["recipient"], event["messageId"], "f" * 64, 0) == event["id"]
+        new.close()
+    finally:
+        pg_server.drop_database(name)
 
 
 def test_inbox_query_filters(postgres_store):

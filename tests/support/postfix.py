@@ -192,19 +192,38 @@ def agentmx_config(pf: PostfixInstance, authserv_id: str, dns_port: int, *, serv
     return cfg, sock
 
 
-def install_deliver(pf: PostfixInstance, cfg: Path, domain: str, agentmx: str, transport_maps: str | None = None) -> None:
-    """The deliver side we ship (main.cf.deliver.fragment, master.cf.fragment) on `pf`, with this
-    instance's config path, the recipient map `agentmx postfix-map` writes, and user nobody."""
+def _deliver_side(pf: PostfixInstance, cfg: Path, domain: str, agentmx: str, transport_maps: str,
+                  master_fragment: str) -> str:
+    """main.cf.deliver.fragment on `pf` with the recipient map `agentmx postfix-map` writes;
+    returns the transport line of `master_fragment`, for the caller to adapt and add."""
     root = Path(__file__).resolve().parents[2]
     recipients = pf.base / "recipients"
     recipients.write_text(_run(agentmx, "--config", str(cfg), "postfix-map").stdout)
     pf.postconf(*fragment_settings(root / "postfix" / "main.cf.deliver.fragment", relay_domains=domain,
-                                   transport_maps=transport_maps or f"inline:{{ {domain}=agentmx: }}",
-                                   relay_recipient_maps=f"texthash:{recipients}"))
-    (entry,) = [line for line in (root / "postfix" / "master.cf.fragment").read_text().splitlines()
+                                   transport_maps=transport_maps, relay_recipient_maps=f"texthash:{recipients}"))
+    (entry,) = [line for line in (root / "postfix" / master_fragment).read_text().splitlines()
                 if line and not line.startswith("#")]
+    return entry
+
+
+def install_deliver(pf: PostfixInstance, cfg: Path, domain: str, agentmx: str, transport_maps: str | None = None) -> None:
+    """The deliver side we ship (main.cf.deliver.fragment, master.cf.fragment) on `pf`, with this
+    instance's config path, the recipient map `agentmx postfix-map` writes, and user nobody."""
+    entry = _deliver_side(pf, cfg, domain, agentmx, transport_maps or f"inline:{{ {domain}=agentmx: }}",
+                          "master.cf.fragment")
     pf.postconf_master(entry.replace("user=agentmx", "user=nobody").replace("/opt/agentmx/venv/bin/agentmx", agentmx)
                        .replace("/etc/agentmx/agentmx.toml", str(cfg)))
+
+
+def install_lmtp(pf: PostfixInstance, cfg: Path, domain: str, sock: Path, agentmx: str,
+                 transport_maps: str | None = None) -> None:
+    """The LMTP front-end's side we ship (main.cf.deliver.fragment, master.cf.lmtp.fragment) on
+    `pf`: mail for `domain` to `agentmx lmtp` on `sock` (its folder made here), the recipient map
+    `agentmx postfix-map` writes. The LMTP server itself is the test's to start."""
+    pf.postconf_master(_deliver_side(pf, cfg, domain, agentmx, transport_maps or f"inline:{{ {domain}=agentmx:unix:{sock} }}",
+                                     "master.cf.lmtp.fragment"))
+    sock.parent.mkdir(exist_ok=True)
+    os.chmod(sock.parent, 0o755)
 
 
 def install_submit(pf: PostfixInstance) -> Path:
