@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import our_results, send, verdicts
+from support.backends import BACKENDS, store_config
 from support.postfix import listening, wait_for
 from support.world import build, delivered_at_rx, sent_to_at_rx
 
@@ -32,8 +33,8 @@ AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 DOMAIN = "pull.agents.test"
 
 
-@pytest.fixture(scope="module")
-def world(dns_server):
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request, dns_server):
     w = build(dns_server, "p", DOMAIN, f"""
 [[routes]]
 match = "@{DOMAIN}"
@@ -46,7 +47,7 @@ allow = ["agent@{DOMAIN}"]
 name = "other"
 key = "{OTHER}"
 allow = ["other@{DOMAIN}"]
-""")
+""", store=lambda where: store_config(request, request.param, where))
     yield w
     w.close()
 
