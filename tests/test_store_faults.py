@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -202,11 +203,58 @@ def _subjects(w, name: str) -> list[str]:
             return subjects
 
 
+class StreamReader:
+    """An event-stream client as the API asks for one: it reads /v1/events, and when the stream
+    ends it connects again with Last-Event-ID after its `retry:` time. Every event it saw, in order."""
+
+    def __init__(self, serve: Serve):
+        self.serve = serve
+        self.events: list[dict] = []
+        self.connects = 0
+        self.answers: list[int] = []
+        self.last_id = ""
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            self.connects += 1
+            conn = http.client.HTTPConnection("127.0.0.1", self.serve.port, timeout=60)
+            headers = {"authorization": f"Bearer {KEY}", **({"last-event-id": self.last_id} if self.last_id else {})}
+            try:
+                conn.request("GET", "/v1/events", headers=headers)
+                resp = conn.getresponse()
+                self.answers.append(resp.status)
+                event_id = ""
+                for raw in resp if resp.status == 200 else ():
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("id: "):
+                        event_id = line[4:]
+                    elif line.startswith("data: "):
+                        self.events.append(json.loads(line[6:]))
+                        self.last_id = event_id
+                    if self.stopped.is_set():
+                        return
+                if resp.status != 200:
+                    resp.read()                            # a 503 while PostgreSQL is down: again later
+            except (OSError, http.client.HTTPException):
+                self.answers.append(-1)                    # a dropped connection: the test fails on it
+            finally:
+                conn.close()
+            time.sleep(2.0)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 def test_postgresql_stopped_mid_run_everything_waits_and_arrives_once(w, key):
     pf, pg, serve = w["pf"], w["pg"], w["serve"]
     status, _, body = serve.get("/v1/messages?limit=1")
     assert status == 200, body
     pid = serve.proc.pid
+    stream = StreamReader(serve)                       # open across the outage
+    wait_for(lambda: stream.answers, timeout=10, what="the event stream open")
     before = store_deferrals(pf, "PostgreSQL")
     seen: dict[str, tuple] = {}
 
@@ -218,11 +266,23 @@ def test_postgresql_stopped_mid_run_everything_waits_and_arrives_once(w, key):
                      "/v1/events", "/v1/threads/some-thread", "/v1/messages/mid-run-not-there"):
             seen[path] = serve.get(path)
         seen["POST ack"] = serve.get("/v1/messages/mid-run-not-there/ack", method="POST")
+        # A stream resumed with Last-Event-ID starts (200) and ends at once: the client comes back
+        # after `retry:` (an EventSource gives up on a non-200 answer).
+        seen["resume"] = serve.get("/v1/events?after=1")
         assert "agent@faults.test" in pf.queue()
 
     counts = run_fault(w, key, "pg-down", pg.stop, pg.start, hold=while_down, batch=BATCH)
+    resume = seen.pop("resume")
+    assert resume[0] == 200 and resume[2] == b"retry: 2000\n\n", resume
     for what, answer in seen.items():
         assert_unavailable(answer, what)
+    try:
+        ours = lambda: [e["subject"] for e in stream.events if e["subject"].startswith("pg-down")]  # noqa: E731
+        wait_for(lambda: len(set(ours())) == BATCH, timeout=30, what="every message on the event stream")
+        assert len(ours()) == BATCH, "an event came twice on the stream"
+        assert -1 not in stream.answers and set(stream.answers) <= {200, 503}, stream.answers
+    finally:
+        stream.stop()
     assert serve.proc.pid == pid and serve.proc.poll() is None        # recovered by itself: no restart
     arrived_once(w, counts, "pg-down")
     assert store_deferrals(pf, "PostgreSQL") >= before + 5 and "status=bounced" not in pf.log()
