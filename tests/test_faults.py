@@ -33,7 +33,7 @@ import pytest
 
 from e2e_helpers import RsaKey
 from support.backends import BACKENDS, migrate, store_config
-from support.faultrun import BATCH, run_fault
+from support.faultrun import BATCH, run_fault, sender_zone, take_many_clients
 from support.postfix import MilterProcess, PostfixInstance, agentmx_config, install_deliver
 from support.receiver import Receiver
 
@@ -56,12 +56,7 @@ def key():
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def world(request, dns_server, key):
-    zone = {
-        "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
-        "mail.sender.test": {"A": ["127.0.0.1"]},
-        "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject"]},
-        "s1._domainkey.sender.test": {"TXT": [key.txt]},
-    }
+    zone = sender_zone(key)
     dns_server.set_zone(zone)
     receiver = Receiver()
     pf = PostfixInstance("faults", AUTHSERV)
@@ -81,8 +76,7 @@ def world(request, dns_server, key):
     link.symlink_to(AGENTMX)
     install_deliver(pf, cfg_path, "faults.test", str(link))
     # Retries come from the test's flushes, not from Postfix's timers; smtpd answers many clients.
-    pf.postconf("smtpd_client_connection_rate_limit = 0", "smtpd_error_sleep_time = 0",
-                "smtpd_soft_error_limit = 1000", "smtpd_hard_error_limit = 1000")
+    take_many_clients(pf)
     milter = MilterProcess(cfg_path, sock, pf.base / "milter.log").start()
     pf.start()
     w = {"pf": pf, "receiver": receiver, "milter": milter, "data": data, "zone": zone, "dns": dns_server,

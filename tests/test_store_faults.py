@@ -32,7 +32,7 @@ import pytest
 
 from e2e_helpers import RsaKey, send
 from support.backends import migrate
-from support.faultrun import RECIPIENT, make_message, run_fault
+from support.faultrun import RECIPIENT, make_message, run_fault, sender_zone, take_many_clients
 from support.pg import PgServer
 from support.postfix import MilterProcess, PostfixInstance, agentmx_config, free_tcp_port, install_deliver, wait_for
 from support.receiver import Receiver
@@ -118,12 +118,7 @@ class Serve:
 @pytest.fixture(scope="module")
 def world(servers, dns_server, key):
     pg, s3 = servers
-    zone = {
-        "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
-        "mail.sender.test": {"A": ["127.0.0.1"]},
-        "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject"]},
-        "s1._domainkey.sender.test": {"TXT": [key.txt]},
-    }
+    zone = sender_zone(key)
     dns_server.set_zone(zone)
     receiver = Receiver()
     pf = PostfixInstance("sfaults", AUTHSERV)
@@ -140,8 +135,7 @@ def world(servers, dns_server, key):
                                     rest=rest, dns_timeout=0.5)
     migrate(cfg_path)
     install_deliver(pf, cfg_path, "faults.test", AGENTMX)
-    pf.postconf("smtpd_client_connection_rate_limit = 0", "smtpd_error_sleep_time = 0",
-                "smtpd_soft_error_limit = 1000", "smtpd_hard_error_limit = 1000")
+    take_many_clients(pf)
     milter = MilterProcess(cfg_path, sock, pf.base / "milter.log").start()
     pf.start()
     serve = Serve(cfg_path, port, pf.base / "serve.log").start()
@@ -315,15 +309,6 @@ def test_s3_stopped_mid_run_everything_waits_and_arrives_once(w, key):
     assert "status=bounced" not in pf.log()
 
 
-def test_serve_logged_no_traceback_and_no_secret(w):
-    log = w["serve"].log() + w["pf"].log() + w["milter"].log()
-    assert "503 for" in w["serve"].log()                     # the store errors were logged, one line each
-    assert "Traceback" not in w["serve"].log(), w["serve"].log()[-3000:]
-    for secret in (SECRET, KEY, URL_SECRET, w["pg"].password, w["s3"].secret_key, w["s3"].access_key):
-        assert secret not in log
-    assert re.search(r"status=deferred .*PostgreSQL", w["pf"].log())
-
-
 @pytest.mark.parametrize("pool_size", [1, 4], ids=["one-connection", "pool"])
 def test_the_first_call_after_a_quick_postgresql_restart_succeeds(servers, pool_size):
     """A restart between two calls (no call while it was down) left the one connection deliver's
@@ -371,3 +356,12 @@ def test_serve_answers_at_once_after_a_quick_postgresql_restart(w):
     for _ in range(3):
         status, _, body = serve.get("/v1/messages?limit=1")
         assert status == 200, body
+
+
+def test_serve_logged_no_traceback_and_no_secret(w):
+    log = w["serve"].log() + w["pf"].log() + w["milter"].log()
+    assert "503 for" in w["serve"].log()                     # the store errors were logged, one line each
+    assert "Traceback" not in w["serve"].log(), w["serve"].log()[-3000:]
+    for secret in (SECRET, KEY, URL_SECRET, w["pg"].password, w["s3"].secret_key, w["s3"].access_key):
+        assert secret not in log
+    assert re.search(r"status=deferred .*PostgreSQL", w["pf"].log())

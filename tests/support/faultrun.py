@@ -33,6 +33,22 @@ SENDERS = 6
 RECIPIENT = "agent@faults.test"
 
 
+def sender_zone(key) -> dict:
+    """DNS for the sending domain: SPF for 127.0.0.1, DMARC p=reject, `key` as DKIM selector s1."""
+    return {
+        "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+        "mail.sender.test": {"A": ["127.0.0.1"]},
+        "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject"]},
+        "s1._domainkey.sender.test": {"TXT": [key.txt]},
+    }
+
+
+def take_many_clients(pf) -> None:
+    """smtpd answers the senders' many connections and retries without slowing them down."""
+    pf.postconf("smtpd_client_connection_rate_limit = 0", "smtpd_error_sleep_time = 0",
+                "smtpd_soft_error_limit = 1000", "smtpd_hard_error_limit = 1000")
+
+
 def make_message(key, tag: str) -> bytes:
     msg = EmailMessage()
     msg["From"] = "Alice <alice@sender.test>"
