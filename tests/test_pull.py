@@ -149,6 +149,25 @@ def test_server_sent_events_stream_new_mail(w):
     assert any(line.startswith("id: ") for line in lines)
 
 
+def test_an_event_stream_resumed_from_its_first_id_misses_nothing(w):
+    """The stream's first lines give its starting point as an event id: a client whose stream
+    ended before any message (the store down) resumes from there with Last-Event-ID. Without it,
+    it could only connect afresh, from the newest message then, and lost what came in between."""
+    headers = {"authorization": f"Bearer {KEY}"}
+    with urllib.request.urlopen(urllib.request.Request(w["api"] + "/v1/events", headers=headers), timeout=30) as resp:
+        head = [resp.readline().decode(), resp.readline().decode(), resp.readline().decode()]
+    assert head[0] == "retry: 2000\n" and head[1].startswith("id: ") and head[2] == "\n", head
+    start = head[1][4:].strip()
+    send(w["ox"].port, "a@remote.test", [f"agent@{DOMAIN}"], mail(f"agent@{DOMAIN}", "between streams", "hi"))
+    wait_for(lambda: Client(w["api"], KEY).messages(subject="between streams")["messages"], timeout=30,
+             what="the message stored")
+    req = urllib.request.Request(w["api"] + "/v1/events", headers={**headers, "last-event-id": start})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        while not (line := resp.readline().decode()).startswith("data: "):
+            pass
+    assert json.loads(line[6:])["subject"] == "between streams"
+
+
 def test_mcp_over_stdio_sign_up_code_and_threaded_signed_reply(w):
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client

@@ -16,6 +16,7 @@ never a dropped connection, never a traceback; and it recovers by itself, the sa
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import http.client
 import json
 import os
@@ -220,14 +221,12 @@ class StreamReader:
                 conn.request("GET", "/v1/events", headers=headers)
                 resp = conn.getresponse()
                 self.answers.append(resp.status)
-                event_id = ""
                 for raw in resp if resp.status == 200 else ():
                     line = raw.decode().rstrip("\n")
-                    if line.startswith("id: "):
-                        event_id = line[4:]
+                    if line.startswith("id: "):                  # as EventSource: the last id seen
+                        self.last_id = line[4:]
                     elif line.startswith("data: "):
                         self.events.append(json.loads(line[6:]))
-                        self.last_id = event_id
                     if self.stopped.is_set():
                         return
                 if resp.status != 200:
@@ -256,23 +255,29 @@ def test_postgresql_stopped_mid_run_everything_waits_and_arrives_once(w, key):
         # Messages keep coming in (the milter needs no store) and wait in Postfix's queue.
         wait_for(lambda: store_deferrals(pf, "PostgreSQL") >= before + 5, timeout=60,
                  what="deliver deferring messages for the store (PostgreSQL down)")
-        for path in ("/v1/messages", "/v1/messages?unread=true&limit=5", "/v1/messages/wait?timeout=2",
-                     "/v1/events", "/v1/threads/some-thread", "/v1/messages/mid-run-not-there"):
-            seen[path] = serve.get(path)
-        seen["POST ack"] = serve.get("/v1/messages/mid-run-not-there/ack", method="POST")
-        # A stream resumed with Last-Event-ID starts (200) and ends at once: the client comes back
-        # after `retry:` (an EventSource gives up on a non-200 answer).
-        seen["resume"] = serve.get("/v1/events?after=1")
+        probes = {path: (path, "GET") for path in (
+            "/v1/messages", "/v1/messages?unread=true&limit=5", "/v1/messages/wait?timeout=2", "/v1/events",
+            "/v1/threads/some-thread", "/v1/messages/mid-run-not-there",
+            # A stream resumed with Last-Event-ID starts (200) and ends at once: the client comes
+            # back after `retry:` (an EventSource gives up on a non-200 answer).
+            "/v1/events?after=1")}
+        probes["POST ack"] = ("/v1/messages/mid-run-not-there/ack", "POST")
+        with concurrent.futures.ThreadPoolExecutor(len(probes)) as pool:      # at once: each may wait
+            for what, answer in zip(probes, pool.map(lambda p: serve.get(*p), probes.values())):  # for the pool
+                seen["resume" if what.endswith("after=1") else what] = answer
         assert "agent@faults.test" in pf.queue()
 
     counts = run_fault(w, key, "pg-down", pg.stop, pg.start, hold=while_down, batch=BATCH)
     resume = seen.pop("resume")
-    assert resume[0] == 200 and resume[2] == b"retry: 2000\n\n", resume
+    assert resume[0] == 200 and resume[2] == b"retry: 2000\nid: 1\n\n", resume
     for what, answer in seen.items():
         assert_unavailable(answer, what)
     try:
         ours = lambda: [e["subject"] for e in stream.events if e["subject"].startswith("pg-down")]  # noqa: E731
-        wait_for(lambda: len(set(ours())) == BATCH, timeout=30, what="every message on the event stream")
+        try:
+            wait_for(lambda: len(set(ours())) == BATCH, timeout=30, what="every message on the event stream")
+        except TimeoutError:
+            pytest.fail(f"{len(set(ours()))} of {BATCH} messages on the event stream; its answers {stream.answers}")
         assert len(ours()) == BATCH, "an event came twice on the stream"
         assert -1 not in stream.answers and set(stream.answers) <= {200, 503}, stream.answers
     finally:
@@ -356,6 +361,34 @@ def test_serve_answers_at_once_after_a_quick_postgresql_restart(w):
     for _ in range(3):
         status, _, body = serve.get("/v1/messages?limit=1")
         assert status == 200, body
+
+
+def test_serve_answers_every_request_in_seconds_while_postgresql_does_not_answer(w):
+    """PostgreSQL's host gone silent (connections accepted by the kernel, never answered: a
+    firewall, a hung server): each request waits for its connection at most the connect timeout,
+    and they wait side by side. serve kept ONE connection behind a lock although the docs say a
+    pool: requests queued for it, each waiting out a 5 s connect in turn (the 6th took ~30 s)."""
+    import socket
+    serve, pg = w["serve"], w["pg"]
+    assert serve.get("/v1/messages?limit=1")[0] == 200
+    pg.stop()
+    hole = socket.socket()
+    hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hole.bind(("127.0.0.1", pg.port))
+    hole.listen(64)                                    # accepted by the kernel, never answered
+    try:
+        def timed(path: str) -> tuple[float, int]:
+            t = time.monotonic()
+            status = serve.get(path, timeout=120)[0]
+            return time.monotonic() - t, status
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(timed, [f"/v1/messages?limit={n}" for n in range(1, 7)]))
+    finally:
+        hole.close()
+        pg.start()
+    assert all(status == 503 for _, status in answers), answers
+    assert max(took for took, _ in answers) < 15, answers
+    assert wait_for(lambda: serve.get("/v1/messages?limit=1")[0] == 200, timeout=20, what="serve answering again")
 
 
 def test_serve_logged_no_traceback_and_no_secret(w):

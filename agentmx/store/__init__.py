@@ -21,8 +21,10 @@ from typing import Callable
 from .base import SchemaMismatch, Store, StoreError, StoreUnavailable  # noqa: F401
 
 
-def open_store(config, clock: Callable[[], float] = time.time) -> Store:
-    """The store `config.store` names (the postgres backend imported only when configured)."""
+def open_store(config, clock: Callable[[], float] = time.time, pool_size: int = 1) -> Store:
+    """The store `config.store` names (the postgres backend imported only when configured).
+    `pool_size`: PostgreSQL connections the process may use at once (1: one connection, no pool,
+    for a process that makes one call at a time; serve's threads take a pool)."""
     from agentmx.config import StoreBackend
     backend = config.store.backend
     if backend is StoreBackend.EMBEDDED:
@@ -34,5 +36,5 @@ def open_store(config, clock: Callable[[], float] = time.time) -> Store:
         except ImportError as exc:
             raise StoreError(f"[store] backend = \"postgres\" is not available in this agentmx "
                              f"({exc.name or exc}): install agentmx[postgres], or set backend = \"embedded\"") from None
-        return postgres.PostgresStore.from_config(config.store, clock)
+        return postgres.PostgresStore.from_config(config.store, clock, pool_size=pool_size)
     raise StoreError(f"unknown store backend {backend!r}")
