@@ -23,6 +23,7 @@ import pytest
 
 from conftest import ROOT
 from e2e_helpers import RsaKey, send, sign
+from support.backends import BACKENDS, migrate, store_config
 from support.postfix import MilterProcess, PostfixInstance, agentmx_config, install_deliver, wait_for
 from support.receiver import Receiver
 
@@ -43,8 +44,8 @@ def key():
     return RsaKey()
 
 
-@pytest.fixture(scope="module")
-def world(dns_server, key):
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request, dns_server, key):
     dns_server.set_zone(zone := {
         "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
         "mail.sender.test": {"A": ["127.0.0.1"]},
@@ -61,8 +62,10 @@ def world(dns_server, key):
                         'url_secret = "e2e-url-secret-0123456789"'])
     route = "\n".join(["[[routes]]", 'match = "agent@agentmx.test"', f'endpoint = "{receiver.url}"',
                        f'secret = "{SECRET}"', "timeout = 3"])
+    route += "\n" + store_config(request, request.param, pf.base / "secrets")
     cfg_path, sock = agentmx_config(pf, AUTHSERV, dns_server.port, milter="trusted_networks = []", server=server,
                                     rest=route)
+    migrate(cfg_path)
     # The settings and the transport we ship, with this test's paths and the unprivileged user.
     install_deliver(pf, cfg_path, "agentmx.test", AGENTMX)
     milter = MilterProcess(cfg_path, sock, pf.base / "milter.log").start()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import our_results, send, verdicts
+from support.backends import BACKENDS, store_config
 from support.postfix import listening, wait_for
 from support.world import build, delivered_at_rx, sent_to_at_rx
 
@@ -32,8 +33,8 @@ AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 DOMAIN = "pull.agents.test"
 
 
-@pytest.fixture(scope="module")
-def world(dns_server):
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request, dns_server):
     w = build(dns_server, "p", DOMAIN, f"""
 [[routes]]
 match = "@{DOMAIN}"
@@ -46,7 +47,7 @@ allow = ["agent@{DOMAIN}"]
 name = "other"
 key = "{OTHER}"
 allow = ["other@{DOMAIN}"]
-""")
+""", store=lambda where: store_config(request, request.param, where))
     yield w
     w.close()
 
@@ -146,6 +147,25 @@ def test_server_sent_events_stream_new_mail(w):
     data = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
     assert data["subject"] == "streamed" and any(line.startswith("event: email.received") for line in lines)
     assert any(line.startswith("id: ") for line in lines)
+
+
+def test_an_event_stream_resumed_from_its_first_id_misses_nothing(w):
+    """The stream's first lines give its starting point as an event id: a client whose stream
+    ended before any message (the store down) resumes from there with Last-Event-ID. Without it,
+    it could only connect afresh, from the newest message then, and lost what came in between."""
+    headers = {"authorization": f"Bearer {KEY}"}
+    with urllib.request.urlopen(urllib.request.Request(w["api"] + "/v1/events", headers=headers), timeout=30) as resp:
+        head = [resp.readline().decode(), resp.readline().decode(), resp.readline().decode()]
+    assert head[0] == "retry: 2000\n" and head[1].startswith("id: ") and head[2] == "\n", head
+    start = head[1][4:].strip()
+    send(w["ox"].port, "a@remote.test", [f"agent@{DOMAIN}"], mail(f"agent@{DOMAIN}", "between streams", "hi"))
+    wait_for(lambda: Client(w["api"], KEY).messages(subject="between streams")["messages"], timeout=30,
+             what="the message stored")
+    req = urllib.request.Request(w["api"] + "/v1/events", headers={**headers, "last-event-id": start})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        while not (line := resp.readline().decode()).startswith("data: "):
+            pass
+    assert json.loads(line[6:])["subject"] == "between streams"
 
 
 def test_mcp_over_stdio_sign_up_code_and_threaded_signed_reply(w):

@@ -19,6 +19,12 @@ from .errors import ApiError
 from .streams import StreamSlots
 
 
+# PostgreSQL connections serve's threads share (docs/operator.md); the embedded backend ignores it.
+# One connection behind a lock made every request wait for the one before it: with PostgreSQL
+# silent, the Nth waited out N connect timeouts.
+POOL_SIZE = 4
+
+
 @dataclass
 class Context:
     config: Config
@@ -30,7 +36,7 @@ class Context:
 
     @classmethod
     def for_config(cls, config: Config, clock: Callable[[], float] = time.time) -> "Context":
-        store = open_store(config, clock)
+        store = open_store(config, clock, pool_size=POOL_SIZE)
         return cls(config=config, store=store, listener=store.listener(),
                    streams=StreamSlots(config.limits.max_streams_per_key, config.limits.max_streams), clock=clock)
 

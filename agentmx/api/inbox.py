@@ -226,7 +226,10 @@ class InboxRoutes:
         async def stream() -> AsyncIterator[bytes]:
             seq = after
             try:
-                yield b"retry: 2000\n\n"
+                # Where it starts, as an event id: a client that sees no message before the stream
+                # ends (the store down) resumes from here with Last-Event-ID, not from the newest
+                # message at its next connect, which would skip what came in between.
+                yield f"retry: 2000\nid: {seq}\n\n".encode()
                 listener = self.ctx.listener
                 while True:
                     generation = listener.generation

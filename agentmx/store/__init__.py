@@ -23,9 +23,9 @@ from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavai
 
 
 def open_store(config, clock: Callable[[], float] = time.time, pool_size: int = 1) -> Store:
-    """The store `config.store` names (the postgres backend imported only when configured);
-    `pool_size`: connections a postgres store may hold at once (threads; the embedded store has
-    one per thread anyway)."""
+    """The store `config.store` names (the postgres backend imported only when configured).
+    `pool_size`: PostgreSQL connections the process may use at once (1: one connection, no pool,
+    for a process that makes one call at a time; serve's threads take a pool)."""
     from agentmx.config import StoreBackend
     backend = config.store.backend
     if backend is StoreBackend.EMBEDDED:

@@ -82,11 +82,13 @@ class PostgresStore(Store):
         """One transaction: committed when the block ends, rolled back on an exception; any way
         PostgreSQL could not be reached is StoreUnavailable."""
         try:
-            with self._conns.connection() as conn:
-                with conn.transaction():
-                    with conn.cursor() as cur:
-                        yield cur
-        except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
+            with self._conns.connection() as conn, contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(conn.transaction())       # BEGIN, sent now
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    raise _NotBegun(_first_line(exc)) from None
+                yield stack.enter_context(conn.cursor())
+        except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, _NotBegun):
             raise                                    # _run() tries the transaction again
         except (psycopg.OperationalError, psycopg.InterfaceError, _PoolTimeout()) as exc:
             raise StoreUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
@@ -97,15 +99,25 @@ class PostgresStore(Store):
 
     def _run(self, fn):
         """fn(cur) in one transaction, again (up to _RETRIES) after a deadlock or a serialization
-        failure: both roll back the whole transaction, so running it again is safe."""
-        for attempt in range(_RETRIES):
+        failure: both roll back the whole transaction, so running it again is safe. A BEGIN that
+        fails has run nothing: the connection died while idle (PostgreSQL restarted since its
+        last use), and the transaction goes once more on a new one, not to the caller as a 503
+        or a deferral while the server is up."""
+        fresh = False
+        attempt = 0
+        while True:
             try:
                 with self._tx() as cur:
                     return fn(cur)
+            except _NotBegun as exc:
+                if fresh:
+                    raise StoreUnavailable(f"PostgreSQL: {exc}") from None
+                fresh = True
             except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure) as exc:
-                if attempt == _RETRIES - 1:
+                attempt += 1
+                if attempt == _RETRIES:
                     raise StoreUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
-                time.sleep(0.01 * (attempt + 1))
+                time.sleep(0.01 * attempt)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -617,6 +629,10 @@ class PostgresStore(Store):
 
 # --- connections: one for deliver's per-message process, a pool for serve and the agent ----------------
 
+class _NotBegun(Exception):
+    """BEGIN failed: the connection was dead before the transaction ran anything (_run)."""
+
+
 class _NoPool(Exception):
     """Never raised: what _PoolTimeout() gives while psycopg_pool is not loaded."""
 
@@ -636,7 +652,6 @@ class _OneConnection:
         self.url, self.kwargs = url, kwargs
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
-        self._last_used = 0.0
 
     @contextlib.contextmanager
     def connection(self):
@@ -644,19 +659,12 @@ class _OneConnection:
             conn = self._conn
             if conn is not None and (conn.closed or conn.broken):
                 conn = self._conn = None
-            if conn is not None and time.monotonic() - self._last_used > 5:
-                try:                                         # idle a while: still there?
-                    conn.execute("SELECT 1")
-                    conn.rollback()
-                except psycopg.Error:
-                    conn.close()
-                    conn = self._conn = None
+            # One that died while idle fails at BEGIN, and _run() goes on with a new one.
             if conn is None:
                 conn = self._conn = psycopg.connect(self.url, **self.kwargs)
             try:
                 yield conn
             finally:
-                self._last_used = time.monotonic()
                 if conn.broken:
                     self._conn = None
 

@@ -15,6 +15,7 @@ from agentmx import dkimkeys, dnsrecords
 from agentmx.config import load_config
 from agentmx.api.server import start
 
+from .backends import migrate
 from .dnszone import zone_from_records
 from .postfix import MilterProcess, PostfixInstance, agentmx_config, install_deliver, install_submit
 
@@ -30,8 +31,10 @@ class World(dict):
             pf.stop()
 
 
-def build(dns_server, name: str, domain: str, rest: str) -> World:
-    """`rest`: the TOML after [domains] and [send] (routes, api_keys, [agent])."""
+def build(dns_server, name: str, domain: str, rest: str, store=None) -> World:
+    """`rest`: the TOML after [domains] and [send] (routes, api_keys, [agent]). `store`: a function
+    of a folder for secrets giving the [store] tables (support/backends.store_config); embedded
+    when None. The schema is migrated before anything uses the store."""
     rx = PostfixInstance(f"{name}rx", "mx.remote.test", relay_domains="remote.test, elsewhere.test",
                          main={"transport_maps": "inline:{ remote.test=sink:, elsewhere.test=sink: }"})
     ox = PostfixInstance(f"{name}ox", "mx.agents.test", main={"mynetworks": "127.0.0.0/8"})
@@ -51,9 +54,13 @@ def build(dns_server, name: str, domain: str, rest: str) -> World:
     # ox verifies what tests send it from 127.0.0.1 like outside mail: the agent answers only an
     # authenticated From (remote.test's SPF names 127.0.0.1); its own mail comes through the
     # submission service, which the milter knows by its daemon name, not by address.
+    if store is not None:
+        rest += "\n" + store(ox.base / "secrets")
     ox_milter, ox_cfg = milter_for(ox, "mx.agents.test", f'[domains."{domain}"]\ndkim_selectors = ["s1"]\n'
                                    f"[send]\nsubmit = \"unix:{install_submit(ox)}\"\n{rest}", data_dir=data,
                                    milter="trusted_networks = []")
+    if store is not None:
+        migrate(ox_cfg)
     install_deliver(ox, ox_cfg, domain, AGENTMX,
                     transport_maps=f"inline:{{ {domain}=agentmx: remote.test=smtp:[127.0.0.1]:{rx.port} "
                                    f"elsewhere.test=smtp:[127.0.0.1]:{rx.port} }}")
