@@ -1,6 +1,6 @@
 """What every route of `agentmx serve` shares: the config, the store (one for the app: the
-embedded backend keeps one connection per worker thread), its wake-up listener and the news it
-announces (news.py: one read of the new inbox rows per wake-up, for every waiter), the stream
+embedded backend keeps one connection per worker thread), its wake-up listener and the news
+(news.py: one reader of the new inbox rows, waking only the waiters a row is for), the stream
 slots, and the thread pool that runs the blocking parts (the store, SMTP) off the event loop."""
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ recipient its `allow` list names (addresses or @domains), as for sending. Each m
 stored `email.received` event with one more member, `inbox`: {state, read, receivedAt}. The
 body of a message is untrusted input, as in the webhook.
 
-A wait and an event stream hold no thread: they sleep on the notification listener (deliver rings
-it when a message is in), and end as soon as the client goes. When woken they look at the news
-(news.py: the new rows' addresses, read once for all waiters) and query the index only if a new
-row is in their key's scope: a message costs serve one read, not one per open waiter. With
+A wait and an event stream hold no thread: they sleep until the news (news.py: one reader of the
+new rows for all of them, woken by the notification listener that deliver rings) says a row for
+their key (or their `to`) has arrived, then query the index; they end as soon as the client goes.
+A message costs serve one read plus the waiters it is for, not a query per open waiter. With
 ack=true a wait claims its message in one statement, so two waiters never get the same one.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from datetime import datetime, timezone
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -80,13 +80,6 @@ def _filters(q) -> dict:
 def _scoped_to(key: ApiKey, q) -> None:
     if q.get("to") and not key.may_send_as(base_address(q["to"])):
         raise ApiError(403, "forbidden_address", "this key may not read mail sent to that address")
-
-
-def _for(key: ApiKey, to: str | None) -> Callable[[str], bool]:
-    """Whether a new row's address may be news for a waiter with this key and `to` filter (the
-    other filters are left to its query: this only skips queries that cannot find anything)."""
-    to = base_address(to).lower() if to else None
-    return lambda address: key.may_send_as(address) and (to is None or address.lower() == to)
 
 
 async def until_disconnected(request: Request) -> None:
@@ -195,29 +188,27 @@ class InboxRoutes:
         filters, since, ack = _filters(q), _since(q.get("since")), q.get("ack") in TRUE
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        listener, news, mine = self.ctx.listener, self.ctx.news, _for(key, filters["to"])
-        with self.ctx.streams.slot(key.name):
+        to = base_address(filters["to"]) if filters["to"] else None
+        with self.ctx.streams.slot(key.name), self.ctx.news.watch(key.allow, to) as news:
             gone = asyncio.create_task(until_disconnected(request))
             try:
-                seen = await news.mark()
-                generation = listener.generation
                 while True:
+                    news.event.clear()            # before the query: a row after it sets it again
                     msg = await self.ctx.run(self._first_unread, key, filters, since, ack)
                     if msg is not None:
                         return JSONResponse({"message": msg, "timedOut": False})
-                    while True:                   # asleep until a new row may be ours, or the deadline
-                        remaining = deadline - loop.time()
-                        if remaining <= 0:
-                            return JSONResponse({"message": None, "timedOut": True})
-                        woken = asyncio.create_task(listener.wait(generation, remaining))
-                        done, _ = await asyncio.wait({woken, gone}, return_when=asyncio.FIRST_COMPLETED)
-                        if gone in done:
-                            woken.cancel()
-                            return JSONResponse({"message": None, "timedOut": True})   # nobody reads it
-                        generation = listener.generation
-                        arrived, seen = await news.since(seen)
-                        if arrived is None or any(map(mine, arrived)):
-                            break
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return JSONResponse({"message": None, "timedOut": True})
+                    woken = asyncio.create_task(news.event.wait())
+                    done, _ = await asyncio.wait({woken, gone}, timeout=remaining,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if woken not in done:
+                        woken.cancel()
+                    if gone in done:
+                        return JSONResponse({"message": None, "timedOut": True})   # nobody reads it
+                    if not done:
+                        return JSONResponse({"message": None, "timedOut": True})
             finally:
                 gone.cancel()
 
@@ -227,8 +218,6 @@ class InboxRoutes:
         key = self.ctx.key(request)
         last = request.headers.get("last-event-id") or request.query_params.get("after")
         after = int(last) if last and re.fullmatch(r"[0-9]{1,18}", last) else None
-        news, mine = self.ctx.news, _for(key, None)
-        seen = await news.mark()              # before the first look at the index (news.py)
         if after is None:                     # before the answer starts: a store down is still a 503
             after = await self.ctx.run(self.ctx.store.last_seq)
         self.ctx.streams.acquire(key.name)
@@ -241,25 +230,23 @@ class InboxRoutes:
                 self.ctx.streams.release(key.name)
 
         async def stream() -> AsyncIterator[bytes]:
-            seq, known = after, seen
+            seq = after
             try:
                 yield b"retry: 2000\n\n"
-                listener = self.ctx.listener
-                generation = listener.generation
-                while True:
-                    for row_seq, msg in await self.ctx.run(self._after, key, seq):
-                        seq = row_seq
-                        if msg is not None:
-                            yield (f"id: {row_seq}\nevent: email.received\ndata: "
-                                   f"{json.dumps(msg, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
-                    while True:                   # asleep (a keep-alive now and then) until a new row may be ours
-                        if await listener.wait(generation, KEEPALIVE) == generation:
-                            yield b": keep-alive\n\n"
-                            continue
-                        generation = listener.generation
-                        arrived, known = await news.since(known)
-                        if arrived is None or any(map(mine, arrived)):
-                            break
+                with self.ctx.news.watch(key.allow) as news:
+                    while True:
+                        news.event.clear()        # before the query: a row after it sets it again
+                        for row_seq, msg in await self.ctx.run(self._after, key, seq):
+                            seq = row_seq
+                            if msg is not None:
+                                yield (f"id: {row_seq}\nevent: email.received\ndata: "
+                                       f"{json.dumps(msg, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
+                        while True:               # asleep, a keep-alive now and then, until a row may be ours
+                            try:
+                                await asyncio.wait_for(news.event.wait(), KEEPALIVE)
+                                break
+                            except asyncio.TimeoutError:
+                                yield b": keep-alive\n\n"
             except StoreError as exc:         # the client reconnects (retry:) and resumes from its Last-Event-ID
                 log.warning("event stream for %s ended: %s", key.name, exc)
             finally:
