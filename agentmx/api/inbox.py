@@ -93,6 +93,23 @@ async def until_disconnected(request: Request) -> None:
 class InboxRoutes:
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self._running: dict[tuple, asyncio.Future] = {}
+
+    async def _shared(self, shape: tuple, fn, *args):
+        """fn(*args) in the thread pool, or the answer of the same query already running since the
+        news last moved: when a message for many waiters of one key arrives they all wake at once,
+        and one query answers them. Safe because that query started after every row the news had
+        read was committed, and a row after those wakes them again (news.py). Only while it runs:
+        a finished answer may be stale (an ack since)."""
+        seq = self.ctx.news.seq
+        if seq is None:
+            return await self.ctx.run(fn, *args)
+        k = (seq, *shape)
+        running = self._running.get(k)
+        if running is None:
+            running = self._running[k] = asyncio.ensure_future(self.ctx.run(fn, *args))
+            running.add_done_callback(lambda f: self._running.pop(k, None) if self._running.get(k) is f else None)
+        return await asyncio.shield(running)
 
     # --- sync parts, run in the thread pool -----------------------------------------------------
 
@@ -194,7 +211,11 @@ class InboxRoutes:
             try:
                 while True:
                     news.event.clear()            # before the query: a row after it sets it again
-                    msg = await self.ctx.run(self._first_unread, key, filters, since, ack)
+                    if ack:                       # a claim is each waiter's own
+                        msg = await self.ctx.run(self._first_unread, key, filters, since, ack)
+                    else:
+                        msg = await self._shared(("wait", key.allow, *filters.values(), since),
+                                                 self._first_unread, key, filters, since, ack)
                     if msg is not None:
                         return JSONResponse({"message": msg, "timedOut": False})
                     remaining = deadline - loop.time()
@@ -236,7 +257,7 @@ class InboxRoutes:
                 with self.ctx.news.watch(key.allow) as news:
                     while True:
                         news.event.clear()        # before the query: a row after it sets it again
-                        for row_seq, msg in await self.ctx.run(self._after, key, seq):
+                        for row_seq, msg in await self._shared(("after", key.allow, seq), self._after, key, seq):
                             seq = row_seq
                             if msg is not None:
                                 yield (f"id: {row_seq}\nevent: email.received\ndata: "
