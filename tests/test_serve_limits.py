@@ -454,7 +454,7 @@ def test_a_last_event_id_that_is_no_number_starts_the_stream_now(served):
 def test_a_message_costs_serve_one_read_not_one_per_open_waiter(tmp_path):
     """Every delivered message wakes every open wait and event stream. Each used to query the
     store when woken, so a message cost serve one query per open waiter, for mail none of them was
-    waiting for (1,000 waiters: 148 ms of serve's CPU per message on postgres; bench/longpoll).
+    waiting for (1,000 waiters: ~120 ms of serve's CPU per message; bench/longpoll).
     Now one read of the new rows serves all of them (api/news.py), and only a waiter that a new
     row may be for queries the index; every one of those still gets its message."""
     s = Served(tmp_path, max_streams_per_key=20)

@@ -4,8 +4,8 @@ streams, waking only those a new row may be for.
 The listener (listener.py, pglisten.py) only says "something changed". When every open wait and
 stream slept on it, every delivered message woke all of them and each queried the store: one
 message cost serve one query and one wake-up per open waiter, for mail none of them was waiting
-for (bench/longpoll, 1,000 waiters: 50 ms of serve's CPU per message on the embedded backend,
-148 ms on postgres). Now one task (the pump) sleeps on the listener, reads the rows after the
+for (bench/longpoll, 1,000 waiters: ~120 ms of serve's CPU per message, 49-173 ms across runs,
+on either backend). Now one task (the pump) sleeps on the listener, reads the rows after the
 last one it read in one query, and wakes the waiters whose interest (their key's addresses and
 domains, or their `to` filter) a row's address is in: a message costs one query plus the waiters
 it is for.
