@@ -91,9 +91,11 @@ def create_app(ctx: Context):
     @asynccontextmanager
     async def lifespan(app):
         await ctx.listener.start()
+        await ctx.news.start()
         try:
             yield
         finally:
+            await ctx.news.stop()
             await ctx.listener.stop()
             ctx.store.close()
 

@@ -1,6 +1,7 @@
 """What every route of `agentmx serve` shares: the config, the store (one for the app: the
-embedded backend keeps one connection per worker thread), its wake-up listener, the stream slots,
-and the thread pool that runs the blocking parts (the store, SMTP) off the event loop."""
+embedded backend keeps one connection per worker thread), its wake-up listener and the news
+(news.py: one reader of the new inbox rows, waking only the waiters a row is for), the stream
+slots, and the thread pool that runs the blocking parts (the store, SMTP) off the event loop."""
 from __future__ import annotations
 
 import time
@@ -16,6 +17,7 @@ from agentmx.config import ApiKey, Config
 from agentmx.store import Store, open_store
 
 from .errors import ApiError
+from .news import PAGE, InboxNews
 from .streams import StreamSlots
 
 
@@ -33,6 +35,15 @@ class Context:
     streams: StreamSlots
     clock: Callable[[], float] = time.time
     threads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
+    news: InboxNews | None = None
+
+    def __post_init__(self):
+        if self.news is None:
+            scope = tuple(dict.fromkeys(a for key in self.config.api_keys for a in key.allow))   # every key's
+
+            def fetch(after: int):
+                return self.store.inbox_query(scope, after_seq=after, oldest_first=True, limit=PAGE)
+            self.news = InboxNews(self.listener, fetch, self.store.last_seq, self.run)
 
     @classmethod
     def for_config(cls, config: Config, clock: Callable[[], float] = time.time) -> "Context":

@@ -12,8 +12,10 @@ recipient its `allow` list names (addresses or @domains), as for sending. Each m
 stored `email.received` event with one more member, `inbox`: {state, read, receivedAt}. The
 body of a message is untrusted input, as in the webhook.
 
-A wait and an event stream hold no thread: they sleep on the notification listener (deliver rings
-it when a message is in), query the index when woken, and end as soon as the client goes. With
+A wait and an event stream hold no thread: they sleep until the news (news.py: one reader of the
+new rows for all of them, woken by the notification listener that deliver rings) says a row for
+their key (or their `to`) has arrived, then query the index; they end as soon as the client goes.
+A message costs serve one read plus the waiters it is for, not a query per open waiter. With
 ack=true a wait claims its message in one statement, so two waiters never get the same one.
 """
 from __future__ import annotations
@@ -91,6 +93,23 @@ async def until_disconnected(request: Request) -> None:
 class InboxRoutes:
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self._running: dict[tuple, asyncio.Future] = {}
+
+    async def _shared(self, shape: tuple, fn, *args):
+        """fn(*args) in the thread pool, or the answer of the same query already running since the
+        news last moved: when a message for many waiters of one key arrives they all wake at once,
+        and one query answers them. Safe because that query started after every row the news had
+        read was committed, and a row after those wakes them again (news.py). Only while it runs:
+        a finished answer may be stale (an ack since)."""
+        seq = self.ctx.news.seq
+        if seq is None:
+            return await self.ctx.run(fn, *args)
+        k = (seq, *shape)
+        running = self._running.get(k)
+        if running is None:
+            running = self._running[k] = asyncio.ensure_future(self.ctx.run(fn, *args))
+            running.add_done_callback(lambda f: self._running.pop(k, None) if self._running.get(k) is f else None)
+        return await asyncio.shield(running)
 
     # --- sync parts, run in the thread pool -----------------------------------------------------
 
@@ -186,23 +205,31 @@ class InboxRoutes:
         filters, since, ack = _filters(q), _since(q.get("since")), q.get("ack") in TRUE
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        listener = self.ctx.listener
-        with self.ctx.streams.slot(key.name):
+        to = base_address(filters["to"]) if filters["to"] else None
+        with self.ctx.streams.slot(key.name), self.ctx.news.watch(key.allow, to) as news:
             gone = asyncio.create_task(until_disconnected(request))
             try:
                 while True:
-                    generation = listener.generation
-                    msg = await self.ctx.run(self._first_unread, key, filters, since, ack)
+                    news.event.clear()            # before the query: a row after it sets it again
+                    if ack:                       # a claim is each waiter's own
+                        msg = await self.ctx.run(self._first_unread, key, filters, since, ack)
+                    else:
+                        msg = await self._shared(("wait", key.allow, *filters.values(), since),
+                                                 self._first_unread, key, filters, since, ack)
                     if msg is not None:
                         return JSONResponse({"message": msg, "timedOut": False})
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return JSONResponse({"message": None, "timedOut": True})
-                    woken = asyncio.create_task(listener.wait(generation, remaining))
-                    done, _ = await asyncio.wait({woken, gone}, return_when=asyncio.FIRST_COMPLETED)
-                    if gone in done:
+                    woken = asyncio.create_task(news.event.wait())
+                    done, _ = await asyncio.wait({woken, gone}, timeout=remaining,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if woken not in done:
                         woken.cancel()
+                    if gone in done:
                         return JSONResponse({"message": None, "timedOut": True})   # nobody reads it
+                    if not done:
+                        return JSONResponse({"message": None, "timedOut": True})
             finally:
                 gone.cancel()
 
@@ -230,16 +257,20 @@ class InboxRoutes:
                 # ends (the store down) resumes from here with Last-Event-ID, not from the newest
                 # message at its next connect, which would skip what came in between.
                 yield f"retry: 2000\nid: {seq}\n\n".encode()
-                listener = self.ctx.listener
-                while True:
-                    generation = listener.generation
-                    for row_seq, msg in await self.ctx.run(self._after, key, seq):
-                        seq = row_seq
-                        if msg is not None:
-                            yield (f"id: {row_seq}\nevent: email.received\ndata: "
-                                   f"{json.dumps(msg, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
-                    if await listener.wait(generation, KEEPALIVE) == generation:
-                        yield b": keep-alive\n\n"
+                with self.ctx.news.watch(key.allow) as news:
+                    while True:
+                        news.event.clear()        # before the query: a row after it sets it again
+                        for row_seq, msg in await self._shared(("after", key.allow, seq), self._after, key, seq):
+                            seq = row_seq
+                            if msg is not None:
+                                yield (f"id: {row_seq}\nevent: email.received\ndata: "
+                                       f"{json.dumps(msg, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
+                        while True:               # asleep, a keep-alive now and then, until a row may be ours
+                            try:
+                                await asyncio.wait_for(news.event.wait(), KEEPALIVE)
+                                break
+                            except asyncio.TimeoutError:
+                                yield b": keep-alive\n\n"
             except StoreError as exc:         # the client reconnects (retry:) and resumes from its Last-Event-ID
                 log.warning("event stream for %s ended: %s", key.name, exc)
             finally:
