@@ -207,7 +207,7 @@ def route_key(route: Route) -> str:
 
 
 def send_effects(config: Config, store: Store) -> Effects:
-    from agentmx.deliver.route import split
+    from agentmx.address import split
     reserved: set[str] = set()
 
     def from_address(event: dict) -> str:          # agent+tag@ answers as agent@
@@ -372,5 +372,5 @@ def serve(config: Config, once: bool = False, poll: float = 1.0) -> int:
 
 def _base(recipient: str) -> str:
     """agent@ for agent+tag@: the tag is the sender's choice, never part of the instructions."""
-    from agentmx.deliver.route import split
+    from agentmx.address import split
     return split(recipient)[0] if recipient else ""

@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--undo", action="store_true", help="restore main.cf and master.cf from setup's backup")
     su.set_defaults(func=cmd_setup)
 
-    from agentmx.store.cli import add_commands
+    from agentmx.storecli import add_commands
     add_commands(sub, _config_path)
 
     ck = sub.add_parser("check", help="query DNS and say, record by record, what is missing or wrong")

@@ -1,7 +1,7 @@
 """Wake-ups for waiting readers: "something new is in the inbox" from deliver to serve, without polling.
 
 On one host they travel over unix datagram sockets in <data_dir>/notify/: every `agentmx serve`
-process binds one socket there (serve-<pid>.sock: agentmx/api/listener.py), and `ring(data_dir)`,
+process binds one socket there (serve-<pid>.sock: agentmx/store/listener.py), and `ring(data_dir)`,
 called by deliver after it has committed an inbox row, sends one tiny datagram to each. Nothing
 is queued and nothing waits: a datagram that cannot be sent (no serve running, its buffer full)
 is dropped, and serve's own slow check catches whatever a lost datagram did not announce. A stale

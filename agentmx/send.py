@@ -29,7 +29,6 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
 from .config import ApiKey, Config, SubmitTarget, SubmitVia
-from .orgdomain import org_domain
 
 
 class SendError(Exception):

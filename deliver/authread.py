@@ -25,7 +25,7 @@ def empty(authserv_id: str, note: str) -> dict:
 
 def read_spam(headers: list[tuple[str, str]], authserv_id: str) -> tuple[str, dict | None]:
     """(verdict, details) from our X-Agentmx-Spam header above every Received line, else unknown."""
-    from agentmx.milter.spam_check import HEADER, parse
+    from agentmx.spamheader import HEADER, parse
     for name, value in headers:
         lname = name.lower()
         if lname == "received":

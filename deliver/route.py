@@ -3,22 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agentmx.address import split
 from agentmx.config import Route
-
-DELIMITER = "+"      # Postfix's recipient_delimiter, which the generated map relies on too
 
 
 @dataclass(frozen=True)
 class Match:
     route: Route
     mailbox_hash: str | None     # the tag of a plus-address, MailKite's name for it
-
-
-def split(recipient: str) -> tuple[str, str | None]:
-    """('agent@example.com', 'tag') for 'Agent+tag@Example.com'."""
-    local, _, domain = recipient.strip().strip("<>").rpartition("@")
-    base, sep, tag = local.partition(DELIMITER)
-    return f"{base}@{domain}".lower(), (tag if sep and tag else None)
 
 
 def match(recipient: str, routes: tuple[Route, ...]) -> Match | None:

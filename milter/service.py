@@ -25,6 +25,7 @@ from pathlib import Path
 
 import Milter
 
+from agentmx import spamheader
 from agentmx.authservid import claims_id
 from agentmx.config import Config
 from agentmx.resolver import Resolver
@@ -143,7 +144,7 @@ class AuthMilter(Milter.Base):
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
             if claims_id(text, self.config.authserv_id):
                 self.forged.append(self.ar_count)
-        elif name.lower() == spam_check.HEADER.lower():
+        elif name.lower() == spamheader.HEADER.lower():
             self.spam_headers += 1
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
@@ -165,9 +166,9 @@ class AuthMilter(Milter.Base):
             self.log.warning("removed %d Authentication-Results header(s) claiming %s",
                              len(self.forged), self.config.authserv_id)
         for idx in range(self.spam_headers, 0, -1):
-            self.chgheader(spam_check.HEADER, idx, "")
+            self.chgheader(spamheader.HEADER, idx, "")
         if self.spam_headers:
-            self.log.warning("removed %d incoming %s header(s)", self.spam_headers, spam_check.HEADER)
+            self.log.warning("removed %d incoming %s header(s)", self.spam_headers, spamheader.HEADER)
         if self.submitter.ours:
             self.log.info("not verified: submitted by %s (%s, %s)",
                           describe(self.submitter, self.login, self.config), self.client_ip,
@@ -188,7 +189,7 @@ class AuthMilter(Milter.Base):
             self.client_ip, self.helo_name, self.client_name, self.mail_from, tuple(self.rcpts), qid),
             self.config.milter.rspamd_timeout) if self.config.milter.rspamd_url else None
         if spam is not None:
-            self.addheader(spam_check.HEADER, " " + spam_check.render(self.config.authserv_id, spam), 0)
+            self.addheader(spamheader.HEADER, " " + spamheader.render(self.config.authserv_id, spam), 0)
 
         decision = policy.decide(res, policy.combine(self.config.policy_for(d) for d in self.rcpt_domains))
         self.log.info(

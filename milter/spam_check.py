@@ -25,18 +25,10 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-HEADER = "X-Agentmx-Spam"
+from agentmx.spamheader import SpamResult
+
 SPAM_ACTIONS = {"reject", "add header", "rewrite subject"}
 HAM_ACTIONS = {"no action", "greylist"}
-
-
-@dataclass(frozen=True)
-class SpamResult:
-    verdict: str                  # ham, spam, unknown
-    score: float | None = None
-    required: float | None = None
-    action: str | None = None
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,24 +112,3 @@ def check(url: str, message: bytes, env: SpamEnvelope, timeout: float) -> SpamRe
         return SpamResult("unknown", reason="rspamd's answer could not be read")
     verdict = "spam" if action in SPAM_ACTIONS else "ham" if action in HAM_ACTIONS else "unknown"
     return SpamResult(verdict, round(score, 2), round(required, 2), action)
-
-
-def render(authserv_id: str, res: SpamResult) -> str:
-    """X-Agentmx-Spam: <authserv-id>; verdict=spam; score=15.0; required=15.0; action="reject" """
-    out = f"{authserv_id}; verdict={res.verdict}"
-    if res.score is not None:
-        out += f"; score={res.score}; required={res.required}; action=\"{res.action}\""
-    if res.reason:
-        out += f"; reason=\"{res.reason.replace(chr(34), chr(39))}\""
-    return out
-
-
-def parse(value: str) -> dict:
-    """The fields of one X-Agentmx-Spam value: {"authserv-id", "verdict", "score", ...}."""
-    first, _, rest = value.partition(";")
-    out: dict = {"authserv-id": first.strip().lower()}
-    for item in rest.split(";"):
-        k, _, v = item.strip().partition("=")
-        if k:
-            out[k.strip().lower()] = v.strip().strip('"')
-    return out

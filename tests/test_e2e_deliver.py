@@ -12,7 +12,6 @@ import shutil
 import smtplib
 import subprocess
 import sys
-import threading
 import urllib.request
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid

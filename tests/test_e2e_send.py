@@ -9,7 +9,6 @@ import base64
 import email
 import email.policy
 import json
-import threading
 import time
 import urllib.error
 import urllib.request

@@ -5,7 +5,6 @@ The long runs and their counts are in docs/hardening.md."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil

@@ -4,9 +4,6 @@ line we ship (postfix/master.cf.lmtp.fragment)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import smtplib
 import subprocess
 import sys
@@ -15,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import send
+from support import reaper
 from support.postfix import PostfixInstance, agentmx_config, install_lmtp, wait_for
 from support.receiver import Receiver
 from test_cli_deliver import MESSAGE, SECRET, write_config
@@ -33,8 +31,7 @@ class LmtpServer:
         assert self.proc.poll() is None, self.log.read_text()
 
     def stop(self):
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(10)
+        reaper.stop_group(self.proc)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from agentmx.api import news as news_mod
-from agentmx.api.listener import Listener
+from agentmx.store.listener import Listener
 from agentmx.api.news import InboxNews
 from agentmx.store import StoreUnavailable
 from agentmx.store.model import DeliveryState, InboxRow

@@ -5,7 +5,7 @@ import asyncio
 import socket
 import time
 
-from agentmx.api.listener import Listener
+from agentmx.store.listener import Listener
 from agentmx.notify import folder, ring
 
 

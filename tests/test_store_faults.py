@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import RsaKey, send
+from support import reaper
 from support.backends import migrate
 from support.faultrun import RECIPIENT, make_message, run_fault, sender_zone, take_many_clients
 from support.pg import PgServer
@@ -90,13 +90,7 @@ class Serve:
             return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        reaper.stop_group(self.proc, grace=15)
 
     def log(self) -> str:
         try:

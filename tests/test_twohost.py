@@ -17,10 +17,8 @@ from __future__ import annotations
 import email.policy
 import grp
 import json
-import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +32,7 @@ import pytest
 
 from conftest import report
 from e2e_helpers import RsaKey, send, sign
+from support import reaper
 from support.model import ModelServer
 from support.postfix import (MilterProcess, PostfixInstance, agentmx_config, free_tcp_port, install_deliver,
                              install_lmtp, install_submit, listening, wait_for)
@@ -78,13 +77,7 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        reaper.stop_group(self.proc)
         self._log.close()
 
 

@@ -1,7 +1,7 @@
 """Who to wake when mail arrives: one reader of the inbox's new rows for all open waits and event
 streams, waking only those a new row may be for.
 
-The listener (listener.py, pglisten.py) only says "something changed". When every open wait and
+The listener (store/listener.py, store/pglisten.py) only says "something changed". When every open wait and
 stream slept on it, every delivered message woke all of them and each queried the store: one
 message cost serve one query and one wake-up per open waiter, for mail none of them was waiting
 for (bench/longpoll, 1,000 waiters: ~120 ms of serve's CPU per message, 49-173 ms across runs,

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 
 from agentmx import send
 from agentmx.config import ApiKey
-from agentmx.deliver.route import split
+from agentmx.address import split
 from agentmx.store import StoreError
 from agentmx.store.model import SendRecord, SendState
 

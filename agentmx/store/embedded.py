@@ -538,7 +538,7 @@ class EmbeddedStore(Store):
         return self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0]
 
     def listener(self, fallback: float = 3.0):
-        from agentmx.api.listener import Listener       # asyncio: serve's, never deliver's import
+        from .listener import Listener       # asyncio: serve's, never deliver's import
         return Listener(self.data_dir, check=self.last_seq, fallback=fallback)
 
     # --- sends ---------------------------------------------------------------------------------------

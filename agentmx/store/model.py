@@ -115,7 +115,7 @@ class Job:
 
 def base_address(recipient: str) -> str:
     """agent@example.com for Agent+tag@Example.com: the inbox's scope, deliver's own routing rule."""
-    from agentmx.deliver.route import split
+    from agentmx.address import split
     return split(recipient)[0]
 
 

@@ -1,6 +1,6 @@
 """serve's wake-ups on the postgres backend: LISTEN on a connection of its own, so a message
 stored by deliver on any host (put_event's NOTIFY, sent at commit) wakes the waiters here at
-once. The slow check of agentmx/api/listener.py stays as the fallback (a notification missed
+once. The slow check of agentmx/store/listener.py stays as the fallback (a notification missed
 while the connection was down), and the generation also moves when the connection comes back.
 
     listener = store.listener(); await listener.start(); gen = listener.generation
@@ -15,7 +15,7 @@ from typing import Callable
 
 import psycopg
 
-from agentmx.api.listener import Listener
+from .listener import Listener
 
 log = logging.getLogger("agentmx.notify")
 

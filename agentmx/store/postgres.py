@@ -181,7 +181,7 @@ class PostgresStore(Store):
 
     def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState,
                   fingerprint: str | None = None, since: float | None = None) -> bool:
-        from agentmx.deliver.route import split
+        from agentmx.address import split
         event_id = event["id"]
         recipient = _text(event.get("recipient") or "").lower()
         message_id = _text(event.get("messageId") or "")[:MESSAGE_ID_MAX]
@@ -303,7 +303,7 @@ class PostgresStore(Store):
                     subject: str | None = None, since: float | None = None, unread: bool = False,
                     before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
                     limit: int = 50, oldest_first: bool = False) -> list[InboxRow]:
-        from agentmx.deliver.route import split
+        from agentmx.address import split
         scope, args = [], []
         for a in addresses:
             a = _text(a).lower()

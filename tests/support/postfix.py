@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import reaper
+
 SINK_SCRIPT = """#!/bin/sh
 # A pipe(8) program for tests: keep the delivered copy. argv: OUTDIR
 umask 022
@@ -299,12 +301,7 @@ class MilterProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        reaper.stop_group(self.proc)
         if getattr(self, "_log", None):
             self._log.close()
 

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -47,6 +48,21 @@ def stop_all() -> None:
         except Exception as exc:          # one server failing to stop must not keep the others up
             log.warning("stopping %r: %s", server, exc)
         unregister(server)
+
+
+def stop_group(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """A process started with start_new_session=True, and its children: SIGTERM to the group,
+    SIGKILL when it is not gone after `grace` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def _on_signal(signum, frame) -> None:

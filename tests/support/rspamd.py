@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
 
+from . import reaper
 from .postfix import free_tcp_port, wait_for
 
 
@@ -55,11 +55,6 @@ class Rspamd:
             return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        reaper.stop_group(self.proc, grace=15)
         if not os.environ.get("AGENTMX_KEEP_TMP"):
             shutil.rmtree(self.base, ignore_errors=True)

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -116,15 +115,7 @@ class S3Server(reaper.Server):
     def stop(self) -> None:
         """Down: SIGTERM, SIGKILL after 3 s (weed takes 15 s or more on SIGTERM alone)."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        reaper.stop_group(proc, grace=3)
         self._remove_sockets()
 
     def close(self) -> None:
