@@ -1,4 +1,4 @@
-"""Wake-ups from deliver to serve (agentmx/notify.py, agentmx/api/listener.py), over real sockets."""
+"""Wake-ups from deliver to serve (agentmx/notify.py, agentmx/store/listener.py), over real sockets."""
 from __future__ import annotations
 
 import asyncio
