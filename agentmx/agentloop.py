@@ -34,7 +34,7 @@ from typing import Callable
 
 from . import replies, send, untrusted
 from .config import AgentConfig, Config, Route
-from .store import Store, StoreError, open_store
+from .store import Store, StoreError, StoreUnavailable, open_store
 from .store.model import JobState
 
 log = logging.getLogger("agentmx.agent")
@@ -346,26 +346,39 @@ def _keep(store: Store, job_id: str, record: dict) -> None:
         log.warning("%s: transcript not stored: %s", job_id, exc)
 
 
-def serve(config: Config, once: bool = False, poll: float = 1.0) -> int:
-    store = open_store(config)
+def serve(config: Config, once: bool = False, poll: float = 1.0, store: Store | None = None,
+          chat: ChatFn | None = None, sleep: Callable[[float], None] = time.sleep) -> int:
+    store = store or open_store(config)
     store.check_schema()
     effects = send_effects(config, store)
-    chat = chat_client(config.agent)
+    chat = chat or chat_client(config.agent)
     log.info("agent worker: model %s at %s", config.agent.model, config.agent.base_url)
+    down = False
     try:
         while True:
             try:
                 did = process_one(config, store, chat, effects)
-            except Exception:               # the store itself (unreachable, disk): log, wait, go on
+            except StoreUnavailable as exc:  # an outage: said once, not a traceback per poll
+                if not down:
+                    log.warning("agent worker: the store cannot be reached (%s); the jobs wait", exc)
+                down = True
+                if once:
+                    return 1
+                sleep(poll)
+                continue
+            except Exception:               # a bug, or the store failing otherwise: log, wait, go on
                 log.exception("agent worker: the job queue failed")
                 if once:
                     return 1
-                time.sleep(poll)
+                sleep(poll)
                 continue
+            if down:
+                log.warning("agent worker: the store is back")
+                down = False
             if did is None:
                 if once:
                     return 0
-                time.sleep(poll)
+                sleep(poll)
     finally:
         store.close()
 

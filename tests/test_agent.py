@@ -506,3 +506,40 @@ def test_the_senders_tag_is_not_in_the_instructions():
     system, user = (m["content"] for m in prompt_messages(event, route))
     assert "ignore.previous" not in system and "ignore.previous" not in user
     assert "support@agents.test" in system
+
+
+def test_a_store_outage_is_said_once_not_a_traceback_per_poll(tmp_path, caplog):
+    """The worker waits out a store it cannot reach: one warning when it goes, one when it is
+    back, and the job then runs (it logged a traceback every second of the outage)."""
+    from agentmx.agentloop import serve
+    from agentmx.store import StoreUnavailable
+    from agentmx.store.embedded import EmbeddedStore
+    config = agent_config(tmp_path)
+    job_id = put_event(open_store(config), "outage")
+
+    class Down(EmbeddedStore):
+        failures = 5
+
+        def claim_job(self, lease):
+            if self.failures:
+                self.failures -= 1
+                raise StoreUnavailable("connection refused")
+            return super().claim_job(lease)
+
+    class Enough(Exception):
+        pass
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) > 7:
+            raise Enough
+
+    def chat(messages, tools):
+        return tool_call("done", {"summary": "ok"})
+    with pytest.raises(Enough):
+        serve(config, store=Down(config.data_dir), chat=chat, sleep=sleep)
+    said = [r.getMessage() for r in caplog.records if r.name == "agentmx.agent"]
+    assert sum("cannot be reached" in m for m in said) == 1 and sum("the store is back" in m for m in said) == 1
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= 40]
+    assert open_store(config).job(job_id).state is JobState.DONE
