@@ -75,6 +75,23 @@ def no_other_access(path: Path) -> None:
         pass
 
 
+def writable_like(path: Path, like: Path) -> None:
+    """Give a file of ours its owner's write bit back when `like` (the file it belongs to) has
+    it: SQLite makes a new -shm with the database file's mode of that moment, so one made while
+    the database was read-only (a restore, a chmod -R a-w then u+w racing a delivery) stayed
+    read-only after the database was writable again, and every write failed for good ("attempt
+    to write a readonly database"). Path-based and never as root, like no_other_access."""
+    if os.geteuid() == 0:
+        return
+    try:
+        st, ref = os.lstat(path), os.lstat(like)
+        if (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and ref.st_uid == os.geteuid()
+                and ref.st_mode & stat.S_IWUSR and not st.st_mode & stat.S_IWUSR):
+            os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+    except OSError:
+        pass
+
+
 def refuse_links(*paths: Path) -> None:
     """Raise NotOurs if any of `paths` is a symbolic link (a file we are about to open)."""
     for p in paths:

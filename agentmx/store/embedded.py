@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from agentmx import notify
-from agentmx.ownership import NotOurs, hand_over, no_other_access, refuse_links
+from agentmx.ownership import NotOurs, hand_over, no_other_access, refuse_links, writable_like
 
 from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
@@ -155,6 +155,8 @@ class EmbeddedStore(Store):
             if os.geteuid() != 0:
                 for p in self._files():
                     no_other_access(p)
+                for p in self._files()[1:]:
+                    writable_like(p, self.path)
             return
         try:
             os.fchmod(fd, 0o640)

@@ -336,3 +336,50 @@ def test_a_version_1_store_migrates_to_fingerprints(tmp_path, monkeypatch):
     store.put_event(ev, json.dumps(ev).encode(), "@agents.test", DeliveryState.RECEIVED, "f" * 64, 0)
     assert store.find_event("agent@agents.test", "<1@remote.test>", "f" * 64, 0) == ev["id"]
     store.close()
+
+
+def _as_nobody(data, code: str) -> subprocess.CompletedProcess:
+    """`code` (with `store`, an EmbeddedStore on `data`) run as the data directory's owner, as
+    deliver runs: a process of its own, not root."""
+    prog = ("import sys\nfrom agentmx.store.embedded import EmbeddedStore\n"
+            f"store = EmbeddedStore({str(data)!r})\n" + code + "\nstore.close()\n")
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", prog],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the store's files are made as another user")
+def test_a_side_file_left_read_only_gets_its_owner_write_bit_back():
+    """SQLite makes a new -shm with the database file's mode of that moment: one made while the
+    data directory was being made writable again (chmod -R a-w, then u+w, racing a delivery)
+    stayed read-only, and every later delivery failed with "attempt to write a readonly database"
+    until someone chmodded it by hand (seen in the fault tests under load)."""
+    import shutil
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="agentmx-side-", dir="/tmp"))       # pytest's own is root's 0700
+    os.chmod(base, 0o755)
+    data = base / "data"
+    data.mkdir()
+    os.chown(data, 65534, 65534)
+    try:
+        _side_file_case(data)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _side_file_case(data: Path) -> None:
+    first = _as_nobody(data, "store.put_blob(b'one'); print(store.last_seq())")
+    assert first.returncode == 0, first.stderr
+    shm = data / "agentmx.sqlite-shm"
+    if not shm.exists():
+        shm.write_bytes(b"")
+        os.chown(shm, 65534, 65534)
+    os.chmod(shm, 0o440)                        # as SQLite leaves it when the database was r--r-----
+    os.chmod(data / "agentmx.sqlite", 0o640)    # the database itself is writable again
+    ev = {"id": "msg_side", "recipient": "agent@agents.test", "subject": "s", "from": {"address": "b@x.test"},
+          "auth": {}, "attachments": []}
+    second = _as_nobody(data, "from agentmx.store.model import DeliveryState\nimport json\n"
+                              f"ev = {ev!r}\n"
+                              "print(store.put_event(ev, json.dumps(ev).encode(), '@agents.test', DeliveryState.RECEIVED))")
+    assert second.returncode == 0 and second.stdout.strip() == "True", second.stderr[-2000:]
+    assert not shm.exists() or shm.stat().st_mode & 0o777 == 0o640      # (SQLite removes it at the last close)
