@@ -126,16 +126,13 @@ def _keep(raw: bytes, env: Envelope, config: Config, store: Store, now: float, m
     first copy was taken care of."""
     route = match.route
     state = DeliveryState.RECEIVED if route.pushes else DeliveryState.STORED
-    since = now - dedup.WINDOW
     body = _body(event)
-    first = store.find_event(env.recipient, event["messageId"], fingerprint, since) if event.get("messageId") else None
-    again = False
-    if first is None or first == event["id"]:
-        try:
-            again = not store.put_event(event, body, route.match, state, fingerprint, since)
-        except DuplicateEvent as exc:            # another host kept it a moment ago
-            first = exc.first
-    if first is not None and first != event["id"]:
+    first, again = None, False
+    try:                 # the look-up for a first copy and the insert are one transaction in the store
+        again = not store.put_event(event, body, route.match, state, fingerprint, now - dedup.WINDOW)
+    except DuplicateEvent as exc:                # a copy kept before, here or at another host
+        first = exc.first
+    if first is not None:
         known = store.delivery(first)
         if known is None:
             return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, first,

@@ -1,5 +1,5 @@
 """One event per message, whichever MX host took it and however often: the key deliver keeps
-with each event and looks up before it keeps a new one (Store.find_event / put_event).
+with each event, and that put_event checks, in the transaction that keeps a new one.
 
 The same message reaching two hosts (a sender retrying at host B after host A accepted it, a
 backup MX, Postfix stopped after DATA and the client sending again) is two different raw
@@ -44,10 +44,6 @@ def body_chunks(raw: bytes, size: int = 1 << 16) -> Iterator[bytes]:
         yield chunk.replace(b"\r\n", b"\n")
     if carry:
         yield carry
-
-
-def body_of(raw: bytes) -> bytes:
-    return b"".join(body_chunks(raw))
 
 
 def fingerprint(raw: bytes, sender: str, auth: dict) -> str:

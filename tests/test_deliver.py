@@ -379,14 +379,15 @@ def test_no_message_id_no_dedup_and_the_window_ends(tmp_path, receiver):
 
 
 def test_the_fingerprint_reads_the_body_whatever_the_line_ends_and_headers():
-    from agentmx.deliver.dedup import body_of, fingerprint
+    from agentmx.deliver.dedup import body_chunks, fingerprint
     passed, a = {"dkim": "pass", "dmarc": "pass"}, "alice@sender.test"
     assert fingerprint(raw(), a, passed) == fingerprint(copy_at_b(), "Alice@Sender.test", passed) \
         == fingerprint(copy_at_b(lf=False), a, passed)
     assert fingerprint(raw(), a, passed) != fingerprint(raw(), a, {"dkim": "pass", "dmarc": "fail"})
     assert fingerprint(raw(), a, passed) != fingerprint(raw(), "", passed)           # a bounce quoting it
+    def body_of(raw: bytes) -> bytes:
+        return b"".join(body_chunks(raw))
     assert body_of(b"Subject: x\r\n\r\nline\r\n") == b"line\n" and body_of(b"Subject: no body") == b""
-    from agentmx.deliver.dedup import body_chunks
     crlf = b"Subject: x\r\n\r\n" + b"ab\r\n" * 1000
     for size in (2, 3, 4, 7, 4096):                  # a CRLF split across pieces is still one line end
         assert b"".join(body_chunks(crlf, size)) == b"ab\n" * 1000 == body_of(crlf.replace(b"\r\n", b"\n")), size

@@ -33,6 +33,8 @@ from .model import Blob
 _EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 _SHA = re.compile(r"[0-9a-f]{64}")
 CHUNK = 64 * 1024
+ANSWER_MAX = 8 << 20           # bytes: a list, an error, a PUT's answer
+OBJECT_MAX = 512 << 20        # bytes: one blob read whole (raw messages are far smaller: Postfix's message_size_limit)
 PREFIX = "blobs/"
 
 
@@ -75,7 +77,7 @@ class S3Client:
                    expect=(200,), headers={"content-type": "application/octet-stream"})
 
     def get(self, key: str) -> bytes | None:
-        status, _, body = self._call("GET", key, expect=(200, 404))
+        status, _, body = self._call("GET", key, expect=(200, 404), limit=OBJECT_MAX)
         return body if status == 200 else None
 
     def head(self, key: str) -> int | None:
@@ -128,17 +130,23 @@ class S3Client:
     # --- HTTP and SigV4 -----------------------------------------------------------------------------
 
     def _call(self, method: str, key: str, *, query: dict | None = None, body: bytes = b"",
-              payload_sha: str = _EMPTY_SHA, expect: tuple[int, ...], headers: dict | None = None):
+              payload_sha: str = _EMPTY_SHA, expect: tuple[int, ...], headers: dict | None = None,
+              limit: int = ANSWER_MAX):
+        """One request; its answer read whole, up to `limit` bytes (the service's answer is input
+        like any other: a list or an error is far below ANSWER_MAX, an object below OBJECT_MAX)."""
         path = self._path(key)
         qs = _canonical_query(query or {})
         conn, resp = self._send(method, path, qs, headers or {}, body, payload_sha)
         if resp.status not in expect:
             self._fail(conn, resp, method, key)
         try:
-            data = resp.read()                   # HEAD: b"", and the response is done
+            data = resp.read(limit + 1)          # HEAD: b"", and the response is done
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise StoreUnavailable(f"S3 {method} {key or self.bucket}: {_describe(exc)}") from None
+        if len(data) > limit:
+            conn.close()
+            raise StoreUnavailable(f"S3 {method} {key or self.bucket}: an answer of more than {limit} bytes")
         resp_headers = {k.lower(): v for k, v in resp.getheaders()}
         self._finish(conn, resp)
         return resp.status, resp_headers, data

@@ -207,6 +207,38 @@ def test_s3_5xx_is_store_unavailable():
         server.shutdown()
 
 
+def test_an_s3_answer_is_read_up_to_its_bound(monkeypatch):
+    """The service's answer is input: an endless list answer (or an object larger than any blob
+    we keep) is StoreUnavailable after the bound, not read into memory whole."""
+    import http.server
+    from agentmx.store import s3
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-length", str(10 << 20))
+            self.end_headers()
+            try:
+                for _ in range(10 << 10):
+                    self.wfile.write(b"x" * 1024)
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(s3, "OBJECT_MAX", 64 << 10)
+    try:
+        client = S3Client(f"http://127.0.0.1:{server.server_port}", "b", "us-east-1", "a", "s")
+        with pytest.raises(StoreUnavailable, match="an answer of more than 8388608 bytes"):
+            next(client.list("blobs/"))
+        with pytest.raises(StoreUnavailable, match="an answer of more than 65536 bytes"):
+            client.get("blobs/x")
+    finally:
+        server.shutdown()
+
+
 def test_sigv4_matches_aws_documented_example():
     """AWS's worked example (GET /test.txt with Range, examplebucket, 2013-05-24): our canonical
     request and signature reproduce the documented signature."""
