@@ -60,12 +60,7 @@ class Listener:
         self._task = asyncio.create_task(self._fallback_loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
         if self._transport:
             self._transport.close()
         if self._path:
@@ -106,3 +101,13 @@ class _Protocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.bump()
+
+
+async def cancel(task: asyncio.Task | None) -> None:
+    """Stop a task of ours and wait until it has."""
+    if task:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass

@@ -15,7 +15,7 @@ from typing import Callable
 
 import psycopg
 
-from .listener import Listener
+from .listener import Listener, cancel
 
 log = logging.getLogger("agentmx.notify")
 
@@ -49,12 +49,7 @@ class PgListener(Listener):
                         START_WAIT, self.fallback)
 
     async def stop(self) -> None:
-        if self._listen_task:
-            self._listen_task.cancel()
-            try:
-                await self._listen_task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._listen_task)
         await super().stop()
 
     async def _listen_loop(self) -> None:
