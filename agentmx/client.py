@@ -44,10 +44,11 @@ class Client:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
-                err = json.loads(exc.read())["error"]
+                err = json.loads(exc.read())
+                code, message = str(err["code"]), str(err["error"])
             except (ValueError, KeyError, TypeError):
-                err = {"code": "http_error", "message": str(exc)}
-            raise ApiError(exc.code, err.get("code", ""), err.get("message", "")) from None
+                code, message = "http_error", str(exc)
+            raise ApiError(exc.code, code, message) from None
 
     def send(self, *, from_: str | dict, to=None, cc=None, bcc=None, reply_to=None, subject: str | None = None,
              text: str | None = None, html: str | None = None, attachments: list[str | Path] = (),

@@ -36,9 +36,6 @@ class SendError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
-    def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
-
 
 @dataclass(frozen=True)
 class Mailbox:

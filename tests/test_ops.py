@@ -150,7 +150,7 @@ def test_metrics_on_serve(tmp_path, receiver):
                                          headers={"authorization": f"Bearer {token}"} if token else {})
             with pytest.raises(urllib.error.HTTPError) as exc:
                 urllib.request.urlopen(req, timeout=5)
-            assert exc.value.code == 401 and json.loads(exc.value.read())["error"]["code"] == "unauthorized"
+            assert exc.value.code == 401 and json.loads(exc.value.read())["code"] == "unauthorized"
         req = urllib.request.Request(f"{server.url}/metrics",
                                      headers={"authorization": "Bearer metrics-token-0123456789"})
         with urllib.request.urlopen(req, timeout=5) as r:

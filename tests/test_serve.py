@@ -127,8 +127,8 @@ def test_a_store_that_fails_is_a_503_and_serve_recovers_by_itself(tmp_path):
                                          headers={"authorization": "Bearer amx_store_test_key_0123456789"})
             return get(req)
         status, body, headers = messages()
-        assert status == 503 and json.loads(body) == {"error": {"code": "store_unavailable", "message":
-                                                               "the store is unavailable; try again shortly"}}
+        assert status == 503 and json.loads(body) == {"error": "the store is unavailable; try again shortly",
+                                                    "code": "store_unavailable"}
         assert {k.lower(): v for k, v in headers.items()}["retry-after"] == "5" and str(data) not in body.decode()
         sha = "0" * 64
         assert get(urls.sign_url(running.url, KEY, sha, "text/plain", "a.txt", 60))[0] == 404   # blobs: no SQLite

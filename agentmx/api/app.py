@@ -7,8 +7,8 @@
     GET  /metrics                                   Prometheus, with [server] metrics_token as Bearer
     GET  /healthz                                   200 "ok"
 
-Every failure is JSON: {"error": {"code": ..., "message": ...}}; a store that cannot be reached is
-503 {"error": {"code": "store_unavailable", ...}}, and the next request tries again.
+Every failure is JSON: {"error": "<message>", "code": "<code>"}; a store that cannot be reached is
+503 {"error": ..., "code": "store_unavailable"}, and the next request tries again.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The one error type of the HTTP API, and how every failure becomes a JSON answer.
 
-    {"error": {"code": "unauthorized", "message": "send an API key ..."}}
+    {"error": "send an API key ...", "code": "unauthorized"}
+
+The shape MailKite's SDKs read (they raise MailKiteError(status, body["error"])), and DESIGN.md's.
 
 Raised by the routes (ApiError), by the send path (send.SendError, converted here), and made up by
 the guard for what never reaches a route (413, 408, 503, 404, 405, 500). No traceback, path or
@@ -30,7 +32,7 @@ class ApiError(Exception):
         return cls(exc.status, exc.code, exc.message, exc.retry_after)
 
     def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
+        return {"error": self.message, "code": self.code}
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         out = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
