@@ -309,3 +309,16 @@ def test_an_old_mcp_listen_still_loads_with_a_warning_naming_the_key_and_file(tm
     with caplog.at_level(logging.WARNING, logger="agentmx.config"):
         parse_config(config_text(tmp_path, mcp_listen=""), path)      # the old example file's "" (off)
     assert not caplog.records
+
+
+def test_openapi_documents_the_platform_paths_their_error_codes_and_every_501():
+    from conftest import ROOT
+    doc = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    for path in ("/v1/me", "/v1/events", "/v1/events/names", "/v1/realtime/token", "/v1/realtime", "/mcp"):
+        assert path in doc["paths"], path
+    codes = {c for op in doc["paths"]["/v1/realtime"].values() for r in op["responses"].values()
+             for c in (r.get("description", "").partition("(error codes: ")[2].rstrip(")").split(", "))}
+    assert "bad_token" in codes
+    assert "not_supported" in json.dumps(doc["paths"]["/v1/events"]["post"])
+    listed = [(tuple(p["methods"]), p["path"], p["reason"], not p.get("public")) for p in doc["x-not-offered"]["paths"]]
+    assert listed == list(platform.NOT_OFFERED) and doc["x-not-offered"]["reasons"] == platform.REASONS
