@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import logging
+import re
 import threading
 import time
 import urllib.error
@@ -322,3 +323,12 @@ def test_openapi_documents_the_platform_paths_their_error_codes_and_every_501():
     assert "not_supported" in json.dumps(doc["paths"]["/v1/events"]["post"])
     listed = [(tuple(p["methods"]), p["path"], p["reason"], not p.get("public")) for p in doc["x-not-offered"]["paths"]]
     assert listed == list(platform.NOT_OFFERED) and doc["x-not-offered"]["reasons"] == platform.REASONS
+
+
+def test_the_developers_guide_table_names_every_sdk_method_as_the_test_table_does():
+    from conftest import ROOT
+    text = (ROOT / "docs" / "agent-developer.md").read_text().partition("## Moving from MailKite")[2]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (works|local|501) \|", text, re.M))
+    assert set(rows) == set(TABLE)
+    for name, entry in TABLE.items():
+        assert rows[name] == {"raw": "works"}.get(entry[0], entry[0]), name
