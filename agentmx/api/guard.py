@@ -23,6 +23,8 @@ from .errors import ApiError
 
 log = logging.getLogger("agentmx.serve")
 
+# Long requests that hold a stream slot (streams.py) instead of a request slot; /v1/events only as a
+# stream (Accept: text/event-stream): its JSON list is an ordinary request.
 STREAM_PATHS = ("/v1/events", "/v1/messages/wait", "/v1/realtime")
 RELEASE = "agentmx.release"     # scope key: gives the request's slot back (a long wait holds a stream slot instead)
 
@@ -64,7 +66,8 @@ class Guard:
         state = {"status": 0, "started": False}
         path = scope.get("path", "")
         limit = self._body_limit(scope)
-        stream = path in STREAM_PATHS
+        accept = _header(scope, b"accept") or b""
+        stream = path in STREAM_PATHS and (path != "/v1/events" or b"text/event-stream" in accept)
 
         async def respond(err: ApiError) -> None:
             if state["started"]:
