@@ -296,6 +296,11 @@ def test_mcp_tools_wait_in_process_and_a_request_without_a_key_is_401(served):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(urllib.request.Request(served.url + "/mcp", data=b"{}", method="POST"), timeout=10)
     assert err.value.code == 401 and json.loads(err.value.read())["code"] == "unauthorized"
+    # MCP's GET opened a stream that sent nothing, holding a request slot of the API for good: 405 now
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(served.url + "/mcp", headers={
+            "authorization": f"Bearer {KEY}", "accept": "text/event-stream"}), timeout=5)
+    assert err.value.code == 405 and json.loads(err.value.read())["code"] == "method_not_allowed"
 
 
 # --- the retired MCP port -------------------------------------------------------------------------

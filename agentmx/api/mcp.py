@@ -98,4 +98,7 @@ class Mcp:
         await self.app(scope, await buffered(receive), send_)
 
     def routes(self) -> list[Route]:
-        return [Route("/mcp", self, methods=["GET", "POST", "DELETE"])]
+        """POST only. Stateless, there are no sessions to end (DELETE) and nothing to push: MCP's
+        GET would open a stream that sends nothing and held one of the API's request slots for as
+        long as the client kept it; the spec lets a server answer it 405."""
+        return [Route("/mcp", self, methods=["POST"])]
