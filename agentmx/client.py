@@ -23,6 +23,13 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def reply_from(event: dict) -> str:
+    """The address an answer to an email.received event goes out from: the one it was sent to,
+    without a +tag (agent+tag@ answers as agent@)."""
+    local, _, domain = event["recipient"].rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
+
+
 class Client:
     def __init__(self, base_url: str, api_key: str, timeout: float = 60):
         self.base_url, self.api_key, self.timeout = base_url.rstrip("/"), api_key, timeout
@@ -57,7 +64,11 @@ class Client:
                    "text": text, "html": html, "headers": headers, "inReplyTo": in_reply_to, "force": force or None,
                    "attachments": [{"filename": Path(p).name, "content": base64.b64encode(Path(p).read_bytes()).decode()}
                                    for p in attachments] or None}
-        return self._post("/v1/send", {k: v for k, v in payload.items() if v is not None})
+        return self.send_json({k: v for k, v in payload.items() if v is not None})
+
+    def send_json(self, payload: dict) -> dict:
+        """POST /v1/send with `payload` as its body, as it is (the API's own member names)."""
+        return self._post("/v1/send", payload)
 
     # --- the inbox ----------------------------------------------------------------------------
 
@@ -86,6 +97,4 @@ class Client:
     def reply(self, event: dict, *, text: str | None = None, html: str | None = None, from_: str | None = None,
               **kw) -> dict:
         """Answer an email.received event: to its sender, threaded, from the address it was sent to."""
-        local, _, domain = event["recipient"].rpartition("@")
-        sender = from_ or f"{local.split('+', 1)[0]}@{domain}"        # agent+tag@ answers as agent@
-        return self.send(from_=sender, in_reply_to=event["id"], text=text, html=html, **kw)
+        return self.send(from_=from_ or reply_from(event), in_reply_to=event["id"], text=text, html=html, **kw)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+log = logging.getLogger("agentmx.config")
 
 DEFAULT_PATH = Path("/etc/agentmx/agentmx.toml")
 
@@ -243,7 +246,6 @@ class Config:
     data_dir: Path = Path("/var/lib/agentmx")
     public_url: str = "http://127.0.0.1:8025"     # how agents reach `agentmx serve` (attachment URLs)
     listen: tuple[str, int] = ("127.0.0.1", 8025)  # where `agentmx serve` listens
-    mcp_listen: tuple[str, int] | None = None      # MCP over streamable HTTP (path /mcp), off when None
     limits: ServerLimits = ServerLimits()
     metrics_token: str = field(default="", repr=False)  # Bearer token for GET /metrics ("" : /metrics is off)
     service: Service = Service.ALL                  # who loaded it: which secrets and keys were read
@@ -595,7 +597,7 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
     data_dir = server.get("data_dir", Config.data_dir, lambda v: Path(_nonempty_str(v)), "a path")
     public_url = server.get("public_url", Config.public_url, _endpoint, "an http:// or https:// URL").rstrip("/")
     listen = server.get("listen", Config.listen, _listen, '"IP:PORT"')
-    mcp_listen = server.get("mcp_listen", None, lambda v: None if v == "" else _listen(v), '"IP:PORT", or "" for off')
+    _retired_mcp_listen(server)
     url_ttl = server.get("url_ttl", Config.url_ttl, _positive_int, "a whole number of seconds > 0")
     url_secret = _secret(server, "url_secret", min_len=16)
     key_dir = server.get("key_dir", Config.key_dir, lambda v: Path(_nonempty_str(v)), "a path")
@@ -769,11 +771,22 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
     signing = _signing(_Section(path, "signing", doc.get("signing", {}), service))
 
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
-                  listen=listen, mcp_listen=mcp_listen, limits=limits, metrics_token=metrics_token,
+                  listen=listen, limits=limits, metrics_token=metrics_token,
                   url_secret=url_secret or "", url_ttl=url_ttl, key_dir=key_dir, service=service,
                   mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
                   worker=worker, agent=agent, signing=signing, store=store)
+
+
+def _retired_mcp_listen(server: _Section) -> None:
+    """[server] mcp_listen was MCP's own port until issue 15; MCP is now at /mcp on [server] listen.
+    An old file still loads (a service must not fail to start over a key that no longer does
+    anything); a value other than "" (off) is a warning naming the file, since clients of that
+    port must move."""
+    value = server.get("mcp_listen", "", lambda v: v if isinstance(v, str) else _raise(), '"IP:PORT" or ""')
+    if value:
+        log.warning("%s: [server] mcp_listen is no longer used: MCP is now served at /mcp on [server] listen "
+                    "(the API's own port); remove the key and point MCP clients there", server.path)
 
 
 def load_config(path: str | Path = DEFAULT_PATH, service: Service = Service.ALL) -> Config:

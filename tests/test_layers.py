@@ -17,7 +17,7 @@ PACKAGES = {"agentmx": "agentmx", "milter": "agentmx.milter", "deliver": "agentm
 LAYERS = {
     "agentmx.store": 1,
     "agentmx.milter": 2, "agentmx.deliver": 2,
-    "agentmx.ops": 3, "agentmx.mcpserver": 3,          # the MCP server speaks to serve over HTTP (client.py)
+    "agentmx.ops": 3, "agentmx.mcpserver": 3,          # MCP tools on a Mailbox: HTTP (stdio) or serve in process (api/mcp.py)
     "agentmx.api": 4, "agentmx.agentloop": 4,
     "agentmx.storecli": 5, "agentmx.setup": 5,
     "agentmx.cli": 6,

@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def test_wait_returns_within_a_second_of_arrival_and_times_out_cleanly(w):
 
 
 def test_server_sent_events_stream_new_mail(w):
-    req = urllib.request.Request(w["api"] + "/v1/events", headers={"authorization": f"Bearer {KEY}"})
+    req = urllib.request.Request(w["api"] + "/v1/events", headers={"authorization": f"Bearer {KEY}",
+                                                                "accept": "text/event-stream"})
     lines: list[str] = []
 
     def read():
@@ -153,7 +155,7 @@ def test_an_event_stream_resumed_from_its_first_id_misses_nothing(w):
     """The stream's first lines give its starting point as an event id: a client whose stream
     ended before any message (the store down) resumes from there with Last-Event-ID. Without it,
     it could only connect afresh, from the newest message then, and lost what came in between."""
-    headers = {"authorization": f"Bearer {KEY}"}
+    headers = {"authorization": f"Bearer {KEY}", "accept": "text/event-stream"}
     with urllib.request.urlopen(urllib.request.Request(w["api"] + "/v1/events", headers=headers), timeout=30) as resp:
         head = [resp.readline().decode(), resp.readline().decode(), resp.readline().decode()]
     assert head[0] == "retry: 2000\n" and head[1].startswith("id: ") and head[2] == "\n", head
@@ -263,35 +265,69 @@ def test_the_agent_guide_sign_up_example_runs(w, monkeypatch):
     assert scope["code"] == "551234"
 
 
-def test_mcp_over_streamable_http_on_serve_with_the_key_per_request(w):
-    """[server] mcp_listen: the same tools over streamable HTTP beside the API; each request's
-    Authorization header is its key, so another key sees nothing of this mailbox."""
+def test_mcp_over_streamable_http_on_serve_with_the_key_per_request(w, monkeypatch):
+    """MCP at /mcp on the API's own port: the same tools over streamable HTTP; each request's
+    Authorization header is its key, so another key sees nothing of this mailbox. The tools call
+    serve's functions in process: with every HTTP client of ours unusable in this process (serve
+    runs in a thread of it), they still work: no hop back into serve over loopback."""
     import httpx2
     from mcp.client.session import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
-    from agentmx.api.server import start_mcp
-    from support.postfix import free_tcp_port
-    port = free_tcp_port()
-    config = w["config"].__class__(**{**w["config"].__dict__, "mcp_listen": ("127.0.0.1", port)})
-    server = start_mcp(config, w["api"])
-    wait_for(lambda: listening(port), timeout=20, what="the MCP HTTP endpoint")
     send(w["ox"].port, "a@remote.test", [f"agent@{DOMAIN}"], mail(f"agent@{DOMAIN}", "over http", "code 240719"))
+
+    def no_loopback(*a, **kw):
+        raise AssertionError("MCP called serve over HTTP")
+    monkeypatch.setattr(Client, "_call", no_loopback)
+    monkeypatch.setattr(urllib.request, "urlopen", no_loopback)
 
     async def list_with(key: str, wait: int) -> tuple[list, dict]:
         async with httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
-            async with streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http) as (read, write):
+            async with streamable_http_client(w["api"] + "/mcp", http_client=http) as (read, write):
                 async with ClientSession(read, write) as session:
                     await session.initialize()
                     waited = await session.call_tool("wait_for_message", {"subject": "over http",
                                                                            "timeout_seconds": wait})
                     listed = await session.call_tool("list_messages", {"subject": "over http"})
                     return json.loads(listed.content[0].text), json.loads(waited.content[0].text.split("\n\n")[0])
-    try:
-        mine, waited = asyncio.run(list_with(KEY, 30))
-        assert [m["subject"] for m in mine] == ["over http"] and waited["codes"] == ["240719"]
-        theirs, nothing = asyncio.run(list_with(OTHER, 1))
-        assert theirs == [] and nothing["timedOut"] is True
-    finally:
-        server.stop()
+    mine, waited = asyncio.run(list_with(KEY, 30))
+    assert [m["subject"] for m in mine] == ["over http"] and waited["codes"] == ["240719"]
+    theirs, nothing = asyncio.run(list_with(OTHER, 1))
+    assert theirs == [] and nothing["timedOut"] is True
+
+
+def test_mcp_send_and_refusals_over_streamable_http_in_process(w, monkeypatch):
+    """The send tool goes through serve's own send path (DKIM-signed at rx), in process; a refusal
+    reaches the model as the API's reason (it was "Error executing tool ..." with no reason: the
+    SDK hides a ValueError's text as a crash); a request without a key is our 401 JSON."""
+    import httpx2
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    def no_loopback(*a, **kw):
+        raise AssertionError("MCP called serve over HTTP")
+    monkeypatch.setattr(urllib.request, "urlopen", no_loopback)
+
+    async def calls() -> list:
+        async with httpx2.AsyncClient(headers={"authorization": f"Bearer {KEY}"}, timeout=60) as http:
+            async with streamable_http_client(w["api"] + "/mcp", http_client=http) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    return [await session.call_tool("send", {"from_address": f"agent@{DOMAIN}",
+                                                             "to": ["bob@remote.test"], "subject": "via mcp",
+                                                             "text": "MCP in-process send."}),
+                            await session.call_tool("read_message", {"message_id": "msg_not_there"}),
+                            await session.call_tool("send", {"from_address": f"other@{DOMAIN}", "to": ["b@x.test"],
+                                                             "subject": "no", "text": "no"})]
+    sent, unknown, forbidden = asyncio.run(calls())
+    assert not sent.is_error and json.loads(sent.content[0].text)["id"].startswith("snd_")
+    assert unknown.is_error and "404 unknown_message" in unknown.content[0].text
+    assert forbidden.is_error and "403" in forbidden.content[0].text
+    msg = email.message_from_bytes(delivered_at_rx(w, b"MCP in-process send."))
+    assert msg["Subject"] == "via mcp" and msg["DKIM-Signature"]
+    monkeypatch.undo()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(w["api"] + "/mcp", data=b"{}", method="POST",
+                                                      headers={"content-type": "application/json"}), timeout=10)
+    assert err.value.code == 401 and json.loads(err.value.read())["code"] == "unauthorized"
 

@@ -310,7 +310,8 @@ def test_open_waits_are_capped_per_key_and_end_when_the_client_goes(served):
     assert exc.value.args == (429, "too_many_streams")
     assert Client(served.url, OTHER).wait(timeout=0) is None       # another key has its own slots
     events = socket.create_connection(("127.0.0.1", served.port), timeout=5)
-    events.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + OTHER.encode() + b"\r\n\r\n")
+    events.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer "
+                   + OTHER.encode() + b"\r\n\r\n")
     assert events.recv(4096).startswith(b"HTTP/1.1 200")
     time.sleep(0.3)
     assert served.ctx.streams.open == {"agent": 2, "other": 1}
@@ -408,26 +409,21 @@ def test_a_client_that_stops_reading_holds_neither_a_slot_nor_the_connection(tmp
         s.running.stop()
 
 
-def test_the_mcp_listener_has_the_same_bounds(tmp_path):
-    """[server] mcp_listen served the MCP app with no guard: a body trickled in was held for good."""
-    from agentmx.api.server import start_mcp
-    from support.postfix import free_tcp_port
+def test_mcp_has_the_same_bounds_as_the_api(tmp_path):
+    """MCP at /mcp on the API's port behind the same guard (it had a port of its own, and before
+    that no guard: a body trickled in was held for good): a slow body is 408, a large one 413."""
     s = Served(tmp_path, read_timeout=2, request_timeout=2)
-    port = free_tcp_port()
-    config = s.config.__class__(**{**s.config.__dict__, "mcp_listen": ("127.0.0.1", port)})
-    mcp = start_mcp(config, s.url)
     try:
         t0 = time.monotonic()
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
-            c.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 500\r\n\r\n{\"jsonrpc\"")
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            c.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+                      + KEY.encode() + b"\r\nContent-Length: 500\r\n\r\n{\"jsonrpc\"")
             out = read_response(c)
         assert out.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 6
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
             c.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
             assert read_response(c).startswith(b"HTTP/1.1 413")
     finally:
-        mcp.stop()
         s.running.stop()
 
 
@@ -445,7 +441,7 @@ def test_a_request_path_cannot_write_a_log_line(served, caplog):
 
 def test_a_last_event_id_that_is_no_number_starts_the_stream_now(served):
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
-        s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+        s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer " + KEY.encode()
                   + b"\r\nLast-Event-ID: \xc2\xb2\r\n\r\n")
         head = s.recv(4096)
         assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
@@ -468,7 +464,8 @@ def test_a_message_costs_serve_one_read_not_one_per_open_waiter(tmp_path):
         streams = []
         for _ in range(2):
             e = socket.create_connection(("127.0.0.1", s.port), timeout=10)
-            e.sendall(f"GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
+            e.sendall(f"GET /v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                      f"Authorization: Bearer {KEY}\r\n\r\n".encode())
             assert e.recv(4096).startswith(b"HTTP/1.1 200")
             streams.append(e)
         socks += streams

@@ -103,7 +103,7 @@ class Serve:
         http.client's RemoteDisconnected), which the tests do not catch."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method, path, headers={"authorization": f"Bearer {KEY}"})
+            conn.request(method, path, headers={"authorization": f"Bearer {KEY}", "accept": "text/event-stream"})
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:
@@ -210,7 +210,7 @@ class StreamReader:
         while not self.stopped.is_set():
             self.connects += 1
             conn = http.client.HTTPConnection("127.0.0.1", self.serve.port, timeout=60)
-            headers = {"authorization": f"Bearer {KEY}", **({"last-event-id": self.last_id} if self.last_id else {})}
+            headers = {"authorization": f"Bearer {KEY}", "accept": "text/event-stream", **({"last-event-id": self.last_id} if self.last_id else {})}
             try:
                 conn.request("GET", "/v1/events", headers=headers)
                 resp = conn.getresponse()

@@ -268,7 +268,8 @@ def test_a_wait_on_host_a_wakes_within_a_second_for_mail_taken_by_host_b(w, key)
 
 
 def test_an_event_stream_on_host_a_wakes_within_a_second_for_mail_taken_by_host_b(w, key):
-    req = urllib.request.Request(w["a"]["api"] + "/v1/events", headers={"authorization": f"Bearer {KEY}"})
+    req = urllib.request.Request(w["a"]["api"] + "/v1/events", headers={"authorization": f"Bearer {KEY}",
+                                                                     "accept": "text/event-stream"})
     seen: list = []
 
     def read():

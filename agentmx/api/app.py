@@ -3,6 +3,10 @@
     POST /v1/send                                   send or reply (sending.py)
     GET  /v1/messages, /v1/messages/wait, /v1/messages/{id}, /v1/threads/{threadId}, /v1/events
     POST /v1/messages/{id}/ack                      the inbox API (inbox.py)
+    POST /v1/realtime/token, GET /v1/realtime       events for a browser's EventSource (realtime.py)
+    GET  /v1/me, /v1/events/names                   MailKite's account and event-name calls (mailkite.py)
+    POST /mcp                                       MCP, streamable HTTP, tools in process (mcp.py)
+    the rest of MailKite's SDK paths                501 not_supported, with why (mailkite.py; last)
     GET  /v1/blobs/{sha256}?exp=&type=&name=&sig=   a stored raw message or attachment (blobs.py)
     GET  /metrics                                   Prometheus, with [server] metrics_token as Bearer
     GET  /healthz                                   200 "ok"
@@ -26,11 +30,13 @@ from starlette.routing import Route
 
 from agentmx.store import StoreError
 
+from . import mailkite, realtime
 from .blobs import blob_route
 from .context import Context
 from .errors import ApiError
 from .guard import Guard, Limits, printable
 from .inbox import InboxRoutes
+from .mcp import Mcp
 from .sending import send_route
 
 log = logging.getLogger("agentmx.serve")
@@ -84,6 +90,7 @@ class Metrics:
 
 def create_app(ctx: Context):
     inbox = InboxRoutes(ctx)
+    mcp = Mcp(ctx, inbox)
 
     async def healthz(request: Request):
         return PlainTextResponse("ok\n")
@@ -93,7 +100,8 @@ def create_app(ctx: Context):
         await ctx.listener.start()
         await ctx.news.start()
         try:
-            yield
+            async with mcp.lifespan():
+                yield
         finally:
             await ctx.news.stop()
             await ctx.listener.stop()
@@ -110,6 +118,10 @@ def create_app(ctx: Context):
         Route("/v1/events", inbox.events),
         Route("/v1/blobs/{sha:str}", partial(blob_route, ctx)),
         Route("/metrics", Metrics(ctx).handle),
+        *realtime.routes(ctx, inbox),
+        *mailkite.routes(ctx),
+        *mcp.routes(),
+        *mailkite.not_offered_routes(ctx),    # last: never in front of a path another route serves
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         ApiError: _error, HTTPException: _http_error, StoreError: _store_error, Exception: _internal})

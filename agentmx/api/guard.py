@@ -23,7 +23,10 @@ from .errors import ApiError
 
 log = logging.getLogger("agentmx.serve")
 
-STREAM_PATHS = ("/v1/events", "/v1/messages/wait")
+# Long requests that hold a stream slot (streams.py) instead of a request slot; /v1/events only as a
+# stream (Accept: text/event-stream): its JSON list is an ordinary request.
+STREAM_PATHS = ("/v1/events", "/v1/messages/wait", "/v1/realtime")
+RELEASE = "agentmx.release"     # scope key: gives the request's slot back (a long wait holds a stream slot instead)
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Limits:
     request_timeout: float = 60.0
     write_timeout: float = 30.0
     max_requests: int = 64
+    max_mcp_body: int = 1_000_000  # POST /mcp: one JSON-RPC tool call (a send's text)
 
 
 class BodyTooLarge(ApiError):
@@ -44,14 +48,13 @@ class BodyTimeout(ApiError):
 
 
 class Guard:
-    def __init__(self, app, limits: Limits, buffer_body: bool = False):
-        """`buffer_body`: read the whole body (within the limits) before the app runs, for an app
-        that is not ours (MCP's), which would turn a body that is too slow or too big into its own
-        500 instead of our 408 or 413."""
-        self.app, self.limits, self.buffer_body = app, limits, buffer_body
+    def __init__(self, app, limits: Limits):
+        self.app, self.limits = app, limits
         self.active = 0
 
     def _body_limit(self, scope) -> int:
+        if scope["path"] == "/mcp":
+            return self.limits.max_mcp_body
         return self.limits.max_body if scope["path"] == "/v1/send" else self.limits.max_small_body
 
     async def __call__(self, scope, receive, send):
@@ -63,7 +66,8 @@ class Guard:
         state = {"status": 0, "started": False}
         path = scope.get("path", "")
         limit = self._body_limit(scope)
-        stream = path in STREAM_PATHS
+        accept = _header(scope, b"accept") or b""
+        stream = path in STREAM_PATHS and (path != "/v1/events" or b"text/event-stream" in accept)
 
         async def respond(err: ApiError) -> None:
             if state["started"]:
@@ -128,9 +132,8 @@ class Guard:
 
         if holding:
             self.active += 1
+        scope[RELEASE] = release
         try:
-            if self.buffer_body:
-                guarded_receive = await _buffered(guarded_receive)
             await self.app(scope, guarded_receive, guarded_send)
         except ApiError as err:
             await respond(err)
@@ -162,9 +165,11 @@ def printable(text: str, limit: int = 300) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)[:limit])
 
 
-async def _buffered(receive):
-    """The whole body read now (ApiError 408 or 413 from `receive` as it comes), then handed to
-    the app as one message; after it, receive() is the client's again (http.disconnect)."""
+async def buffered(receive):
+    """For an app that is not ours (MCP's), which would turn a body that is too slow or too big
+    into its own 500 instead of our 408 or 413: the whole body read now (ApiError 408 or 413 from
+    `receive` as it comes), then handed to the app as one message; after it, receive() is the
+    client's again (http.disconnect)."""
     chunks = []
     while True:
         message = await receive()

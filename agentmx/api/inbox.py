@@ -5,7 +5,8 @@
     GET  /v1/messages/{id}                                               one message
     POST /v1/messages/{id}/ack                                           mark it read
     GET  /v1/threads/{threadId}                                          a conversation, oldest first
-    GET  /v1/events                                                      server-sent events, as they arrive
+    GET  /v1/events?name=&email=&limit=&cursor=                          recent events, newest first (JSON)
+    GET  /v1/events  (Accept: text/event-stream)                         server-sent events, as they arrive
 
 Every request carries an API key (Authorization: Bearer ...); a key sees the messages whose
 recipient its `allow` list names (addresses or @domains), as for sending. Each message is the
@@ -24,6 +25,7 @@ import asyncio
 import json
 import logging
 import re
+from functools import partial
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
@@ -40,6 +42,9 @@ from .errors import ApiError
 log = logging.getLogger("agentmx.serve")
 
 MAX_WAIT = 300
+RECEIVED = "email.received"
+# Every event type agentmx emits (DESIGN.md, "Events"): GET /v1/events/names (mailkite.py).
+EVENT_NAMES = (RECEIVED, "email.sent", "email.delivered", "email.delayed", "email.bounced", "email.complained")
 KEEPALIVE = 15.0
 TRUE = ("1", "true", "yes")
 
@@ -176,68 +181,109 @@ class InboxRoutes:
         rows = self.ctx.store.inbox_query(key.allow, after_seq=seq, oldest_first=True, limit=100)
         return [(row.seq, self.message(row)) for row in rows]
 
-    # --- the routes -------------------------------------------------------------------------------
+    # --- what a request does for a key: the routes below, and MCP's tools in process (mcp.py) ------
 
-    async def list(self, request: Request):
-        key = self.ctx.key(request)
-        _scoped_to(key, request.query_params)
-        return JSONResponse(await self.ctx.run(self._list, key, request.query_params))
+    async def list_for(self, key: ApiKey, q) -> dict:
+        _scoped_to(key, q)
+        return await self.ctx.run(self._list, key, q)
 
-    async def get(self, request: Request):
-        key = self.ctx.key(request)
-        return JSONResponse(await self.ctx.run(self._get, key, request.path_params["id"]))
+    async def get_for(self, key: ApiKey, event_id: str) -> dict:
+        return await self.ctx.run(self._get, key, event_id)
 
-    async def ack(self, request: Request):
-        key = self.ctx.key(request)
-        return JSONResponse(await self.ctx.run(self._ack, key, request.path_params["id"]))
+    async def ack_for(self, key: ApiKey, event_id: str) -> dict:
+        return await self.ctx.run(self._ack, key, event_id)
 
-    async def thread(self, request: Request):
-        key = self.ctx.key(request)
-        return JSONResponse(await self.ctx.run(self._thread, key, request.path_params["thread_id"]))
-
-    async def wait(self, request: Request):
+    async def wait_for(self, key: ApiKey, q, gone: asyncio.Future | None = None) -> dict:
         """The oldest unread message matching the filters; if there is none, wait for one up to
-        `timeout` seconds (default 30, at most 300). ack=true marks it read in the same call."""
-        key = self.ctx.key(request)
-        q = request.query_params
+        `timeout` seconds (default 30, at most 300). ack=true marks it read in the same call.
+        `gone` ends the wait early (the client went). {"message": ..., "timedOut": ...}"""
         _scoped_to(key, q)
         timeout = _int(q.get("timeout"), 30, 0, MAX_WAIT, "timeout")
         filters, since, ack = _filters(q), _since(q.get("since")), q.get("ack") in TRUE
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         to = base_address(filters["to"]) if filters["to"] else None
+        gone = gone or loop.create_future()
         with self.ctx.streams.slot(key.name), self.ctx.news.watch(key.allow, to) as news:
-            gone = asyncio.create_task(until_disconnected(request))
-            try:
-                while True:
-                    news.event.clear()            # before the query: a row after it sets it again
-                    if ack:                       # a claim is each waiter's own
-                        msg = await self.ctx.run(self._first_unread, key, filters, since, ack)
-                    else:
-                        msg = await self._shared(("wait", key.allow, *filters.values(), since),
-                                                 self._first_unread, key, filters, since, ack)
-                    if msg is not None:
-                        return JSONResponse({"message": msg, "timedOut": False})
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return JSONResponse({"message": None, "timedOut": True})
-                    woken = asyncio.create_task(news.event.wait())
-                    done, _ = await asyncio.wait({woken, gone}, timeout=remaining,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if woken not in done:
-                        woken.cancel()
-                    if gone in done:
-                        return JSONResponse({"message": None, "timedOut": True})   # nobody reads it
-                    if not done:
-                        return JSONResponse({"message": None, "timedOut": True})
-            finally:
-                gone.cancel()
+            while True:
+                news.event.clear()            # before the query: a row after it sets it again
+                if ack:                       # a claim is each waiter's own
+                    msg = await self.ctx.run(self._first_unread, key, filters, since, ack)
+                else:
+                    msg = await self._shared(("wait", key.allow, *filters.values(), since),
+                                             self._first_unread, key, filters, since, ack)
+                if msg is not None:
+                    return {"message": msg, "timedOut": False}
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return {"message": None, "timedOut": True}
+                woken = asyncio.create_task(news.event.wait())
+                done, _ = await asyncio.wait({woken, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if woken not in done:
+                    woken.cancel()
+                if gone in done or not done:  # nobody reads it, or the time is up
+                    return {"message": None, "timedOut": True}
+
+    # --- the routes -------------------------------------------------------------------------------
+
+    async def list(self, request: Request):
+        return JSONResponse(await self.list_for(self.ctx.key(request), request.query_params))
+
+    async def get(self, request: Request):
+        return JSONResponse(await self.get_for(self.ctx.key(request), request.path_params["id"]))
+
+    async def ack(self, request: Request):
+        return JSONResponse(await self.ack_for(self.ctx.key(request), request.path_params["id"]))
+
+    async def thread(self, request: Request):
+        key = self.ctx.key(request)
+        return JSONResponse(await self.ctx.run(self._thread, key, request.path_params["thread_id"]))
+
+    async def wait(self, request: Request):
+        key = self.ctx.key(request)
+        gone = asyncio.create_task(until_disconnected(request))
+        try:
+            return JSONResponse(await self.wait_for(key, request.query_params, gone))
+        finally:
+            gone.cancel()
+
+    def _events(self, key: ApiKey, q) -> dict:
+        """MailKite's listEvents: the key's events newest first, `name` (an event type) and `email`
+        (an address it concerns: the sender or the recipient) as filters. The inbox holds one type,
+        email.received; the other types agentmx emits (EVENT_NAMES) go to webhooks only."""
+        limit = _int(q.get("limit"), 20, 1, 100, "limit")
+        cursor = _int(q.get("cursor"), 0, 0, 2**62, "cursor") or None
+        name, email = q.get("name") or None, (q.get("email") or "").strip().lower() or None
+        if email and "@" not in email:
+            raise ApiError(400, "bad_email", "email is an address")
+        if name not in (None, RECEIVED):
+            return {"events": [], "nextCursor": None}
+        query = partial(self.ctx.store.inbox_query, key.allow, before_seq=cursor, limit=limit + 1)
+        if email is None:
+            rows = query()
+        else:                                 # from it, or to it (when this key may read its mail)
+            rows = query(sender=email)
+            if key.may_send_as(base_address(email)):
+                rows += query(to=email)
+            rows = sorted({r.seq: r for r in rows}.values(), key=lambda r: r.seq, reverse=True)
+        more, rows = len(rows) > limit, rows[:limit]
+        events = [{"id": m["id"], "name": RECEIVED, "email": row.sender, "recipient": row.recipient,
+                   "createdAt": m["inbox"]["receivedAt"], "data": m}
+                  for row, m in ((r, self.message(r)) for r in rows) if m is not None]
+        return {"events": events, "nextCursor": str(rows[-1].seq) if more and rows else None}
 
     async def events(self, request: Request):
-        """Server-sent events: every new message for the key, as `email.received`, with its seq as
-        the event id (a client resumes with Last-Event-ID); a comment line as keep-alive."""
+        """GET /v1/events: server-sent events for Accept: text/event-stream (stream_for); else
+        the recent events as JSON (MailKite's listEvents, which must not hang on a stream)."""
         key = self.ctx.key(request)
-        last = request.headers.get("last-event-id") or request.query_params.get("after")
+        if "text/event-stream" in request.headers.get("accept", ""):
+            last = request.headers.get("last-event-id") or request.query_params.get("after")
+            return await self.stream_for(key, last)
+        return JSONResponse(await self.ctx.run(self._events, key, request.query_params))
+
+    async def stream_for(self, key: ApiKey, last: str | None):
+        """Server-sent events: every new message for the key, as `email.received`, with its seq as
+        the event id (a client resumes with Last-Event-ID, `last`); a comment line as keep-alive."""
         after = int(last) if last and re.fullmatch(r"[0-9]{1,18}", last) else None
         if after is None:                     # before the answer starts: a store down is still a 503
             after = await self.ctx.run(self.ctx.store.last_seq)

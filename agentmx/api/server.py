@@ -23,7 +23,6 @@ from agentmx.config import Config, ServerLimits
 log = logging.getLogger("agentmx.serve")
 
 BACKLOG = 1024
-MCP_MAX_BODY = 1_000_000        # an MCP request is a tool call: JSON-RPC, small
 
 
 def listening_socket(listen: tuple[str, int], user_timeout: float | None = None) -> socket.socket:
@@ -106,8 +105,6 @@ def run(config: Config) -> None:
     """The foreground service: SIGTERM or SIGINT stops it gracefully."""
     sock = listening_socket(config.listen, config.limits.write_timeout)
     log.info("serving on %s (public URL %s)", url_of(sock), config.public_url)
-    if config.mcp_listen:
-        start_mcp(config, url_of(sock))
     asyncio.run(serve_app(create(config), sock, config.limits))
 
 
@@ -148,19 +145,3 @@ def start_app(app, listen: tuple[str, int], limits: ServerLimits, name: str = "s
 def start(config: Config) -> Running:
     """`agentmx serve` in a thread: for the demo and for tests that need the API beside them."""
     return start_app(create(config), config.listen, config.limits)
-
-
-def start_mcp(config: Config, api_url: str) -> Running:
-    """MCP over streamable HTTP beside the API ([server] mcp_listen), as a client of this API, on
-    its own listener with the same connection limits."""
-    from agentmx import mcpserver
-    api_url = api_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
-    from .guard import Guard, Limits
-    limits = config.limits
-    guarded = Guard(mcpserver.http_app(api_url, config.mcp_listen[0]),   # the same bounds as the API's
-                    Limits(max_body=MCP_MAX_BODY, max_small_body=MCP_MAX_BODY, request_timeout=limits.request_timeout,
-                           write_timeout=limits.write_timeout, max_requests=limits.max_requests),
-                    buffer_body=True)
-    running = start_app(guarded, config.mcp_listen, limits, name="mcp-http")
-    log.info("MCP (streamable HTTP) on %s/mcp", running.url)
-    return running
