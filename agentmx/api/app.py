@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from agentmx.store import StoreError
 
+from . import deliveries, domains, messages
 from .blobs import blob_route
 from .context import Context
 from .errors import ApiError
@@ -110,6 +111,7 @@ def create_app(ctx: Context):
         Route("/v1/events", inbox.events),
         Route("/v1/blobs/{sha:str}", partial(blob_route, ctx)),
         Route("/metrics", Metrics(ctx).handle),
+        *messages.routes(ctx), *deliveries.routes(ctx), *domains.routes(ctx),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         ApiError: _error, HTTPException: _http_error, StoreError: _store_error, Exception: _internal})
