@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
@@ -38,15 +37,13 @@ from agentmx.store.model import InboxRow
 
 from .context import Context
 from .errors import ApiError
+from .inbox import _rfc3339
 from .messages import MessageRoutes
 
 MAX_IDS = 50            # ids in one bulk call, and deliveries one call POSTs (after threads are expanded)
 MAX_ATTEMPTS = 200      # attempts one answer lists (the newest)
 PARALLEL = 4            # replays of one bulk call running at once (each waits up to its route's timeout)
 
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def route_id(route: RouteConfig) -> str:

@@ -23,7 +23,6 @@ import asyncio
 import json
 import secrets
 import time
-from datetime import datetime, timezone
 from typing import Callable
 
 from starlette.requests import Request
@@ -40,13 +39,11 @@ from agentmx.webhook import sign_headers
 from .context import Context
 from .deliveries import public_endpoint, readable_routes, route_id
 from .errors import ApiError
+from .inbox import _rfc3339
 
 CHECK_TTL = 60.0          # seconds a domain's DNS check answers GET /api/domains before it is done again
 LOOKUP_BUDGET = 50        # DNS queries one check may make (as `agentmx check`)
 
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class DnsChecks:
