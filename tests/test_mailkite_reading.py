@@ -200,6 +200,7 @@ def test_routes_are_the_keys_own_and_never_show_a_secret(w):
     agent, puller = routes
     assert agent["endpoint"] == f"http://127.0.0.1:{w['agent'].port}/hooks/email"
     assert agent["mode"] == "push" and agent["mailkiteSignature"] is True and agent["id"].startswith("rt_")
+    assert agent["ack"] == "lenient" and agent["timeout"] == 3
     assert puller["mode"] == "pull" and puller["endpoint"] is None
     everything = json.dumps(sdk(w, WHOLE).listRoutes())
     assert len(json.loads(everything)["routes"]) == 3

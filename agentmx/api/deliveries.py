@@ -67,7 +67,9 @@ def route_view(route: RouteConfig) -> dict:
     return {"id": route_id(route), "match": route.match, "mode": route.mode, "action": route.action,
             "endpoint": public_endpoint(route.endpoint) if route.pushes else None,
             "mailkiteSignature": route.mailkite_signature, "timeout": route.timeout,
-            "attachments": route.attachments, "trust": route.trust}
+            "attachments": route.attachments, "trust": route.trust,
+            # the route's ack mode (lenient, ack, control) once config.Route has it (issue 15's webhooks part)
+            "ack": str(getattr(route, "ack", "lenient"))}
 
 
 def readable_routes(config, key: ApiKey) -> list[RouteConfig]:
@@ -121,7 +123,8 @@ class DeliveryRoutes:
         try:
             status, why = ops.replay(self.ctx.config, self.ctx.store, delivery_id, clock=self.ctx.clock)
         except LookupError:
-            raise ApiError(410, "gone", "the message was removed by retention") from None
+            raise ApiError(410, "gone", "the stored copy is gone: removed by retention, or dropped by the "
+                                        "agent's answer") from None
         delivery = self.ctx.store.delivery(delivery_id)
         return {"id": delivery_id, "ok": 200 <= status < 300, "status": delivery.state.value if delivery else None,
                 "httpStatus": status, "reason": why, "attempts": delivery.attempts if delivery else None}
