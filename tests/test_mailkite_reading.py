@@ -297,3 +297,16 @@ def test_webhook_test_posts_a_signed_test_event_to_each_push_route(w):
     assert (results[f"@{DOMAIN}"]["ok"], results[f"@{DOMAIN}"]["status"]) == (False, 503)
     err = error(lambda: sdk(w, OTHER).testWebhook(DOMAIN))
     assert (err.status, err.body["code"]) == (409, "no_webhook")
+
+
+def test_a_dkim_key_published_but_not_comparable_leaves_the_domain_verified(w):
+    """serve may not read the milter's private keys: dnsrecords.check says `published` for them
+    (test_dkim_keys_dns.py runs it as such a user); that is no reason to call the domain pending."""
+    from agentmx.api.domains import domain_view
+    from agentmx.dnsrecords import Finding
+    found = [Finding("MX", "ok", ""), Finding("SPF", "ok", ""), Finding("DKIM s1", "published", "p"),
+             Finding("DMARC", "ok", "")]
+    view = domain_view(w["config"], DOMAIN, time.time(), found)
+    assert view["status"] == "verified"
+    view = domain_view(w["config"], DOMAIN, time.time(), [*found[:3], Finding("DMARC", "unknown", "timeout to 127.0.0.1")])
+    assert view["status"] == "unknown" and "127.0.0.1" not in json.dumps(view)

@@ -9,8 +9,10 @@ testWebhook.
 Read-only: domains live in the config file ([domains."<name>"]). A key sees a domain when its
 `allow` list names it or an address at it. Each domain comes with every record to publish
 (`agentmx dns`: dnsrecords.records) and the state `agentmx check` gives it (dnsrecords.check,
-through the resolver of [dns]): ok, missing, wrong, unknown (DNS did not answer: temperror), or
-unchecked (MTA-STS and TLS-RPT, which `agentmx check` does not look up). A check is kept for
+through the resolver of [dns]): ok, missing, wrong, unknown (DNS did not answer: temperror),
+published (a DKIM key is published, but serve, which may not read the milter's private keys, cannot
+compare it; its value is null), or unchecked (MTA-STS and TLS-RPT, which `agentmx check` does not
+look up). A check is kept for
 CHECK_TTL seconds and shared by the calls that want it while it runs, so a burst of calls is one
 check, not a burst of DNS queries; verify starts a new one (or joins the one running).
 
@@ -86,10 +88,11 @@ def domain_view(config: Config, domain: str, checked_at: float, findings: list[d
     for r in dnsrecords.records(config, domain):
         f = found.get(r.what)
         detail = "DNS did not answer; verify again shortly" if f and f.status == "unknown" else (f.detail if f else "")
-        records.append({"type": r.rtype, "name": r.name, "value": r.value, "purpose": r.what,
+        records.append({"type": r.rtype, "name": r.name, "value": r.value or None, "purpose": r.what,
                         "status": f.status if f else "unchecked", "detail": detail})
     states = {f.status for f in findings}
-    status = "verified" if states <= {"ok"} else ("pending" if states & {"missing", "wrong"} else "unknown")
+    status = ("verified" if states <= {"ok", "published"} else
+              "pending" if states & {"missing", "wrong"} else "unknown")
     return {"id": domain, "name": domain, "status": status, "verified": status == "verified",
             "records": records, "checkedAt": _rfc3339(checked_at)}
 
