@@ -19,13 +19,28 @@ class Record:
     what: str                 # for the reader: MX, SPF, DKIM <selector> (<alg>), DMARC
 
 
+def _keys(config: Config, domain: str) -> tuple[list[dkimkeys.DkimKey], tuple[str, ...]]:
+    """The domain's DKIM keys on disk, and, when this process may not read them (serve and
+    deliver run as agentmx; the keys are the milter's: docs/operator.md, "Who may read what"),
+    none and the selectors [domains] dkim_selectors names instead."""
+    try:
+        return dkimkeys.keys_of(config.key_dir, domain), ()
+    except PermissionError:
+        settings = config.domain(domain)
+        return [], settings.dkim_selectors if settings else ()
+
+
 def records(config: Config, domain: str) -> list[Record]:
+    """What to publish. A DKIM record whose key this process may not read has an empty value."""
     domain = domain.lower().rstrip(".")
     host = config.mail_host or config.authserv_id
     out = [Record(domain, "MX", f"10 {host}", "MX"),
            Record(domain, "TXT", f"v=spf1 mx a:{host} -all", "SPF")]
-    for key in dkimkeys.keys_of(config.key_dir, domain):
+    keys, unreadable = _keys(config, domain)
+    for key in keys:
         out.append(Record(key.dns_name, "TXT", key.txt, f"DKIM {key.selector} ({key.algorithm})"))
+    for selector in unreadable:                # the value needs the key: `agentmx dns` as root prints it
+        out.append(Record(f"{selector}._domainkey.{domain}", "TXT", "", f"DKIM {selector}"))
     out.append(Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:dmarc-reports@{domain}",
                       "DMARC"))
     settings = config.domain(domain)
@@ -43,6 +58,9 @@ def records(config: Config, domain: str) -> list[Record]:
 def zone_lines(recs: list[Record]) -> str:
     lines = []
     for r in recs:
+        if not r.value:
+            lines.append(f"; {r.what}: {r.name}: this user may not read its key; run `agentmx dns` as root")
+            continue
         if r.rtype == "TXT":
             value = " ".join(f'"{part}"' for part in dkimkeys.txt_strings(r.value))
         else:
@@ -54,7 +72,8 @@ def zone_lines(recs: list[Record]) -> str:
 @dataclass(frozen=True)
 class Finding:
     record: str               # what (MX, SPF, DKIM s1 (rsa), DMARC)
-    status: str               # ok, missing, wrong, unknown (DNS failed)
+    status: str               # ok, missing, wrong, unknown (DNS failed), published (a DKIM key whose
+                              # private key this process may not read: published, not compared)
     detail: str
 
 
@@ -90,7 +109,18 @@ def check(config: Config, domain: str, lookups: Lookups) -> list[Finding]:
                                spf[0] if covers else f"{spf[0]!r} does not cover {host} (add mx or a:{host})"))
     except DnsTempError as exc:
         out.append(Finding("SPF", "unknown", str(exc)))
-    for key in dkimkeys.keys_of(config.key_dir, domain):
+    keys, unreadable = _keys(config, domain)
+    for selector in unreadable:
+        name = f"{selector}._domainkey.{domain}"
+        try:
+            published = [t for t in txt(name) if _tag(t, "p")]
+        except DnsTempError as exc:
+            out.append(Finding(f"DKIM {selector}", "unknown", str(exc)))
+            continue
+        out.append(Finding(f"DKIM {selector}", "published" if published else "missing",
+                           f"a key is published at {name}; this user may not read the private key to compare "
+                           f"(`agentmx check` as root does)" if published else f"no key at {name}"))
+    for key in keys:
         what = f"DKIM {key.selector} ({key.algorithm})"
         try:
             published = [t for t in txt(key.dns_name) if _tag(t, "p") is not None]

@@ -2,6 +2,7 @@
 published (agentmx check), against a real DNS server on loopback."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -125,3 +126,40 @@ def test_mta_sts_and_tls_rpt_where_configured(tmp_path):
     assert "mode: enforce / mx: mx.agents.example" in lines
     assert '_smtp._tls.agents.example.\t3600\tIN\tTXT\t"v=TLSRPTv1; rua=mailto:tls@agents.example"' in lines
     assert "_mta-sts" not in dnsrecords.zone_lines(dnsrecords.records(cfg, "other.example"))
+
+
+
+def test_check_as_serves_user_who_may_not_read_the_keys(config, zone):
+    """serve runs as agentmx and loads the config as the application (Service.APP), which does
+    not read the DKIM keys: they are the milter's (docs/operator.md). dnsrecords.records and
+    check, which GET /api/domains calls, read them anyway and raised PermissionError on the key
+    folder. Now each configured selector is checked for a published key, not compared."""
+    import shutil
+    import tempfile
+    published = zone_from(dnsrecords.records(config, "agents.example"))
+    del published["s1e._domainkey.agents.example"]
+    server = zone(published)
+    where = Path(tempfile.mkdtemp(prefix="amx-nokeys-"))
+    try:
+        os.chmod(where, 0o755)
+        shutil.copytree(config.key_dir, where / "keys")
+        os.chmod(where / "keys", 0o700)                       # root's alone, as the milter's are not agentmx's
+        cfg = where / "agentmx.toml"
+        cfg.write_text(config.path.read_text().replace(str(config.key_dir), str(where / "keys")))
+        os.chmod(cfg, 0o644)
+        script = ("import json, sys\n"
+                  "from agentmx import dnsrecords\n"
+                  "from agentmx.config import Service, load_config\n"
+                  "from agentmx.resolver import Resolver\n"
+                  "config = load_config(sys.argv[1], Service.APP)\n"
+                  "recs = dnsrecords.records(config, 'agents.example')\n"
+                  "found = dnsrecords.check(config, 'agents.example', Resolver((('127.0.0.1', int(sys.argv[2])),)).session(50))\n"
+                  "print(json.dumps([[[r.what, r.value] for r in recs], [[f.record, f.status] for f in found]]))\n")
+        out = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", sys.executable,
+                              "-c", script, str(cfg), str(server.port)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr[-2000:]
+        recs, found = json.loads(out.stdout)
+        assert ["DKIM s1", ""] in recs and ["DKIM s1e", ""] in recs
+        assert dict(found) == {"MX": "ok", "SPF": "ok", "DKIM s1": "published", "DKIM s1e": "missing", "DMARC": "ok"}
+    finally:
+        shutil.rmtree(where)

@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from agentmx.store import StoreError
 
-from . import mailkite, realtime
+from . import deliveries, domains, mailkite, messages, realtime
 from .blobs import blob_route
 from .context import Context
 from .errors import ApiError
@@ -120,6 +120,7 @@ def create_app(ctx: Context):
         Route("/metrics", Metrics(ctx).handle),
         *realtime.routes(ctx, inbox),
         *mailkite.routes(ctx),
+        *messages.routes(ctx), *deliveries.routes(ctx), *domains.routes(ctx),
         *mcp.routes(),
         *mailkite.not_offered_routes(ctx),    # last: never in front of a path another route serves
     ]

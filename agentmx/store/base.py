@@ -119,10 +119,11 @@ class Store(abc.ABC):
     def inbox_query(self, addresses: tuple[str, ...], *, to: str | None = None, sender: str | None = None,
                     subject: str | None = None, since: float | None = None, unread: bool = False,
                     before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
-                    limit: int = 50, oldest_first: bool = False) -> list[InboxRow]:
+                    limit: int = 50, oldest_first: bool = False, search: str | None = None) -> list[InboxRow]:
         """Rows whose base address is one of `addresses` ("agent@x") or in one of their domains
         ("@x"); newest first unless oldest_first. `sender` is an address or "@domain"; `subject` a
-        substring (LIKE, escaped)."""
+        substring (LIKE, escaped); `search` a substring of the subject or the sender (either; any
+        case, escaped)."""
 
     @abc.abstractmethod
     def inbox_row(self, event_id: str) -> InboxRow | None: ...

@@ -490,7 +490,7 @@ class EmbeddedStore(Store):
     def inbox_query(self, addresses: tuple[str, ...], *, to: str | None = None, sender: str | None = None,
                     subject: str | None = None, since: float | None = None, unread: bool = False,
                     before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
-                    limit: int = 50, oldest_first: bool = False) -> list[InboxRow]:
+                    limit: int = 50, oldest_first: bool = False, search: str | None = None) -> list[InboxRow]:
         where, args, scope = [], [], []
         for a in addresses:
             if a.startswith("@"):
@@ -512,6 +512,9 @@ class EmbeddedStore(Store):
         if subject:
             where.append("e.subject LIKE ? ESCAPE '\\'")
             args.append("%" + _like(subject) + "%")
+        if search:
+            where.append("(e.subject LIKE ? ESCAPE '\\' OR e.sender LIKE ? ESCAPE '\\')")
+            args += ["%" + _like(search) + "%", "%" + _like(search.lower()) + "%"]
         for cond, value in (("e.received >= ?", since), ("e.seq < ?", before_seq), ("e.seq > ?", after_seq),
                             ("e.thread_id = ?", thread_id)):
             if value is not None:

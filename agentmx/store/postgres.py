@@ -302,7 +302,7 @@ class PostgresStore(Store):
     def inbox_query(self, addresses: tuple[str, ...], *, to: str | None = None, sender: str | None = None,
                     subject: str | None = None, since: float | None = None, unread: bool = False,
                     before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
-                    limit: int = 50, oldest_first: bool = False) -> list[InboxRow]:
+                    limit: int = 50, oldest_first: bool = False, search: str | None = None) -> list[InboxRow]:
         from agentmx.address import split
         scope, args = [], []
         for a in addresses:
@@ -326,6 +326,9 @@ class PostgresStore(Store):
         if subject:
             where.append("subject ILIKE %s")
             args.append("%" + _like(_text(subject)) + "%")
+        if search:
+            where.append("(subject ILIKE %s OR sender ILIKE %s)")
+            args += ["%" + _like(_text(search)) + "%"] * 2
         if since is not None:
             where.append("received >= %s")
             args.append(since)

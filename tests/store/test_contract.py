@@ -721,3 +721,20 @@ def test_blob_names_in_order(store):
     assert dict(blob_names(store))[shas[0]] in (10, 20, 30, 40)
     assert store.blob_names(shas[1], 10) == [(s, n) for s, n in blob_names(store)][2:]
     assert store.blob_names(shas[-1]) == []
+
+
+# --- reading (issue 15: GET /api/messages?search=) --------------------------------------------------
+
+def test_inbox_query_search_matches_subject_or_sender_escaped(store, clock):
+    a = put(store, 1, sender="bob@remote.test", subject="Your code 100%_done")
+    b = put(store, 2, sender="alice@signup.remote.test", subject="Welcome")
+    c = put(store, 3, sender="carol@other.test", subject="Invoice from BOB")
+    scope = ("@agents.test",)
+    assert ids(store.inbox_query(scope, search="bob")) == [c, a]            # the subject or the sender, any case
+    assert ids(store.inbox_query(scope, search="SIGNUP.remote")) == [b]
+    assert ids(store.inbox_query(scope, search="100%_")) == [a]             # % and _ are literal
+    assert ids(store.inbox_query(scope, search="%")) == [a]
+    assert ids(store.inbox_query(scope, search="_")) == [a]
+    assert ids(store.inbox_query(scope, search="nothing like it")) == []
+    assert ids(store.inbox_query(("other@agents.test",), search="bob")) == []   # within the scope only
+    assert ids(store.inbox_query(scope, search="bob", before_seq=store.inbox_row(c).seq)) == [a]
