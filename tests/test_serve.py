@@ -137,3 +137,50 @@ def test_a_store_that_fails_is_a_503_and_serve_recovers_by_itself(tmp_path):
         assert status == 200 and json.loads(body) == {"messages": [], "nextCursor": None}
     finally:
         running.stop()
+
+
+def test_serve_stopping_never_closes_the_store_under_a_running_call(tmp_path):
+    """serve stops while a store call runs in its thread pool (an event stream's query): the store
+    is closed only after the call has returned. Closing an SQLite connection another thread runs a
+    statement on crashed the test process once (a segfault in a full run)."""
+    import http.client
+    import threading
+    import time
+    from agentmx.api.app import create_app
+    from agentmx.api.context import Context
+    from agentmx.api.server import start_app
+    cfg = parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
+                       f'url_secret = "{KEY}"\n[[routes]]\nmatch = "@agents.test"\nmode = "pull"\n'
+                       f'[[api_keys]]\nname = "a"\nkey = "amx_store_test_key_0123456789"\nallow = ["@agents.test"]\n',
+                       tmp_path / "c.toml")
+    ctx = Context.for_config(cfg)
+    store = ctx.store
+    running_calls, closed_under_a_call, entered = [0], [], threading.Event()
+    query, close = store.inbox_query, store.close
+
+    def slow_query(*a, **kw):               # the real query, slowly, counted while it runs
+        running_calls[0] += 1
+        entered.set()
+        try:
+            time.sleep(6.5)                 # past Hypercorn's graceful timeout (5 s): the stream is cancelled
+            return query(*a, **kw)
+        finally:
+            running_calls[0] -= 1
+
+    def watched_close():
+        closed_under_a_call.append(running_calls[0])
+        close()
+    store.inbox_query, store.close = slow_query, watched_close
+    running = start_app(create_app(ctx), cfg.listen, cfg.limits)
+    req = urllib.request.Request(f"{running.url}/v1/events", headers={
+        "authorization": "Bearer amx_store_test_key_0123456789", "accept": "text/event-stream"})
+
+    def listen():
+        try:
+            get(req)
+        except (OSError, http.client.HTTPException):   # the stream ends with serve
+            pass
+    threading.Thread(target=listen, daemon=True).start()
+    assert entered.wait(10)
+    running.stop(timeout=20)
+    assert closed_under_a_call == [0]

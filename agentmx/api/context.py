@@ -51,6 +51,17 @@ class Context:
         return cls(config=config, store=store, listener=store.listener(),
                    streams=StreamSlots(config.limits.max_streams_per_key, config.limits.max_streams), clock=clock)
 
+    async def idle(self, timeout: float) -> bool:
+        """Wait until no blocking call runs in the thread pool (at most `timeout` seconds): the
+        store is closed only then. Closing an SQLite connection another thread is running a
+        statement on crashes the process (seen: serve stopping while an event stream's query ran)."""
+        deadline = time.monotonic() + timeout
+        while self.threads.borrowed_tokens:
+            if time.monotonic() > deadline:
+                return False
+            await anyio.sleep(0.01)
+        return True
+
     async def run(self, fn, *args, **kw):
         """A blocking call, in the thread pool."""
         return await anyio.to_thread.run_sync(partial(fn, *args, **kw), limiter=self.threads)
