@@ -134,7 +134,8 @@ def check_header(name, value) -> tuple[str, str]:
                                            "List-Id and X-* headers may be set (the rest are fields)")
     if not isinstance(value, str):
         raise SendError(400, "bad_header", f"header {name}: the value is a string")
-    if not _BREAKS.isdisjoint(value) or _CONTROLS.search(value):
+    _no_breaks(f"headers[{name}]", value)              # 400 header_injection
+    if _CONTROLS.search(value):
         raise SendError(400, "bad_header", f"header {name}: the value must be one line without control characters")
     if len(value) > MAX_HEADER_VALUE:
         raise SendError(400, "bad_header", f"header {name}: the value is longer than {MAX_HEADER_VALUE} characters")
@@ -254,11 +255,14 @@ def _attachment(i: int, att) -> Attachment:
     API resolves before the message is built."""
     if not isinstance(att, dict) or (att.get("content") is None) == (att.get("url") is None):
         raise SendError(400, "bad_attachment", f"attachments[{i}] needs base64 content or a url (one of them)")
-    filename = _text(f"attachments[{i}].filename", att.get("filename") or f"attachment-{i + 1}", header=True)
-    ctype = _text(f"attachments[{i}].contentType", att.get("contentType") or "application/octet-stream", header=True)
-    if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", ctype):
+    by_url = att.get("url") is not None          # its name and type may come from where it is fetched
+    filename = _text(f"attachments[{i}].filename", att.get("filename") or ("" if by_url else f"attachment-{i + 1}"),
+                     header=True)
+    ctype = _text(f"attachments[{i}].contentType", att.get("contentType") or ("" if by_url else
+                                                                               "application/octet-stream"), header=True)
+    if ctype and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", ctype):
         raise SendError(400, "bad_attachment", f"attachments[{i}].contentType {ctype!r} is not a MIME type")
-    if att.get("url") is not None:
+    if by_url:
         url = att["url"]
         if not isinstance(url, str) or len(url) > MAX_URL or not re.match(r"^https?://", url, re.I) \
                 or not url.isascii() or _CONTROLS.search(url) or " " in url:
@@ -400,6 +404,8 @@ def build(req: SendRequest, original: dict | None, config: Config, now: float | 
     else:
         msg.set_content(req.html, subtype="html")
     for att in req.attachments:
+        if att.url is not None:
+            raise RuntimeError("an attachment by URL was not resolved before build")
         maintype, _, subtype = att.content_type.partition("/")
         msg.add_attachment(att.data, maintype=maintype, subtype=subtype, filename=att.filename)
     recipients = tuple(dict.fromkeys(m.address for m in (*to, *req.cc, *req.bcc)))
