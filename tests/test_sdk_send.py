@@ -36,7 +36,8 @@ PDF = b"%PDF-1.4 quarterly report " + bytes(range(256)) * 4
 
 @pytest.fixture(scope="module")
 def web():
-    server = WebFiles({"/files/report.pdf": (200, {"Content-Type": "application/pdf"}, PDF)}).start()
+    server = WebFiles({"/files/report.pdf": (200, {"Content-Type": "application/pdf"}, PDF),
+                       "/files/40k.bin": (200, {}, b"z" * 40_000)}).start()
     yield server
     server.stop()
 
@@ -46,6 +47,7 @@ def world(dns_server, web):
     w = build(dns_server, "k", DOMAIN, f"""
 fetch_allow_networks = ["127.0.0.0/8"]
 fetch_allow_http = true
+fetch_max_bytes = 100000
 [[routes]]
 match = "@{DOMAIN}"
 mode = "pull"
@@ -158,6 +160,14 @@ def test_an_attachment_url_to_a_private_or_metadata_address_is_refused(w, mk, we
                      "attachments": [{"url": f"http://{host}:{web.port}/files/report.pdf"}]})
         assert err.value.status == 400 and err.value.body["code"] == "url_refused"
         assert web.connections == before
+
+
+def test_attachments_by_url_are_bounded_together(mk, web):
+    url = f"http://files.remote.test:{web.port}/files/40k.bin"
+    with pytest.raises(mailkite.MailKiteError) as err:           # 3 x 40 kB > fetch_max_bytes (100 kB)
+        mk.send({"from": f"agent@{DOMAIN}", "to": "bob@remote.test", "text": "x",
+                 "attachments": [{"url": url, "filename": f"{i}.bin"} for i in range(3)]})
+    assert (err.value.status, err.value.body["code"]) == (502, "fetch_failed") and "larger than" in err.value.message
 
 
 def test_upload_attachment_in_all_four_modes_then_send_by_its_url(w, mk, web, tmp_path):

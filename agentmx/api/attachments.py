@@ -66,11 +66,14 @@ def own_blob(ctx: Context, url: str) -> tuple[str, str, str] | None:
     return sha, q.get("type", ""), q.get("name", "")
 
 
-def fetch_url(ctx: Context, url: str) -> fetch.Fetched:
+def fetch_url(ctx: Context, url: str, max_bytes: int | None = None) -> fetch.Fetched:
     """An outside URL under the SSRF rules; SendError 400 (refused: nothing was connected to) or
     502 (could not be fetched)."""
+    rules = policy(ctx)
+    if max_bytes is not None:
+        rules = replace(rules, max_bytes=max(0, min(rules.max_bytes, max_bytes)))
     try:
-        return fetch.fetch(url, ctx.resolver, policy(ctx))
+        return fetch.fetch(url, ctx.resolver, rules)
     except fetch.FetchRefused as exc:
         log.warning("attachment URL refused: %s", exc)
         raise send.SendError(400, "url_refused", f"the attachment URL is not fetched: {exc}") from None
@@ -79,29 +82,36 @@ def fetch_url(ctx: Context, url: str) -> fetch.Fetched:
         raise send.SendError(502, "fetch_failed", f"the attachment URL could not be fetched: {exc}") from None
 
 
-def load(ctx: Context, url: str) -> tuple[bytes, str, str]:
-    """(bytes, content type, filename) of a URL: a blob of ours, or fetched."""
+def load(ctx: Context, url: str, max_bytes: int | None = None) -> tuple[bytes, str, str]:
+    """(bytes, content type, filename) of a URL: a blob of ours, or fetched; at most `max_bytes`
+    (413 too_large for a blob of ours, 502 fetch_failed for a fetch)."""
     mine = own_blob(ctx, url)
     if mine is not None:
         sha, ctype, name = mine
         data = ctx.store.get_blob(sha)
         if data is None:
             raise send.SendError(400, "attachment_gone", "the attachment's agentmx URL names a file that was removed")
+        if max_bytes is not None and len(data) > max_bytes:
+            raise send.SendError(413, "too_large", f"the attachments of one send are at most "
+                                                   f"{ctx.config.send.fetch_max_bytes} bytes by URL")
         return data, ctype, name
-    got = fetch_url(ctx, url)
+    got = fetch_url(ctx, url, max_bytes)
     return got.data, urls.safe_type(got.content_type.partition(";")[0]), got.filename
 
 
-def resolve(ctx: Context, att: send.Attachment, i: int) -> send.Attachment:
-    if att.url is None:
-        return att
-    data, ctype, name = load(ctx, att.url)
-    return send.Attachment(att.filename or urls.safe_name(name) or f"attachment-{i + 1}",
-                           att.content_type or ctype or urls.FALLBACK_TYPE, data)
-
-
 def resolve_all(ctx: Context, atts: tuple[send.Attachment, ...]) -> tuple[send.Attachment, ...]:
-    return tuple(resolve(ctx, a, i) for i, a in enumerate(atts))
+    """Every attachment given by URL, loaded; together at most [send] fetch_max_bytes (20 URLs of
+    25 MB each would otherwise be 500 MB in memory for one request)."""
+    budget = ctx.config.send.fetch_max_bytes
+    out = []
+    for i, att in enumerate(atts):
+        if att.url is not None:
+            data, ctype, name = load(ctx, att.url, budget)
+            budget -= len(data)
+            att = send.Attachment(att.filename or urls.safe_name(name) or f"attachment-{i + 1}",
+                                  att.content_type or ctype or urls.FALLBACK_TYPE, data)
+        out.append(att)
+    return tuple(out)
 
 
 def resolve_request(ctx: Context, req: send.SendRequest, resolved=None) -> send.SendRequest:
