@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import logging
 
-from starlette.requests import Request
-
 from agentmx import send
 from agentmx.config import ApiKey
 
-from . import attachments, idempotency
+from . import attachments
 from .context import Context
-from .errors import ApiError
 
 log = logging.getLogger("agentmx.serve")
 
@@ -90,12 +87,3 @@ def batch_for_key(ctx: Context, key: ApiKey, body: bytes) -> dict:
     log.info("batch for key %s: %s", key.name, ", ".join(f"{n} {k}" for k, n in counts.items() if n))
     return {"results": results, **counts}
 
-
-async def batch_route(ctx: Context, request: Request):
-    key = ctx.key(request)
-    body = await request.body()
-    try:
-        return await idempotency.answer(ctx, key, request, body, batch_for_key)
-    except send.SendError as exc:
-        log.info("batch refused (%s): %s", exc.status, exc.message)
-        raise ApiError.from_send(exc) from None

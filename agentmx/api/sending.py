@@ -106,13 +106,14 @@ def send_for_key(ctx: Context, key: ApiKey, body: bytes) -> dict:
     return send_or_park(ctx, key, parse_json(body))
 
 
-async def send_route(ctx: Context, request: Request):
+async def sending_route(ctx: Context, handler, what: str, request: Request):
+    """POST /v1/send and /v1/send/batch: handler(ctx, key, body) -> dict, under Idempotency-Key."""
     key = ctx.key(request)                        # before the body: no key, nothing read
     body = await request.body()
     try:
-        return await idempotency.answer(ctx, key, request, body, send_for_key)
+        return await idempotency.answer(ctx, key, request, body, handler)
     except send.SendError as exc:
-        log.info("send refused (%s): %s", exc.status, exc.message)
+        log.info("%s refused (%s): %s", what, exc.status, exc.message)
         raise ApiError.from_send(exc) from None
 
 
@@ -162,8 +163,8 @@ async def cancel_route(ctx: Context, request: Request):
 def routes(ctx: Context) -> list[Route]:
     from functools import partial
     from . import batch
-    return [Route("/v1/send", partial(send_route, ctx), methods=["POST"]),
-            Route("/v1/send/batch", partial(batch.batch_route, ctx), methods=["POST"]),
+    return [Route("/v1/send", partial(sending_route, ctx, send_for_key, "send"), methods=["POST"]),
+            Route("/v1/send/batch", partial(sending_route, ctx, batch.batch_for_key, "batch"), methods=["POST"]),
             Route("/v1/send/{id:str}", partial(get_send_route, ctx), methods=["GET"]),
             Route("/v1/send/{id:str}", partial(cancel_route, ctx), methods=["DELETE"]),
             *attachments.routes(ctx)]
