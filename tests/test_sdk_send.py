@@ -290,6 +290,12 @@ def test_idempotency_key_answers_the_first_answer(w):
     first = http(w, "POST", "/v1/send", body, headers=key)
     again = http(w, "POST", "/v1/send", body, headers=key)
     assert first[0] == again[0] == 200 and first[1] == again[1] and again[2].get("idempotent-replayed") == "true"
+    second = start(w["config"])                                   # another serve process: the store has the key
+    try:
+        elsewhere = http({"api": second.url}, "POST", "/v1/send", body, headers=key)
+        assert elsewhere[:2] == first[:2]
+    finally:
+        second.stop()
     other = http(w, "POST", "/v1/send", {**body, "text": "changed"}, headers=key)
     assert (other[0], other[1]["code"]) == (422, "idempotency_key_reused")
     assert http(w, "POST", "/v1/send", body, key=OTHER, headers=key)[0] == 403    # per API key: its own run
