@@ -48,6 +48,8 @@ def world(dns_server, web):
 fetch_allow_networks = ["127.0.0.0/8"]
 fetch_allow_http = true
 fetch_max_bytes = 100000
+max_upload_bytes = 200000
+max_request_bytes = 100000
 [[routes]]
 match = "@{DOMAIN}"
 mode = "pull"
@@ -201,6 +203,17 @@ def test_upload_attachment_in_all_four_modes_then_send_by_its_url(w, mk, web, tm
     with pytest.raises(mailkite.MailKiteError) as err:          # one of our URLs, altered: not fetched, refused
         mk.send({"from": f"agent@{DOMAIN}", "to": "bob@remote.test", "text": "x", "attachments": [{"url": tampered}]})
     assert err.value.body["code"] == "bad_attachment_url"
+
+
+def test_uploads_have_their_own_bound_above_the_send_limit(mk):
+    big = bytes(150_000)                                          # above max_request_bytes, within max_upload_bytes
+    assert mk.uploadAttachment({"bytes": big, "filename": "a.bin"})["size"] == 150_000
+    assert mk.uploadAttachment({"content": base64.b64encode(big).decode(), "filename": "b.bin"})["size"] == 150_000
+    for file in ({"bytes": bytes(200_001), "filename": "c.bin"},
+                 {"content": base64.b64encode(bytes(200_001)).decode(), "filename": "d.bin"}):
+        with pytest.raises(mailkite.MailKiteError) as err:
+            mk.uploadAttachment(file)
+        assert (err.value.status, err.value.body["code"]) == (413, "too_large")
 
 
 def test_send_batch_one_send_per_recipient_results_in_order(w, mk):
