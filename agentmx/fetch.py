@@ -81,8 +81,10 @@ def check_url(url: str, policy: FetchPolicy) -> tuple[str, str, int]:
         raise FetchRefused(f"{scheme or 'no'} scheme: only https URLs are fetched")
     if parts.username is not None or parts.password is not None:
         raise FetchRefused("a URL with a user name or password is not fetched")
+    if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+        raise FetchRefused("the URL has spaces, control characters or non-ASCII characters (give its encoded form)")
     host = (parts.hostname or "").rstrip(".")
-    if not host or not url.isascii():
+    if not host:
         raise FetchRefused("the URL has no host name (or one that is not ASCII: give its xn-- form)")
     if not (_HOST.match(host) or _literal(host) is not None):
         raise FetchRefused("the URL's host is not a host name or an IP address")

@@ -67,6 +67,8 @@ def test_the_operators_networks_are_allowed_and_nothing_else():
     ("https://files_example.com/a.pdf", DEFAULT, False),
     ("https://files.example.com:99999/a.pdf", DEFAULT, False),
     ("https://[::1]/a.pdf", DEFAULT, True),                                # allowed as a URL; the address decides
+    ("https://files.example.com/a b.pdf", DEFAULT, False),
+    ("https://files.example.com/a.pdf\r\nX-Injected: 1", DEFAULT, False),
 ])
 def test_url_decision_table(url, policy, ok):
     if ok:

@@ -175,6 +175,9 @@ def test_attachments_by_url_are_bounded_together(mk, web):
 def test_upload_attachment_in_all_four_modes_then_send_by_its_url(w, mk, web, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_bytes(b"notes from a file\n")
+    data = tmp_path / "data.json"                                 # uploaded raw as application/json: a file
+    data.write_bytes(b'{"not": "a request"}')
+    assert mk.uploadAttachment({"path": str(data)})["contentType"] == "application/json"
     uploads = {
         "bytes": mk.uploadAttachment({"bytes": b"raw bytes", "filename": "raw.bin", "retentionDays": 30}),
         "path": mk.uploadAttachment({"path": str(path)}),
@@ -220,7 +223,7 @@ def test_send_batch_one_send_per_recipient_results_in_order(w, mk):
     text = marker("batch")
     res = mk.sendBatch({"from": f"agent@{DOMAIN}", "subject": "News", "text": text,
                         "headers": {"X-Campaign": "news", "List-Id": "<news.agents.test>"},
-                        "recipients": [{"to": "ann@remote.test", "headers": {"X-Campaign": "news-ann"}},
+                        "recipients": [{"to": "ann@remote.test", "headers": {"x-campaign": "news-ann"}},
                                        {"to": "not an address"},
                                        {"to": "cy@remote.test"}]})
     assert [r["status"] for r in res["results"]] == ["queued", "failed", "queued"]

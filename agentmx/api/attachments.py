@@ -82,32 +82,42 @@ def fetch_url(ctx: Context, url: str, max_bytes: int | None = None) -> fetch.Fet
         raise send.SendError(502, "fetch_failed", f"the attachment URL could not be fetched: {exc}") from None
 
 
-def load(ctx: Context, url: str, max_bytes: int | None = None) -> tuple[bytes, str, str]:
-    """(bytes, content type, filename) of a URL: a blob of ours, or fetched; at most `max_bytes`
-    (413 too_large for a blob of ours, 502 fetch_failed for a fetch)."""
+def load(ctx: Context, url: str, budget: dict | None = None) -> tuple[bytes, str, str]:
+    """(bytes, content type, filename) of a URL: a blob of ours, or fetched. `budget`: bytes left
+    for blobs of ours ("own") and for fetches ("fetched"), taken from as they load (413 too_large
+    past the first, 502 fetch_failed past the second)."""
     mine = own_blob(ctx, url)
     if mine is not None:
         sha, ctype, name = mine
         data = ctx.store.get_blob(sha)
         if data is None:
             raise send.SendError(400, "attachment_gone", "the attachment's agentmx URL names a file that was removed")
-        if max_bytes is not None and len(data) > max_bytes:
-            raise send.SendError(413, "too_large", f"the attachments of one send are at most "
-                                                   f"{ctx.config.send.fetch_max_bytes} bytes by URL")
+        if budget is not None:
+            budget["own"] -= len(data)
+            if budget["own"] < 0:
+                raise send.SendError(413, "too_large", "the agentmx attachment URLs of one send are at most "
+                                                       f"{own_budget(ctx)} bytes together")
         return data, ctype, name
-    got = fetch_url(ctx, url, max_bytes)
+    got = fetch_url(ctx, url, budget["fetched"] if budget is not None else None)
+    if budget is not None:
+        budget["fetched"] -= len(got.data)
     return got.data, urls.safe_type(got.content_type.partition(";")[0]), got.filename
 
 
+def own_budget(ctx: Context) -> int:
+    """What the files of ours one send may name together: an upload's bound, or a whole send's."""
+    return max(ctx.config.send.max_upload_bytes, ctx.config.send.max_request_bytes)
+
+
 def resolve_all(ctx: Context, atts: tuple[send.Attachment, ...]) -> tuple[send.Attachment, ...]:
-    """Every attachment given by URL, loaded; together at most [send] fetch_max_bytes (20 URLs of
-    25 MB each would otherwise be 500 MB in memory for one request)."""
-    budget = ctx.config.send.fetch_max_bytes
+    """Every attachment given by URL, loaded: fetched ones together at most [send] fetch_max_bytes
+    (20 URLs of 25 MB each would otherwise be 500 MB in memory for one request), ours together at
+    most own_budget()."""
+    budget = {"fetched": ctx.config.send.fetch_max_bytes, "own": own_budget(ctx)}
     out = []
     for i, att in enumerate(atts):
         if att.url is not None:
             data, ctype, name = load(ctx, att.url, budget)
-            budget -= len(data)
             att = send.Attachment(att.filename or urls.safe_name(name) or f"attachment-{i + 1}",
                                   att.content_type or ctype or urls.FALLBACK_TYPE, data)
         out.append(att)
@@ -159,7 +169,9 @@ def upload(ctx: Context, key: ApiKey, content_type: str, query: dict, body: byte
     if not ctx.config.url_secret:
         raise send.SendError(503, "no_url_secret", "uploads answer a signed URL: set [server] url_secret_file")
     limit = ctx.config.send.max_upload_bytes
-    if content_type.partition(";")[0].strip().lower() == "application/json":
+    # The SDK's raw modes always name the file in the query (?filename=), its JSON mode never: a
+    # .json file uploaded raw (Content-Type: application/json) is a file, not a request to parse.
+    if content_type.partition(";")[0].strip().lower() == "application/json" and "filename" not in query:
         try:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError):

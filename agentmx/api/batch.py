@@ -61,8 +61,10 @@ def split_batch(data) -> tuple[dict, list[dict]]:
 def one(shared: dict, r: dict) -> dict:
     """A recipient's own request: the shared fields, its `to`, its headers over the shared ones."""
     data = {**shared, "to": r["to"]}
-    if r.get("headers"):
-        data["headers"] = {**(shared.get("headers") or {}), **r["headers"]}
+    if r.get("headers"):                     # the shared ones are a dict: checked once before (the probe)
+        own = {str(k).lower() for k in r["headers"]}          # names are case-insensitive: its own win
+        base = {k: v for k, v in (shared.get("headers") or {}).items() if k.lower() not in own}
+        data["headers"] = {**base, **r["headers"]}
     if r.get("templateData") is not None:
         data["templateData"] = r["templateData"]      # send.parse_request: 501 not_supported
     return data

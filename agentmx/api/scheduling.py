@@ -84,26 +84,27 @@ def send_due(ctx, rec: SendRecord) -> SendState:
 
 
 class Scheduler:
-    """The loop in every serve that sends what is due."""
+    """The loop in every serve that sends what is due. stop() lets a claim or a send in progress
+    finish before it returns (never a cancel in the middle: the store closes after it, and a
+    connection closed under a running statement crashes SQLite)."""
 
     def __init__(self, ctx):
         self.ctx = ctx
         self.task: asyncio.Task | None = None
+        self._stop: asyncio.Event | None = None
 
     async def start(self) -> None:
+        self._stop = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+            self._stop.set()
+            await asyncio.shield(self.task)
             self.task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 rec = await self.ctx.run(self.ctx.store.claim_scheduled, LEASE)
                 if rec is not None:
@@ -113,4 +114,7 @@ class Scheduler:
                 log.warning("scheduled sends: the store: %s", exc)
             except Exception:
                 log.exception("scheduled sends: internal error")
-            await asyncio.sleep(POLL)
+            try:
+                await asyncio.wait_for(self._stop.wait(), POLL)
+            except asyncio.TimeoutError:
+                pass

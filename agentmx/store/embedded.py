@@ -555,6 +555,11 @@ class EmbeddedStore(Store):
 
     def claim_scheduled(self, lease: float) -> SendRecord | None:
         now = self.clock()
+        due = (SendState.SCHEDULED.value, now, SendState.SENDING.value, now)
+        # Every serve asks every second: a read first, so that nothing due takes no write lock.
+        if not self._one("SELECT 1 FROM sends WHERE (state = ? AND scheduled_at <= ?) OR (state = ? AND lease_until < ?) "
+                         "LIMIT 1", due):
+            return None
         with self._tx() as db:
             db.execute("UPDATE sends SET state = ?, request = NULL, error = ? WHERE state = ? AND lease_until < ?",
                        (SendState.FAILED.value, INTERRUPTED, SendState.SENDING.value, now))
