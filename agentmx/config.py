@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .address import split
+
 log = logging.getLogger("agentmx.config")
 
 DEFAULT_PATH = Path("/etc/agentmx/agentmx.toml")
@@ -132,9 +134,12 @@ class ApiKey:
 
 
 def allows(allow: tuple[str, ...], address: str) -> bool:
-    """An address is allowed by a list of addresses ("agent@example.com") and domains ("@example.com")."""
+    """An address is allowed by a list of addresses ("agent@example.com") and domains ("@example.com");
+    a plus address (agent+tag@example.com) by its base address's entry: it is the same mailbox
+    (agentmx/address.py), what a handler answering `event.to[0].address` sends from."""
     address = address.lower()
-    return address in allow or ("@" + address.rpartition("@")[2]) in allow
+    return (address in allow or ("@" + address.rpartition("@")[2]) in allow
+            or split(address)[0] in allow)
 
 
 class SubmitVia(enum.Enum):
@@ -164,6 +169,12 @@ class SendConfig:
     per_correspondent_per_hour: int = 30  # messages to one address in any hour
     per_thread_per_hour: int = 10         # replies into one thread in any hour
     max_request_bytes: int = 30_000_000
+    max_upload_bytes: int = 40_000_000    # one file through POST /v1/attachments (raw; base64 JSON may be 4/3 of it)
+    max_schedule_days: int = 30           # scheduledAt at most this far ahead
+    fetch_allow_http: bool = False        # attachments by http:// URL (https only when false)
+    fetch_allow_networks: tuple = ()      # networks fetched from beyond public unicast (tests: 127.0.0.0/8)
+    fetch_max_bytes: int = 25_000_000     # one attachment fetched by URL
+    fetch_timeout: float = 20.0           # seconds for one fetch: DNS, connects, redirects, body
 
 
 @dataclass(frozen=True)
@@ -750,6 +761,15 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
                                    "a whole number > 0"),
         max_request_bytes=sd.get("max_request_bytes", SendConfig.max_request_bytes, _positive_int,
                                  "a whole number of bytes > 0"),
+        max_upload_bytes=sd.get("max_upload_bytes", SendConfig.max_upload_bytes, _positive_int,
+                                "a whole number of bytes > 0"),
+        max_schedule_days=sd.get("max_schedule_days", SendConfig.max_schedule_days,
+                                 lambda v: v if _positive_int(v) <= 365 else _raise(), "a whole number of days, 1 to 365"),
+        fetch_allow_http=sd.get("fetch_allow_http", False, _bool, "true or false"),
+        fetch_allow_networks=sd.get("fetch_allow_networks", (), _networks, "a list of networks like 192.0.2.0/24"),
+        fetch_max_bytes=sd.get("fetch_max_bytes", SendConfig.fetch_max_bytes, _positive_int,
+                               "a whole number of bytes > 0"),
+        fetch_timeout=sd.get("fetch_timeout", SendConfig.fetch_timeout, _positive_number, "a number of seconds > 0"),
     )
     sd.finish()
 

@@ -52,6 +52,7 @@ class Attachment:
     filename: str
     content_type: str
     data: bytes = field(repr=False)
+    url: str | None = None               # given by URL: fetched (agentmx/fetch.py) or a blob of ours, before build
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class SendRequest:
     headers: tuple[tuple[str, str], ...] = ()
     in_reply_to: str | None = None          # an event id (msg_...) or a Message-ID (<...>)
     force: bool = False
+    scheduled_at: float | None = None       # unix seconds: park it until then (api/scheduling.py)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ def authorize(config: Config, authorization: str | None) -> ApiKey:
 
 
 def check_sender(key: ApiKey, req: SendRequest) -> None:
+    """The key's address, or a plus address of it (config.allows: agent+tag@ is agent@'s)."""
     if not key.may_send_as(req.sender.address):
         raise SendError(403, "forbidden_sender",
                         f"API key {key.name!r} may not send as {req.sender.address} "
@@ -104,11 +107,39 @@ def check_sender(key: ApiKey, req: SendRequest) -> None:
 # --- parse ----------------------------------------------------------------------------------------
 
 _ADDR = re.compile(r"^[^\s@<>()\[\],;:\\\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
-_HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,70}$")
 _EVENT_ID = re.compile(r"^msg_[a-z0-9]{16,64}$")
 _MESSAGE_ID = re.compile(r"^<[^<>\s]{1,250}@[^<>\s]{1,250}>$")
 _FIELDS = {"from", "to", "cc", "bcc", "replyTo", "subject", "text", "html", "attachments", "headers",
-           "inReplyTo", "force"}
+           "inReplyTo", "force", "scheduledAt"}
+# MailKite's stored templates: not part of agentmx (a 501 that says so, not "unknown field").
+NOT_SUPPORTED = ("templateId", "templateData", "baseId")
+
+# --- headers: what a caller may add --------------------------------------------------------------
+# The list headers a bulk or notification sender needs (RFC 2369, RFC 8058, RFC 2919) and X-*.
+# Everything else is a field of ours (From, To, Subject, ...) or the milter's and Postfix's
+# (DKIM-Signature, Received, Authentication-Results): never set by a caller.
+ALLOWED_HEADERS = {"list-unsubscribe": "List-Unsubscribe", "list-unsubscribe-post": "List-Unsubscribe-Post",
+                   "list-id": "List-Id"}
+_X_HEADER = re.compile(r"^X-[A-Za-z0-9-]{1,70}$", re.I)
+MAX_HEADERS = 20
+MAX_HEADER_VALUE = 900           # characters: a folded line stays within RFC 5322's 998
+
+
+def check_header(name, value) -> tuple[str, str]:
+    """(name as we write it, value) for a header a caller may add; SendError 400 bad_header
+    otherwise: a name not on the allowlist, a value that is not one line of printable text, or
+    longer than MAX_HEADER_VALUE."""
+    if not isinstance(name, str) or not (name.lower() in ALLOWED_HEADERS or _X_HEADER.match(name)):
+        raise SendError(400, "bad_header", f"header {str(name)[:80]!r}: only List-Unsubscribe, List-Unsubscribe-Post, "
+                                           "List-Id and X-* headers may be set (the rest are fields)")
+    if not isinstance(value, str):
+        raise SendError(400, "bad_header", f"header {name}: the value is a string")
+    _no_breaks(f"headers[{name}]", value)              # 400 header_injection
+    if _CONTROLS.search(value):
+        raise SendError(400, "bad_header", f"header {name}: the value must be one line without control characters")
+    if len(value) > MAX_HEADER_VALUE:
+        raise SendError(400, "bad_header", f"header {name}: the value is longer than {MAX_HEADER_VALUE} characters")
+    return ALLOWED_HEADERS.get(name.lower(), name), value
 
 
 # Every character str.splitlines() breaks on (the email package refuses them all in a header),
@@ -179,31 +210,25 @@ def parse_request(data) -> SendRequest:
     if not isinstance(data, dict):
         raise SendError(400, "bad_request", "the body is a JSON object")
     _check_unicode(data)
+    templated = [f for f in NOT_SUPPORTED if f in data]
+    if templated:
+        raise SendError(501, "not_supported", f"{templated[0]}: stored templates are not part of agentmx; "
+                                              "send the rendered text or html")
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise SendError(400, "unknown_field", f"unknown field {unknown[0]!r}")
     if "from" not in data:
         raise SendError(400, "missing_field", "from is required")
-    attachments = []
-    for i, att in enumerate(data.get("attachments") or []):
-        if not isinstance(att, dict) or not isinstance(att.get("content"), str):
-            raise SendError(400, "bad_attachment", f"attachments[{i}] needs filename, contentType and base64 content")
-        try:
-            payload = base64.b64decode(att["content"], validate=True)
-        except (binascii.Error, ValueError):
-            raise SendError(400, "bad_attachment", f"attachments[{i}].content is not base64") from None
-        filename = _text(f"attachments[{i}].filename", att.get("filename") or f"attachment-{i + 1}", header=True)
-        ctype = _text(f"attachments[{i}].contentType", att.get("contentType") or "application/octet-stream", header=True)
-        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", ctype):
-            raise SendError(400, "bad_attachment", f"attachments[{i}].contentType {ctype!r} is not a MIME type")
-        attachments.append(Attachment(filename, ctype.lower(), payload))
-    headers = []
-    if not isinstance(data.get("headers") or {}, dict):
-        raise SendError(400, "bad_header", "headers is an object of header names and values")
-    for hname, hvalue in (data.get("headers") or {}).items():
-        if not isinstance(hname, str) or not _HEADER_NAME.match(hname):
-            raise SendError(400, "bad_header", f"header {hname!r}: only X- headers may be set (the rest are fields)")
-        headers.append((hname, _text(f"headers[{hname}]", hvalue, header=True) or ""))
+    attachments = data.get("attachments") or []
+    if not isinstance(attachments, list) or len(attachments) > MAX_ATTACHMENTS:
+        raise SendError(400, "bad_attachment", f"attachments is a list of at most {MAX_ATTACHMENTS}")
+    attachments = [_attachment(i, att) for i, att in enumerate(attachments)]
+    given = data.get("headers") or {}
+    if not isinstance(given, dict) or len(given) > MAX_HEADERS:
+        raise SendError(400, "bad_header", f"headers is an object of at most {MAX_HEADERS} header names and values")
+    headers = [check_header(hname, hvalue) for hname, hvalue in given.items()]
+    if len({h.lower() for h, _ in headers}) != len(headers):
+        raise SendError(400, "bad_header", "a header is given twice (names are case-insensitive)")
     in_reply_to = _text("inReplyTo", data.get("inReplyTo"), header=True)
     if in_reply_to is not None and not (_EVENT_ID.match(in_reply_to) or _MESSAGE_ID.match(in_reply_to)):
         raise SendError(400, "bad_in_reply_to", "inReplyTo is an event id (msg_...) or a Message-ID (<...>)")
@@ -214,11 +239,66 @@ def parse_request(data) -> SendRequest:
         subject=_text("subject", data.get("subject"), header=True),
         text=_text("text", data.get("text")), html=_text("html", data.get("html")),
         attachments=tuple(attachments), headers=tuple(headers), in_reply_to=in_reply_to,
-        force=bool(data.get("force", False)),
+        force=bool(data.get("force", False)), scheduled_at=scheduled_time(data.get("scheduledAt")),
     )
     if req.text is None and req.html is None:
         raise SendError(400, "missing_field", "text or html is required")
     return req
+
+
+MAX_ATTACHMENTS = 20
+MAX_URL = 2048
+
+
+def _attachment(i: int, att) -> Attachment:
+    """One attachment: base64 `content`, or a `url` (https://..., or a blob URL of ours) that the
+    API resolves before the message is built."""
+    if not isinstance(att, dict) or (att.get("content") is None) == (att.get("url") is None):
+        raise SendError(400, "bad_attachment", f"attachments[{i}] needs base64 content or a url (one of them)")
+    by_url = att.get("url") is not None          # its name and type may come from where it is fetched
+    filename = _text(f"attachments[{i}].filename", att.get("filename") or ("" if by_url else f"attachment-{i + 1}"),
+                     header=True)
+    ctype = _text(f"attachments[{i}].contentType", att.get("contentType") or ("" if by_url else
+                                                                               "application/octet-stream"), header=True)
+    if ctype and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", ctype):
+        raise SendError(400, "bad_attachment", f"attachments[{i}].contentType {ctype!r} is not a MIME type")
+    if by_url:
+        url = att["url"]
+        if not isinstance(url, str) or len(url) > MAX_URL or not re.match(r"^https?://", url, re.I) \
+                or not url.isascii() or _CONTROLS.search(url) or " " in url:
+            raise SendError(400, "bad_attachment", f"attachments[{i}].url is an http(s) URL of at most {MAX_URL} "
+                                                   "ASCII characters")
+        return Attachment(filename, ctype.lower(), b"", url=url)
+    if not isinstance(att["content"], str):
+        raise SendError(400, "bad_attachment", f"attachments[{i}].content is base64 text")
+    try:
+        payload = base64.b64decode(att["content"], validate=True)
+    except (binascii.Error, ValueError):
+        raise SendError(400, "bad_attachment", f"attachments[{i}].content is not base64") from None
+    return Attachment(filename, ctype.lower(), payload)
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def scheduled_time(value) -> float | None:
+    """scheduledAt (RFC 3339 with a zone: 2026-12-05T09:00:00Z) as unix seconds; None when absent.
+    Whether it is in the window the API allows is the API's check (it holds the clock)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise SendError(400, "bad_scheduled_at", "scheduledAt is an RFC 3339 time with a zone, "
+                                                 "e.g. 2026-12-05T09:00:00Z")
+    from datetime import datetime
+    text = value.upper().replace(" ", "T").replace("Z", "+00:00")
+    if "." in text:                        # fromisoformat takes at most 6 digits of a fraction
+        head, _, rest = text.partition(".")
+        digits = re.match(r"\d+", rest).group()
+        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SendError(400, "bad_scheduled_at", f"scheduledAt {value!r} is not a valid time") from None
 
 
 # --- values from an inbound message -----------------------------------------------------------
@@ -324,6 +404,8 @@ def build(req: SendRequest, original: dict | None, config: Config, now: float | 
     else:
         msg.set_content(req.html, subtype="html")
     for att in req.attachments:
+        if att.url is not None:
+            raise RuntimeError("an attachment by URL was not resolved before build")
         maintype, _, subtype = att.content_type.partition("/")
         msg.add_attachment(att.data, maintype=maintype, subtype=subtype, filename=att.filename)
     recipients = tuple(dict.fromkeys(m.address for m in (*to, *req.cc, *req.bcc)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,31 @@ def test_the_store_section(tmp_path):
     for bad in ("mx", "/mx/", "../", "a b/"):
         with pytest.raises(ConfigError, match=r"\[store.s3\] prefix: must be a key prefix"):
             parse_config(full.replace("[store.s3]\n", f'[store.s3]\nprefix = "{bad}"\n'), P)
+
+
+@pytest.mark.parametrize("text,where", [
+    ('[send]\nfetch_allow_networks = ["nonsense"]\n', "[send] fetch_allow_networks: must be a list of networks"),
+    ("[send]\nfetch_allow_http = 1\n", "[send] fetch_allow_http: must be true or false"),
+    ("[send]\nmax_schedule_days = 400\n", "[send] max_schedule_days: must be a whole number of days, 1 to 365"),
+    ("[send]\nmax_upload_bytes = 0\n", "[send] max_upload_bytes: must be"),
+    ("[send]\nfetch_timeout = -1\n", "[send] fetch_timeout: must be"),
+])
+def test_send_fetch_and_schedule_keys_are_checked(text, where):
+    with pytest.raises(ConfigError, match=re.escape(f"{P}: {where}")):
+        parse_config(MIN + text, P)
+
+
+def test_fetch_is_closed_by_default_and_opened_by_the_operator():
+    s = parse_config(MIN, P).send
+    assert (s.fetch_allow_http, s.fetch_allow_networks, s.max_schedule_days) == (False, (), 30)
+    s = parse_config(MIN + '[send]\nfetch_allow_networks = ["127.0.0.0/8"]\nfetch_allow_http = true\n', P).send
+    assert s.fetch_allow_http and s.fetch_allow_networks == (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def test_a_plus_address_is_allowed_by_its_base_address_only():
+    from agentmx.config import allows
+    assert allows(("agent@example.com",), "Agent+Orders@Example.com")
+    assert allows(("@example.com",), "x+y@example.com")
+    assert not allows(("agent@example.com",), "agent2+x@example.com")
+    assert not allows(("agent@example.com",), "other+agent@example.com")
+    assert not allows(("agent+a@example.com",), "agent+b@example.com")

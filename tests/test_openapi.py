@@ -71,3 +71,24 @@ def test_reading_routes_and_their_error_codes_are_documented():
     documented |= set(DOC["components"]["schemas"]["RetryResult"]["properties"]["code"]["description"]
                       .partition(": ")[2].split(", "))
     assert raised and raised <= documented, raised - documented
+def _documented(paths) -> set:
+    documented = set()
+    for path in paths:
+        assert path in DOC["paths"], path
+        for op in DOC["paths"][path].values():
+            for response in op.get("responses", {}).values() if isinstance(op, dict) else ():
+                m = re.search(r"\(error codes: ([^)]*)\)", response["description"])
+                if m:
+                    documented |= set(m.group(1).split(", "))
+    return documented
+
+
+def test_sending_routes_and_their_error_codes_are_documented():
+    api = ROOT / "agentmx" / "api"
+    source = "".join((api / f).read_text() for f in ("sending.py", "batch.py", "attachments.py", "idempotency.py",
+                                                     "scheduling.py")) + (ROOT / "agentmx" / "send.py").read_text()
+    raised = set(re.findall(r'(?:SendError|ApiError)\(\d+, "([a-z_]+)"', source))
+    documented = _documented(("/v1/send", "/v1/send/batch", "/v1/send/{id}", "/v1/attachments"))
+    assert raised <= documented, raised - documented
+    assert {"not_supported", "url_refused", "idempotency_key_reused", "unknown_send", "not_cancelable",
+            "bad_retention"} <= raised

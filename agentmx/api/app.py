@@ -1,6 +1,7 @@
 """`agentmx serve` as one ASGI application (Starlette), behind the guard (guard.py).
 
-    POST /v1/send                                   send or reply (sending.py)
+    POST /v1/send, GET|DELETE /v1/send/{id}         send or reply, look a send up, cancel a scheduled one
+    POST /v1/send/batch, POST /v1/attachments       (sending.py, batch.py, attachments.py, scheduling.py)
     GET  /v1/messages, /v1/messages/wait, /v1/messages/{id}, /v1/threads/{threadId}, /v1/events
     POST /v1/messages/{id}/ack                      the inbox API (inbox.py)
     POST /v1/realtime/token, GET /v1/realtime       events for a browser's EventSource (realtime.py)
@@ -36,8 +37,10 @@ from .context import Context
 from .errors import ApiError
 from .guard import Guard, Limits, printable
 from .inbox import InboxRoutes
+from . import sending
+from .attachments import body_limit
 from .mcp import Mcp
-from .sending import send_route
+from .scheduling import Scheduler
 
 log = logging.getLogger("agentmx.serve")
 
@@ -95,14 +98,18 @@ def create_app(ctx: Context):
     async def healthz(request: Request):
         return PlainTextResponse("ok\n")
 
+    scheduler = Scheduler(ctx)
+
     @asynccontextmanager
     async def lifespan(app):
         await ctx.listener.start()
         await ctx.news.start()
+        await scheduler.start()
         try:
             async with mcp.lifespan():
                 yield
         finally:
+            await scheduler.stop()
             await ctx.news.stop()
             await ctx.listener.stop()
             if await ctx.idle(10):
@@ -112,7 +119,7 @@ def create_app(ctx: Context):
 
     routes = [
         Route("/healthz", healthz),
-        Route("/v1/send", partial(send_route, ctx), methods=["POST"]),
+        *sending.routes(ctx),
         Route("/v1/messages", inbox.list),
         Route("/v1/messages/wait", inbox.wait),
         Route("/v1/messages/{id:str}/ack", inbox.ack, methods=["POST"]),
@@ -130,5 +137,7 @@ def create_app(ctx: Context):
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         ApiError: _error, HTTPException: _http_error, StoreError: _store_error, Exception: _internal})
     limits = ctx.config.limits
-    return Guard(app, Limits(max_body=ctx.config.send.max_request_bytes, request_timeout=limits.request_timeout,
+    return Guard(app, Limits(max_body=ctx.config.send.max_request_bytes,
+                             max_upload_body=body_limit(ctx.config.send.max_upload_bytes),
+                             request_timeout=limits.request_timeout,
                              write_timeout=limits.write_timeout, max_requests=limits.max_requests))

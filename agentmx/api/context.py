@@ -36,8 +36,12 @@ class Context:
     clock: Callable[[], float] = time.time
     threads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
     news: InboxNews | None = None
+    resolver: object = None           # agentmx.resolver.Resolver ([dns] servers): attachment URLs (fetch.py)
 
     def __post_init__(self):
+        if self.resolver is None:
+            from agentmx.resolver import Resolver
+            self.resolver = Resolver.from_config(self.config.dns)
         if self.news is None:
             scope = tuple(dict.fromkeys(a for key in self.config.api_keys for a in key.allow))   # every key's
 

@@ -27,12 +27,15 @@ log = logging.getLogger("agentmx.serve")
 # stream (Accept: text/event-stream): its JSON list is an ordinary request.
 STREAM_PATHS = ("/v1/events", "/v1/messages/wait", "/v1/realtime")
 RELEASE = "agentmx.release"     # scope key: gives the request's slot back (a long wait holds a stream slot instead)
+SEND_PATHS = ("/v1/send", "/v1/send/batch")
+UPLOAD_PATH = "/v1/attachments"
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_body: int                  # POST /v1/send
+    max_body: int                  # POST /v1/send and /v1/send/batch
     max_small_body: int = 65536    # every other request (none of them needs a body)
+    max_upload_body: int = 65536   # POST /v1/attachments (a file, raw or base64 in JSON)
     request_timeout: float = 60.0
     write_timeout: float = 30.0
     max_requests: int = 64
@@ -53,9 +56,12 @@ class Guard:
         self.active = 0
 
     def _body_limit(self, scope) -> int:
-        if scope["path"] == "/mcp":
+        path = scope["path"]
+        if path == "/mcp":
             return self.limits.max_mcp_body
-        return self.limits.max_body if scope["path"] == "/v1/send" else self.limits.max_small_body
+        if path in SEND_PATHS:
+            return self.limits.max_body
+        return self.limits.max_upload_body if path == UPLOAD_PATH else self.limits.max_small_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

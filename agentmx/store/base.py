@@ -17,7 +17,7 @@ import abc
 from typing import Callable, Iterable
 
 from .model import (Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
-                    RecordKind, SendRecord)
+                    RecordKind, SendRecord, Upload)
 
 
 class StoreError(Exception):
@@ -152,6 +152,42 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_send(self, send_id: str) -> SendRecord | None: ...
 
+    @abc.abstractmethod
+    def claim_scheduled(self, lease: float) -> SendRecord | None:
+        """The next SCHEDULED send that is due, now SENDING and leased to the caller until
+        now + lease: one serve on one host gets it (SKIP LOCKED on postgres). A SENDING send whose
+        lease ran out (its serve died while handing it to Postfix) becomes FAILED, never sent
+        again: it may have gone out."""
+
+    @abc.abstractmethod
+    def cancel_send(self, send_id: str) -> SendRecord | None:
+        """A SCHEDULED send becomes CANCELED (its request dropped); the send as it is now (any
+        other state unchanged), None when there is no such send."""
+
+    # --- Idempotency-Key: the first answer, per API key, kept for a window --------------------------
+
+    @abc.abstractmethod
+    def idempotency_begin(self, key: str, idem: str, fingerprint: str, since: float) -> tuple[str, str | None] | None:
+        """Take `idem` for API key `key`: None when the caller has it now (a row in flight); else
+        (the fingerprint it was taken with, the answer kept, None while still in flight). A row
+        created before `since` has expired and is taken anew."""
+
+    @abc.abstractmethod
+    def idempotency_finish(self, key: str, idem: str, answer: str) -> None: ...
+
+    @abc.abstractmethod
+    def idempotency_release(self, key: str, idem: str) -> None:
+        """Forget an in-flight row (the request failed: nothing was sent, a retry may go)."""
+
+    # --- uploaded attachments ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_upload(self, upload: Upload) -> None:
+        """Keep an upload's record (its blob put already); gc keeps the blob until `expires`."""
+
+    @abc.abstractmethod
+    def get_upload(self, upload_id: str) -> Upload | None: ...
+
     # --- agent jobs (action = "agent" routes) ------------------------------------------------------
 
     @abc.abstractmethod
@@ -216,8 +252,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def gc(self, older_than: float, dry_run: bool = False) -> GcReport:
         """Remove what is older than `older_than` (events, their attempts and deliveries, inbox
-        rows, sends, jobs, transcripts, old counter entries) and every blob no remaining event
-        refers to (blobs are shared by content)."""
+        rows, sends (not those SCHEDULED or SENDING), jobs, transcripts, old counter entries),
+        uploads whose `expires` has passed, idempotency answers older than a day, and every blob
+        that no remaining event and no unexpired upload refers to (blobs are shared by content)."""
 
     # --- moving a store to another backend (`agentmx store migrate --to`, transfer.py) -------------
 

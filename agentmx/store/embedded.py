@@ -42,7 +42,7 @@ from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
 from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Delivery, DeliveryState, GcReport,
                     InboxRow, Job, JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob,
-                    StoredTranscript, StoredUses, base_address, delivered_at, export_after, stored_events)
+                    StoredTranscript, StoredUses, Upload, base_address, delivered_at, export_after, stored_events)
 
 FILE = "agentmx.sqlite"
 BACKEND = "embedded"
@@ -550,15 +550,67 @@ class EmbeddedStore(Store):
 
     def put_send(self, record: SendRecord) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO sends (id, key, sender, recipients, message_id, queue_id, thread_id, "
-                       "in_reply_to, reply_to_event, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (record.id, record.key, record.sender, json.dumps(list(record.recipients)), record.message_id,
-                        record.queue_id, record.thread_id, record.in_reply_to, record.reply_to_event,
-                        record.state.value, record.created))
+            db.execute(f"INSERT OR REPLACE INTO sends ({_SEND}) VALUES ({_SEND_VALUES})", _send_row(record))
 
     def get_send(self, send_id: str) -> SendRecord | None:
         r = self._one(f"SELECT {_SEND} FROM sends WHERE id = ?", (send_id,))
         return _send(r) if r else None
+
+    def claim_scheduled(self, lease: float) -> SendRecord | None:
+        now = self.clock()
+        due = (SendState.SCHEDULED.value, now, SendState.SENDING.value, now)
+        # Every serve asks every second: a read first, so that nothing due takes no write lock.
+        if not self._one("SELECT 1 FROM sends WHERE (state = ? AND scheduled_at <= ?) OR (state = ? AND lease_until < ?) "
+                         "LIMIT 1", due):
+            return None
+        with self._tx() as db:
+            db.execute("UPDATE sends SET state = ?, request = NULL, error = ? WHERE state = ? AND lease_until < ?",
+                       (SendState.FAILED.value, INTERRUPTED, SendState.SENDING.value, now))
+            row = db.execute("SELECT id FROM sends WHERE state = ? AND scheduled_at <= ? ORDER BY scheduled_at, id "
+                             "LIMIT 1", (SendState.SCHEDULED.value, now)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE sends SET state = ?, lease_until = ? WHERE id = ?",
+                       (SendState.SENDING.value, now + lease, row[0]))
+            return _send(db.execute(f"SELECT {_SEND} FROM sends WHERE id = ?", (row[0],)).fetchone())
+
+    def cancel_send(self, send_id: str) -> SendRecord | None:
+        with self._tx() as db:
+            db.execute("UPDATE sends SET state = ?, request = NULL WHERE id = ? AND state = ?",
+                       (SendState.CANCELED.value, send_id, SendState.SCHEDULED.value))
+            r = db.execute(f"SELECT {_SEND} FROM sends WHERE id = ?", (send_id,)).fetchone()
+        return _send(r) if r else None
+
+    # --- Idempotency-Key -----------------------------------------------------------------------------
+
+    def idempotency_begin(self, key: str, idem: str, fingerprint: str, since: float) -> tuple[str, str | None] | None:
+        with self._tx() as db:
+            db.execute("DELETE FROM idempotency WHERE key = ? AND idem = ? AND created < ?", (key, idem, since))
+            row = db.execute("SELECT fingerprint, answer FROM idempotency WHERE key = ? AND idem = ?",
+                             (key, idem)).fetchone()
+            if row is not None:
+                return row[0], row[1]
+            db.execute("INSERT INTO idempotency (key, idem, fingerprint, answer, created) VALUES (?, ?, ?, NULL, ?)",
+                       (key, idem, fingerprint, self.clock()))
+        return None
+
+    def idempotency_finish(self, key: str, idem: str, answer: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE idempotency SET answer = ? WHERE key = ? AND idem = ?", (answer, key, idem))
+
+    def idempotency_release(self, key: str, idem: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM idempotency WHERE key = ? AND idem = ? AND answer IS NULL", (key, idem))
+
+    # --- uploads -------------------------------------------------------------------------------------
+
+    def put_upload(self, upload: Upload) -> None:
+        with self._tx() as db:
+            _import_upload(db, upload)
+
+    def get_upload(self, upload_id: str) -> Upload | None:
+        r = self._one(f"SELECT {_UPLOAD} FROM uploads WHERE id = ?", (upload_id,))
+        return Upload(*r) if r else None
 
     # --- agent jobs ----------------------------------------------------------------------------------
 
@@ -679,15 +731,18 @@ class EmbeddedStore(Store):
         remaining event refers to. (A blob put again is touched: its age is its last use.)"""
         old = "SELECT id FROM events WHERE received < :t"
         with self._tx(write=not dry_run) as db:
-            t = {"t": older_than, "done": JobState.DONE.value, "parked": JobState.PARKED.value}
+            t = {"t": older_than, "done": JobState.DONE.value, "parked": JobState.PARKED.value, "now": self.clock(),
+                 "scheduled": SendState.SCHEDULED.value, "sending": SendState.SENDING.value}
             events = db.execute("SELECT COUNT(*) FROM events WHERE received < :t", t).fetchone()[0]
             doomed = {
                 "deliveries": f"FROM deliveries WHERE event_id IN ({old})",
                 "attempts": f"FROM attempts WHERE event_id IN ({old})",
                 "transcripts": f"FROM transcripts WHERE event_id IN ({old}) OR updated < :t",
                 "jobs": f"FROM jobs WHERE id IN ({old}) OR (updated < :t AND state IN (:done, :parked))",
-                "sends": "FROM sends WHERE created < :t",
+                "sends": "FROM sends WHERE created < :t AND state NOT IN (:scheduled, :sending)",
                 "uses": "FROM uses WHERE at < :t",
+                "uploads": "FROM uploads WHERE expires < :now",
+                "idempotency": "FROM idempotency WHERE created < :now - 86400",
             }
             other = {name: db.execute(f"SELECT COUNT(*) {where}", t).fetchone()[0] for name, where in doomed.items()}
             if not dry_run and events:
@@ -731,6 +786,8 @@ class EmbeddedStore(Store):
                     continue
                 if self._one("SELECT 1 FROM event_blobs b JOIN events e ON e.id = b.event_id "
                              "WHERE b.sha256 = ? AND e.received >= ? LIMIT 1", (name, older_than)):
+                    continue
+                if self._one("SELECT 1 FROM uploads WHERE sha256 = ? AND expires >= ? LIMIT 1", (name, self.clock())):
                     continue
                 count += 1
                 size += st.st_size
@@ -785,11 +842,21 @@ class EmbeddedStore(Store):
 
 # --- moving a store: rows <-> the neutral records of model.py ----------------------------------------
 
-_SEND = "id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, reply_to_event, state, created"
+_SEND = ("id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, reply_to_event, state, created, "
+         "scheduled_at, request, error, lease_until")
+_SEND_VALUES = ", ".join("?" * len(_SEND.split(", ")))
+_UPLOAD = "id, key, sha256, filename, content_type, size, created, expires"
+INTERRUPTED = "interrupted while handed to Postfix (the serve that held it stopped): it may or may not have gone out"
 
 
 def _send(r) -> SendRecord:
-    return SendRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], r[8], SendState(r[9]), r[10])
+    return SendRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], r[8], SendState(r[9]), r[10],
+                      r[11], r[12], r[13] or "", r[14] or 0.0)
+
+
+def _send_row(r: SendRecord) -> tuple:
+    return (r.id, r.key, r.sender, json.dumps(list(r.recipients)), r.message_id, r.queue_id, r.thread_id,
+            r.in_reply_to, r.reply_to_event, r.state.value, r.created, r.scheduled_at, r.request, r.error, r.lease_until)
 
 
 # The records of a kind after a key, in key order (SQLite compares text by its bytes: code points),
@@ -803,6 +870,7 @@ _EXPORT = {
                              "LIMIT ?", lambda r: StoredTranscript(*r)),
     RecordKind.USES: ("SELECT key, at, COUNT(*) FROM uses WHERE key > ? OR (key = ? AND at > ?) GROUP BY key, at "
                       "ORDER BY key, at LIMIT ?", lambda r: StoredUses(*r)),
+    RecordKind.UPLOADS: (f"SELECT {_UPLOAD} FROM uploads WHERE id > ? ORDER BY id LIMIT ?", lambda r: Upload(*r)),
 }
 
 
@@ -854,9 +922,12 @@ def _import_event(db: sqlite3.Connection, r: StoredEvent) -> int:
 
 
 def _import_send(db: sqlite3.Connection, r: SendRecord) -> int:
-    return db.execute(f"INSERT OR IGNORE INTO sends ({_SEND}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                      (r.id, r.key, r.sender, json.dumps(list(r.recipients)), r.message_id, r.queue_id, r.thread_id,
-                       r.in_reply_to, r.reply_to_event, r.state.value, r.created)).rowcount
+    return db.execute(f"INSERT OR IGNORE INTO sends ({_SEND}) VALUES ({_SEND_VALUES})", _send_row(r)).rowcount
+
+
+def _import_upload(db: sqlite3.Connection, r: Upload) -> int:
+    return db.execute(f"INSERT OR IGNORE INTO uploads ({_UPLOAD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (r.id, r.key, r.sha256, r.filename, r.content_type, r.size, r.created, r.expires)).rowcount
 
 
 def _import_job(db: sqlite3.Connection, r: StoredJob) -> int:
@@ -879,7 +950,7 @@ def _import_uses(db: sqlite3.Connection, r: StoredUses) -> int:
 
 
 _IMPORT = {RecordKind.EVENTS: _import_event, RecordKind.SENDS: _import_send, RecordKind.JOBS: _import_job,
-           RecordKind.TRANSCRIPTS: _import_transcript, RecordKind.USES: _import_uses}
+           RecordKind.TRANSCRIPTS: _import_transcript, RecordKind.USES: _import_uses, RecordKind.UPLOADS: _import_upload}
 
 
 # --- rows -> records ---------------------------------------------------------------------------------

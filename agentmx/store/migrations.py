@@ -136,6 +136,29 @@ MIGRATIONS: tuple[Migration, ...] = (
                "postgres": (postgres_schema.V2,)}),
 )
 
+_V4_SQLITE = (
+    # scheduled sends: the request kept until it is due, claimed by one serve (lease), its error
+    "ALTER TABLE sends ADD COLUMN scheduled_at REAL",
+    "ALTER TABLE sends ADD COLUMN request TEXT",
+    "ALTER TABLE sends ADD COLUMN error TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE sends ADD COLUMN lease_until REAL NOT NULL DEFAULT 0",
+    "CREATE INDEX sends_due ON sends (state, scheduled_at)",
+    # Idempotency-Key: per API key, the request's fingerprint and the first answer (NULL: in flight)
+    """CREATE TABLE idempotency (key TEXT NOT NULL, idem TEXT NOT NULL, fingerprint TEXT NOT NULL, answer TEXT,
+        created REAL NOT NULL, PRIMARY KEY (key, idem)) WITHOUT ROWID""",
+    "CREATE INDEX idempotency_created ON idempotency (created)",
+    # POST /v1/attachments files (and scheduled sends' attachments): gc keeps their blobs until expires
+    """CREATE TABLE uploads (id TEXT PRIMARY KEY, key TEXT NOT NULL, sha256 TEXT NOT NULL, filename TEXT NOT NULL,
+        content_type TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL, expires REAL NOT NULL)""",
+    "CREATE INDEX uploads_sha ON uploads (sha256, expires)",
+)
+
+MIGRATIONS += (
+    Migration(4, "scheduled sends (sends.scheduled_at, request, error, lease_until), Idempotency-Key answers, "
+                 "uploaded attachments (POST /v1/attachments) kept until they expire",
+              {"embedded": _V4_SQLITE, "postgres": (postgres_schema.V4,)}),
+)
+
 LATEST = MIGRATIONS[-1].version
 
 

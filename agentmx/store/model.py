@@ -46,6 +46,14 @@ class JobState(_Named):
 
 class SendState(_Named):
     QUEUED = "queued"          # Postfix took it (issue 16 adds delivered, delayed, bounced, complained)
+    SCHEDULED = "scheduled"    # parked until scheduled_at, its request kept (POST /v1/send scheduledAt)
+    SENDING = "sending"        # a scheduled send one serve claimed and is handing to Postfix
+    CANCELED = "canceled"      # DELETE /v1/send/{id} before it went out
+    FAILED = "failed"          # a scheduled send refused at its time (or its sender died mid-way): `error` says why
+
+    @property
+    def pending(self) -> bool:
+        return self in (SendState.SCHEDULED, SendState.SENDING)
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,23 @@ class SendRecord:
     reply_to_event: str | None
     state: SendState
     created: float
+    scheduled_at: float | None = None   # when a scheduled send is due
+    request: str | None = field(default=None, repr=False)   # a scheduled send's request (JSON), until it goes
+    error: str = ""                     # why a scheduled send FAILED
+    lease_until: float = 0.0            # a SENDING claim runs out then
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file from POST /v1/attachments (or a scheduled send's attachment), kept until `expires`."""
+    id: str                          # att_...
+    key: str                         # the API key's name
+    sha256: str                      # the blob
+    filename: str
+    content_type: str
+    size: int
+    created: float
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -163,6 +188,7 @@ class RecordKind(_Named):
     JOBS = "jobs"                  # StoredJob, by id
     TRANSCRIPTS = "transcripts"    # StoredTranscript, by event_id
     USES = "uses"                  # StoredUses, by (key, at): rate-limit and loop-breaker counts
+    UPLOADS = "uploads"            # Upload, by id: POST /v1/attachments files (their blobs move with the blobs)
 
 
 @dataclass(frozen=True)
@@ -222,7 +248,7 @@ def record_key(record):
         return record.event_id
     if isinstance(record, StoredUses):
         return (record.key, record.at)
-    return record.id                 # SendRecord, StoredJob
+    return record.id                 # SendRecord, StoredJob, Upload
 
 
 def stored_events(rows, attempt_rows, blob_rows) -> list[StoredEvent]:

@@ -36,7 +36,7 @@ from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
 from .model import (LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow,
                     Job, JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript,
-                    StoredUses, delivered_at, export_after, stored_events)
+                    StoredUses, Upload, delivered_at, export_after, stored_events)
 from .s3 import BlobStore
 
 log = logging.getLogger("agentmx.store.postgres")
@@ -369,19 +369,70 @@ class PostgresStore(Store):
     # --- sends --------------------------------------------------------------------------------------------
 
     def put_send(self, record: SendRecord) -> None:
+        columns = _SEND.split(", ")
         self._rowcount(
-            "INSERT INTO sends (id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, "
-            "reply_to_event, state, created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO "
-            "UPDATE SET key = excluded.key, sender = excluded.sender, recipients = excluded.recipients, "
-            "message_id = excluded.message_id, queue_id = excluded.queue_id, thread_id = excluded.thread_id, "
-            "in_reply_to = excluded.in_reply_to, reply_to_event = excluded.reply_to_event, state = excluded.state",
-            (record.id, _text(record.key), _text(record.sender), [_text(r) for r in record.recipients],
-             _text(record.message_id), _opt_text(record.queue_id), _opt_text(record.thread_id),
-             _opt_text(record.in_reply_to), _opt_text(record.reply_to_event), record.state.value, record.created))
+            f"INSERT INTO sends ({_SEND}) VALUES ({', '.join(['%s'] * len(columns))}) ON CONFLICT (id) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in columns[1:]), _send_row(record))
 
     def get_send(self, send_id: str) -> SendRecord | None:
         r = self._one(f"SELECT {_SEND} FROM sends WHERE id = %s", (send_id,))
         return _send(r) if r else None
+
+    def claim_scheduled(self, lease: float) -> SendRecord | None:
+        now = self.clock()
+
+        def claim(cur):
+            cur.execute("UPDATE sends SET state = %s, request = NULL, error = %s WHERE state = %s AND lease_until < %s",
+                        (SendState.FAILED.value, INTERRUPTED, SendState.SENDING.value, now))
+            cur.execute(f"UPDATE sends SET state = %(sending)s, lease_until = %(until)s "
+                        f"WHERE id = (SELECT id FROM sends WHERE state = %(scheduled)s AND scheduled_at <= %(now)s "
+                        f"            ORDER BY scheduled_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {_SEND}",
+                        {"sending": SendState.SENDING.value, "scheduled": SendState.SCHEDULED.value, "now": now,
+                         "until": now + lease})
+            return cur.fetchone()
+        row = self._run(claim)
+        return _send(row) if row else None
+
+    def cancel_send(self, send_id: str) -> SendRecord | None:
+        def cancel(cur):
+            cur.execute("UPDATE sends SET state = %s, request = NULL WHERE id = %s AND state = %s",
+                        (SendState.CANCELED.value, send_id, SendState.SCHEDULED.value))
+            cur.execute(f"SELECT {_SEND} FROM sends WHERE id = %s", (send_id,))
+            return cur.fetchone()
+        row = self._run(cancel)
+        return _send(row) if row else None
+
+    # --- Idempotency-Key --------------------------------------------------------------------------------------
+
+    def idempotency_begin(self, key: str, idem: str, fingerprint: str, since: float) -> tuple[str, str | None] | None:
+        key, idem, now = _text(key), _text(idem), self.clock()
+
+        def begin(cur):
+            cur.execute("DELETE FROM idempotency WHERE key = %s AND idem = %s AND created < %s", (key, idem, since))
+            cur.execute("INSERT INTO idempotency (key, idem, fingerprint, answer, created) VALUES (%s, %s, %s, NULL, %s) "
+                        "ON CONFLICT (key, idem) DO NOTHING", (key, idem, fingerprint, now))
+            if cur.rowcount == 1:
+                return None
+            cur.execute("SELECT fingerprint, answer FROM idempotency WHERE key = %s AND idem = %s", (key, idem))
+            row = cur.fetchone()
+            return (row[0], row[1]) if row else None
+        return self._run(begin)
+
+    def idempotency_finish(self, key: str, idem: str, answer: str) -> None:
+        self._rowcount("UPDATE idempotency SET answer = %s WHERE key = %s AND idem = %s",
+                       (_text(answer), _text(key), _text(idem)))
+
+    def idempotency_release(self, key: str, idem: str) -> None:
+        self._rowcount("DELETE FROM idempotency WHERE key = %s AND idem = %s AND answer IS NULL", (_text(key), _text(idem)))
+
+    # --- uploads ------------------------------------------------------------------------------------------------
+
+    def put_upload(self, upload: Upload) -> None:
+        self._run(lambda cur: _import_uploads(cur, [upload]))
+
+    def get_upload(self, upload_id: str) -> Upload | None:
+        r = self._one(f"SELECT {_UPLOAD} FROM uploads WHERE id = %s", (upload_id,))
+        return Upload(*r) if r else None
 
     # --- agent jobs -------------------------------------------------------------------------------------------
 
@@ -522,10 +573,15 @@ class PostgresStore(Store):
                 cur.execute(f"SELECT COUNT(*) FROM {table} t JOIN events e ON e.id = t.event_id "
                             "WHERE e.created < %s", (older_than,))
                 other[table] = cur.fetchone()[0]
-            for table, column in (("sends", "created"), ("transcripts", "created"), ("jobs", "updated"),
-                                  ("uses", "at")):
+            now = self.clock()
+            pending = (SendState.SCHEDULED.value, SendState.SENDING.value)
+            for table, where, args in (("sends", "created < %s AND state <> ALL(%s)", (older_than, list(pending))),
+                                       ("transcripts", "created < %s", (older_than,)),
+                                       ("jobs", "updated < %s", (older_than,)), ("uses", "at < %s", (older_than,)),
+                                       ("uploads", "expires < %s", (now,)),
+                                       ("idempotency", "created < %s", (now - 86400,))):
                 verb = "SELECT COUNT(*) FROM" if dry_run else "DELETE FROM"
-                cur.execute(f"{verb} {table} WHERE {column} < %s", (older_than,))
+                cur.execute(f"{verb} {table} WHERE {where}", args)
                 other[table] = cur.fetchone()[0] if dry_run else cur.rowcount
             if dry_run or not events:
                 return events
@@ -555,13 +611,15 @@ class PostgresStore(Store):
         # (A dry run has not removed the old events: their references do not count either.)
         query = ("SELECT sha256, size FROM blobs b WHERE seen < %s AND NOT EXISTS "
                  "(SELECT 1 FROM event_blobs r JOIN events e ON e.id = r.event_id "
-                 " WHERE r.sha256 = b.sha256 AND e.created >= %s) ORDER BY sha256")
+                 " WHERE r.sha256 = b.sha256 AND e.created >= %s) "
+                 "AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = b.sha256 AND u.expires >= %s) ORDER BY sha256")
+        now = self.clock()
         if dry_run:
-            rows = self._all(query, (older_than, older_than))
+            rows = self._all(query, (older_than, older_than, now))
             return len(rows), sum(r[1] for r in rows)
 
         def one_batch(cur):
-            cur.execute(query + " LIMIT %s FOR UPDATE SKIP LOCKED", (older_than, older_than, batch))
+            cur.execute(query + " LIMIT %s FOR UPDATE SKIP LOCKED", (older_than, older_than, now, batch))
             rows = cur.fetchall()
             for sha, _ in rows:
                 self.blobs.delete(sha)
@@ -732,12 +790,22 @@ def _job(r) -> Job:
 
 # --- moving a store: rows <-> the neutral records of model.py -------------------------------------------------
 
-_SEND = "id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, reply_to_event, state, created"
+_SEND = ("id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, reply_to_event, state, created, "
+         "scheduled_at, request, error, lease_until")
+_UPLOAD = "id, key, sha256, filename, content_type, size, created, expires"
+INTERRUPTED = "interrupted while handed to Postfix (the serve that held it stopped): it may or may not have gone out"
 
 
 def _send(r) -> SendRecord:
     return SendRecord(id=r[0], key=r[1], sender=r[2], recipients=tuple(r[3]), message_id=r[4], queue_id=r[5],
-                      thread_id=r[6], in_reply_to=r[7], reply_to_event=r[8], state=SendState(r[9]), created=r[10])
+                      thread_id=r[6], in_reply_to=r[7], reply_to_event=r[8], state=SendState(r[9]), created=r[10],
+                      scheduled_at=r[11], request=r[12], error=r[13] or "", lease_until=r[14] or 0.0)
+
+
+def _send_row(r: SendRecord) -> tuple:
+    return (r.id, _text(r.key), _text(r.sender), [_text(x) for x in r.recipients], _text(r.message_id),
+            _opt_text(r.queue_id), _opt_text(r.thread_id), _opt_text(r.in_reply_to), _opt_text(r.reply_to_event),
+            r.state.value, r.created, r.scheduled_at, _opt_text(r.request), _text(r.error), r.lease_until)
 
 
 def _export_events(cur, after: int, limit: int) -> list[StoredEvent]:
@@ -768,6 +836,8 @@ _EXPORT = {
                              'ORDER BY event_id COLLATE "C" LIMIT %s', lambda r: StoredTranscript(*r)),
     RecordKind.USES: ('SELECT key, at, COUNT(*) FROM uses WHERE key > %s COLLATE "C" OR (key = %s AND at > %s) '
                       'GROUP BY key, at ORDER BY key COLLATE "C", at LIMIT %s', lambda r: StoredUses(*r)),
+    RecordKind.UPLOADS: (f'SELECT {_UPLOAD} FROM uploads WHERE id > %s COLLATE "C" ORDER BY id COLLATE "C" LIMIT %s',
+                         lambda r: Upload(*r)),
 }
 
 
@@ -844,10 +914,12 @@ def _insert_new(table: str, column: str, key, sql: str, row):
 
 _import_sends = _insert_new(
     "sends", "id", lambda r: r.id,
-    f"INSERT INTO sends ({_SEND}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-    lambda r: (r.id, _text(r.key), _text(r.sender), [_text(x) for x in r.recipients], _text(r.message_id),
-               _opt_text(r.queue_id), _opt_text(r.thread_id), _opt_text(r.in_reply_to), _opt_text(r.reply_to_event),
-               r.state.value, r.created))
+    f"INSERT INTO sends ({_SEND}) VALUES ({', '.join(['%s'] * len(_SEND.split(', ')))}) ON CONFLICT (id) DO NOTHING",
+    _send_row)
+_import_uploads = _insert_new(
+    "uploads", "id", lambda r: r.id,
+    f"INSERT INTO uploads ({_UPLOAD}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+    lambda r: (r.id, _text(r.key), r.sha256, _text(r.filename), _text(r.content_type), r.size, r.created, r.expires))
 _import_jobs = _insert_new(
     "jobs", "id", lambda r: r.id,
     "INSERT INTO jobs (id, state, attempts, actions, last_error, next_at, lease_until, created, updated) "
@@ -878,7 +950,7 @@ def _import_uses(cur, records: list[StoredUses]) -> int:
 
 
 _IMPORT = {RecordKind.EVENTS: _import_events, RecordKind.SENDS: _import_sends, RecordKind.JOBS: _import_jobs,
-           RecordKind.TRANSCRIPTS: _import_transcripts, RecordKind.USES: _import_uses}
+           RecordKind.TRANSCRIPTS: _import_transcripts, RecordKind.USES: _import_uses, RecordKind.UPLOADS: _import_uploads}
 
 
 def _count(cur, deltas: dict[tuple[str, str], float]) -> None:

@@ -170,3 +170,34 @@ ALTER TABLE events ADD COLUMN fingerprint text;
 DROP INDEX events_message;
 CREATE INDEX events_dedup ON events (recipient, message_id, fingerprint);
 """
+
+# Scheduled sends (their request kept until due, claimed with FOR UPDATE SKIP LOCKED), the answers
+# kept for Idempotency-Key (24 hours), and files uploaded through POST /v1/attachments (gc keeps
+# their blobs until they expire).
+V4 = """
+ALTER TABLE sends ADD COLUMN scheduled_at double precision;
+ALTER TABLE sends ADD COLUMN request text;
+ALTER TABLE sends ADD COLUMN error text NOT NULL DEFAULT '';
+ALTER TABLE sends ADD COLUMN lease_until double precision NOT NULL DEFAULT 0;
+CREATE INDEX sends_due ON sends (state, scheduled_at);
+CREATE TABLE idempotency (
+    key         text NOT NULL,               -- the API key's name
+    idem        text NOT NULL,               -- the Idempotency-Key header
+    fingerprint text NOT NULL,               -- sha256 of the method, path and body
+    answer      text,                        -- the first answer (JSON); NULL while in flight
+    created     double precision NOT NULL,
+    PRIMARY KEY (key, idem)
+);
+CREATE INDEX idempotency_created ON idempotency (created);
+CREATE TABLE uploads (
+    id           text PRIMARY KEY,           -- att_...
+    key          text NOT NULL,
+    sha256       text NOT NULL,
+    filename     text NOT NULL,
+    content_type text NOT NULL,
+    size         bigint NOT NULL,
+    created      double precision NOT NULL,
+    expires      double precision NOT NULL
+);
+CREATE INDEX uploads_sha ON uploads (sha256, expires);
+"""

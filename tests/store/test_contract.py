@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from agentmx.store import DuplicateEvent, StoreError
-from agentmx.store.model import (EXCERPT, LATENCY_BUCKETS, Attempt, DeliveryState, JobState, SendRecord, SendState)
+from agentmx.store.model import (EXCERPT, LATENCY_BUCKETS, Attempt, DeliveryState, JobState, SendRecord, SendState,
+                                  Upload)
 
 pytestmark = pytest.mark.unit
 DAY = 86400.0
@@ -606,6 +607,12 @@ def populate(store, clock) -> dict:
                               clock()))
     store.put_send(SendRecord("snd_" + "b" * 26, "ops", "ops@agents.test", ("d@z.test",), "<s2@agents.test>", None,
                               None, None, None, SendState.QUEUED, clock()))
+    # sending: a scheduled send (its request kept) and an upload move too
+    store.put_send(SendRecord("snd_" + "c" * 26, "ops", "ops@agents.test", ("e@z.test",), "", None, None, None, None,
+                              SendState.SCHEDULED, clock(), scheduled_at=clock() + 3600,
+                              request='{"from": "ops@agents.test", "to": "e@z.test", "text": "later"}'))
+    store.put_upload(Upload("att_" + "a" * 26, "ops", att, "report.pdf", "application/pdf", 5000, clock(),
+                            clock() + 7 * 86400))
     for event_id in (ids["agent"], ids["delivered"]):
         store.put_job(event_id)
     job = store.claim_job(60)
@@ -644,7 +651,7 @@ def test_export_then_import_gives_the_same_store(store, other_store, clock):
     from agentmx.store.model import RecordKind
     ids = populate(store, clock)
     exported = export_all(store)
-    assert [len(exported[k]) for k in RecordKind] == [5, 2, 2, 1, 3]
+    assert [len(exported[k]) for k in RecordKind] == [5, 3, 2, 1, 3, 1]
     ev = exported[RecordKind.EVENTS]
     assert [e.seq for e in ev] == sorted(e.seq for e in ev) and ev[0].id == ids["delivered"]
     assert len(ev[0].blobs) == 2 and [a.status for a in ev[1].attempts] == [503, 200]
@@ -738,3 +745,93 @@ def test_inbox_query_search_matches_subject_or_sender_escaped(store, clock):
     assert ids(store.inbox_query(scope, search="nothing like it")) == []
     assert ids(store.inbox_query(("other@agents.test",), search="bob")) == []   # within the scope only
     assert ids(store.inbox_query(scope, search="bob", before_seq=store.inbox_row(c).seq)) == [a]
+# --- sending (issue 15): scheduled sends, Idempotency-Key, uploads --------------------------------------
+
+def scheduled(store, clock, n: str, due: float) -> SendRecord:
+    rec = SendRecord("snd_" + n * 26, "ops", "ops@agents.test", ("e@z.test",), "", None, None, None, None,
+                     SendState.SCHEDULED, clock(), scheduled_at=due, request='{"text": "later"}')
+    store.put_send(rec)
+    return rec
+
+
+def test_a_due_scheduled_send_is_claimed_once(store, clock):
+    scheduled(store, clock, "a", clock.now + 60)
+    scheduled(store, clock, "b", clock.now + 10)
+    assert store.claim_scheduled(30) is None                      # not due yet
+    clock.advance(11)
+    got = store.claim_scheduled(30)
+    assert (got.id, got.state, got.request) == ("snd_" + "b" * 26, SendState.SENDING, '{"text": "later"}')
+    assert got.lease_until == clock.now + 30
+    assert store.claim_scheduled(30) is None                      # the other is not due; this one is taken
+    clock.advance(50)
+    assert store.claim_scheduled(30).id == "snd_" + "a" * 26
+
+
+def test_a_claim_whose_lease_ran_out_fails_and_is_never_sent_again(store, clock):
+    scheduled(store, clock, "a", clock.now)
+    assert store.claim_scheduled(30).state is SendState.SENDING
+    clock.advance(31)
+    assert store.claim_scheduled(30) is None
+    rec = store.get_send("snd_" + "a" * 26)
+    assert rec.state is SendState.FAILED and "may or may not have gone out" in rec.error and rec.request is None
+
+
+def test_claims_from_many_threads_hand_each_send_out_once(store, clock):
+    for n in "abcdefgh":
+        scheduled(store, clock, n, clock.now)
+    got, lock = [], threading.Lock()
+
+    def worker():
+        while (rec := store.claim_scheduled(60)) is not None:
+            with lock:
+                got.append(rec.id)
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted("snd_" + n * 26 for n in "abcdefgh")
+
+
+def test_cancel_only_a_scheduled_send(store, clock):
+    scheduled(store, clock, "a", clock.now + 60)
+    rec = store.cancel_send("snd_" + "a" * 26)
+    assert rec.state is SendState.CANCELED and rec.request is None
+    clock.advance(61)
+    assert store.claim_scheduled(30) is None                      # a canceled send never goes
+    scheduled(store, clock, "b", clock.now)
+    store.claim_scheduled(30)
+    assert store.cancel_send("snd_" + "b" * 26).state is SendState.SENDING     # too late: unchanged
+    assert store.cancel_send("snd_" + "z" * 26) is None
+
+
+def test_idempotency_first_answer_in_flight_and_expiry(store, clock):
+    assert store.idempotency_begin("k", "order-1", "f1", clock.now - DAY) is None
+    assert store.idempotency_begin("k", "order-1", "f1", clock.now - DAY) == ("f1", None)     # in flight
+    assert store.idempotency_begin("other", "order-1", "f2", clock.now - DAY) is None         # per API key
+    store.idempotency_finish("k", "order-1", '{"id": "snd_x"}')
+    assert store.idempotency_begin("k", "order-1", "f9", clock.now - DAY) == ("f1", '{"id": "snd_x"}')
+    store.idempotency_release("k", "order-1")                     # a finished answer is not released
+    assert store.idempotency_begin("k", "order-1", "f1", clock.now - DAY)[1] == '{"id": "snd_x"}'
+    store.idempotency_release("other", "order-1")                 # an in-flight one is
+    assert store.idempotency_begin("other", "order-1", "f3", clock.now - DAY) is None
+    clock.advance(DAY + 1)
+    assert store.idempotency_begin("k", "order-1", "f4", clock.now - DAY) is None              # expired: anew
+    assert store.gc(clock.now - 30 * DAY).other["idempotency"] == 1          # "other"'s, a day old
+    clock.advance(DAY + 1)
+    assert store.gc(clock.now - 30 * DAY).other["idempotency"] == 1          # and now the new one
+
+
+def test_uploads_keep_their_blob_until_they_expire(store, clock):
+    sha = store.put_blob(b"an uploaded file")
+    store.put_upload(Upload("att_" + "a" * 26, "ops", sha, "f.txt", "text/plain", 16, clock.now, clock.now + 90 * DAY))
+    assert store.get_upload("att_" + "a" * 26).sha256 == sha and store.get_upload("att_nope") is None
+    scheduled(store, clock, "s", clock.now + 29 * DAY)
+    clock.advance(40 * DAY)
+    report = store.gc(clock.now - 30 * DAY)                       # older than retention, but not expired
+    assert report.blobs == 0 and store.get_blob(sha) is not None and store.get_upload("att_" + "a" * 26)
+    assert store.get_send("snd_" + "s" * 26).state is SendState.SCHEDULED       # pending sends are kept
+    clock.advance(51 * DAY)
+    report = store.gc(clock.now - 30 * DAY)
+    assert report.other["uploads"] == 1 and report.blobs == 1
+    assert store.get_blob(sha) is None and store.get_upload("att_" + "a" * 26) is None

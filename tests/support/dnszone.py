@@ -12,6 +12,7 @@ every query, as a dead server would.
 """
 from __future__ import annotations
 
+import collections
 import socket
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSRecord
@@ -58,6 +59,8 @@ class ZoneResolver:
         self.timeout_mode = "servfail"
         self.silent = False
         self.queries = 0
+        # (name, type) of the latest queries, oldest first: what a test checks was looked up
+        self.asked: collections.deque = collections.deque(maxlen=1000)
         # TTL of every answer. 0 by default: tests change zones under a running milter, whose
         # cache must not hold old answers. With ttl > 0, negative answers carry an SOA too.
         self.ttl = 0
@@ -75,6 +78,7 @@ class ZoneResolver:
 
     def resolve(self, request, handler):
         self.queries += 1
+        self.asked.append((str(request.q.qname).rstrip(".").lower(), QTYPE[request.q.qtype]))
         if self.silent:
             raise DNSError("dropped (silent server)")
         reply = request.reply()
