@@ -12,6 +12,7 @@ Every failure is JSON: {"error": "<message>", "code": "<code>"}; a store that ca
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -27,6 +28,7 @@ from starlette.routing import Route
 from agentmx.store import StoreError
 
 from .blobs import blob_route
+from .blocks import refresh as refresh_blocks
 from .context import Context
 from .errors import ApiError
 from .guard import Guard, Limits, printable
@@ -92,9 +94,11 @@ def create_app(ctx: Context):
     async def lifespan(app):
         await ctx.listener.start()
         await ctx.news.start()
+        refresher = asyncio.get_running_loop().create_task(refresh_blocks(ctx))   # blocks.json for the milter
         try:
             yield
         finally:
+            refresher.cancel()
             await ctx.news.stop()
             await ctx.listener.stop()
             ctx.store.close()

@@ -1,0 +1,28 @@
+"""serve's part in the block list: every blocklist.REFRESH seconds, on every host, the store's
+blocks (block-sender answers) are written to <data_dir>/blocks.json for the milter, which cannot
+open the store itself (it reads none of the application's secrets: no PostgreSQL password). A
+block added on another MX host sharing the store reaches this host's milter within REFRESH."""
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from agentmx import blocklist
+from agentmx.deliver.control import publish
+from agentmx.store import StoreError
+
+from .context import Context
+
+log = logging.getLogger("agentmx.api.blocks")
+
+
+async def refresh(ctx: Context, every: float = blocklist.REFRESH) -> None:
+    """Publish now and then every `every` seconds until cancelled; a failure is logged and tried again."""
+    while True:
+        try:
+            if await ctx.run(publish, ctx.store, ctx.config.data_dir):
+                log.info("block list written (%s)", blocklist.path_in(ctx.config.data_dir))
+        except (StoreError, OSError) as exc:
+            log.warning("block list not written: %s", exc)
+        await anyio.sleep(every)
