@@ -4,8 +4,8 @@ blocks (block-sender answers, deliver/control.py).
 The milter runs as its own user and reads none of the application's secrets, so it cannot open a
 PostgreSQL store: the application's processes write this file (deliver right after a block,
 serve every REFRESH seconds on every host, from the store every host shares) and the milter reads
-it when it changes. Written atomically (a new file renamed over the old), 0640, group agentmx (the
-milter's group). Stdlib only.
+it when it changes. Written atomically (a new file renamed over the old), 0640, the data
+directory's owner and group agentmx (the milter's group). Stdlib only.
 
     {"version": 1, "blocks": [["spammer@example.net", "agent@example.com"], ["x@y", "@example.com"]]}
 
@@ -21,6 +21,8 @@ import logging
 import os
 import threading
 from pathlib import Path
+
+from agentmx.ownership import write_atomically
 
 log = logging.getLogger("agentmx.blocklist")
 
@@ -46,18 +48,7 @@ def write(path: Path, entries) -> bool:
             return False
     except OSError:
         pass
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o640)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, data, owner_of=path.parent)
     return True
 
 
