@@ -52,14 +52,10 @@ def write(path: Path, entries) -> bool:
     return True
 
 
-def _base(recipient: str) -> tuple[str, str]:
+def scopes_of(recipient: str) -> tuple[str, str]:
+    """The scopes a recipient is in: its base address (agent+tag@ -> agent@) and its @domain."""
     local, _, domain = recipient.strip().strip("<>").lower().rpartition("@")
     return local.split("+", 1)[0] + "@" + domain, "@" + domain
-
-
-def in_scope(scope: str, recipient: str) -> bool:
-    address, domain = _base(recipient)
-    return scope in (address, domain)
 
 
 class Snapshot:
@@ -104,7 +100,7 @@ class Snapshot:
                 scopes = self._blocks.get(sender)
             if not scopes:
                 return None
-            address, domain = _base(recipient)
+            address, domain = scopes_of(recipient)
             return address if address in scopes else domain if domain in scopes else None
         except Exception as exc:        # a bad file or a bug here must never refuse mail
             log.warning("%s: not usable, no sender blocked: %s", self.path, exc)

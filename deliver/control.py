@@ -96,7 +96,7 @@ def read(resp: Response, mode: AckMode) -> Answer:
     why = {DeliveryState.DELIVERED: "accepted (acknowledged)",
            DeliveryState.DROPPED: "the agent's answer dropped it; the stored copy deleted, not retried",
            DeliveryState.SPAM: "the agent's answer marked it spam; kept, not retried"}[state]
-    return Answer(state, why + ("; sender blocked" if block else ""), block)
+    return Answer(state, why + ("; block-sender asked" if block else ""), block)
 
 
 def exchange(route: Route, event_id: str, body: bytes, clock: Callable[[], float],

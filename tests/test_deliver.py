@@ -293,7 +293,7 @@ def test_block_sender_blocks_the_envelope_sender_for_the_route(tmp_path, receive
     cfg = config(tmp_path, receiver.url, ack="control")
     receiver.answer = BLOCK
     out = deliver(raw(), ENV, cfg)
-    assert (out.exit_code, out.state) == (EX_OK, S.DELIVERED) and "sender blocked" in out.reason
+    assert (out.exit_code, out.state) == (EX_OK, S.DELIVERED) and "block-sender asked" in out.reason
     store = EmbeddedStore(tmp_path / "data")
     (block,) = store.blocks()
     assert (block.sender, block.scope, block.event_id) == ("alice@sender.test", "agent@agentmx.test", out.event_id)
@@ -303,6 +303,18 @@ def test_block_sender_blocks_the_envelope_sender_for_the_route(tmp_path, receive
     later = deliver(raw().replace(b"m1@", b"m2@"), Envelope(**{**ENV.__dict__, "queue_id": "6XYZ"}), cfg)
     assert (later.exit_code, later.state) == (EX_OK, S.HELD) and "blocked" in later.reason
     assert len(receiver.requests) == 1
+
+
+def test_a_domain_block_holds_mail_to_an_address_of_another_route(tmp_path, receiver):
+    """deliver checks the scopes the milter checks (the base address and its @domain), not only the
+    matching route's: a block taken through the catch-all holds mail for agent@ too."""
+    cfg = config(tmp_path, receiver.url)
+    store = EmbeddedStore(tmp_path / "data")
+    store.migrate()
+    store.add_block("alice@sender.test", "@agentmx.test", "msg_catchall")
+    out = deliver(raw(), Envelope(**{**ENV.__dict__, "recipient": "Agent+x@agentmx.test"}), cfg)
+    assert (out.exit_code, out.state) == (EX_OK, S.HELD) and "by msg_catchall" in out.reason
+    assert receiver.requests == []
 
 
 def test_block_sender_never_blocks_the_null_sender(tmp_path, receiver):
