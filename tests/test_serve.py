@@ -137,3 +137,26 @@ def test_a_store_that_fails_is_a_503_and_serve_recovers_by_itself(tmp_path):
         assert status == 200 and json.loads(body) == {"messages": [], "nextCursor": None}
     finally:
         running.stop()
+
+
+def test_serve_writes_the_block_list_from_the_store_on_every_host(tmp_path, monkeypatch):
+    """The milter cannot open the store (no PostgreSQL password): serve writes the store's blocks
+    to <data_dir>/blocks.json at start and every blocklist.REFRESH seconds, so a block taken by
+    another MX host sharing the store (here: written to the store alone) reaches this host's milter."""
+    from agentmx import blocklist
+    from support.postfix import wait_for
+    monkeypatch.setattr(blocklist, "REFRESH", 0.2)
+    cfg = parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
+                       f'url_secret = "{KEY}"\n', tmp_path / "c.toml")
+    store = open_store(cfg)
+    store.migrate()
+    store.add_block("first@x.test", "agent@agents.test", "msg_1")
+    running = start(cfg)
+    try:
+        snapshot = blocklist.Snapshot(blocklist.path_in(tmp_path))
+        wait_for(lambda: snapshot.blocked("first@x.test", "agent@agents.test"), timeout=10, what="the block at start")
+        store.add_block("later@y.test", "@agents.test", "msg_2")              # as another host's deliver does
+        wait_for(lambda: snapshot.blocked("later@y.test", "any@agents.test"), timeout=10, what="the later block")
+    finally:
+        running.stop()
+        store.close()

@@ -17,12 +17,13 @@ from .context import Context
 log = logging.getLogger("agentmx.api.blocks")
 
 
-async def refresh(ctx: Context, every: float = blocklist.REFRESH) -> None:
-    """Publish now and then every `every` seconds until cancelled; a failure is logged and tried again."""
+async def refresh(ctx: Context, every: float | None = None) -> None:
+    """Publish now and then every `every` (blocklist.REFRESH) seconds until cancelled; a failure is
+    logged and tried again."""
     while True:
         try:
             if await ctx.run(publish, ctx.store, ctx.config.data_dir):
                 log.info("block list written (%s)", blocklist.path_in(ctx.config.data_dir))
         except (StoreError, OSError) as exc:
             log.warning("block list not written: %s", exc)
-        await anyio.sleep(every)
+        await anyio.sleep(every or blocklist.REFRESH)
