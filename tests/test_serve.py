@@ -160,3 +160,29 @@ def test_serve_writes_the_block_list_from_the_store_on_every_host(tmp_path, monk
     finally:
         running.stop()
         store.close()
+
+
+def test_serve_closes_the_store_only_after_a_block_list_refresh_is_done(tmp_path, monkeypatch):
+    """The refresh runs in a thread: serve, stopping, waits for it before closing the store (a
+    closed SQLite connection under a running query crashed the process: SIGSEGV)."""
+    import time as _time
+
+    from agentmx.api import blocks
+    from agentmx.store.embedded import EmbeddedStore
+    from support.postfix import wait_for
+    seen = []
+
+    def slow_publish(store, data_dir):
+        seen.append("publish")
+        _time.sleep(0.5)
+        seen.append("published")
+        return False
+    close = EmbeddedStore.close
+    monkeypatch.setattr(blocks, "publish", slow_publish)
+    monkeypatch.setattr(EmbeddedStore, "close", lambda self: (seen.append("close"), close(self))[1])
+    cfg = parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
+                       f'url_secret = "{KEY}"\n', tmp_path / "c.toml")
+    running = start(cfg)
+    wait_for(lambda: "publish" in seen, timeout=10, what="the first refresh")
+    running.stop()
+    assert seen == ["publish", "published", "close"]

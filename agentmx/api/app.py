@@ -94,11 +94,13 @@ def create_app(ctx: Context):
     async def lifespan(app):
         await ctx.listener.start()
         await ctx.news.start()
-        refresher = asyncio.get_running_loop().create_task(refresh_blocks(ctx))   # blocks.json for the milter
+        stop_refresh = asyncio.Event()
+        refresher = asyncio.get_running_loop().create_task(refresh_blocks(ctx, stop_refresh))  # for the milter
         try:
             yield
         finally:
-            refresher.cancel()
+            stop_refresh.set()             # and wait: its thread must be done before the store closes
+            await refresher
             await ctx.news.stop()
             await ctx.listener.stop()
             ctx.store.close()

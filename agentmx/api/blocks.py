@@ -4,9 +4,8 @@ open the store itself (it reads none of the application's secrets: no PostgreSQL
 block added on another MX host sharing the store reaches this host's milter within REFRESH."""
 from __future__ import annotations
 
+import asyncio
 import logging
-
-import anyio
 
 from agentmx import blocklist
 from agentmx.deliver.control import publish
@@ -17,13 +16,19 @@ from .context import Context
 log = logging.getLogger("agentmx.api.blocks")
 
 
-async def refresh(ctx: Context, every: float | None = None) -> None:
-    """Publish now and then every `every` (blocklist.REFRESH) seconds until cancelled; a failure is
-    logged and tried again."""
-    while True:
+async def refresh(ctx: Context, stop: asyncio.Event, every: float | None = None) -> None:
+    """Publish now and then every `every` (blocklist.REFRESH) seconds until `stop` is set; a
+    failure is logged and tried again. Stopped by the event, not cancelled: a publish runs in a
+    thread, which must be done before serve closes the store under it."""
+    while not stop.is_set():
         try:
             if await ctx.run(publish, ctx.store, ctx.config.data_dir):
                 log.info("block list written (%s)", blocklist.path_in(ctx.config.data_dir))
         except (StoreError, OSError) as exc:
             log.warning("block list not written: %s", exc)
-        await anyio.sleep(every or blocklist.REFRESH)
+        except Exception:                  # a bug here must not end the refresh for good
+            log.exception("block list not written")
+        try:
+            await asyncio.wait_for(stop.wait(), every or blocklist.REFRESH)
+        except asyncio.TimeoutError:
+            pass
