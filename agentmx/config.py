@@ -102,6 +102,16 @@ ROUTE_MODES = ("push", "pull", "both")
 ROUTE_ACTIONS = ("post", "agent")   # POST to the endpoint; keep for GET /v1/messages; both
 
 
+class AckMode(enum.Enum):
+    """What an endpoint's 2xx answer must say (MailKite's ackMode; docs/agent-developer.md)."""
+    LENIENT = "lenient"      # any 2xx is delivered; the body is not read
+    ACK = "ack"              # delivered only for {"status": "ok"} (or x-mailkite-ack: ok); else retried
+    CONTROL = "control"      # the body decides: ok, drop, spam, and the block-sender action
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Route:
     match: str                     # "agent@example.com", or "@example.com" for the whole domain
@@ -110,7 +120,8 @@ class Route:
     timeout: float = 10.0
     attachments: str = "url"       # url: signed links; inline: base64 in the event up to inline_max_bytes
     inline_max_bytes: int = 1_000_000
-    mailkite_signature: bool = False
+    mailkite_signature: bool = True    # x-mailkite-signature beside the Standard Webhooks headers
+    ack: AckMode = AckMode.LENIENT
     trust: str = "deliver"         # deliver, require-dmarc (others kept aside, not sent), flag
     mode: str = "push"             # push (POST), pull (kept for the inbox API only), both
     action: str = "post"           # post (as mode says), agent (agentmx runs the model loop itself)
@@ -482,8 +493,13 @@ def _secret(sec: _Section, key: str, min_len: int, whsec: bool = False) -> str |
             raise sec.error(f"{key}_file", f"{path}: cannot be read ({exc.strerror})") from None
     if value is None:
         return None
-    if whsec and (not value.startswith("whsec_") or len(value) < 16):
-        raise sec.error(where, "must be a whsec_ secret (whsec_ followed by base64)")
+    if whsec:
+        from agentmx.webhook import key_of
+        try:
+            key_of(value)
+        except ValueError as exc:
+            source = f" (in {path})" if path is not None else ""
+            raise sec.error(where, f"must be a whsec_ secret{source}: {exc}") from None
     if len(value) < min_len:
         raise sec.error(where, f"must be at least {min_len} characters")
     return value
@@ -731,7 +747,8 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
                               " or ".join(ATTACHMENT_MODES)),
             inline_max_bytes=r.get("inline_max_bytes", Route.inline_max_bytes, _positive_int,
                                    "a whole number of bytes > 0"),
-            mailkite_signature=r.get("mailkite_signature", False, _bool, "true or false"),
+            mailkite_signature=r.get("mailkite_signature", Route.mailkite_signature, _bool, "true or false"),
+            ack=r.get("ack", Route.ack, AckMode, " or ".join(f'"{m}"' for m in AckMode)),
             trust=r.get("trust", Route.trust, _one_of(TRUST_POLICIES), ", ".join(TRUST_POLICIES)),
         ))
         r.finish()

@@ -42,14 +42,15 @@ def waiting_for_agents(config: Config, queue: list[dict]) -> list[tuple[str, str
 
 def replay(config: Config, store: Store, event_id: str, clock=time.time, post=None) -> tuple[int, str]:
     """POST a stored event again, with its original webhook-id; the answer is read as deliver
-    reads it (a control answer drops or marks it, 406 refuses it) and kept as one more attempt.
-    Returns (HTTP status, reason)."""
-    from agentmx.deliver import route as routing
-    from agentmx.deliver.core import answer_state, excerpt
-    from agentmx.deliver.http import post as http_post
-    from agentmx.webhook import sign_headers
+    reads it (the route's ack mode: a control answer drops, marks or blocks, 406 refuses it;
+    deliver/control.py) and kept as one more attempt. Returns (HTTP status, reason)."""
+    from agentmx.deliver import control, route as routing
+    from agentmx.deliver.core import excerpt
     body = store.get_event(event_id)
     if body is None:
+        known = store.delivery(event_id)
+        if known is not None and known.state is DeliveryState.DROPPED:
+            raise LookupError(f"{event_id} was dropped by its agent's answer: its stored copy is deleted")
         raise LookupError(f"no stored event {event_id}")
     event = json.loads(body)
     found = routing.match(event["recipient"], config.routes)
@@ -59,11 +60,8 @@ def replay(config: Config, store: Store, event_id: str, clock=time.time, post=No
     if not route.pushes:
         raise LookupError(f"the route for {event['recipient']} is a pull route: the event waits in "
                           f"GET /v1/messages, nothing to POST")
-    headers = sign_headers(route.secret, event_id, body, timestamp=int(clock()), mailkite=route.mailkite_signature)
-    started = time.monotonic()
-    resp = (post or http_post)(route.endpoint, body, headers, route.timeout)
-    took_ms = int((time.monotonic() - started) * 1000)
-    state, why = answer_state(resp)
+    resp, answer, took_ms = control.exchange(route, event_id, body, clock, post)
+    state, why = answer.state, answer.why
     if state is DeliveryState.DEFERRED:       # nothing retries a replay: the delivery stays what it was
         previous = store.delivery(event_id)
         state = previous.state if previous else DeliveryState.DEFERRED
@@ -71,6 +69,8 @@ def replay(config: Config, store: Store, event_id: str, clock=time.time, post=No
     else:
         why = f"replayed: {why}"
     store.record_attempt(event_id, Attempt(clock(), state, resp.status, took_ms, excerpt(resp), event_id), why)
+    if state is answer.state:
+        control.apply(answer, event, route, store, config.data_dir)
     return resp.status, why
 
 

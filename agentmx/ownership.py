@@ -100,3 +100,31 @@ def refuse_links(*paths: Path) -> None:
                 raise NotOurs(f"{p}: a symbolic link where agentmx keeps a file of its own: refused")
         except FileNotFoundError:
             pass
+
+
+def write_atomically(path: Path, data: bytes, owner_of: Path, mtime: float | None = None) -> None:
+    """`path` replaced by `data` at once: a new file beside it (0640, O_EXCL, never through a link),
+    fsynced, then renamed over. Run as root, the new file is `owner_of`'s (user and group), so
+    that the services (and the milter, through group agentmx) can read what root wrote. (Not
+    tempfile: its imports cost deliver ~3 ms of CPU per message.)"""
+    tmp = path.parent / f".tmp-{os.urandom(8).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o640)
+            if os.geteuid() == 0:
+                st = owner_of.stat()
+                os.fchown(f.fileno(), st.st_uid, st.st_gid)
+            if mtime is not None:
+                os.utime(f.fileno(), (mtime, mtime))
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+

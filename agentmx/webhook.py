@@ -26,22 +26,35 @@ class WebhookVerificationError(ValueError):
     """The request is not authentic: missing headers, old timestamp, or no matching signature."""
 
 
-def _key(secret: str) -> bytes:
-    if not secret.startswith("whsec_"):
-        raise ValueError("a Standard Webhooks secret starts with whsec_")
+MIN_KEY_BYTES = 16             # a shorter HMAC key is refused (setup makes 32 random bytes)
+MAX_SECRET_CHARS = 1024
+
+
+def key_of(secret: str) -> bytes:
+    """The HMAC key of a whsec_ secret: strict base64 (the alphabet, padded, nothing else), at
+    least MIN_KEY_BYTES. ValueError (never quoting the secret) otherwise: config.py refuses such a
+    secret at load, so that no delivery fails on it later."""
+    if not isinstance(secret, str) or not secret.startswith("whsec_"):
+        raise ValueError("it starts with whsec_")
+    text = secret[len("whsec_"):]
+    if len(text) > MAX_SECRET_CHARS:
+        raise ValueError(f"at most {MAX_SECRET_CHARS} characters after whsec_")
     try:
-        return base64.b64decode(secret[len("whsec_"):], validate=True)
-    except ValueError as exc:
-        raise ValueError("the secret after whsec_ is not base64") from exc
+        key = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ValueError("what follows whsec_ is not strict base64 (A-Z a-z 0-9 + /, padded with =)") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"the key after whsec_ decodes to {len(key)} bytes, fewer than {MIN_KEY_BYTES}")
+    return key
 
 
 def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    mac = hmac.new(key_of(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
     return "v1," + base64.b64encode(mac.digest()).decode()
 
 
 def sign_headers(secrets: str | list[str], msg_id: str, body: bytes, timestamp: int | None = None,
-                 mailkite: bool = False) -> dict[str, str]:
+                 mailkite: bool = True) -> dict[str, str]:
     """The headers of one signed delivery. `secrets`: one, or several during a key rotation."""
     if isinstance(secrets, str):
         secrets = [secrets]

@@ -3,12 +3,15 @@
 The whole delivery as one call with its edges passed in (store, HTTP post, clock), so that it can
 run in the per-message pipe process or in a resident worker without changing the contract:
 
-  exit 0   the agent took it (2xx), or refused it (406: kept, logged, not retried), or answered
-           with a control body ({"status": "drop"} or {"status": "spam"}: kept, marked, not
+  exit 0   the agent took it (2xx, as the route's ack mode reads it: control.py), or refused it
+           (406: kept, logged, not retried), or answered with a control body in control mode
+           ({"status": "drop"}: its stored copy deleted; {"status": "spam"}: marked; not
            retried), or the route's trust policy kept it aside (require-dmarc and DMARC did not
-           pass), or the route is a pull route (kept for GET /v1/messages)
-  exit 75  anything else (3xx, other 4xx, 5xx, timeout, refused connection, a store that cannot be
-           written, no route): Postfix keeps the message and retries on its own schedule.
+           pass), or its sender is blocked for the route (kept aside), or the route is a pull
+           route (kept for GET /v1/messages)
+  exit 75  anything else (3xx, other 4xx, 5xx, a 2xx the ack mode does not take, timeout, refused
+           connection, a store that cannot be written, no route): Postfix keeps the message and
+           retries on its own schedule.
 A message that cannot be parsed is still delivered, with what was decoded and its defects.
 """
 from __future__ import annotations
@@ -22,13 +25,12 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from agentmx import urls
+from agentmx import blocklist, urls
 from agentmx.config import Config
 from agentmx.store import DuplicateEvent, Store, StoreError, open_store
 from agentmx.store.model import EXCERPT, Attempt, DeliveryState
-from agentmx.webhook import sign_headers
 
-from . import dedup
+from . import control, dedup
 from . import event as ev
 from . import route as routing
 from .authread import read_auth
@@ -79,9 +81,9 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
         return urls.sign_url(config.public_url, config.url_secret, sha, ctype, name, config.url_ttl, now)
 
     attachments = []
-    for n, att in enumerate(parsed.attachments, 1):
+    for n, att in enumerate(parsed.attachments):             # ids from 0 (msg_…:0), like MailKite's
         sha = store.put_blob(att.data) if store else hashlib.sha256(att.data).hexdigest()
-        name = att.filename or f"attachment-{n}"
+        name = att.filename or f"attachment-{n + 1}"
         inline = route is not None and route.attachments == "inline" and len(att.data) <= route.inline_max_bytes
         attachments.append({
             "id": f"{event_id}:{n}",
@@ -105,7 +107,8 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
                       raw={"sha256": raw_sha, "url": link(raw_sha, "message/rfc822", f"{event_id}.eml")},
                       size=len(raw), flagged=flagged)
     return event, {"raw_sha": raw_sha, "defects": len(parsed.defects),
-                   "fingerprint": dedup.fingerprint(raw, env.sender, auth)}
+                   "fingerprint": dedup.fingerprint(raw, env.sender, auth),
+                   "blobs": [raw, *(att.data for att in parsed.attachments)]}
 
 
 # What only a POST makes of a delivery: a retry that finds one of these does not POST again.
@@ -119,7 +122,7 @@ def _duplicate(env: Envelope, first: str, state: DeliveryState) -> Outcome:
 
 
 def _keep(raw: bytes, env: Envelope, config: Config, store: Store, now: float, match: routing.Match, event: dict,
-          fingerprint: str) -> tuple[dict, bytes] | Outcome:
+          fingerprint: str, blobs: list[bytes]) -> tuple[dict, bytes] | Outcome:
     """Keep the event, unless it is a copy of a message kept already (another MX host took it, or
     this one under another queue id: deliver/dedup.py). Returns the event to deliver and its
     body (the first copy's id for a copy not delivered yet), or the Outcome of a copy whose
@@ -145,6 +148,8 @@ def _keep(raw: bytes, env: Envelope, config: Config, store: Store, now: float, m
         event, _ = build_event(raw, env, config, store, now, match, event_id=first)
         body = _body(event)
         store.put_event(event, body, route.match, state)
+    elif again and (known := store.delivery(event["id"])) is not None and known.state is DeliveryState.DROPPED:
+        return _duplicate(env, event["id"], known.state)     # dropped: its copy is not kept again
     elif again:
         # This copy's own retry, while a copy under another queue id or at another host was
         # delivered under this id: the agent has it. (This copy's own delivered attempt is POSTed
@@ -152,40 +157,17 @@ def _keep(raw: bytes, env: Envelope, config: Config, store: Store, now: float, m
         known = store.delivery(event["id"])
         if known is not None and known.state in POSTED and known.queue_id != env.queue_id:
             return _duplicate(env, event["id"], known.state)
+    # Every blob again, now that the event refers to it: a drop_event of another event that
+    # shared one may have deleted it between build_event's put and put_event (a put of what is
+    # there already only touches it).
+    for data in blobs:
+        store.put_blob(data)
     return event, body
 
 
 def _body(event: dict) -> bytes:
     """The event as POSTed and kept."""
     return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-CONTROL = {"drop": DeliveryState.DROPPED, "spam": DeliveryState.SPAM}
-
-
-def control_state(resp: Response) -> DeliveryState | None:
-    """MailKite's control answers: {"status": "drop"} or {"status": "spam"} in any HTTP answer."""
-    try:
-        status = json.loads(resp.body).get("status") if resp.body.lstrip()[:1] == b"{" else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return CONTROL.get(status) if isinstance(status, str) else None
-
-
-def answer_state(resp: Response) -> tuple[DeliveryState, str]:
-    """What an endpoint's answer makes of a delivery, and why: a control answer, 2xx, 406, or
-    (anything else) deferred. deliver and replay read answers alike."""
-    control = control_state(resp) if resp.status else None
-    if control:
-        return control, f"the agent's answer marked it {control}; kept, not retried"
-    if 200 <= resp.status < 300:
-        return DeliveryState.DELIVERED, "accepted"
-    if resp.status == 406:
-        return DeliveryState.REFUSED, "the agent refused it (406); raw kept"
-    why = resp.error or f"HTTP {resp.status}"
-    if resp.retry_after:
-        why += f", Retry-After {resp.retry_after}"
-    return DeliveryState.DEFERRED, why
 
 
 def excerpt(resp: Response) -> str:
@@ -225,7 +207,7 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
     # once (inReplyTo the event id) must find it, and a replay has it even if this process dies
     # after the POST.
     try:
-        kept = _keep(raw, env, config, store, now, match, event, extra["fingerprint"])
+        kept = _keep(raw, env, config, store, now, match, event, extra["fingerprint"], extra["blobs"])
     except StoreError as exc:
         return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, event["id"], reason=f"store: {exc}")
     if isinstance(kept, Outcome):
@@ -257,11 +239,18 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
     if not route.pushes:
         return record(Outcome(EX_OK, DeliveryState.STORED, event_id, reason="kept for the inbox API (pull route)"))
 
-    headers = sign_headers(route.secret, event_id, body, timestamp=int(clock()), mailkite=route.mailkite_signature)
-    started = time.monotonic()
-    resp = post(route.endpoint, body, headers, route.timeout)
-    took_ms = int((time.monotonic() - started) * 1000)
-    state, why = answer_state(resp)
+    # A sender an agent blocked for this recipient (block-sender: the same scopes the milter
+    # checks), whose mail got past the milter's block list before it was rewritten: kept aside,
+    # not POSTed.
+    block = store.blocked(control.sender_of(event), blocklist.scopes_of(env.recipient)) if env.sender else None
+    if block is not None:
+        return record(Outcome(EX_OK, DeliveryState.HELD, event_id,
+                              reason=f"kept aside: {block.sender} is blocked for {block.scope} (by {block.event_id})"))
+
+    resp, answer, took_ms = control.exchange(route, event_id, body, clock, post)
     details = {"defects": extra["defects"], "bytes": len(body), "ms": took_ms}
-    code = EX_TEMPFAIL if state is DeliveryState.DEFERRED else EX_OK
-    return record(Outcome(code, state, event_id, resp.status, why, details), resp.status, took_ms, excerpt(resp))
+    code = EX_TEMPFAIL if answer.state is DeliveryState.DEFERRED else EX_OK
+    outcome = record(Outcome(code, answer.state, event_id, resp.status, answer.why, details), resp.status, took_ms,
+                     excerpt(resp))
+    control.apply(answer, event, route, store, config.data_dir, env.queue_id)
+    return outcome

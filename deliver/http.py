@@ -8,13 +8,16 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+MAX_ANSWER = 65536               # bytes of an answer read: what is past it is not read at all
+
 
 @dataclass(frozen=True)
 class Response:
     status: int                  # 0: no HTTP answer at all (refused, timeout, TLS failure)
     retry_after: str | None = None
     error: str = ""
-    body: bytes = b""            # the first 64 KB of the answer (control answers: {"status": "drop"})
+    body: bytes = b""            # the first 64 KB of the answer (ack and control modes read it)
+    ack: str | None = None       # the x-mailkite-ack header (MailKite's ack without a body), cut short
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
@@ -30,8 +33,10 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Resp
             conn.request("POST", path, body=body, headers={**headers, "content-type": "application/json",
                                                            "user-agent": "agentmx"})
             resp = conn.getresponse()
-            answer = resp.read(65536)
-            return Response(resp.status, resp.getheader("retry-after"), body=answer)
+            answer = resp.read(MAX_ANSWER)
+            ack = resp.getheader("x-mailkite-ack")
+            return Response(resp.status, resp.getheader("retry-after"), body=answer,
+                            ack=ack[:16] if ack is not None else None)
         finally:
             conn.close()
     except (socket.timeout, TimeoutError):

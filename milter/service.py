@@ -25,7 +25,7 @@ from pathlib import Path
 
 import Milter
 
-from agentmx import spamheader
+from agentmx import blocklist, spamheader
 from agentmx.authservid import claims_id
 from agentmx.config import Config
 from agentmx.resolver import Resolver
@@ -67,9 +67,11 @@ class AuthMilter(Milter.Base):
     """One instance per SMTP connection (pymilter's factory); never shared between threads."""
 
     def __init__(self, config: Config, resolver: Resolver, rng: random.Random,
-                 signing_keys: dict[str, list] | None = None, stats: MilterStats | None = None):
+                 signing_keys: dict[str, list] | None = None, stats: MilterStats | None = None,
+                 blocks: blocklist.Snapshot | None = None):
         super().__init__()
         self.config = config
+        self.blocks = blocks
         self.signing_keys = signing_keys or {}
         self.stats = stats or MilterStats(None)
         self.resolver = resolver
@@ -130,8 +132,17 @@ class AuthMilter(Milter.Base):
 
     @_tempfail_on_error
     def envrcpt(self, rcpt, *params):
-        self.rcpts.append(rcpt.strip().strip("<>"))
-        self.rcpt_domains.append(rcpt.strip().strip("<>").rpartition("@")[2].lower())
+        rcpt = rcpt.strip().strip("<>")
+        # A sender an agent blocked (its block-sender answer) for this recipient: refused here,
+        # this recipient only. The block list fails open (blocklist.Snapshot): never a 5xx of ours.
+        scope = self.blocks.blocked(self.mail_from, rcpt) if self.blocks and not self.submitter.ours else None
+        if scope:
+            self.log.info("refused RCPT %s: sender %s is blocked for %s", rcpt, self.mail_from, scope)
+            self.stats.count("blocked")
+            self.setreply("550", "5.7.1", f"Sender blocked: the agent at {rcpt} refuses mail from this sender")
+            return Milter.REJECT
+        self.rcpts.append(rcpt)
+        self.rcpt_domains.append(rcpt.rpartition("@")[2].lower())
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
@@ -269,7 +280,8 @@ def run(config: Config) -> None:
     rng = random.Random()
     keys = signing_keys(config)
     stats = MilterStats(Path(config.data_dir) / "stats" / "milter.json")
-    Milter.factory = lambda: AuthMilter(config, resolver, rng, keys, stats)
+    blocks = blocklist.Snapshot(blocklist.path_in(config.data_dir))
+    Milter.factory = lambda: AuthMilter(config, resolver, rng, keys, stats, blocks)
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     os.umask(0o777 & ~config.milter.socket_mode)
     log.info("listening on unix:%s (authserv-id %s)", sock, config.authserv_id)

@@ -62,6 +62,39 @@ def test_errors_name_the_file_and_the_key(text, where):
     assert str(exc.value).startswith(f"{P}: ") and where in str(exc.value)
 
 
+ROUTE = MIN + 'url_secret = "0123456789abcdef"\n[[routes]]\nmatch = "a@example.com"\nendpoint = "https://x"\n'
+
+
+@pytest.mark.parametrize("secret,why", [
+    ("whsec_not-base64-at-all!!", "not strict base64"),                 # '-' and '!' are not base64
+    ("whsec_c2VjcmV0 c2VjcmV0c2VjcmV0", "not strict base64"),           # no whitespace inside
+    ("whsec_c2VjcmV0c2VjcmV0c2VjcmV", "not strict base64"),             # not padded
+    ("whsec_c2VjcmV0", "fewer than 16"),                                # a 6-byte key
+])
+def test_a_route_secret_that_is_not_strict_base64_is_refused_at_load(tmp_path, secret, why):
+    """The issue: such a secret passed check-config, then every delivery failed (webhook.key_of
+    raised at signing): the message never reached the agent and piled up in Postfix's queue."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config(ROUTE + f'secret = "{secret}"\n', P)
+    assert str(exc.value).startswith(f"{P}: [routes[0]] secret: must be a whsec_ secret") and why in str(exc.value)
+    assert secret.strip() not in str(exc.value)                          # the secret is never quoted
+    path = tmp_path / "webhook.secret"
+    path.write_text(secret + "\n")
+    with pytest.raises(ConfigError, match=rf"\[routes\[0\]\] secret_file: must be a whsec_ secret \(in {path}\)"):
+        parse_config(ROUTE + f'secret_file = "{path}"\n', P)
+
+
+def test_route_mailkite_signature_is_on_by_default_and_ack_is_an_enum():
+    from agentmx.config import AckMode
+    good = ROUTE + 'secret = "whsec_c2VjcmV0c2VjcmV0c2VjcmV0"\n'
+    route = parse_config(good, P).routes[0]
+    assert route.mailkite_signature is True and route.ack is AckMode.LENIENT
+    off = parse_config(good + 'mailkite_signature = false\nack = "control"\n', P).routes[0]
+    assert off.mailkite_signature is False and off.ack is AckMode.CONTROL
+    with pytest.raises(ConfigError, match=r'\[routes\[0\]\] ack: must be "lenient" or "ack" or "control"'):
+        parse_config(good + 'ack = "strict"\n', P)
+
+
 def test_unknown_top_level_table():
     with pytest.raises(ConfigError, match=r"\[top level\] mystery: unknown key"):
         parse_config(MIN + "[mystery]\n", P)

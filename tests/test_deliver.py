@@ -90,7 +90,7 @@ def test_2xx_delivers_a_signed_schema_valid_event(tmp_path, receiver):
                                  "clientIp": "192.0.2.1", "helo": "mail.sender.test", "tls": True}
     assert event["createdAt"] == "2026-11-27T19:42:03Z"
     (att,) = event["attachments"]
-    assert att["filename"] == "résumé.pdf" and att["size"] == 9 and att["id"] == f"{event['id']}:1"
+    assert att["filename"] == "résumé.pdf" and att["size"] == 9 and att["id"] == f"{event['id']}:0"
     store = EmbeddedStore(cfg.data_dir)
     assert store.get_blob(att["sha256"]) == b"%PDF-1.4\n"
     assert store.get_blob(event["raw"]["sha256"]) == raw()
@@ -221,19 +221,107 @@ def test_the_event_is_stored_before_the_agent_sees_it(tmp_path):
     assert out.state is S.DELIVERED and seen["stored"] is not None and json.loads(seen["stored"])["id"] == out.event_id
 
 
-@pytest.mark.parametrize("status,answer,state", [(200, b'{"status":"drop"}', S.DROPPED),
-                                                 (200, b'{"status": "spam"}', S.SPAM),
-                                                 (422, b'{"status":"drop"}', S.DROPPED),
-                                                 (200, b'{"status":"other"}', S.DELIVERED),
-                                                 (200, b"not json", S.DELIVERED)])
-def test_control_answers(tmp_path, receiver, status, answer, state):
-    """MailKite's control mode: the endpoint's JSON answer drops or marks the message; no retry."""
+OK, DROP, SPAM, BLOCK = (b'{"status":"ok"}', b'{"status":"drop"}', b'{"status":"spam"}',
+                         b'{"status":"ok","actions":[{"type":"block-sender"}]}')
+DEEP = b'{"status":' + b"[" * 50000 + b"]" * 50000 + b"}"      # a hostile answer: too deep for json
+
+
+@pytest.mark.parametrize("ack,status,answer,state", [
+    # lenient (the default, as MailKite's): any 2xx, the body not read
+    (None, 200, DROP, S.DELIVERED), (None, 204, b"", S.DELIVERED), (None, 200, b"not json", S.DELIVERED),
+    # ack: only {"status": "ok"} is delivered; any other 2xx is retried
+    ("ack", 200, OK, S.DELIVERED), ("ack", 200, b'{"ok":true}', S.DEFERRED), ("ack", 200, b"", S.DEFERRED),
+    ("ack", 200, DROP, S.DEFERRED),
+    # control: the body decides; a 2xx that is no control answer is retried; only a 2xx is read
+    ("control", 200, OK, S.DELIVERED), ("control", 200, DROP, S.DROPPED), ("control", 200, b'{"status": "spam"}', S.SPAM),
+    ("control", 200, b'{"status":"other"}', S.DEFERRED), ("control", 200, b"[1,2]", S.DEFERRED),
+    ("control", 200, DEEP, S.DEFERRED), ("control", 200, b'{"status":' + b'"x' * 40000 + b'"}', S.DEFERRED),
+    ("control", 422, DROP, S.DEFERRED),
+    # 406 is a refusal in every mode
+    (None, 406, DROP, S.REFUSED), ("ack", 406, b"", S.REFUSED), ("control", 406, OK, S.REFUSED)])
+def test_ack_modes(tmp_path, receiver, ack, status, answer, state):
+    """The route's ack mode reads the answer as MailKite's ackMode does (deliver/control.py)."""
     receiver.default, receiver.answer = (status, 0), answer
-    out = deliver(raw(), ENV, config(tmp_path, receiver.url))
-    assert (out.exit_code, out.state) == (EX_OK, state)
+    out = deliver(raw(), ENV, config(tmp_path, receiver.url, **({"ack": ack} if ack else {})))
+    assert (out.exit_code, out.state) == (EX_TEMPFAIL if state is S.DEFERRED else EX_OK, state)
     store = EmbeddedStore(tmp_path / "data")
     assert store.delivery(out.event_id).state is state and store.inbox_row(out.event_id).state is state
-    assert store.attempts(out.event_id)[0].excerpt == answer.decode()
+    assert store.attempts(out.event_id)[0].excerpt == answer[:200].decode()
+
+
+def test_ack_mode_takes_the_x_mailkite_ack_header(tmp_path, receiver):
+    receiver.answer, receiver.answer_headers = b"", {"x-mailkite-ack": "ok"}
+    assert deliver(raw(), ENV, config(tmp_path, receiver.url, ack="ack")).state is S.DELIVERED
+
+
+def test_drop_deletes_the_stored_copy_and_a_retry_is_not_delivered_again(tmp_path, receiver):
+    """{"status": "drop"} in control mode: the event body, raw message and attachment are gone;
+    the delivery record stays dropped, so a copy of the message (another queue id, another MX
+    host) is not POSTed again. (The issue: drop kept everything.)"""
+    cfg = config(tmp_path, receiver.url, ack="control")
+    receiver.answer = DROP
+    out = deliver(raw(), ENV, cfg)
+    assert (out.exit_code, out.state) == (EX_OK, S.DROPPED)
+    event = json.loads(receiver.requests[0].body)
+    store = EmbeddedStore(tmp_path / "data")
+    assert store.get_event(out.event_id) is None
+    assert store.get_blob(event["raw"]["sha256"]) is None and store.get_blob(event["attachments"][0]["sha256"]) is None
+    assert store.delivery(out.event_id).state is S.DROPPED and store.inbox_row(out.event_id).subject == ""
+    receiver.answer = OK
+    again = deliver(raw(), Envelope(**{**ENV.__dict__, "queue_id": "5DEF"}), cfg)    # the same message again
+    assert (again.exit_code, again.event_id) == (EX_OK, out.event_id) and "dropped" in again.reason
+    assert len(receiver.requests) == 1 and store.get_event(out.event_id) is None
+
+
+def test_drop_keeps_a_blob_another_event_shares(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url, ack="control")
+    receiver.answer = OK
+    kept = deliver(raw(), Envelope(**{**ENV.__dict__, "recipient": "agent@agentmx.test", "queue_id": "1AAA"}), cfg)
+    receiver.answer = DROP
+    other = raw().replace(b"Hello agent", b"Hello again")            # another message, the same attachment
+    out = deliver(other, Envelope(**{**ENV.__dict__, "queue_id": "2BBB"}), cfg)
+    assert (kept.state, out.state) == (S.DELIVERED, S.DROPPED)
+    store = EmbeddedStore(tmp_path / "data")
+    shared = json.loads(store.get_event(kept.event_id))["attachments"][0]["sha256"]
+    assert store.get_blob(shared) == b"%PDF-1.4\n"
+
+
+def test_block_sender_blocks_the_envelope_sender_for_the_route(tmp_path, receiver):
+    """block-sender in control mode: kept in the store with its event, written to blocks.json for
+    the milter, and the next message from that sender to the route is kept aside, not POSTed."""
+    from agentmx import blocklist
+    cfg = config(tmp_path, receiver.url, ack="control")
+    receiver.answer = BLOCK
+    out = deliver(raw(), ENV, cfg)
+    assert (out.exit_code, out.state) == (EX_OK, S.DELIVERED) and "block-sender asked" in out.reason
+    store = EmbeddedStore(tmp_path / "data")
+    (block,) = store.blocks()
+    assert (block.sender, block.scope, block.event_id) == ("alice@sender.test", "agent@agentmx.test", out.event_id)
+    snapshot = blocklist.Snapshot(blocklist.path_in(tmp_path / "data"))
+    assert snapshot.blocked("Alice@Sender.test", "agent+x@agentmx.test") == "agent@agentmx.test"
+    assert snapshot.blocked("alice@sender.test", "other@agentmx.test") is None       # not that route's
+    later = deliver(raw().replace(b"m1@", b"m2@"), Envelope(**{**ENV.__dict__, "queue_id": "6XYZ"}), cfg)
+    assert (later.exit_code, later.state) == (EX_OK, S.HELD) and "blocked" in later.reason
+    assert len(receiver.requests) == 1
+
+
+def test_a_domain_block_holds_mail_to_an_address_of_another_route(tmp_path, receiver):
+    """deliver checks the scopes the milter checks (the base address and its @domain), not only the
+    matching route's: a block taken through the catch-all holds mail for agent@ too."""
+    cfg = config(tmp_path, receiver.url)
+    store = EmbeddedStore(tmp_path / "data")
+    store.migrate()
+    store.add_block("alice@sender.test", "@agentmx.test", "msg_catchall")
+    out = deliver(raw(), Envelope(**{**ENV.__dict__, "recipient": "Agent+x@agentmx.test"}), cfg)
+    assert (out.exit_code, out.state) == (EX_OK, S.HELD) and "by msg_catchall" in out.reason
+    assert receiver.requests == []
+
+
+def test_block_sender_never_blocks_the_null_sender(tmp_path, receiver):
+    cfg = config(tmp_path, receiver.url, ack="control")
+    receiver.answer = BLOCK
+    out = deliver(raw(), Envelope(**{**ENV.__dict__, "sender": ""}), cfg)
+    assert out.state is S.DELIVERED and EmbeddedStore(tmp_path / "data").blocks() == []
 
 
 def test_pull_route_keeps_the_event_and_posts_nothing(tmp_path, receiver):

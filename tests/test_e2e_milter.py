@@ -288,3 +288,34 @@ def test_milter_counters_reach_metrics(mx, stack):
     assert 'agentmx_milter_messages_total{action="accept"}' in text
     assert 'agentmx_milter_verdicts_total{check="spf",result="pass"}' in text
     assert "agentmx_milter_latency_seconds_count" in text
+
+
+def test_a_blocked_sender_is_refused_at_rcpt_for_the_blocked_addresses_only(mx, stack, keys):
+    """An agent's block-sender answer (deliver writes <data_dir>/blocks.json): the milter refuses
+    that MAIL FROM at RCPT with 550 5.7.1 for the route's addresses (agent+tag@ too), and takes it
+    for others; the file is re-read when it changes; a malformed file fails open (never a 5xx
+    of ours)."""
+    from agentmx import blocklist
+    pf, milter = stack
+    path = blocklist.path_in(pf.base / "data-agentmx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = sign(message("Alice <alice@sender.test>", "agent@agentmx.test"), "sender.test", "rsa", keys["rsa"])
+    try:
+        blocklist.write(path, [("alice@sender.test", "agent@agentmx.test")])
+        refused = send(mx.port, "Alice@Sender.test", ["agent@agentmx.test", "agent+x@agentmx.test", "other@agentmx.test"],
+                       raw)
+        assert set(refused) == {"agent@agentmx.test", "agent+x@agentmx.test"}
+        code, text = refused["agent@agentmx.test"]
+        assert code == 550 and text.startswith(b"5.7.1") and b"blocked" in text
+        mx.wait_delivered(1)                                                         # other@ took it
+        assert "refused RCPT agent@agentmx.test: sender Alice@Sender.test is blocked for agent@agentmx.test" in milter.log()
+        blocklist.write(path, [("alice@sender.test", "@agentmx.test")])               # the whole domain now
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            send(mx.port, "alice@sender.test", ["other@agentmx.test"], raw)
+        assert send(mx.port, "bob@sender.test", ["agent@agentmx.test"], raw) == {}      # another sender
+        path.write_bytes(b'{"version": 1, "blocks": [["alice@sender.test"')           # torn or garbled: fail open
+        assert send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw) == {}
+        assert "no sender blocked" in milter.log()
+    finally:
+        path.unlink(missing_ok=True)
+    assert send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw) == {}        # no file: no block

@@ -23,10 +23,11 @@ SECRET = "whsec_" + base64.b64encode(b"ops-secret-ops-secret-ops-secret").decode
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 
 
-def make_config(tmp_path: Path, endpoint: str):
+def make_config(tmp_path: Path, endpoint: str, ack: str = "lenient"):
     text = (f'[server]\nauthserv_id = "mx.agentmx.test"\ndata_dir = "{tmp_path / "data"}"\n'
             f'url_secret = "ops-url-secret-0123456"\nretention_days = 10\n'
-            f'[[routes]]\nmatch = "@agentmx.test"\nendpoint = "{endpoint}"\nsecret = "{SECRET}"\ntimeout = 2\n')
+            f'[[routes]]\nmatch = "@agentmx.test"\nendpoint = "{endpoint}"\nsecret = "{SECRET}"\ntimeout = 2\n'
+            f'ack = "{ack}"\n')
     path = tmp_path / "agentmx.toml"
     path.write_text(text)
     return parse_config(text, path)
@@ -80,7 +81,7 @@ def test_replay_to_an_endpoint_that_fails(tmp_path, receiver):
                                           (b'{"status":"spam"}', DeliveryState.SPAM)])
 def test_replay_honours_control_answers(tmp_path, receiver, answer, state):
     """A replay answered {"status": "drop"} is dropped, not "delivered" (the issue: it was)."""
-    cfg = make_config(tmp_path, receiver.url)
+    cfg = make_config(tmp_path, receiver.url, ack="control")
     receiver.default = (500, 0)
     out = deliver(message(2), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q2"), cfg)
     receiver.default, receiver.answer = (200, 0), answer
@@ -89,6 +90,29 @@ def test_replay_honours_control_answers(tmp_path, receiver, answer, state):
     assert status == 200 and str(state) in reason
     assert store.delivery(out.event_id).state is state and store.inbox_row(out.event_id).state is state
     assert store.metrics().by_state[state] == 1 and store.metrics().by_state[DeliveryState.DELIVERED] == 0
+
+
+def test_replay_applies_drop_and_block_sender_like_deliver(tmp_path, receiver):
+    """`agentmx replay` and deliver share one function for an answer's consequences
+    (deliver/control.py apply): a replay answered drop deletes the stored copy; block-sender blocks."""
+    from agentmx import blocklist
+    cfg = make_config(tmp_path, receiver.url, ack="control")
+    receiver.answer = b'{"status":"ok"}'
+    out = deliver(message(5), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q5"), cfg)
+    raw_sha = json.loads(receiver.requests[0].body)["raw"]["sha256"]
+    store = open_store(cfg)
+    receiver.answer = b'{"status":"ok","actions":[{"type":"block-sender"}]}'
+    assert ops.replay(cfg, store, out.event_id)[0] == 200
+    assert [(b.sender, b.scope, b.event_id) for b in store.blocks()] == [("bob@example.org", "@agentmx.test",
+                                                                        out.event_id)]
+    assert blocklist.Snapshot(blocklist.path_in(cfg.data_dir)).blocked("bob@example.org", "x@agentmx.test")
+    receiver.answer = b'{"status":"drop"}'
+    assert ops.replay(cfg, store, out.event_id) == (200, "replayed: the agent's answer dropped it; the stored copy "
+                                                         "deleted, not retried")
+    assert store.get_event(out.event_id) is None and store.get_blob(raw_sha) is None
+    assert store.delivery(out.event_id).state is DeliveryState.DROPPED
+    with pytest.raises(LookupError, match="dropped"):
+        ops.replay(cfg, store, out.event_id)
 
 
 def test_gc_removes_old_mail_and_keeps_what_is_referenced(tmp_path, receiver):

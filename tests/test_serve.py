@@ -1,6 +1,7 @@
 """`agentmx serve`: signed blob URLs over real HTTP. Forged, altered or expired: 403."""
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -184,3 +185,57 @@ def test_serve_stopping_never_closes_the_store_under_a_running_call(tmp_path):
     assert entered.wait(10)
     running.stop(timeout=20)
     assert closed_under_a_call == [0]
+
+def _postgres_config(request, tmp_path):
+    """serve on the postgres backend (the refresh of blocks.json is for several MX hosts)."""
+    from support.backends import store_config
+    return parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
+                        f'url_secret = "{KEY}"\n' + store_config(request, "postgres", tmp_path / "secrets", owner="root"),
+                        tmp_path / "c.toml")
+
+
+def test_serve_writes_the_block_list_from_the_store_on_every_host(request, tmp_path, monkeypatch):
+    """The milter cannot open the store (no PostgreSQL password): serve writes the store's blocks
+    to <data_dir>/blocks.json at start and every blocklist.REFRESH seconds, so a block taken by
+    another MX host sharing the store (here: written to the store alone) reaches this host's milter."""
+    from agentmx import blocklist
+    from support.postfix import wait_for
+    monkeypatch.setattr(blocklist, "REFRESH", 0.2)
+    cfg = _postgres_config(request, tmp_path)
+    store = open_store(cfg)
+    store.migrate()
+    first, later = f"first{time.time_ns()}@x.test", f"later{time.time_ns()}@y.test"
+    store.add_block(first, "agent@agents.test", "msg_1")
+    running = start(cfg)
+    try:
+        snapshot = blocklist.Snapshot(blocklist.path_in(tmp_path))
+        wait_for(lambda: snapshot.blocked(first, "agent@agents.test"), timeout=10, what="the block at start")
+        store.add_block(later, "@agents.test", "msg_2")                        # as another host's deliver does
+        wait_for(lambda: snapshot.blocked(later, "any@agents.test"), timeout=10, what="the later block")
+    finally:
+        running.stop()
+        store.close()
+
+
+def test_serve_closes_the_store_only_after_a_block_list_refresh_is_done(request, tmp_path, monkeypatch):
+    """The refresh runs in a thread: serve, stopping, waits for it before closing the store (a
+    store closed under a running query crashed the process: SIGSEGV, with SQLite)."""
+    from agentmx.api import blocks
+    from agentmx.store.postgres import PostgresStore
+    from support.postfix import wait_for
+    seen = []
+
+    def slow_publish(store, data_dir):
+        seen.append("publish")
+        time.sleep(0.5)
+        seen.append("published")
+        return False
+    close = PostgresStore.close
+    monkeypatch.setattr(blocks, "publish", slow_publish)
+    monkeypatch.setattr(PostgresStore, "close", lambda self: (seen.append("close"), close(self))[1])
+    cfg = _postgres_config(request, tmp_path)
+    open_store(cfg).migrate()
+    running = start(cfg)
+    wait_for(lambda: "publish" in seen, timeout=10, what="the first refresh")
+    running.stop()
+    assert seen[:3] == ["publish", "published", "close"]

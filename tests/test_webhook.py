@@ -3,6 +3,7 @@ unchanged, and agentmx.webhook.verify() refuses what it must."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -85,3 +86,34 @@ def test_mailkite_header():
     verify_mailkite(headers, BODY, SECRET)
     with pytest.raises(WebhookVerificationError):
         verify_mailkite(headers, BODY + b"x", SECRET)
+
+
+def test_mailkite_sdk_verifies_what_deliver_sends_by_default(tmp_path):
+    """MailKite's own SDK (mailkite-dev, unchanged): mailkite.verify_webhook(signature, body,
+    secret) accepts the x-mailkite-signature deliver sends with a route's default config (no
+    mailkite_signature line). The issue: without that line it was not sent, and a handler
+    written for MailKite answered 401 to every delivery, which piled up in Postfix's queue."""
+    import mailkite
+
+    from agentmx.config import parse_config
+    from agentmx.deliver.control import exchange
+    from agentmx.deliver.http import Response
+    cfg = parse_config(f'[server]\nauthserv_id = "mx.agentmx.test"\ndata_dir = "{tmp_path}"\n'
+                       f'url_secret = "0123456789abcdef0123"\n[[routes]]\nmatch = "agent@agentmx.test"\n'
+                       f'endpoint = "http://127.0.0.1:9/"\nsecret = "{SECRET}"\n', tmp_path / "agentmx.toml")
+    sent = {}
+
+    def post(url, body, headers, timeout):
+        sent.update(headers=headers, body=body)
+        return Response(200)
+    exchange(cfg.routes[0], "msg_abc", BODY, time.time, post)
+    signature = sent["headers"]["x-mailkite-signature"]
+    assert mailkite.verify_webhook(signature, sent["body"], SECRET) is True
+    assert mailkite.verify_webhook(signature, sent["body"].decode(), SECRET) is True          # str or bytes
+    assert mailkite.verify_webhook(signature, sent["body"] + b" ", SECRET) is False
+    assert mailkite.verify_webhook(signature, sent["body"], OTHER) is False
+    Webhook(SECRET).verify(sent["body"], sent["headers"])            # Standard Webhooks still verify beside it
+    assert _node_verify(SECRET, sent["headers"], sent["body"]) == "ok"
+    off = dataclasses.replace(cfg.routes[0], mailkite_signature=False)
+    exchange(off, "msg_abc", BODY, time.time, post)
+    assert "x-mailkite-signature" not in sent["headers"] and "webhook-signature" in sent["headers"]

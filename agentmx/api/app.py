@@ -17,6 +17,7 @@ Every failure is JSON: {"error": "<message>", "code": "<code>"}; a store that ca
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -33,6 +34,7 @@ from agentmx.store import StoreError
 
 from . import deliveries, domains, mailkite, messages, realtime
 from .blobs import blob_route
+from .blocks import refresh as refresh_blocks
 from .context import Context
 from .errors import ApiError
 from .guard import Guard, Limits, printable
@@ -105,11 +107,15 @@ def create_app(ctx: Context):
         await ctx.listener.start()
         await ctx.news.start()
         await scheduler.start()
+        stop_refresh = asyncio.Event()
+        refresher = asyncio.get_running_loop().create_task(refresh_blocks(ctx, stop_refresh))  # for the milter
         try:
             async with mcp.lifespan():
                 yield
         finally:
             await scheduler.stop()
+            stop_refresh.set()             # and wait: its thread must be done before the store closes
+            await refresher
             await ctx.news.stop()
             await ctx.listener.stop()
             if await ctx.idle(10):

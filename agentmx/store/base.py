@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 from typing import Callable, Iterable
 
-from .model import (Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
+from .model import (Attempt, Blob, Block, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
                     RecordKind, SendRecord, Upload)
 
 
@@ -95,6 +95,16 @@ class Store(abc.ABC):
         """The id of the first event kept since `since` for this recipient (any case), Message-ID
         and fingerprint: the same message reaching two MX hosts (or one twice, under two queue
         ids) is one event. None for an empty Message-ID or fingerprint."""
+
+    @abc.abstractmethod
+    def drop_event(self, event_id: str) -> bool:
+        """A control answer {"status": "drop"}: delete the stored copy (the event's body, and the
+        raw message and attachments it refers to unless another event refers to them too),
+        keeping its delivery, attempts and inbox row (so that a retry, or a copy of the message
+        taken by another MX host, is known as dropped and not delivered again). get_event
+        answers None from then on, and a later put_event of the id keeps no body or blobs.
+        False when there is no such event. A put_event racing the deletion of a blob it names
+        fails (StoreUnavailable: deliver exits 75 and the retry stores the blob again)."""
 
     # --- deliveries and their attempts ------------------------------------------------------------
 
@@ -263,7 +273,8 @@ class Store(abc.ABC):
         """Up to `limit` records of `kind` whose key (model.record_key) is after `after` (None: from
         the first), in key order (text keys in code-point order), as model.py's neutral values:
         StoredEvent (by seq), SendRecord, StoredJob (by id), StoredTranscript (by event_id),
-        StoredUses (by (key, at)). Read in one transaction: an event comes with all of it."""
+        StoredUses (by (key, at)), Block (by (sender, scope)). Read in one transaction: an event
+        comes with all of it."""
 
     @abc.abstractmethod
     def import_records(self, kind: RecordKind, records: list) -> int:
@@ -278,5 +289,20 @@ class Store(abc.ABC):
     def blob_names(self, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
         """(sha256, size) of up to `limit` blobs kept, in name order, after `after`."""
 
+    # --- senders blocked by block-sender answers (the milter reads them through blocklist.py) ------
+
+    @abc.abstractmethod
+    def add_block(self, sender: str, scope: str, event_id: str) -> bool:
+        """Block `sender` (lower-cased) for `scope` (a route's match), because of `event_id`'s
+        answer; False when that block was there (the first event and time are kept)."""
+
+    @abc.abstractmethod
+    def blocks(self, limit: int = 100_000) -> list[Block]:
+        """Every block, oldest first (up to `limit`)."""
+
+    @abc.abstractmethod
+    def blocked(self, sender: str, scopes: tuple[str, ...]) -> Block | None:
+        """The block of `sender` for one of `scopes`, if any (deliver's check before a POST)."""
+
     # Room for the next issues: the schema already has the tables for delivery-status events of
-    # sends (issue 16), suppressions and blocks; their methods come with those issues.
+    # sends (issue 16) and suppressions; their methods come with those issues.

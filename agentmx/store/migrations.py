@@ -134,6 +134,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                             "DROP INDEX events_message",
                             "CREATE INDEX events_dedup ON events (recipient, message_id, fingerprint)"),
                "postgres": (postgres_schema.V2,)}),
+    Migration(3, "blocks with a scope: a sender blocked for a route's addresses by an agent's block-sender answer, "
+                 "with the event that asked and when (the empty blocks table of version 1 had no scope)",
+              {"embedded": ("DROP TABLE blocks",
+                            """CREATE TABLE blocks (sender TEXT NOT NULL, scope TEXT NOT NULL, event_id TEXT NOT NULL,
+                                created REAL NOT NULL, PRIMARY KEY (sender, scope)) WITHOUT ROWID"""),
+               "postgres": (postgres_schema.V3,)}),
 )
 
 _V4_SQLITE = (

@@ -129,6 +129,15 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class Block:
+    """A sender blocked for a route's addresses by an agent's block-sender answer."""
+    sender: str                      # the envelope sender (MAIL FROM), lower case
+    scope: str                       # the route's match: "agent@example.com" or "@example.com"
+    event_id: str                    # the event whose answer blocked it
+    created: float
+
+
+@dataclass(frozen=True)
 class Job:
     id: str                          # the event id
     state: JobState
@@ -189,6 +198,7 @@ class RecordKind(_Named):
     TRANSCRIPTS = "transcripts"    # StoredTranscript, by event_id
     USES = "uses"                  # StoredUses, by (key, at): rate-limit and loop-breaker counts
     UPLOADS = "uploads"            # Upload, by id: POST /v1/attachments files (their blobs move with the blobs)
+    BLOCKS = "blocks"              # Block, by (sender, scope): senders blocked by block-sender answers
 
 
 @dataclass(frozen=True)
@@ -248,6 +258,8 @@ def record_key(record):
         return record.event_id
     if isinstance(record, StoredUses):
         return (record.key, record.at)
+    if isinstance(record, Block):
+        return (record.sender, record.scope)
     return record.id                 # SendRecord, StoredJob, Upload
 
 
@@ -273,10 +285,14 @@ def stored_events(rows, attempt_rows, blob_rows) -> list[StoredEvent]:
 
 def export_after(kind: RecordKind, after) -> tuple:
     """The query arguments that select a kind's records after the key `after` (None: all):
-    (key,) for one-column keys, (key, key, at) for uses: `key > ? OR (key = ? AND at > ?)`."""
+    (key,) for one-column keys, (key, key, at) for uses: `key > ? OR (key = ? AND at > ?)`, and
+    (sender, sender, scope) for blocks alike."""
     if kind is RecordKind.USES:
         key, at = after if after is not None else ("", float("-inf"))
         return (key, key, at)
+    if kind is RecordKind.BLOCKS:
+        sender, scope = after if after is not None else ("", "")
+        return (sender, sender, scope)
     return (after or "",)
 
 

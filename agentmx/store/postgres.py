@@ -34,7 +34,7 @@ from psycopg import errors as pgerrors
 
 from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Delivery, DeliveryState, GcReport, InboxRow,
+from .model import (LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Block, Delivery, DeliveryState, GcReport, InboxRow,
                     Job, JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript,
                     StoredUses, Upload, delivered_at, export_after, stored_events)
 from .s3 import BlobStore
@@ -206,6 +206,11 @@ class PostgresStore(Store):
                         (event_id, recipient, message_id, _text(route), body,
                          _timestamp(event.get("createdAt")), *verdicts.values(), now, _opt_text(fingerprint)))
             inserted = cur.rowcount == 1
+            if not inserted:
+                cur.execute("SELECT state FROM deliveries WHERE event_id = %s", (event_id,))
+                row = cur.fetchone()
+                if row is not None and row[0] == DeliveryState.DROPPED.value:
+                    return False          # a dropped event stays without its copy (drop_event)
             if refs:
                 cur.executemany("INSERT INTO event_blobs (event_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                 [(event_id, sha) for sha in refs])
@@ -231,7 +236,24 @@ class PostgresStore(Store):
 
     def get_event(self, event_id: str) -> bytes | None:
         row = self._one("SELECT body FROM events WHERE id = %s", (event_id,))
-        return bytes(row[0]) if row else None
+        return bytes(row[0]) if row and row[0] else None       # empty: dropped
+
+    def drop_event(self, event_id: str) -> bool:
+        def drop(cur):
+            cur.execute("UPDATE events SET body = ''::bytea WHERE id = %s", (event_id,))
+            if cur.rowcount != 1:
+                return False
+            cur.execute("UPDATE inbox SET subject = '' WHERE id = %s", (event_id,))
+            cur.execute("DELETE FROM event_blobs WHERE event_id = %s RETURNING sha256", (event_id,))
+            for sha in sorted(r[0] for r in cur.fetchall()):
+                # put_blob's lock: a put of the same bytes waits, then writes its row and object anew
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NS_BLOB, sha))
+                cur.execute("SELECT 1 FROM event_blobs WHERE sha256 = %s LIMIT 1", (sha,))
+                if cur.fetchone() is None:
+                    self.blobs.delete(sha)
+                    cur.execute("DELETE FROM blobs WHERE sha256 = %s", (sha,))
+            return True
+        return self._run(drop)
 
     def find_event(self, recipient: str, message_id: str, fingerprint: str, since: float) -> str | None:
         if not message_id or not fingerprint:
@@ -646,6 +668,24 @@ class PostgresStore(Store):
                 size += length
         return removed, size
 
+    # --- blocks ---------------------------------------------------------------------------------------------
+
+    def add_block(self, sender: str, scope: str, event_id: str) -> bool:
+        return self._rowcount("INSERT INTO blocks (sender, scope, event_id, created) VALUES (%s, %s, %s, %s) "
+                              "ON CONFLICT DO NOTHING",
+                              (_text(sender).lower(), _text(scope).lower(), _text(event_id), self.clock())) == 1
+
+    def blocks(self, limit: int = 100_000) -> list[Block]:
+        return [Block(*r) for r in self._all("SELECT sender, scope, event_id, created FROM blocks "
+                                             "ORDER BY created, sender, scope LIMIT %s", (max(0, int(limit)),))]
+
+    def blocked(self, sender: str, scopes: tuple[str, ...]) -> Block | None:
+        if not sender or not scopes:
+            return None
+        row = self._one("SELECT sender, scope, event_id, created FROM blocks WHERE sender = %s AND scope = ANY(%s) "
+                        "ORDER BY created LIMIT 1", (_text(sender).lower(), [_text(s).lower() for s in scopes]))
+        return Block(*row) if row else None
+
     # --- moving a store (transfer.py) ----------------------------------------------------------------------
     # Text keys in code-point order whatever the database's collation: COLLATE "C".
 
@@ -838,6 +878,9 @@ _EXPORT = {
                       'GROUP BY key, at ORDER BY key COLLATE "C", at LIMIT %s', lambda r: StoredUses(*r)),
     RecordKind.UPLOADS: (f'SELECT {_UPLOAD} FROM uploads WHERE id > %s COLLATE "C" ORDER BY id COLLATE "C" LIMIT %s',
                          lambda r: Upload(*r)),
+    RecordKind.BLOCKS: ('SELECT sender, scope, event_id, created FROM blocks WHERE sender > %s COLLATE "C" OR '
+                        '(sender = %s AND scope > %s COLLATE "C") ORDER BY sender COLLATE "C", scope COLLATE "C" '
+                        'LIMIT %s', lambda r: Block(*r)),
 }
 
 
@@ -949,8 +992,18 @@ def _import_uses(cur, records: list[StoredUses]) -> int:
     return inserted
 
 
+def _import_blocks(cur, records: list[Block]) -> int:
+    inserted = 0
+    for r in records:
+        cur.execute("INSERT INTO blocks (sender, scope, event_id, created) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (_text(r.sender), _text(r.scope), _text(r.event_id), r.created))
+        inserted += cur.rowcount
+    return inserted
+
+
 _IMPORT = {RecordKind.EVENTS: _import_events, RecordKind.SENDS: _import_sends, RecordKind.JOBS: _import_jobs,
-           RecordKind.TRANSCRIPTS: _import_transcripts, RecordKind.USES: _import_uses, RecordKind.UPLOADS: _import_uploads}
+           RecordKind.TRANSCRIPTS: _import_transcripts, RecordKind.USES: _import_uses, RecordKind.UPLOADS: _import_uploads,
+           RecordKind.BLOCKS: _import_blocks}
 
 
 def _count(cur, deltas: dict[tuple[str, str], float]) -> None:

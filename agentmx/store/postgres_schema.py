@@ -171,6 +171,19 @@ DROP INDEX events_message;
 CREATE INDEX events_dedup ON events (recipient, message_id, fingerprint);
 """
 
+# Blocks with a scope (deliver/control.py: an agent's block-sender answer). The version 1 table
+# (pattern, reason) was never written: replaced.
+V3 = """
+DROP TABLE blocks;
+CREATE TABLE blocks (
+    sender      text NOT NULL,
+    scope       text NOT NULL,
+    event_id    text NOT NULL,
+    created     double precision NOT NULL,
+    PRIMARY KEY (sender, scope)
+);
+"""
+
 # Scheduled sends (their request kept until due, claimed with FOR UPDATE SKIP LOCKED), the answers
 # kept for Idempotency-Key (24 hours), and files uploaded through POST /v1/attachments (gc keeps
 # their blobs until they expire).

@@ -48,6 +48,7 @@ def write_config(tmp: Path, endpoint: str) -> Path:
     cfg.write_text(f'[server]\nauthserv_id = "mx.agentmx.test"\ndata_dir = "{tmp / "data"}"\n'
                    f'url_secret = "frontend-url-secret-0123456"\n'
                    f'[[routes]]\nmatch = "agent@agentmx.test"\n{route}'
+                   f'[[routes]]\nmatch = "control@agentmx.test"\nack = "control"\n{route}'
                    f'[[routes]]\nmatch = "held@agentmx.test"\ntrust = "require-dmarc"\n{route}'
                    f'[[routes]]\nmatch = "pull@agentmx.test"\nmode = "pull"\n'
                    f'[[routes]]\nmatch = "bot@agentmx.test"\naction = "agent"\nprompt = "You answer."\n'
@@ -125,8 +126,8 @@ def via(request, tmp_path, endpoint):
 CASES = [  # (recipient, endpoint status, endpoint answer body, exit code, state)
     ("agent@agentmx.test", 200, None, 0, "delivered"),
     ("agent@agentmx.test", 406, None, 0, "refused"),
-    ("agent@agentmx.test", 200, b'{"status":"drop"}', 0, "dropped"),
-    ("agent@agentmx.test", 500, b'{"status":"spam"}', 0, "spam"),
+    ("control@agentmx.test", 200, b'{"status":"drop"}', 0, "dropped"),
+    ("control@agentmx.test", 200, b'{"status":"spam"}', 0, "spam"),
     ("held@agentmx.test", 200, None, 0, "held"),
     ("pull@agentmx.test", 200, None, 0, "stored"),
     ("bot@agentmx.test", 200, None, 0, "queued"),

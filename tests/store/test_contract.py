@@ -623,6 +623,8 @@ def populate(store, clock) -> dict:
     assert store.take([("to:bob@x.test", 5)], 3600) is None           # two uses at the same instant
     clock.advance(1)
     assert store.take([("agent:@agents.test", 5)], 3600) is None
+    assert store.add_block("spammer@x.test", "@agents.test", ids["spam"])
+    assert store.add_block("spammer@x.test", "agent@agents.test", ids["delivered"])
     return ids
 
 
@@ -651,7 +653,7 @@ def test_export_then_import_gives_the_same_store(store, other_store, clock):
     from agentmx.store.model import RecordKind
     ids = populate(store, clock)
     exported = export_all(store)
-    assert [len(exported[k]) for k in RecordKind] == [5, 3, 2, 1, 3, 1]
+    assert [len(exported[k]) for k in RecordKind] == [5, 3, 2, 1, 3, 1, 2]
     ev = exported[RecordKind.EVENTS]
     assert [e.seq for e in ev] == sorted(e.seq for e in ev) and ev[0].id == ids["delivered"]
     assert len(ev[0].blobs) == 2 and [a.status for a in ev[1].attempts] == [503, 200]
@@ -835,3 +837,45 @@ def test_uploads_keep_their_blob_until_they_expire(store, clock):
     report = store.gc(clock.now - 30 * DAY)
     assert report.other["uploads"] == 1 and report.blobs == 1
     assert store.get_blob(sha) is None and store.get_upload("att_" + "a" * 26) is None
+# --- webhooks (issue 15): dropped events and blocked senders ----------------------------------------------
+
+def test_drop_event_deletes_the_copy_and_keeps_the_record(store, clock):
+    """{"status": "drop"}: the body, the raw message and an attachment only it refers to are gone; a
+    blob another event shares stays; the delivery, attempts and inbox row stay, dropped; a later put
+    of the id (a retry) brings nothing back."""
+    shared, raw, own = (store.put_blob(b"shared attachment"), store.put_blob(b"raw 1"), store.put_blob(b"own 1"))
+    dropped = put(store, 1, blobs=(raw, own, shared))
+    kept = put(store, 2, blobs=(store.put_blob(b"raw 2"), shared))
+    store.record_attempt(dropped, attempt(store, DeliveryState.DROPPED, 200, excerpt='{"status":"drop"}'), "dropped")
+    before = store.metrics()
+    assert store.drop_event(dropped) is True and store.drop_event("msg_nothing") is False
+    assert store.get_event(dropped) is None and store.get_blob(raw) is None and store.get_blob(own) is None
+    assert store.get_blob(shared) == b"shared attachment" and store.get_event(kept) is not None
+    assert store.delivery(dropped).state is DeliveryState.DROPPED and len(store.attempts(dropped)) == 1
+    row = store.inbox_row(dropped)
+    assert row.state is DeliveryState.DROPPED and row.subject == "" and store.metrics() == before
+    ev = event(1, blobs=(store.put_blob(b"raw 1"), own))
+    assert store.put_event(ev, json.dumps(ev).encode(), "@agents.test", DeliveryState.RECEIVED) is False
+    assert store.get_event(dropped) is None and store.delivery(dropped).state is DeliveryState.DROPPED
+    clock.advance(DAY)
+    store.gc(clock.now)                                   # the blob put again, referred to by none: gc takes it
+    assert store.get_blob(raw) is None
+
+
+def test_blocks_are_kept_once_per_sender_and_scope(store, clock):
+    assert store.blocks() == [] and store.blocked("x@y.test", ("@agents.test",)) is None
+    assert store.add_block("Spammer@X.test", "agent@agents.test", "msg_1") is True
+    clock.advance(5)
+    assert store.add_block("spammer@x.test", "agent@agents.test", "msg_2") is False      # the first one kept
+    assert store.add_block("spammer@x.test", "@agents.test", "msg_3") is True
+    (first, second) = store.blocks()
+    assert (first.sender, first.scope, first.event_id) == ("spammer@x.test", "agent@agents.test", "msg_1")
+    assert second.created == first.created + 5
+    assert store.blocked("SPAMMER@x.test", ("agent@agents.test",)).event_id == "msg_1"
+    assert store.blocked("spammer@x.test", ("other@agents.test", "@agents.test")).scope == "@agents.test"
+    assert store.blocked("spammer@x.test", ("other@agents.test",)) is None and store.blocked("", ("@agents.test",)) is None
+    assert len(store.blocks(limit=1)) == 1
+    clock.advance(400 * DAY)
+    store.gc(clock.now)                                   # a block is policy, not mail: retention keeps it
+    assert len(store.blocks()) == 2
+

@@ -31,6 +31,7 @@ class Receiver:
         # endpoint killed in the middle of a POST (the agent may have seen it; deliver cannot know)
         self.default = (200, 0.0)
         self.answer: bytes | None = None       # the body to answer with (default: {"ok":true})
+        self.answer_headers: dict[str, str] = {}   # more headers to answer with (x-mailkite-ack)
         self._lock = threading.Lock()
         receiver = self
 
@@ -63,6 +64,8 @@ class Receiver:
                     if status == 503:
                         self.send_header("retry-after", "120")
                     self.send_header("content-type", "application/json")
+                    for name, value in receiver.answer_headers.items():
+                        self.send_header(name, value)
                     self.send_header("content-length", str(len(out)))
                     self.end_headers()
                     self.wfile.write(out)

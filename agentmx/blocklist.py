@@ -1,0 +1,109 @@
+"""The block list as the milter reads it: <data_dir>/blocks.json, a snapshot of the store's
+blocks (block-sender answers, deliver/control.py).
+
+The milter runs as its own user and reads none of the application's secrets, so it cannot open a
+PostgreSQL store: the application's processes write this file (deliver right after a block,
+serve every REFRESH seconds on every host, from the store every host shares) and the milter reads
+it when it changes. Written atomically (a new file renamed over the old), 0640, the data
+directory's owner and group agentmx (the milter's group). Stdlib only.
+
+    {"version": 1, "blocks": [["spammer@example.net", "agent@example.com"], ["x@y", "@example.com"]]}
+
+A block is (sender, scope): the envelope sender (MAIL FROM, lower case) and a route's match (an
+address or @domain). A recipient is in scope when its base address (agent+tag@ -> agent@) is the
+scope, or its domain is. Reading fails open: a missing, unreadable, oversized or malformed file is
+no blocks (logged), never a refusal.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from agentmx.ownership import write_atomically
+
+log = logging.getLogger("agentmx.blocklist")
+
+NAME = "blocks.json"
+REFRESH = 60.0                 # seconds between serve's rewrites from the store
+MAX_BYTES = 16 * 1024 * 1024   # a bigger file is not read (fail open)
+
+
+def path_in(data_dir) -> Path:
+    return Path(data_dir) / NAME
+
+
+def render(entries) -> bytes:
+    return json.dumps({"version": 1, "blocks": sorted({(s, c) for s, c in entries})},
+                      separators=(",", ":")).encode()
+
+
+def write(path: Path, entries) -> bool:
+    """Replace the file with these (sender, scope) pairs, atomically; False when it already said so."""
+    data = render(entries)
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_atomically(path, data, owner_of=path.parent)
+    return True
+
+
+def scopes_of(recipient: str) -> tuple[str, str]:
+    """The scopes a recipient is in: its base address (agent+tag@ -> agent@) and its @domain."""
+    local, _, domain = recipient.strip().strip("<>").lower().rpartition("@")
+    return local.split("+", 1)[0] + "@" + domain, "@" + domain
+
+
+class Snapshot:
+    """The milter's view of the file: re-read when its identity (inode, size, mtime) changes,
+    looked at with one stat per check. Fails open."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stamp: tuple | None = None
+        self._blocks: dict[str, frozenset[str]] = {}
+        self._lock = threading.Lock()        # the milter's threads share one snapshot
+
+    def _load(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp, self._blocks = None, {}
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        if st.st_size > MAX_BYTES:
+            log.warning("%s: %d bytes, more than %d: not read, no sender blocked", self.path, st.st_size, MAX_BYTES)
+            self._blocks = {}
+            return
+        blocks: dict[str, set[str]] = {}
+        doc = json.loads(self.path.read_bytes())
+        for sender, scope in doc["blocks"]:
+            if isinstance(sender, str) and isinstance(scope, str):
+                blocks.setdefault(sender, set()).add(scope)
+        self._blocks = {s: frozenset(c) for s, c in blocks.items()}
+
+    def blocked(self, sender: str, recipient: str) -> str | None:
+        """The scope that blocks `sender` for `recipient`, or None (also on any error: fail open)."""
+        sender = sender.strip().strip("<>").lower()
+        if not sender:
+            return None
+        try:
+            with self._lock:
+                self._load()
+                scopes = self._blocks.get(sender)
+            if not scopes:
+                return None
+            address, domain = scopes_of(recipient)
+            return address if address in scopes else domain if domain in scopes else None
+        except Exception as exc:        # a bad file or a bug here must never refuse mail
+            log.warning("%s: not usable, no sender blocked: %s", self.path, exc)
+            with self._lock:
+                self._blocks = {}
+            return None

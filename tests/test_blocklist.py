@@ -1,0 +1,49 @@
+"""blocks.json, the block list the milter reads (agentmx/blocklist.py): written atomically and only
+when it changes, re-read when it changes, and failing open whatever is (or is not) there."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agentmx import blocklist
+
+pytestmark = pytest.mark.unit
+
+
+def test_written_atomically_once_and_read_again_when_it_changes(tmp_path):
+    path = blocklist.path_in(tmp_path)
+    assert blocklist.write(path, [("a@x.test", "agent@agents.test")]) is True
+    assert blocklist.write(path, [("a@x.test", "agent@agents.test")]) is False          # no change, no rewrite
+    assert oct(path.stat().st_mode & 0o777) == "0o640" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    snap = blocklist.Snapshot(path)
+    assert snap.blocked("<A@X.test>", "Agent+tag@Agents.test") == "agent@agents.test"
+    assert snap.blocked("a@x.test", "other@agents.test") is None and snap.blocked("", "agent@agents.test") is None
+    blocklist.write(path, [("a@x.test", "@agents.test"), ("b@y.test", "agent@agents.test")])
+    assert snap.blocked("a@x.test", "other@agents.test") == "@agents.test"
+    assert snap.blocked("b@y.test", "agent@agents.test") == "agent@agents.test"
+
+
+@pytest.mark.parametrize("content", [b"", b"not json", b'{"version": 1}', b'{"blocks": [[1, 2, 3]]}', b"[]",
+                                     b'{"blocks": "a@x.test"}', b"\xff\xfe"])
+def test_a_bad_file_blocks_nothing(tmp_path, content, caplog):
+    path = blocklist.path_in(tmp_path)
+    path.write_bytes(content)
+    snap = blocklist.Snapshot(path)
+    assert snap.blocked("a@x.test", "agent@agents.test") is None
+    assert snap.blocked("a@x.test", "agent@agents.test") is None
+    assert len([r for r in caplog.records if "no sender blocked" in r.getMessage()]) == 1      # once per change
+
+
+def test_a_missing_unreadable_or_oversized_file_blocks_nothing(tmp_path, monkeypatch):
+    path = blocklist.path_in(tmp_path)
+    snap = blocklist.Snapshot(path)
+    assert snap.blocked("a@x.test", "agent@agents.test") is None                        # missing
+    blocklist.write(path, [("a@x.test", "agent@agents.test")])
+    monkeypatch.setattr(blocklist, "MAX_BYTES", 10)
+    assert snap.blocked("a@x.test", "agent@agents.test") is None                        # too big: not read
+    monkeypatch.setattr(blocklist, "MAX_BYTES", 1 << 20)
+    os.utime(path, ns=(1, 1))
+    assert snap.blocked("a@x.test", "agent@agents.test") == "agent@agents.test"
+    path.unlink()
+    assert snap.blocked("a@x.test", "agent@agents.test") is None                        # removed again
