@@ -30,6 +30,7 @@ LOOPBACK_OK = FetchPolicy(allow_http=True, allow_networks=(ipaddress.ip_network(
     "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1",                          # IPv4-mapped tricks
     "64:ff9b::a9fe:a9fe", "64:ff9b::808:808", "2002:7f00:1::1", "2001:0:4136:e378::1",        # NAT64, 6to4, Teredo
     "2001:db8::1",
+    "::127.0.0.1", "::7f00:1", "::ffff:0:7f00:1", "fec0::1",       # IPv4-compatible, IPv4-translated, site-local
 ])
 def test_non_public_addresses_are_refused(ip):
     assert address_allowed(ip, DEFAULT) != ""
@@ -180,6 +181,40 @@ def test_redirects_size_and_time_are_capped(web, zone, resolver):
     with pytest.raises(FetchFailed):
         fetch(f"http://files.remote.test:{web.port}/slow", resolver, LOOPBACK_OK)
     assert time.monotonic() - started < LOOPBACK_OK.timeout + 1.5
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_deadline(zone, resolver):
+    """A server that sends its status line and then its headers one byte at a time, each byte
+    within the socket timeout, held a 2-second fetch for as long as it liked (10.8 s measured with
+    12 bytes): a watchdog ends the fetch at its deadline, whatever it is waiting for."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    stop = threading.Event()
+
+    def drip():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.5):
+                try:
+                    conn.sendall(b"X")
+                except OSError:
+                    return
+    threading.Thread(target=drip, daemon=True).start()
+    zone({"drip.remote.test": {"A": ["127.0.0.1"]}})
+    policy = FetchPolicy(allow_http=True, allow_networks=(ipaddress.ip_network("127.0.0.0/8"),), timeout=2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FetchFailed, match="not fetched within 2s"):
+            fetch(f"http://drip.remote.test:{srv.getsockname()[1]}/f.txt", resolver, policy)
+        assert time.monotonic() - started < 3.5
+    finally:
+        stop.set()
+        srv.close()
 
 
 def test_https_goes_to_the_checked_address_with_sni_and_the_certificate_of_the_name(tmp_path, zone, resolver):
