@@ -434,8 +434,11 @@ class EmbeddedStore(Store):
             db.execute("DELETE FROM event_blobs WHERE event_id = ?", (event_id,))
             for sha in shas:
                 path = self._blob_path(sha)
-                if path is not None and not db.execute("SELECT 1 FROM event_blobs WHERE sha256 = ? LIMIT 1",
-                                                       (sha,)).fetchone():
+                # another event's, or an upload's (an uploaded file or a scheduled send's attachment
+                # with the same bytes), until it expires: gc's rule
+                held = db.execute("SELECT 1 FROM event_blobs WHERE sha256 = ? UNION ALL SELECT 1 FROM uploads "
+                                  "WHERE sha256 = ? AND expires >= ? LIMIT 1", (sha, sha, self.clock())).fetchone()
+                if path is not None and not held:
                     try:
                         path.unlink(missing_ok=True)
                     except OSError as exc:

@@ -248,7 +248,10 @@ class PostgresStore(Store):
             for sha in sorted(r[0] for r in cur.fetchall()):
                 # put_blob's lock: a put of the same bytes waits, then writes its row and object anew
                 cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NS_BLOB, sha))
-                cur.execute("SELECT 1 FROM event_blobs WHERE sha256 = %s LIMIT 1", (sha,))
+                # another event's, or an upload's (an uploaded file or a scheduled send's attachment
+                # with the same bytes), until it expires: gc's rule
+                cur.execute("SELECT 1 FROM event_blobs WHERE sha256 = %s UNION ALL SELECT 1 FROM uploads "
+                            "WHERE sha256 = %s AND expires >= %s LIMIT 1", (sha, sha, self.clock()))
                 if cur.fetchone() is None:
                     self.blobs.delete(sha)
                     cur.execute("DELETE FROM blobs WHERE sha256 = %s", (sha,))

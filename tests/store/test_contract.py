@@ -862,6 +862,22 @@ def test_drop_event_deletes_the_copy_and_keeps_the_record(store, clock):
     assert store.get_blob(raw) is None
 
 
+def test_drop_keeps_a_blob_an_upload_still_holds(store, clock):
+    """An uploaded file (or a scheduled send's parked attachment) shares its blob with an inbound
+    message of the same bytes; dropping that message must not take the file from under the
+    upload: its URL kept answering 404 and the scheduled send failed (found by review)."""
+    sha = store.put_blob(b"%PDF- the public brochure")
+    store.put_upload(Upload("att_" + "b" * 26, "ops", sha, "b.pdf", "application/pdf", 25, clock.now,
+                            clock.now + 90 * DAY))
+    ev = put(store, 1, blobs=(store.put_blob(b"raw 1"), store.put_blob(b"%PDF- the public brochure")))
+    store.record_attempt(ev, attempt(store, DeliveryState.DROPPED, 200), "dropped")
+    assert store.drop_event(ev) is True
+    assert store.get_blob(sha) == b"%PDF- the public brochure"
+    clock.advance(91 * DAY)
+    store.gc(clock.now - 30 * DAY)                        # once the upload has expired, gc takes it
+    assert store.get_blob(sha) is None
+
+
 def test_blocks_are_kept_once_per_sender_and_scope(store, clock):
     assert store.blocks() == [] and store.blocked("x@y.test", ("@agents.test",)) is None
     assert store.add_block("Spammer@X.test", "agent@agents.test", "msg_1") is True
