@@ -10,8 +10,10 @@ directory's owner and group agentmx (the milter's group). Stdlib only.
     {"version": 1, "blocks": [["spammer@example.net", "agent@example.com"], ["x@y", "@example.com"]]}
 
 A block is (sender, scope): the envelope sender (MAIL FROM, lower case) and a route's match (an
-address or @domain). A recipient is in scope when its base address (agent+tag@ -> agent@) is the
-scope, or its domain is. Reading fails open: a missing, unreadable, oversized or malformed file is
+address or @domain). A recipient is in scope when the route that takes it (agentmx/routing.py: its
+base address agent+tag@ -> agent@, else its domain, the first match in config order) is that
+route: a block from the @domain route does not cover an address with a route of its own (another
+agent). Reading fails open: a missing, unreadable, oversized or malformed file is
 no blocks (logged), never a refusal.
 """
 from __future__ import annotations
@@ -22,7 +24,9 @@ import os
 import threading
 from pathlib import Path
 
+from agentmx.config import Route
 from agentmx.ownership import write_atomically
+from agentmx.routing import match
 
 log = logging.getLogger("agentmx.blocklist")
 
@@ -52,18 +56,19 @@ def write(path: Path, entries) -> bool:
     return True
 
 
-def scopes_of(recipient: str) -> tuple[str, str]:
-    """The scopes a recipient is in: its base address (agent+tag@ -> agent@) and its @domain."""
-    local, _, domain = recipient.strip().strip("<>").lower().rpartition("@")
-    return local.split("+", 1)[0] + "@" + domain, "@" + domain
+def scope_of(recipient: str, routes: tuple[Route, ...]) -> str | None:
+    """The scope a block must have to cover `recipient`: the match of the route that takes it
+    (None when no route does: nothing to block for)."""
+    found = match(recipient.strip().strip("<>"), routes)
+    return found.route.match if found else None
 
 
 class Snapshot:
     """The milter's view of the file: re-read when its identity (inode, size, mtime) changes,
     looked at with one stat per check. Fails open."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, routes: tuple[Route, ...] = ()):
+        self.path, self.routes = path, routes
         self._stamp: tuple | None = None
         self._blocks: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()        # the milter's threads share one snapshot
@@ -100,8 +105,8 @@ class Snapshot:
                 scopes = self._blocks.get(sender)
             if not scopes:
                 return None
-            address, domain = scopes_of(recipient)
-            return address if address in scopes else domain if domain in scopes else None
+            scope = scope_of(recipient, self.routes)
+            return scope if scope in scopes else None
         except Exception as exc:        # a bad file or a bug here must never refuse mail
             log.warning("%s: not usable, no sender blocked: %s", self.path, exc)
             with self._lock:

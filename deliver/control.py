@@ -127,8 +127,12 @@ def apply(answer: Answer, event: dict, route: Route, store: Store, data_dir, que
     done = []
     if answer.block_sender:
         sender = sender_of(event)
+        spf = (event.get("auth") or {}).get("spf") if isinstance(event.get("auth"), dict) else None
         if not sender:
             done.append("block-sender ignored: the null sender (a bounce) is never blocked")
+        elif spf != "pass":
+            # A forged MAIL FROM would otherwise shut out the real correspondent it names.
+            done.append(f"block-sender ignored: {sender} is not authenticated (SPF {spf or 'none'}, not pass)")
         else:
             try:
                 store.add_block(sender, route.match, event["id"])

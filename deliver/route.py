@@ -1,26 +1,10 @@
-"""Which route takes a recipient: exact address, plus-address (agent+tag@ -> agent@), domain."""
+"""Routes for Postfix: the recipient map and relay domains. Which route takes a recipient is
+agentmx/routing.py (re-exported here for deliver's callers)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from agentmx.address import split
+from agentmx.address import split  # noqa: F401  (deliver/core.py: routing.split)
 from agentmx.config import Route
-
-
-@dataclass(frozen=True)
-class Match:
-    route: Route
-    mailbox_hash: str | None     # the tag of a plus-address, MailKite's name for it
-
-
-def match(recipient: str, routes: tuple[Route, ...]) -> Match | None:
-    """First match wins, in config order; an exact address or a whole domain (@example.com)."""
-    address, tag = split(recipient)
-    domain = "@" + address.rpartition("@")[2]
-    for route in routes:
-        if route.match == address or route.match == domain:
-            return Match(route, tag)
-    return None
+from agentmx.routing import Match, match  # noqa: F401  (the rule is shared with the milter: agentmx/routing.py)
 
 
 def postfix_map(routes: tuple[Route, ...]) -> str:

@@ -280,7 +280,7 @@ def run(config: Config) -> None:
     rng = random.Random()
     keys = signing_keys(config)
     stats = MilterStats(Path(config.data_dir) / "stats" / "milter.json")
-    blocks = blocklist.Snapshot(blocklist.path_in(config.data_dir))
+    blocks = blocklist.Snapshot(blocklist.path_in(config.data_dir), config.routes)
     Milter.factory = lambda: AuthMilter(config, resolver, rng, keys, stats, blocks)
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     os.umask(0o777 & ~config.milter.socket_mode)

@@ -7,8 +7,15 @@ import os
 import pytest
 
 from agentmx import blocklist
+from agentmx.config import Route
 
 pytestmark = pytest.mark.unit
+
+SECRET = "whsec_" + "A" * 24
+# vip@ has a route of its own (another agent); every other address of agents.test is the domain's.
+ROUTES = (Route("vip@agents.test", "http://127.0.0.1:1/vip", SECRET),
+          Route("agent@agents.test", "http://127.0.0.1:1/a", SECRET),
+          Route("@agents.test", "http://127.0.0.1:1/all", SECRET))
 
 
 def test_written_atomically_once_and_read_again_when_it_changes(tmp_path):
@@ -16,12 +23,25 @@ def test_written_atomically_once_and_read_again_when_it_changes(tmp_path):
     assert blocklist.write(path, [("a@x.test", "agent@agents.test")]) is True
     assert blocklist.write(path, [("a@x.test", "agent@agents.test")]) is False          # no change, no rewrite
     assert oct(path.stat().st_mode & 0o777) == "0o640" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    snap = blocklist.Snapshot(path)
+    snap = blocklist.Snapshot(path, ROUTES)
     assert snap.blocked("<A@X.test>", "Agent+tag@Agents.test") == "agent@agents.test"
     assert snap.blocked("a@x.test", "other@agents.test") is None and snap.blocked("", "agent@agents.test") is None
     blocklist.write(path, [("a@x.test", "@agents.test"), ("b@y.test", "agent@agents.test")])
     assert snap.blocked("a@x.test", "other@agents.test") == "@agents.test"
     assert snap.blocked("b@y.test", "agent@agents.test") == "agent@agents.test"
+
+
+def test_a_domain_block_covers_only_the_addresses_its_route_takes(tmp_path):
+    """The @domain route's agent blocks a sender: mail from it to addresses with routes of their own
+    (other agents) still passes; they never reached the blocking agent (found by review)."""
+    path = blocklist.path_in(tmp_path)
+    blocklist.write(path, [("a@x.test", "@agents.test")])
+    snap = blocklist.Snapshot(path, ROUTES)
+    assert snap.blocked("a@x.test", "support@agents.test") == "@agents.test"
+    assert snap.blocked("a@x.test", "vip@agents.test") is None
+    assert snap.blocked("a@x.test", "vip+x@agents.test") is None
+    assert snap.blocked("a@x.test", "agent@agents.test") is None
+    assert snap.blocked("a@x.test", "someone@elsewhere.test") is None                   # no route: nothing to block
 
 
 @pytest.mark.parametrize("content", [b"", b"not json", b'{"version": 1}', b'{"blocks": [[1, 2, 3]]}', b"[]",
@@ -37,7 +57,7 @@ def test_a_bad_file_blocks_nothing(tmp_path, content, caplog):
 
 def test_a_missing_unreadable_or_oversized_file_blocks_nothing(tmp_path, monkeypatch):
     path = blocklist.path_in(tmp_path)
-    snap = blocklist.Snapshot(path)
+    snap = blocklist.Snapshot(path, ROUTES)
     assert snap.blocked("a@x.test", "agent@agents.test") is None                        # missing
     blocklist.write(path, [("a@x.test", "agent@agents.test")])
     monkeypatch.setattr(blocklist, "MAX_BYTES", 10)

@@ -297,7 +297,7 @@ def test_block_sender_blocks_the_envelope_sender_for_the_route(tmp_path, receive
     store = EmbeddedStore(tmp_path / "data")
     (block,) = store.blocks()
     assert (block.sender, block.scope, block.event_id) == ("alice@sender.test", "agent@agentmx.test", out.event_id)
-    snapshot = blocklist.Snapshot(blocklist.path_in(tmp_path / "data"))
+    snapshot = blocklist.Snapshot(blocklist.path_in(tmp_path / "data"), cfg.routes)
     assert snapshot.blocked("Alice@Sender.test", "agent+x@agentmx.test") == "agent@agentmx.test"
     assert snapshot.blocked("alice@sender.test", "other@agentmx.test") is None       # not that route's
     later = deliver(raw().replace(b"m1@", b"m2@"), Envelope(**{**ENV.__dict__, "queue_id": "6XYZ"}), cfg)
@@ -305,16 +305,30 @@ def test_block_sender_blocks_the_envelope_sender_for_the_route(tmp_path, receive
     assert len(receiver.requests) == 1
 
 
-def test_a_domain_block_holds_mail_to_an_address_of_another_route(tmp_path, receiver):
-    """deliver checks the scopes the milter checks (the base address and its @domain), not only the
-    matching route's: a block taken through the catch-all holds mail for agent@ too."""
+def test_a_domain_block_holds_only_mail_its_route_takes(tmp_path, receiver):
+    """A block taken through the catch-all route (@agentmx.test) holds the mail that route takes,
+    not mail for agent@, which has a route (another agent) of its own: that agent never saw the
+    sender's mail, and the milter's rule is the same (blocklist.scope_of; found by review)."""
     cfg = config(tmp_path, receiver.url)
     store = EmbeddedStore(tmp_path / "data")
     store.migrate()
     store.add_block("alice@sender.test", "@agentmx.test", "msg_catchall")
     out = deliver(raw(), Envelope(**{**ENV.__dict__, "recipient": "Agent+x@agentmx.test"}), cfg)
+    assert (out.exit_code, out.state) == (EX_OK, S.DELIVERED) and len(receiver.requests) == 1
+    out = deliver(raw().replace(b"m1@", b"m3@"), Envelope(**{**ENV.__dict__, "recipient": "sales@agentmx.test",
+                                                           "queue_id": "7XYZ"}), cfg)
     assert (out.exit_code, out.state) == (EX_OK, S.HELD) and "by msg_catchall" in out.reason
-    assert receiver.requests == []
+    assert len(receiver.requests) == 1
+
+
+def test_block_sender_needs_an_authenticated_mail_from(tmp_path, receiver):
+    """A forged MAIL FROM (SPF did not pass) must not get the real correspondent it names blocked:
+    block-sender is then ignored, said in the log line, and the answer's state stands (review)."""
+    cfg = config(tmp_path, receiver.url, ack="control")
+    receiver.answer = BLOCK
+    forged = raw().replace(b"spf=pass smtp.mailfrom=alice@sender.test", b"spf=fail smtp.mailfrom=alice@sender.test")
+    out = deliver(forged, ENV, cfg)
+    assert out.state is S.DELIVERED and EmbeddedStore(tmp_path / "data").blocks() == []
 
 
 def test_block_sender_never_blocks_the_null_sender(tmp_path, receiver):

@@ -49,8 +49,11 @@ def stack(dns_server, mx_zone, tmp_path_factory):
     })
     # the test client is 127.0.0.1: verify it like any outside client (trusted_networks = [])
     config, sock = agentmx_config(pf, AUTHSERV, dns_server.port, dns_timeout=0.5,
-                                  server=f'data_dir = "{pf.base / "data-agentmx"}"', milter="trusted_networks = []",
-                                  rest='[domains."strict.agentmx.test"]\nreject_dmarc = true\nreject_spf_fail = true')
+                                  server=f'data_dir = "{pf.base / "data-agentmx"}"\nurl_secret = "e2e-milter-url-secret-01"', milter="trusted_networks = []",
+                                  rest='[domains."strict.agentmx.test"]\nreject_dmarc = true\nreject_spf_fail = true\n'
+                                       # the routes a block's scope names (blocks.json): agent@ and the rest
+                                       '[[routes]]\nmatch = "agent@agentmx.test"\nmode = "pull"\n'
+                                       '[[routes]]\nmatch = "@agentmx.test"\nmode = "pull"\n')
     milter = MilterProcess(config, sock, pf.base / "milter.log").start()
     pf.start()
     yield pf, milter
@@ -309,9 +312,10 @@ def test_a_blocked_sender_is_refused_at_rcpt_for_the_blocked_addresses_only(mx, 
         assert code == 550 and text.startswith(b"5.7.1") and b"blocked" in text
         mx.wait_delivered(1)                                                         # other@ took it
         assert "refused RCPT agent@agentmx.test: sender Alice@Sender.test is blocked for agent@agentmx.test" in milter.log()
-        blocklist.write(path, [("alice@sender.test", "@agentmx.test")])               # the whole domain now
+        blocklist.write(path, [("alice@sender.test", "@agentmx.test")])               # the catch-all's agent now
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             send(mx.port, "alice@sender.test", ["other@agentmx.test"], raw)
+        assert send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw) == {}    # agent@'s own route: not its
         assert send(mx.port, "bob@sender.test", ["agent@agentmx.test"], raw) == {}      # another sender
         path.write_bytes(b'{"version": 1, "blocks": [["alice@sender.test"')           # torn or garbled: fail open
         assert send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw) == {}

@@ -98,14 +98,15 @@ def test_replay_applies_drop_and_block_sender_like_deliver(tmp_path, receiver):
     from agentmx import blocklist
     cfg = make_config(tmp_path, receiver.url, ack="control")
     receiver.answer = b'{"status":"ok"}'
-    out = deliver(message(5), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q5"), cfg)
+    ours = b"Authentication-Results: mx.agentmx.test; spf=pass smtp.mailfrom=bob@example.org\r\n"  # the milter's
+    out = deliver(ours + message(5), Envelope("bob@example.org", "agent@agentmx.test", queue_id="Q5"), cfg)
     raw_sha = json.loads(receiver.requests[0].body)["raw"]["sha256"]
     store = open_store(cfg)
     receiver.answer = b'{"status":"ok","actions":[{"type":"block-sender"}]}'
     assert ops.replay(cfg, store, out.event_id)[0] == 200
     assert [(b.sender, b.scope, b.event_id) for b in store.blocks()] == [("bob@example.org", "@agentmx.test",
                                                                         out.event_id)]
-    assert blocklist.Snapshot(blocklist.path_in(cfg.data_dir)).blocked("bob@example.org", "x@agentmx.test")
+    assert blocklist.Snapshot(blocklist.path_in(cfg.data_dir), cfg.routes).blocked("bob@example.org", "x@agentmx.test")
     receiver.answer = b'{"status":"drop"}'
     assert ops.replay(cfg, store, out.event_id) == (200, "replayed: the agent's answer dropped it; the stored copy "
                                                          "deleted, not retried")

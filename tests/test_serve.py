@@ -190,7 +190,9 @@ def _postgres_config(request, tmp_path):
     """serve on the postgres backend (the refresh of blocks.json is for several MX hosts)."""
     from support.backends import store_config
     return parse_config(f'[server]\nauthserv_id = "mx.test"\ndata_dir = "{tmp_path}"\nlisten = "127.0.0.1:0"\n'
-                        f'url_secret = "{KEY}"\n' + store_config(request, "postgres", tmp_path / "secrets", owner="root"),
+                        f'url_secret = "{KEY}"\n[[routes]]\nmatch = "agent@agents.test"\nmode = "pull"\n'
+                        '[[routes]]\nmatch = "@agents.test"\nmode = "pull"\n'
+                        + store_config(request, "postgres", tmp_path / "secrets", owner="root"),
                         tmp_path / "c.toml")
 
 
@@ -208,7 +210,7 @@ def test_serve_writes_the_block_list_from_the_store_on_every_host(request, tmp_p
     store.add_block(first, "agent@agents.test", "msg_1")
     running = start(cfg)
     try:
-        snapshot = blocklist.Snapshot(blocklist.path_in(tmp_path))
+        snapshot = blocklist.Snapshot(blocklist.path_in(tmp_path), cfg.routes)
         wait_for(lambda: snapshot.blocked(first, "agent@agents.test"), timeout=10, what="the block at start")
         store.add_block(later, "@agents.test", "msg_2")                        # as another host's deliver does
         wait_for(lambda: snapshot.blocked(later, "any@agents.test"), timeout=10, what="the later block")
