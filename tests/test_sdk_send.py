@@ -206,6 +206,9 @@ def test_upload_attachment_in_all_four_modes_then_send_by_its_url(w, mk, web, tm
     with pytest.raises(mailkite.MailKiteError) as err:          # one of our URLs, altered: not fetched, refused
         mk.send({"from": f"agent@{DOMAIN}", "to": "bob@remote.test", "text": "x", "attachments": [{"url": tampered}]})
     assert err.value.body["code"] == "bad_attachment_url"
+    with pytest.raises(mailkite.MailKiteError) as err:          # an agentmx URL kept a year past its own expiry
+        mk.uploadAttachment({"url": uploads["path"]["url"], "retentionDays": 365})
+    assert (err.value.status, err.value.body["code"]) == (400, "own_url")
 
 
 def test_uploads_have_their_own_bound_above_the_send_limit(mk):

@@ -186,6 +186,9 @@ def upload(ctx: Context, key: ApiKey, content_type: str, query: dict, body: byte
         days = _retention(doc.get("retentionDays"))
         if doc.get("url") is not None:
             url = _text_param("url", doc["url"])
+            if own_blob(ctx, url) is not None:     # kept up to 365 days, it would outlive what it names
+                raise send.SendError(400, "own_url", "this is an agentmx URL already: send the file by that URL; "
+                                                     "an upload may not keep it past its own expiry")
             data, got_type, got_name = load(ctx, url)
             filename, ctype = filename or got_name, ctype or got_type
         else:
