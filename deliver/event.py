@@ -35,7 +35,7 @@ def accepted_at(parsed: Parsed) -> str | None:
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=timezone.utc)
             return rfc3339(dt)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):   # "Mon, 3111...110 Jan": too big
             return None
     return None
 
