@@ -67,3 +67,41 @@ def test_a_missing_unreadable_or_oversized_file_blocks_nothing(tmp_path, monkeyp
     assert snap.blocked("a@x.test", "agent@agents.test") == "agent@agents.test"
     path.unlink()
     assert snap.blocked("a@x.test", "agent@agents.test") is None                        # removed again
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switches users: run as root (CI does)")
+def test_written_by_the_app_user_and_read_by_another_user_of_its_group():
+    """As installed: deliver (the app's user) writes blocks.json into its data directory (0750);
+    the milter, another user whose groups include the app's group, reads it. Here nobody:nogroup
+    writes and uid 65533 with group nogroup (no other right) reads: the file must be 0640, group
+    nogroup, and the milter's Snapshot must see the block."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    top = Path(tempfile.mkdtemp(prefix="agentmx-blocks-", dir="/tmp"))      # pytest's tmp_path is root's 0700
+    top.chmod(0o755)
+    data = top / "data"
+    data.mkdir()
+    os.chown(data, 65534, 65534)
+    data.chmod(0o750)
+    try:
+        _write_then_read_as_two_users(data)
+    finally:
+        shutil.rmtree(top)
+
+
+def _write_then_read_as_two_users(data) -> None:
+    import subprocess
+    import sys
+    write = ("import sys; from agentmx import blocklist; "
+             "blocklist.write(blocklist.path_in(sys.argv[1]), [('a@x.test', '@agents.test')])")
+    subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-c",
+                    write, str(data)], check=True, cwd="/")
+    st = blocklist.path_in(data).stat()
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (65534, 65534, "0o640")
+    read = ("import sys; from agentmx import blocklist; from agentmx.config import Route; "
+            "r = (Route('@agents.test', 'http://127.0.0.1:1/', 'whsec_' + 'A' * 24),); "
+            "print(blocklist.Snapshot(blocklist.path_in(sys.argv[1]), r).blocked('a@x.test', 'b@agents.test'))")
+    out = subprocess.run(["setpriv", "--reuid", "65533", "--regid", "65533", "--groups", "65534", sys.executable,
+                          "-c", read, str(data)], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stdout.strip() == "@agents.test", out.stderr
