@@ -17,7 +17,7 @@ import abc
 from typing import Callable, Iterable
 
 from .model import (Attempt, Blob, Block, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
-                    RecordKind, SendRecord, Upload)
+                    PostState, RecordKind, SendEvent, SendEventType, SendRecord, Suppression, Upload)
 
 
 class StoreError(Exception):
@@ -262,7 +262,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def gc(self, older_than: float, dry_run: bool = False) -> GcReport:
         """Remove what is older than `older_than` (events, their attempts and deliveries, inbox
-        rows, sends (not those SCHEDULED or SENDING), jobs, transcripts, old counter entries),
+        rows, sends (not those SCHEDULED or SENDING) and their send events, send events not PENDING,
+        jobs, transcripts, old counter entries; never suppressions or blocks),
         uploads whose `expires` has passed, idempotency answers older than a day, and every blob
         that no remaining event and no unexpired upload refers to (blobs are shared by content)."""
 
@@ -304,5 +305,60 @@ class Store(abc.ABC):
     def blocked(self, sender: str, scopes: tuple[str, ...]) -> Block | None:
         """The block of `sender` for one of `scopes`, if any (deliver's check before a POST)."""
 
-    # Room for the next issues: the schema already has the tables for delivery-status events of
-    # sends (issue 16) and suppressions; their methods come with those issues.
+    @abc.abstractmethod
+    def remove_block(self, sender: str, scope: str) -> bool:
+        """Unblock `sender` (any case) for `scope`; False when it was not blocked there."""
+
+    # --- what became of what agents sent: send events (issue 16) -----------------------------------
+
+    @abc.abstractmethod
+    def send_by_message_id(self, message_id: str) -> SendRecord | None:
+        """The send whose Message-ID this is (exactly, "<...>"), the newest if several; None for ""."""
+
+    @abc.abstractmethod
+    def put_send_event(self, event: SendEvent) -> bool:
+        """Keep a send event (its seq is the store's: the one given is ignored), and wake the
+        waiters as put_event does (event streams, serve's dispatcher). False, and nothing
+        written, when its id is kept already (a report delivered twice: the first stands)."""
+
+    @abc.abstractmethod
+    def send_events(self, send_id: str) -> list[SendEvent]:
+        """A send's events, in the order they were kept (its timeline)."""
+
+    @abc.abstractmethod
+    def list_send_events(self, addresses: tuple[str, ...], *, types: tuple[SendEventType, ...] = (),
+                         before_seq: int | None = None, after_seq: int | None = None, limit: int = 50,
+                         oldest_first: bool = False) -> list[SendEvent]:
+        """The send events whose `address` is one of `addresses` ("agent@x") or in one of their
+        domains ("@x"), of any of `types` (all when empty); newest first unless oldest_first."""
+
+    @abc.abstractmethod
+    def claim_send_events(self, lease: float, limit: int = 10) -> list[SendEvent]:
+        """Up to `limit` PENDING events whose next_at is due, oldest first, their next_at moved to
+        now + lease, so that one dispatcher on one host POSTs each (SKIP LOCKED on postgres)."""
+
+    @abc.abstractmethod
+    def send_event_posted(self, event_id: str, state: PostState, excerpt: str, next_at: float = 0.0) -> None:
+        """One POST of it done: attempts + 1, its state (PENDING again with next_at: a retry), the
+        answer's excerpt (cut to model.EXCERPT characters)."""
+
+    # --- suppressions: addresses a sending domain no longer sends to ---------------------------------
+
+    @abc.abstractmethod
+    def suppress(self, suppression: Suppression) -> bool:
+        """Keep it (domain and address lower-cased); False when that address was suppressed for
+        that domain already (the first reason and time stand)."""
+
+    @abc.abstractmethod
+    def unsuppress(self, domain: str, address: str) -> bool:
+        """False when it was not suppressed."""
+
+    @abc.abstractmethod
+    def suppressed(self, domain: str, addresses: Iterable[str]) -> list[Suppression]:
+        """The suppressions among `addresses` (any case) for sending domain `domain`."""
+
+    @abc.abstractmethod
+    def suppressions(self, domains: tuple[str, ...] | None = None, after: tuple[str, str] | None = None,
+                     limit: int = 100) -> list[Suppression]:
+        """Suppressions of these sending domains (every domain: None), in (domain, address) order,
+        after the key `after` (a cursor), at most `limit`."""

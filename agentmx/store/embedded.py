@@ -31,6 +31,7 @@ import stat
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
@@ -41,8 +42,9 @@ from agentmx.ownership import NotOurs, hand_over, no_other_access, refuse_links,
 from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
 from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Block, Delivery, DeliveryState, GcReport,
-                    InboxRow, Job, JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob,
-                    StoredTranscript, StoredUses, Upload, base_address, delivered_at, export_after, stored_events)
+                    InboxRow, Job, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
+                    SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
+                    Upload, base_address, delivered_at, export_after, stored_events)
 
 FILE = "agentmx.sqlite"
 BACKEND = "embedded"
@@ -497,17 +499,10 @@ class EmbeddedStore(Store):
                     subject: str | None = None, since: float | None = None, unread: bool = False,
                     before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
                     limit: int = 50, oldest_first: bool = False, search: str | None = None) -> list[InboxRow]:
-        where, args, scope = [], [], []
-        for a in addresses:
-            if a.startswith("@"):
-                scope.append("e.address LIKE ? ESCAPE '\\'")
-                args.append("%" + _like(a.lower()))
-            else:
-                scope.append("e.address = ?")
-                args.append(a.lower())
+        scope, args = _scope("e.address", addresses)
         if not scope:
             return []
-        where.append("(" + " OR ".join(scope) + ")")
+        where = [scope]
         if to:
             where.append("e.address = ?")
             args.append(base_address(to))
@@ -738,13 +733,16 @@ class EmbeddedStore(Store):
         old = "SELECT id FROM events WHERE received < :t"
         with self._tx(write=not dry_run) as db:
             t = {"t": older_than, "done": JobState.DONE.value, "parked": JobState.PARKED.value, "now": self.clock(),
-                 "scheduled": SendState.SCHEDULED.value, "sending": SendState.SENDING.value}
+                 "scheduled": SendState.SCHEDULED.value, "sending": SendState.SENDING.value,
+                 "pending": PostState.PENDING.value}
             events = db.execute("SELECT COUNT(*) FROM events WHERE received < :t", t).fetchone()[0]
             doomed = {
                 "deliveries": f"FROM deliveries WHERE event_id IN ({old})",
                 "attempts": f"FROM attempts WHERE event_id IN ({old})",
                 "transcripts": f"FROM transcripts WHERE event_id IN ({old}) OR updated < :t",
                 "jobs": f"FROM jobs WHERE id IN ({old}) OR (updated < :t AND state IN (:done, :parked))",
+                "send_events": "FROM send_events WHERE at < :t AND (state != :pending OR send_id IN "
+                               "(SELECT id FROM sends WHERE created < :t AND state NOT IN (:scheduled, :sending)))",
                 "sends": "FROM sends WHERE created < :t AND state NOT IN (:scheduled, :sending)",
                 "uses": "FROM uses WHERE at < :t",
                 "uploads": "FROM uploads WHERE expires < :now",
@@ -820,6 +818,100 @@ class EmbeddedStore(Store):
                         f"({', '.join('?' * len(scopes))}) ORDER BY created LIMIT 1", (sender.lower(), *scopes))
         return Block(*row) if row else None
 
+    def remove_block(self, sender: str, scope: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM blocks WHERE sender = ? AND scope = ?",
+                              (sender.lower(), scope.lower())).rowcount == 1
+
+    # --- send events ---------------------------------------------------------------------------------
+
+    def send_by_message_id(self, message_id: str) -> SendRecord | None:
+        if not message_id:
+            return None
+        r = self._one(f"SELECT {_SEND} FROM sends WHERE message_id = ? ORDER BY created DESC LIMIT 1", (message_id,))
+        return _send(r) if r else None
+
+    def put_send_event(self, event: SendEvent) -> bool:
+        with self._tx() as db:
+            added = db.execute(f"INSERT OR IGNORE INTO send_events ({_SEND_EVENT}) VALUES ({_SEND_EVENT_VALUES})",
+                               _send_event_row(event)).rowcount == 1
+        if added:
+            notify.ring(self.data_dir)
+        return added
+
+    def send_events(self, send_id: str) -> list[SendEvent]:
+        return [_send_event(r) for r in self._all(f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE send_id = ? "
+                                                  "ORDER BY seq", (send_id,))]
+
+    def list_send_events(self, addresses: tuple[str, ...], *, types: tuple[SendEventType, ...] = (),
+                         before_seq: int | None = None, after_seq: int | None = None, limit: int = 50,
+                         oldest_first: bool = False) -> list[SendEvent]:
+        scope, args = _scope("address", addresses)
+        if not scope:
+            return []
+        where = [scope]
+        if types:
+            where.append(f"type IN ({', '.join('?' * len(types))})")
+            args += [t.value for t in types]
+        for cond, value in (("seq < ?", before_seq), ("seq > ?", after_seq)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        sql = (f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE {' AND '.join(where)} "
+               f"ORDER BY seq {'ASC' if oldest_first else 'DESC'} LIMIT ?")
+        return [_send_event(r) for r in self._all(sql, (*args, max(1, min(limit, 500))))]
+
+    def claim_send_events(self, lease: float, limit: int = 10) -> list[SendEvent]:
+        now = self.clock()
+        due = (PostState.PENDING.value, now)
+        # Every serve asks every second: a read first, so that nothing due takes no write lock.
+        if not self._one("SELECT 1 FROM send_events WHERE state = ? AND next_at <= ? LIMIT 1", due):
+            return []
+        with self._tx() as db:
+            rows = db.execute(f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE state = ? AND next_at <= ? "
+                              "ORDER BY next_at, seq LIMIT ?", (*due, max(1, int(limit)))).fetchall()
+            db.executemany("UPDATE send_events SET next_at = ? WHERE seq = ?", [(now + lease, r[0]) for r in rows])
+        return [replace(_send_event(r), next_at=now + lease) for r in rows]
+
+    def send_event_posted(self, event_id: str, state: PostState, excerpt: str, next_at: float = 0.0) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE send_events SET state = ?, attempts = attempts + 1, excerpt = ?, next_at = ? "
+                       "WHERE id = ?", (state.value, excerpt[:EXCERPT], next_at, event_id))
+
+    # --- suppressions --------------------------------------------------------------------------------
+
+    def suppress(self, suppression: Suppression) -> bool:
+        s = suppression
+        with self._tx() as db:
+            return db.execute(f"INSERT OR IGNORE INTO suppressions ({_SUPPRESSION}) VALUES (?, ?, ?, ?, ?, ?)",
+                              (s.domain.lower(), s.address.lower(), s.reason.value, s.created, s.event_id,
+                               s.note)).rowcount == 1
+
+    def unsuppress(self, domain: str, address: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM suppressions WHERE domain = ? AND address = ?",
+                              (domain.lower(), address.lower())).rowcount == 1
+
+    def suppressed(self, domain: str, addresses: Iterable[str]) -> list[Suppression]:
+        wanted = sorted({a.lower() for a in addresses})
+        if not wanted:
+            return []
+        return [_suppression(r) for r in self._all(
+            f"SELECT {_SUPPRESSION} FROM suppressions WHERE domain = ? AND address IN ({', '.join('?' * len(wanted))}) "
+            "ORDER BY address", (domain.lower(), *wanted))]
+
+    def suppressions(self, domains: tuple[str, ...] | None = None, after: tuple[str, str] | None = None,
+                     limit: int = 100) -> list[Suppression]:
+        where, args = ["(domain > ? OR (domain = ? AND address > ?))"], list(export_after(RecordKind.SUPPRESSIONS, after))
+        if domains is not None:
+            if not domains:
+                return []
+            where.append(f"domain IN ({', '.join('?' * len(domains))})")
+            args += [d.lower() for d in domains]
+        return [_suppression(r) for r in self._all(
+            f"SELECT {_SUPPRESSION} FROM suppressions WHERE {' AND '.join(where)} ORDER BY domain, address LIMIT ?",
+            (*args, max(1, min(int(limit), 1000))))]
+
     # --- moving a store (transfer.py) ----------------------------------------------------------------
 
     def export_records(self, kind: RecordKind, after=None, limit: int = 500) -> list:
@@ -884,6 +976,40 @@ def _send_row(r: SendRecord) -> tuple:
             r.in_reply_to, r.reply_to_event, r.state.value, r.created, r.scheduled_at, r.request, r.error, r.lease_until)
 
 
+_SEND_EVENT = "id, send_id, type, recipient, at, address, route, body, state, attempts, next_at, excerpt"
+_SEND_EVENT_VALUES = ", ".join("?" * len(_SEND_EVENT.split(", ")))
+_SUPPRESSION = "domain, address, reason, created, event_id, note"
+
+
+def _send_event(r) -> SendEvent:
+    """From (seq, *_SEND_EVENT)."""
+    return SendEvent(r[1], r[2], SendEventType(r[3]), r[4], r[5], r[6], r[7], bytes(r[8]), PostState(r[9]), r[10],
+                     r[11], r[12], seq=r[0])
+
+
+def _send_event_row(e: SendEvent) -> tuple:
+    return (e.id, e.send_id, e.type.value, e.recipient.lower(), e.at, e.address.lower(), e.route, e.body,
+            e.state.value, e.attempts, e.next_at, e.excerpt[:EXCERPT])
+
+
+def _suppression(r) -> Suppression:
+    return Suppression(r[0], r[1], SuppressionReason(r[2]), r[3], r[4], r[5])
+
+
+def _scope(column: str, addresses: tuple[str, ...]) -> tuple[str, list]:
+    """The condition (and its arguments) that a base address column is one of `addresses` or in
+    one of their @domains; "" for none."""
+    scope, args = [], []
+    for a in addresses:
+        if a.startswith("@"):
+            scope.append(f"{column} LIKE ? ESCAPE '\\'")
+            args.append("%" + _like(a.lower()))
+        else:
+            scope.append(f"{column} = ?")
+            args.append(a.lower())
+    return ("(" + " OR ".join(scope) + ")" if scope else ""), args
+
+
 # The records of a kind after a key, in key order (SQLite compares text by its bytes: code points),
 # and how a row becomes one.
 _EXPORT = {
@@ -898,6 +1024,10 @@ _EXPORT = {
     RecordKind.UPLOADS: (f"SELECT {_UPLOAD} FROM uploads WHERE id > ? ORDER BY id LIMIT ?", lambda r: Upload(*r)),
     RecordKind.BLOCKS: ("SELECT sender, scope, event_id, created FROM blocks WHERE sender > ? OR (sender = ? AND "
                         "scope > ?) ORDER BY sender, scope LIMIT ?", lambda r: Block(*r)),
+    RecordKind.SEND_EVENTS: (f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE seq > ? ORDER BY seq LIMIT ?",
+                             _send_event),
+    RecordKind.SUPPRESSIONS: (f"SELECT {_SUPPRESSION} FROM suppressions WHERE domain > ? OR (domain = ? AND "
+                              "address > ?) ORDER BY domain, address LIMIT ?", _suppression),
 }
 
 
@@ -981,9 +1111,22 @@ def _import_block(db: sqlite3.Connection, r: Block) -> int:
                       (r.sender, r.scope, r.event_id, r.created)).rowcount
 
 
+def _import_send_event(db: sqlite3.Connection, r: SendEvent) -> int:
+    if db.execute("SELECT 1 FROM send_events WHERE id = ? OR seq = ?", (r.id, r.seq)).fetchone():
+        return 0
+    return db.execute(f"INSERT INTO send_events (seq, {_SEND_EVENT}) VALUES (?, {_SEND_EVENT_VALUES})",
+                      (r.seq, *_send_event_row(r))).rowcount
+
+
+def _import_suppression(db: sqlite3.Connection, r: Suppression) -> int:
+    return db.execute(f"INSERT OR IGNORE INTO suppressions ({_SUPPRESSION}) VALUES (?, ?, ?, ?, ?, ?)",
+                      (r.domain, r.address, r.reason.value, r.created, r.event_id, r.note)).rowcount
+
+
 _IMPORT = {RecordKind.EVENTS: _import_event, RecordKind.SENDS: _import_send, RecordKind.JOBS: _import_job,
            RecordKind.TRANSCRIPTS: _import_transcript, RecordKind.USES: _import_uses, RecordKind.UPLOADS: _import_upload,
-           RecordKind.BLOCKS: _import_block}
+           RecordKind.BLOCKS: _import_block, RecordKind.SEND_EVENTS: _import_send_event,
+           RecordKind.SUPPRESSIONS: _import_suppression}
 
 
 # --- rows -> records ---------------------------------------------------------------------------------

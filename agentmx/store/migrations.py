@@ -165,6 +165,40 @@ MIGRATIONS += (
               {"embedded": _V4_SQLITE, "postgres": (postgres_schema.V4,)}),
 )
 
+_V5_SQLITE = (
+    # issue 16: the empty tables of version 1 had neither a POST state nor a scope
+    "DROP TABLE send_events",
+    """CREATE TABLE send_events (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        id        TEXT NOT NULL UNIQUE,    -- evt_...: the webhook-id
+        send_id   TEXT NOT NULL,
+        type      TEXT NOT NULL,           -- SendEventType
+        recipient TEXT NOT NULL,
+        at        REAL NOT NULL,
+        address   TEXT NOT NULL,           -- the sender's base address: the scope keys read by
+        route     TEXT NOT NULL,
+        body      BLOB NOT NULL,
+        state     TEXT NOT NULL,           -- PostState
+        attempts  INTEGER NOT NULL DEFAULT 0,
+        next_at   REAL NOT NULL DEFAULT 0,
+        excerpt   TEXT NOT NULL DEFAULT '')""",
+    "CREATE INDEX send_events_send ON send_events (send_id, seq)",
+    "CREATE INDEX send_events_address ON send_events (address, seq)",
+    "CREATE INDEX send_events_due ON send_events (state, next_at)",
+    "DROP TABLE suppressions",
+    """CREATE TABLE suppressions (domain TEXT NOT NULL, address TEXT NOT NULL, reason TEXT NOT NULL,
+        created REAL NOT NULL, event_id TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (domain, address)) WITHOUT ROWID""",
+    "CREATE INDEX sends_message ON sends (message_id)",
+)
+
+MIGRATIONS += (
+    Migration(5, "send events (what became of what agents sent: DSNs, bounces, complaints) with their webhook "
+                 "POST state, suppressions per sending domain (both replace version 1's empty tables), and "
+                 "an index on the Message-ID of sends (a report names the message it is about)",
+              {"embedded": _V5_SQLITE, "postgres": (postgres_schema.V5,)}),
+)
+
 LATEST = MIGRATIONS[-1].version
 
 

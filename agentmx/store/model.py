@@ -45,7 +45,7 @@ class JobState(_Named):
 
 
 class SendState(_Named):
-    QUEUED = "queued"          # Postfix took it (issue 16 adds delivered, delayed, bounced, complained)
+    QUEUED = "queued"          # Postfix took it (what became of it per recipient: its SendEvents)
     SCHEDULED = "scheduled"    # parked until scheduled_at, its request kept (POST /v1/send scheduledAt)
     SENDING = "sending"        # a scheduled send one serve claimed and is handing to Postfix
     CANCELED = "canceled"      # DELETE /v1/send/{id} before it went out
@@ -115,6 +115,59 @@ class SendRecord:
     lease_until: float = 0.0            # a SENDING claim runs out then
 
 
+class SendEventType(_Named):
+    """What became of a message an agent sent, per recipient (the event's `type`)."""
+    SENT = "email.sent"                # Postfix queued it (the send path, at once)
+    DELIVERED = "email.delivered"      # a DSN: the remote took it (Action delivered or relayed)
+    DELAYED = "email.delayed"          # a DSN: not delivered yet, Postfix still tries
+    BOUNCED = "email.bounced"          # a DSN or a bounce: not delivered (permanent or not: its `permanent`)
+    COMPLAINED = "email.complained"    # an ARF feedback report (RFC 5965): the recipient called it spam
+
+
+class PostState(_Named):
+    """The webhook POST of a send event (serve's dispatcher POSTs them, api/dispatch.py)."""
+    PENDING = "pending"        # to be POSTed at next_at (first, or again after a failed attempt)
+    DELIVERED = "delivered"    # the endpoint answered 2xx
+    REFUSED = "refused"        # the endpoint answered 406: not retried
+    FAILED = "failed"          # no 2xx for as long as Postfix keeps mail (given up)
+    KEPT = "kept"              # the sending address's route does not push: kept for /v1/events only
+
+
+@dataclass(frozen=True)
+class SendEvent:
+    """One status event of a send: what GET /v1/send/{id} shows, /v1/events lists, the route gets."""
+    id: str                          # evt_...: the webhook-id, stable for one report of one recipient
+    send_id: str
+    type: SendEventType
+    recipient: str                   # lower case; "" when the report names none
+    at: float                        # when it happened (our clock when the report came)
+    address: str                     # the sender's base address, lower case: the scope a key reads it by
+    route: str                       # the match of the route it goes to ("" when none takes the sender)
+    body: bytes = field(repr=False, default=b"")   # the event JSON, as POSTed
+    state: PostState = PostState.PENDING
+    attempts: int = 0
+    next_at: float = 0.0             # PENDING: when the next POST is due (a claim moves it by its lease)
+    excerpt: str = ""                # the endpoint's last answer (model.EXCERPT characters), or the error
+    seq: int = 0                     # the store's order of arrival (cursors); 0 before it is kept
+
+
+class SuppressionReason(_Named):
+    BOUNCED = "bounced"        # a permanent bounce
+    COMPLAINED = "complained"  # a feedback report
+    MANUAL = "manual"          # the API or `agentmx suppressions add`
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """An address agents may not send to from one sending domain."""
+    domain: str                      # the sending domain, lower case
+    address: str                     # the recipient, lower case
+    reason: SuppressionReason
+    created: float
+    event_id: str = ""               # the send event that suppressed it ("" by hand)
+    note: str = ""                   # who or why, by hand (bounded by the API)
+
+
 @dataclass(frozen=True)
 class Upload:
     """A file from POST /v1/attachments (or a scheduled send's attachment), kept until `expires`."""
@@ -130,10 +183,10 @@ class Upload:
 
 @dataclass(frozen=True)
 class Block:
-    """A sender blocked for a route's addresses by an agent's block-sender answer."""
+    """A sender blocked for a route's addresses: by an agent's block-sender answer, or by the API."""
     sender: str                      # the envelope sender (MAIL FROM), lower case
     scope: str                       # the route's match: "agent@example.com" or "@example.com"
-    event_id: str                    # the event whose answer blocked it
+    event_id: str                    # the event whose answer blocked it; "key:<name>" when an API key did
     created: float
 
 
@@ -199,6 +252,8 @@ class RecordKind(_Named):
     USES = "uses"                  # StoredUses, by (key, at): rate-limit and loop-breaker counts
     UPLOADS = "uploads"            # Upload, by id: POST /v1/attachments files (their blobs move with the blobs)
     BLOCKS = "blocks"              # Block, by (sender, scope): senders blocked by block-sender answers
+    SEND_EVENTS = "send_events"    # SendEvent, by seq (kept), with its body and POST state
+    SUPPRESSIONS = "suppressions"  # Suppression, by (domain, address)
 
 
 @dataclass(frozen=True)
@@ -260,6 +315,10 @@ def record_key(record):
         return (record.key, record.at)
     if isinstance(record, Block):
         return (record.sender, record.scope)
+    if isinstance(record, SendEvent):
+        return record.seq
+    if isinstance(record, Suppression):
+        return (record.domain, record.address)
     return record.id                 # SendRecord, StoredJob, Upload
 
 
@@ -286,13 +345,15 @@ def stored_events(rows, attempt_rows, blob_rows) -> list[StoredEvent]:
 def export_after(kind: RecordKind, after) -> tuple:
     """The query arguments that select a kind's records after the key `after` (None: all):
     (key,) for one-column keys, (key, key, at) for uses: `key > ? OR (key = ? AND at > ?)`, and
-    (sender, sender, scope) for blocks alike."""
+    (sender, sender, scope) for blocks, (domain, domain, address) for suppressions alike."""
     if kind is RecordKind.USES:
         key, at = after if after is not None else ("", float("-inf"))
         return (key, key, at)
-    if kind is RecordKind.BLOCKS:
-        sender, scope = after if after is not None else ("", "")
-        return (sender, sender, scope)
+    if kind in (RecordKind.BLOCKS, RecordKind.SUPPRESSIONS):
+        first, second = after if after is not None else ("", "")
+        return (first, first, second)
+    if kind is RecordKind.SEND_EVENTS:
+        return (after or 0,)
     return (after or "",)
 
 

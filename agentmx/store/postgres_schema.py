@@ -214,3 +214,39 @@ CREATE TABLE uploads (
 );
 CREATE INDEX uploads_sha ON uploads (sha256, expires);
 """
+
+# Send events (issue 16: DSNs, bounces and complaints matched to the send, and email.sent) with
+# their webhook POST state (claimed by serve's dispatcher with FOR UPDATE SKIP LOCKED), and
+# suppressions per sending domain. Version 1's tables of these names were never written: replaced.
+V5 = """
+DROP TABLE send_events;
+CREATE TABLE send_events (
+    seq         bigserial PRIMARY KEY,
+    id          text NOT NULL UNIQUE,        -- evt_...: the webhook-id
+    send_id     text NOT NULL,
+    type        text NOT NULL,               -- SendEventType
+    recipient   text NOT NULL,
+    at          double precision NOT NULL,
+    address     text NOT NULL,               -- the sender's base address
+    route       text NOT NULL,
+    body        bytea NOT NULL,
+    state       text NOT NULL,               -- PostState
+    attempts    integer NOT NULL DEFAULT 0,
+    next_at     double precision NOT NULL DEFAULT 0,
+    excerpt     text NOT NULL DEFAULT ''
+);
+CREATE INDEX send_events_send ON send_events (send_id, seq);
+CREATE INDEX send_events_address ON send_events (address, seq);
+CREATE INDEX send_events_due ON send_events (state, next_at);
+DROP TABLE suppressions;
+CREATE TABLE suppressions (
+    domain      text NOT NULL,
+    address     text NOT NULL,
+    reason      text NOT NULL,
+    created     double precision NOT NULL,
+    event_id    text NOT NULL DEFAULT '',
+    note        text NOT NULL DEFAULT '',
+    PRIMARY KEY (domain, address)
+);
+CREATE INDEX sends_message ON sends (message_id);
+"""
