@@ -20,6 +20,7 @@ from __future__ import annotations
 import email.header
 import email.parser
 import email.policy
+import dataclasses
 import enum
 import itertools
 import logging
@@ -29,7 +30,7 @@ from email.message import Message
 
 log = logging.getLogger("agentmx.deliver.dsn")
 
-MAX_RAW = 2 * 1024 * 1024         # bytes of a report that are parsed at all (the report is at the start)
+MAX_RAW = 1024 * 1024             # bytes of a report that are parsed at all (the report is at the start)
 MAX_BOUNDARY_LINES = 300          # "--" lines kept before the rest is cut off (MIME parts, nesting)
 MAX_PARTS = 20                    # MIME parts looked at
 MAX_DEPTH = 8                     # MIME nesting walked
@@ -346,26 +347,31 @@ def _parse(raw: bytes) -> Report | None:
 
 def _parse_tree(msg: Message) -> Report | None:
     parts = _parts(msg)
-    status_part = feedback_part = returned = None
+    status_parts: list[Message] = []
+    feedback_part = returned = None
     for part, inner in parts:
         ctype = part.get_content_type()
         if inner:
             continue
-        if ctype in _STATUS_TYPES and status_part is None:
-            status_part = part
+        if ctype in _STATUS_TYPES:
+            status_parts.append(part)
         elif ctype == "message/feedback-report" and feedback_part is None:
             feedback_part = part
         elif ctype in _RETURNED_TYPES and returned is None:
             returned = part
     original = _header_block(returned) if returned is not None else None
-    if feedback_part is not None and status_part is None:
+    if feedback_part is not None and not status_parts:
         return _feedback(feedback_part, original)
-    if status_part is not None:
-        report = _dsn(status_part, original)
+    if status_parts:
+        reports = [_dsn(part, original) for part in status_parts]
+        report = next((r for r in reports if r.recipients), reports[0])
         if report.recipients:
             return report
         bounce = _bounce(msg, parts, original, report_part=True)     # a report part without recipient groups
-        return bounce if bounce and bounce.recipients else report
+        if bounce is None or not bounce.recipients:
+            return report
+        return dataclasses.replace(report, recipients=bounce.recipients,
+                                   original_message_id=report.original_message_id or bounce.original_message_id)
     if _bounce_signals(msg, parts):
         # a bounce that carries the real report as an attachment (message/rfc822 around multipart/report)
         for part, inner in parts:
@@ -373,6 +379,9 @@ def _parse_tree(msg: Message) -> Report | None:
                 nested = _parse_tree(part)
                 if nested is not None and nested.recipients:
                     return nested
+    if original is not None and _header(original, "x-hmxmroriginalrecipient") is not None \
+            and _JMRP_SUBJECT.match(_decoded(_header(msg, "subject"))):
+        return _jmrp(original)
     if any(p.get_content_type() in ("message/disposition-notification",
                                     "message/global-disposition-notification") for p, _ in parts):
         return None                                      # a read receipt (MDN), not a delivery report
@@ -387,24 +396,7 @@ _PER_RECIPIENT = {"original-recipient", "final-recipient", "action", "status", "
 
 
 def _dsn(part: Message, original: Message | None) -> Report:
-    message: dict[str, str] = {}
-    groups: list[dict[str, str]] = []
-    for block in _field_groups(part):
-        current: dict[str, str] | None = None
-        for name, value in block:
-            name = name.lower()
-            if name in _PER_RECIPIENT:
-                # a field seen twice starts the next recipient (groups run together without blank lines)
-                if current is None or name in current or (name == "original-recipient" and "final-recipient" in current):
-                    if len(groups) >= MAX_RECIPIENTS:
-                        current = {}
-                    else:
-                        current = {}
-                        groups.append(current)
-                current[name] = value
-            elif name in _PER_MESSAGE and name not in message:
-                message[name] = value
-    recipients = tuple(r for r in (_recipient(g) for g in groups) if r is not None)
+    message, recipients = _read_fields(_field_groups(part))
     return Report(kind=ReportKind.DSN,
                   envelope_id=_text(message.get("original-envelope-id"), 100) or None,
                   reporting_mta=_text(message.get("reporting-mta"), 255),
@@ -413,6 +405,26 @@ def _dsn(part: Message, original: Message | None) -> Report:
                   original_mail_from=_mailbox(_header(original, "return-path")) if original else None,
                   feedback_type=None,
                   arrival_date=_text(message.get("arrival-date"), 100) or None)
+
+
+def _read_fields(blocks: list[list[tuple[str, str]]]) -> tuple[dict[str, str], tuple[RecipientStatus, ...]]:
+    """Per-message fields and recipient statuses from DSN field groups."""
+    message: dict[str, str] = {}
+    groups: list[dict[str, str]] = []
+    for block in blocks:
+        current: dict[str, str] | None = None
+        for name, value in block:
+            name = name.lower()
+            if name in _PER_RECIPIENT:
+                # a field seen twice starts the next recipient (groups run together without blank lines)
+                if current is None or name in current:
+                    current = {}
+                    if len(groups) < MAX_RECIPIENTS:
+                        groups.append(current)
+                current[name] = value
+            elif name in _PER_MESSAGE and name not in message:
+                message[name] = value
+    return message, tuple(r for r in (_recipient(g) for g in groups) if r is not None)
 
 
 def _recipient(group: dict[str, str]) -> RecipientStatus | None:
@@ -464,6 +476,21 @@ def _feedback(part: Message, original: Message | None) -> Report:
                   arrival_date=_text(fields.get("arrival-date") or fields.get("received-date"), 100) or None)
 
 
+# Microsoft's complaint reports (JMRP, Outlook.com / Hotmail): not ARF, the complained-of message
+# attached, its recipient in X-HmXmrOriginalRecipient.
+_JMRP_SUBJECT = re.compile(r"\s*complaint about message from ", re.IGNORECASE)
+
+
+def _jmrp(original: Message) -> Report:
+    rcpt = _address(_header(original, "x-hmxmroriginalrecipient") or "")
+    return Report(kind=ReportKind.FEEDBACK, envelope_id=None, reporting_mta="",
+                  recipients=(RecipientStatus(recipient=rcpt, action="complained", status="", diagnostic="",
+                                              remote_mta="", original_recipient=""),) if rcpt else (),
+                  original_message_id=_message_id(_header(original, "message-id")),
+                  original_mail_from=_mailbox(_header(original, "return-path")), feedback_type="abuse",
+                  arrival_date=None)
+
+
 # --- non-standard bounces ----------------------------------------------------------------------------
 
 _BOUNCE_SUBJECT = re.compile(
@@ -485,22 +512,24 @@ _WARNING = re.compile(r"this is a warning message only|you do not need to resend
 _ORIGINAL = re.compile(
     r"^\s*(?:-{2,}\s*)?(?:-+ ?this is a copy of|below this line is a copy|original message follows|"
     r"a copy of the original message|-+ ?original message|-+ ?(?:returned|undelivered|unsent) message|"
-    r"-* ?returned mail follows|-* ?message text follows|content-type: ?(?:message/rfc822|text/rfc822-headers)|-+ ?message header follows|-+ ?start of returned message|"
+    r"-* ?returned mail follows|message headers follow|below is a copy|original message:?\s*$|-* ?message text follows|content-type: ?(?:message/rfc822|text/rfc822-headers)|-+ ?message header follows|-+ ?start of returned message|"
     r"your message (?:reads|follows)|unsent message below|the header of the original|"
     r"-+ ?forwarded message|------ this is a copy)", re.IGNORECASE)
 # Lines that say which addresses follow (Exim, Gmail, Exchange, sendmail, smtp32, Yahoo ...).
 _LEAD_IN = re.compile(
     r"following (?:e-?mail )?(?:address(?:es|\(es\))?|recipients?(?:\(s\))?|users?|destinations?)"
     r"[^\n]{0,80}?(?:failed|not be delivered|not been delivered|could not be reached|permanent|fatal|undeliverable"
-    r"|delayed|not reach|rejected|unknown|errors?)"
+    r"|delayed|not reach|rejected|unknown|errors?|delivery problems|affected)"
     r"|did not reach the following recipient|delivery has failed to these recipients"
     r"|could not be delivered to the following|unable to deliver (?:your )?message to"
     r"|delivery to the following recipients? (?:failed|has been delayed|was delayed)"
     r"|your message (?:was not|wasn't|could not be) delivered to|the following recipients? (?:did|could)"
     r"|failed to deliver to the following|message could not be delivered to|failed addresses follow"
-    r"|not (?:been )?delivered to(?: the following(?: addresses| recipients)?)?"
+    r"|not (?:be |been )?delivered to(?: the following(?: addresses| recipients)?)?"
     r"|address(?:es)? to which the message has not (?:yet )?been delivered (?:is|are)"
-    r"|delivery of (?:e-?mail|your message) to this address|following message, addressed to",
+    r"|delivery of (?:e-?mail|your message) to this address|following message, addressed to"
+    r"|(?:error|fail|problem|could not|unable)[^\n]{0,80}?(?:to|for) the following (?:list of )?(?:recipients?|addresses?)"
+    r"|error delivering (?:your )?(?:mail|message) to",
     re.IGNORECASE)
 _ANGLE_COLON = re.compile(r"^\s{0,4}<([^<>\s]{3,320})>:?\s*(.*)$")            # qmail, Yahoo, Postfix texts
 _SENDMAIL_PREFIX = re.compile(r"^\s{0,4}(?:\d{3}[ -](?:\d\.\d{1,3}\.\d{1,3} )?)?<([^<>\s]{3,320})>\.\.\.\s")
@@ -540,8 +569,10 @@ def _report_text(parts) -> tuple[list[str], list[str]]:
     texts: list[str] = []
     size = 0
     for part, inner in parts:
-        if inner or part.is_multipart() or part.get_content_type() != "text/plain":
+        if inner or part.is_multipart():
             continue
+        if part.get_content_type() != "text/plain" and part.get_content_maintype() != "multipart":
+            continue                             # (a multipart without its boundaries is text)
         text = _body_text(part)[:MAX_TEXT - size]
         size += len(text)
         texts.append(text)
@@ -570,9 +601,7 @@ def _bounce(msg: Message, parts, original: Message | None, report_part: bool = F
         addr = addr.lower().strip(".")
         if addr in found or addr in never or len(found) >= MAX_RECIPIENTS or not _ADDR.fullmatch(addr):
             return
-        if not strong and addr in weak:
-            return
-        if _DAEMON_FROM.search(addr.split("@")[0]):
+        if not strong and (addr in weak or _DAEMON_FROM.search(addr.split("@")[0])):
             return
         near = " ".join([context] + [lines[i] for i in range(index, min(index + 6, len(lines)))])
         found[addr] = (_status_of(near), _text(context or _diagnostic_near(lines, index), 1000))
@@ -580,6 +609,17 @@ def _bounce(msg: Message, parts, original: Message | None, report_part: bool = F
     for value in _all_headers(msg, "x-failed-recipients"):
         for addr in _addresses_in(_text(value, 4000)):
             add(addr, 0)
+    if not found and any(line[:16].lower() == "final-recipient:" for line in lines):
+        # the fields of a delivery-status part, pasted into the text (Amazon WorkMail, old sendmail)
+        fields, statuses = _read_fields(_groups_of_text("\n".join(lines)))
+        inline = tuple(r for r in statuses if r.recipient and r.recipient not in never)
+        if inline:
+            report = _bounce_report(inline, original, returned)
+            return dataclasses.replace(
+                report, kind=ReportKind.DSN if msg.get_content_type() == "multipart/report" else ReportKind.BOUNCE,
+                envelope_id=_text(fields.get("original-envelope-id"), 100) or None,
+                reporting_mta=_text(fields.get("reporting-mta"), 255),
+                arrival_date=_text(fields.get("arrival-date"), 100) or None)
     if not found:
         _from_text(lines, add)
     action = "delayed" if warning else "failed"
@@ -591,7 +631,11 @@ def _bounce(msg: Message, parts, original: Message | None, report_part: bool = F
             status = "4.0.0"
         recipients.append(RecipientStatus(recipient=addr, action=action, status=status, diagnostic=diagnostic,
                                           remote_mta="", original_recipient=""))
-    return Report(kind=ReportKind.BOUNCE, envelope_id=None, reporting_mta="", recipients=tuple(recipients),
+    return _bounce_report(tuple(recipients), original, returned)
+
+
+def _bounce_report(recipients: tuple[RecipientStatus, ...], original: Message | None, returned: list[str]) -> Report:
+    return Report(kind=ReportKind.BOUNCE, envelope_id=None, reporting_mta="", recipients=recipients,
                   original_message_id=_message_id(_header(original, "message-id")) if original else _inline_id(returned),
                   original_mail_from=_mailbox(_header(original, "return-path")) if original else None,
                   feedback_type=None, arrival_date=None)
@@ -648,7 +692,11 @@ def _from_text(lines: list[str], add) -> None:
         m = _LEAD_IN.search(joined)
         if m and m.start() < len(line):
             block_left = 12
-            first = _FIRST_ADDR.match(joined[m.end():])   # "wasn't delivered to user@x because ..."
+            rest = joined[m.end():]
+            first = _FIRST_ADDR.match(rest)         # "wasn't delivered to user@x because ..."
+            colon = rest.find(":", 0, 40)            # "... returned permanent errors: user@x. Reason"
+            if first is None and colon >= 0:
+                first = _FIRST_ADDR.match(rest[colon + 1:])
             if first:
                 add(first.group(1), i)
             continue
