@@ -17,10 +17,10 @@ single bounded lines or tokens, none can backtrack badly.
 """
 from __future__ import annotations
 
+import dataclasses
 import email.header
 import email.parser
 import email.policy
-import dataclasses
 import enum
 import itertools
 import logging
@@ -35,7 +35,7 @@ MAX_BOUNDARY_LINES = 300          # "--" lines kept before the rest is cut off (
 MAX_PARTS = 20                    # MIME parts looked at
 MAX_DEPTH = 8                     # MIME nesting walked
 MAX_TEXT = 1024 * 1024            # characters of any text scanned with regexes
-MAX_LINE = 2000                   # characters of a line scanned
+MAX_LINE = 1000                   # characters of a line scanned
 MAX_FIELDS = 4000                 # DSN / ARF fields read
 MAX_RECIPIENTS = 100
 MAX_HEADER_BLOCK = 64 * 1024      # bytes of a returned header block parsed
@@ -608,7 +608,9 @@ def _bounce(msg: Message, parts, original: Message | None, report_part: bool = F
 
     for value in _all_headers(msg, "x-failed-recipients"):
         for addr in _addresses_in(_text(value, 4000)):
-            add(addr, 0)
+            # the status and diagnostic: near where the text names it (Exim: "SMTP error ... 550 5.1.1")
+            index = next((i for i, line in enumerate(lines[:2000]) if addr in line.lower()), len(lines))
+            add(addr, index)
     if not found and any(line[:16].lower() == "final-recipient:" for line in lines):
         # the fields of a delivery-status part, pasted into the text (Amazon WorkMail, old sendmail)
         fields, statuses = _read_fields(_groups_of_text("\n".join(lines)))
@@ -688,7 +690,7 @@ def _from_text(lines: list[str], add) -> None:
     block_left = 0                          # lines left in a "the following addresses failed:" block
     for i, line in enumerate(lines):
         # a lead-in may wrap ("The following addresses\nfailed:"): read it with the next line
-        joined = line + " " + lines[i + 1].strip() if i + 1 < len(lines) else line
+        joined = line + " " + lines[i + 1].strip()[:200] if i + 1 < len(lines) and len(line) < 200 else line
         m = _LEAD_IN.search(joined)
         if m and m.start() < len(line):
             block_left = 12
