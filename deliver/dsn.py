@@ -217,8 +217,8 @@ def _parts(msg: Message) -> list[tuple[Message, bool]]:
         if depth >= MAX_DEPTH:
             continue
         ctype = part.get_content_type()
-        payload = part.get_payload()
-        if not isinstance(payload, list):
+        payload = _children(part)
+        if payload is None:
             continue
         if ctype in ("message/delivery-status", "message/global-delivery-status",
                      "message/feedback-report"):
@@ -230,17 +230,18 @@ def _parts(msg: Message) -> list[tuple[Message, bool]]:
     return out
 
 
+def _children(part: Message) -> list | None:
+    """A multipart's (or message/*'s) parts; None for a leaf. (get_payload() on a leaf decodes 8-bit
+    text by its charset parameter and raises on one with a NUL in it: leaves are read as bytes.)"""
+    return part.get_payload() if part.is_multipart() else None
+
+
 def _body_text(part: Message) -> str:
     """A leaf's text, transfer-decoded, at most MAX_TEXT characters."""
     try:
-        payload = part.get_payload()
-        if isinstance(payload, list):
+        if part.is_multipart():
             return ""
-        cte = (_header(part, "content-transfer-encoding") or "").strip().lower()
-        if cte in ("base64", "quoted-printable"):
-            data = part.get_payload(decode=True) or b""
-        else:
-            data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+        data = part.get_payload(decode=True) or b""
         data = data[:MAX_TEXT]
         charset = part.get_content_charset() or "utf-8"
         try:
@@ -258,20 +259,19 @@ def _body_text(part: Message) -> str:
 def _field_groups(part: Message) -> list[list[tuple[str, str]]]:
     """The field groups of a message/delivery-status or message/feedback-report part, whichever
     shape the email package left them in (a list of Message objects, one per group, or text)."""
-    payload = part.get_payload()
+    payload = _children(part)
     groups: list[list[tuple[str, str]]] = []
-    if isinstance(payload, list):
+    if payload is not None:
         for block in payload[:MAX_RECIPIENTS * 2 + 2]:
             if not isinstance(block, Message):
                 continue
             fields = [(k, v) for k, v in block.raw_items() if isinstance(v, str)]
-            rest = block.get_payload()
-            if isinstance(rest, str) and rest.strip():
-                # lines the parser did not take as fields (a group without its blank line)
-                groups.append(fields)
-                groups.extend(_groups_of_text(rest))
-                continue
-            groups.append(fields)
+            rest = _body_text(block)
+            # lines after one the parser could not take as a field: the rest of this group, then
+            # any further groups
+            more = _groups_of_text(rest) if rest.strip() else []
+            groups.append(fields + (more[0] if more else []))
+            groups.extend(more[1:])
         return groups
     return _groups_of_text(_body_text(part))
 
@@ -309,8 +309,8 @@ def _groups_of_text(text: str) -> list[list[tuple[str, str]]]:
 def _header_block(part: Message) -> Message | None:
     """The headers of a returned message: a message/rfc822 part's message, or a
     text/rfc822-headers part's text parsed as headers."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
+    payload = _children(part)
+    if payload is not None:
         first = payload[0] if payload else None
         return first if isinstance(first, Message) else None
     text = _body_text(part)[:MAX_HEADER_BLOCK].lstrip("\r\n")

@@ -413,6 +413,21 @@ def test_undecodable_bytes_and_control_characters():
     assert s.diagnostic.startswith("smtp; 550-5.7.1 ")
 
 
+def test_regression_nul_in_charset_with_8bit_text():
+    """Found by fuzzing: the email package's get_payload() decodes an 8-bit leaf by its charset
+    parameter and raised ValueError on a NUL in it, so the whole report was lost (None)."""
+    raw = (b"From: Mail Delivery System <Mailer-Daemon@mx.example.org>\nSubject: Mail delivery failed\n"
+           b"X-Failed-Recipients: nobody@example.org\nContent-Type: text/plain; charset=\"a\x00b\"\n\n"
+           b"Caf\xe9: the following address failed:\n  nobody@example.org\n    550 5.1.1 unknown\n")
+    r = parse_report(raw)
+    assert r is not None and [(s.recipient, s.status) for s in r.recipients] == [("nobody@example.org", "5.1.1")]
+    status = (crlf(POSTFIX_DSN).replace(b"Final-Recipient: rfc822; fine@example.org",
+                                        b"Content-Type: text/plain; charset=\"\x00\"\r\n"
+                                        b"Final-Recipient: rfc822; fine@example.org\r\n\xff\xfe not a field"))
+    assert [s.recipient for s in parse_report(status).recipients] == ["gone@example.net", "slow@example.com",
+                                                                      "fine@example.org"]
+
+
 def _walk_values(r: Report):
     yield r.envelope_id or ""
     yield r.reporting_mta
