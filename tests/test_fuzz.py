@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
 import targets  # noqa: E402
 
 FUZZ = Path(__file__).parent / "fuzz"
-RUNS = {"event": 1000, "authres": 15000, "config": 15000, "send": 6000}
+RUNS = {"event": 1000, "authres": 15000, "config": 15000, "send": 6000, "dsn": 4000}
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -76,6 +76,11 @@ def _seeds(target: str, tmp: Path) -> Path:
         (seeds / "theirs").write_text("evil.test; dkim=pass header.d=bank.test")
     elif target == "config":
         shutil.copy(Path(__file__).parents[1] / "config" / "agentmx.toml", seeds / "example.toml")
+    elif target == "dsn":
+        reports = sorted(p for p in (CORPUS / "flufl-bounce").rglob("*.txt")) + \
+            sorted((CORPUS / "sisimai-set-of-emails").rglob("*.eml"))
+        for i, p in enumerate(random.Random(7).sample([p for p in reports if p.stat().st_size < 20_000], 40)):
+            shutil.copy(p, seeds / f"{i}-{p.name}")
     elif target == "send":
         (seeds / "reply.json").write_text(json.dumps({"from": "agent@agentmx.test", "to": ["b@example.org"],
                                                       "subject": "hi", "text": "t", "html": "<p>t</p>",

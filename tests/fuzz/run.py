@@ -1,9 +1,9 @@
 """Coverage-guided fuzzing with atheris (libFuzzer) of one target in fuzz/targets.py.
 
     python tests/fuzz/run.py TARGET [libFuzzer options] [CORPUS_DIR ...]
-    TARGET: event | authres | config | send
+    TARGET: event | authres | config | send | dsn
 
-Bytes become the target's input: `event` takes them as the raw message; `authres` and `config`
+Bytes become the target's input: `event` and `dsn` take them as the raw message; `authres` and `config`
 as UTF-8 text (surrogateescape); `send` as JSON when they parse, else as the `from` field of an
 otherwise valid request. A crash is printed with the input's path (crash-<sha1>): turn it into a
 regression test in tests/test_fuzz.py (REGRESSIONS) with that input.
@@ -22,6 +22,7 @@ with atheris.instrument_imports(include=["agentmx", "email", "authres", "tomllib
     import agentmx.deliver.authread  # noqa: F401
     import agentmx.config  # noqa: F401
     import agentmx.send  # noqa: F401
+    import agentmx.deliver.dsn  # noqa: F401
     import email.feedparser  # noqa: F401
     import email._header_value_parser  # noqa: F401
     import authres as _authres  # noqa: F401
@@ -67,6 +68,7 @@ ADAPT = {
     "authres": lambda data: targets.authres(_text(data)),
     "config": lambda data: targets.config_text(_text(data)),
     "send": lambda data: targets.send(_send(data)),
+    "dsn": lambda data: targets.dsn(data),
 }
 
 

@@ -8,6 +8,8 @@ input was handled as promised and raises AssertionError (or whatever escaped) wh
   config    TOML text -> parse_config: a Config or a ConfigError naming the file, nothing else
   send      a JSON value -> parse_request -> build -> bytes: a SendError (4xx) or a message whose
             header block has only the headers we write: no field becomes a header of its own
+  dsn       bytes -> parse_report: never raises; None or a Report whose every value is one bounded
+            line of valid Unicode, at most MAX_RECIPIENTS recipients, actions from RFC 3464's list
 """
 from __future__ import annotations
 
@@ -102,3 +104,29 @@ def send(value) -> None:
     assert set(names) <= allowed, (set(names) - allowed, head[:2000])
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["From"] is not None and all(b"\n" not in line for line in head.split(b"\r\n"))
+
+
+_DSN_ACTIONS = {"failed", "delayed", "delivered", "relayed", "expanded", "complained", ""}
+
+
+def dsn(data: bytes) -> None:
+    from agentmx.deliver import dsn as reader
+    from agentmx.deliver.dsn import MAX_RECIPIENTS, Report, ReportKind
+    r = reader._parse(data)        # parse_report hides its own bugs from deliver (None); not from us
+    if r is None:
+        return
+    assert isinstance(r, Report) and isinstance(r.kind, ReportKind)
+    assert len(r.recipients) <= MAX_RECIPIENTS
+    bounded = [(r.envelope_id, 100), (r.reporting_mta, 255), (r.original_message_id, 998),
+               (r.original_mail_from, 320), (r.feedback_type, 64), (r.arrival_date, 100)]
+    for s in r.recipients:
+        assert s.action in _DSN_ACTIONS, s.action
+        assert s.status == "" or s.status[:1] in "245", s.status
+        bounded += [(s.recipient, 320), (s.diagnostic, 1000), (s.remote_mta, 255), (s.original_recipient, 320),
+                    (s.status, 11)]
+    for value, limit in bounded:
+        if value is None:
+            continue
+        assert isinstance(value, str) and len(value) <= limit, (value[:80], limit)
+        assert not any(ch < " " or ch == "\x7f" for ch in value), value[:80]
+        value.encode("utf-8")                      # a lone surrogate would raise here
