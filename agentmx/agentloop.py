@@ -32,7 +32,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Callable
 
-from . import replies, send, untrusted
+from . import replies, send, sendevents, untrusted
 from .config import AgentConfig, Config, Route
 from .store import Store, StoreError, StoreUnavailable, open_store
 from .store.model import JobState
@@ -232,11 +232,19 @@ def send_effects(config: Config, store: Store) -> Effects:
             if own:
                 store.give_back([route_key(route)])
             raise
+        send_id = send.new_send_id()
+        out = send.with_return_path(out, send_id, config)
         try:
-            return send.submit(out, config)
+            queue_id = send.submit(out, config)
         except BaseException:
             store.give_back(taken + ([route_key(route)] if own else []))
             raise
+        try:                  # kept like the API's sends: its reports come back to the route (email.bounced...)
+            sendevents.record_send(store, config, send_id, route_key(route), from_address(event), out, queue_id, event["id"],
+                        time.time())
+        except StoreError as exc:
+            log.warning("%s: sent as %s (%s) but not recorded: %s", event["id"], send_id, queue_id, exc)
+        return queue_id
 
     def reply(event: dict, route: Route, text: str) -> str:
         to = replies.reply_address(event)               # ONE address, never one the mail chose

@@ -186,6 +186,8 @@ class SendConfig:
     fetch_allow_networks: tuple = ()      # networks fetched from beyond public unicast (tests: 127.0.0.0/8)
     fetch_max_bytes: int = 25_000_000     # one attachment fetched by URL
     fetch_timeout: float = 20.0           # seconds for one fetch: DNS, connects, redirects, body
+    verp: bool = True                     # each send its own envelope sender (bounces+<token>@domain) and DSNs
+    bounce_local: str = "bounces"         # that envelope sender's local part: reports to it go to deliver
 
 
 @dataclass(frozen=True)
@@ -787,8 +789,17 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
         fetch_max_bytes=sd.get("fetch_max_bytes", SendConfig.fetch_max_bytes, _positive_int,
                                "a whole number of bytes > 0"),
         fetch_timeout=sd.get("fetch_timeout", SendConfig.fetch_timeout, _positive_number, "a number of seconds > 0"),
+        verp=sd.get("verp", True, _bool, "true or false"),
+        bounce_local=sd.get("bounce_local", SendConfig.bounce_local,
+                            lambda v: v.lower() if isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,19}", v)
+                            and "+" not in v else _raise(), "a local part of 1 to 20 letters, digits, '.', '_' or '-'"),
     )
     sd.finish()
+    for r in routes:
+        if r.match.partition("@")[0] == send.bounce_local:
+            raise sd.error("bounce_local", f"{send.bounce_local}@ is where delivery reports to what agents send "
+                           f"arrive, and route {r.match!r} takes that address: choose another bounce_local or "
+                           "another address for the route")
 
     api_keys = []
     for i, k in enumerate(_array_of_tables(doc, path, "api_keys", service)):

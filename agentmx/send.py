@@ -20,14 +20,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import os
 import re
 import smtplib
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
+from . import verp
 from .config import ApiKey, Config, SubmitTarget, SubmitVia
 
 
@@ -81,6 +83,7 @@ class Outgoing:
     thread_id: str
     in_reply_to: str | None
     correspondents: tuple[str, ...]
+    envid: str | None = None          # with a return path of its own: DSNs asked for, ENVID = the send id
 
 
 # --- authorize --------------------------------------------------------------------------------
@@ -448,6 +451,27 @@ class RateLimited(SendError):
         self.key, self.limit = key, limit
 
 
+# --- the return path: what comes back names the send (agentmx/verp.py) ----------------------------
+
+
+def new_send_id() -> str:
+    return "snd_" + base64.b32encode(os.urandom(16)).decode().lower().rstrip("=")
+
+
+def with_return_path(out: Outgoing, send_id: str, config: Config) -> Outgoing:
+    """`out` with its own envelope sender, <bounce_local>+<token>@<its From domain>, and a DSN
+    request (RET=HDRS, ENVID = the send id, NOTIFY=SUCCESS,FAILURE,DELAY): the reports come back
+    to deliver, which matches them to the send (deliver/reports.py). Unchanged with [send]
+    verp = false, without [server] url_secret (the key of the token), or from a domain no route
+    takes (Postfix would not hand reports to it to deliver: `agentmx postfix-map`)."""
+    domain = out.envelope_from.rpartition("@")[2].lower()
+    if not (config.send.verp and config.url_secret) or not any(r.match.rpartition("@")[2] == domain
+                                                                for r in config.routes):
+        return out                     # no route, no transport to deliver here: reports could not come back
+    return replace(out, envelope_from=verp.address(send_id, domain, verp.key_from(config.url_secret),
+                                                   config.send.bounce_local), envid=send_id)
+
+
 # --- submit ---------------------------------------------------------------------------------------
 
 
@@ -483,12 +507,13 @@ def submit(out: Outgoing, config: Config) -> str:
             # EHLO first: smtplib's mail() does not send it, and a Postfix with
             # smtpd_helo_required = yes refuses MAIL FROM without it.
             smtp.ehlo_or_helo_if_needed()
-            code, resp = smtp.mail(out.envelope_from)
+            dsn = out.envid is not None and smtp.has_extn("dsn")
+            code, resp = smtp.mail(out.envelope_from, ["RET=HDRS", f"ENVID={out.envid}"] if dsn else [])
             if code != 250:
                 raise SendError(502, "smtp_refused", f"Postfix refused the sender: {code} {resp.decode(errors='replace')}")
             refused = []
             for rcpt in out.recipients:
-                code, resp = smtp.rcpt(rcpt)
+                code, resp = smtp.rcpt(rcpt, ["NOTIFY=SUCCESS,FAILURE,DELAY"] if dsn else [])
                 if code not in (250, 251):
                     refused.append(f"{rcpt}: {code} {resp.decode(errors='replace')}")
             if refused:

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 
 from agentmx.config import Config
 from agentmx.routing import match
-from agentmx.store.model import PostState, SendEvent, SendEventType, SendRecord, base_address
+from agentmx.store.model import PostState, SendEvent, SendEventType, SendRecord, SendState, base_address
 
 FIELDS = ("action", "status", "permanent", "diagnosticCode", "remoteMta", "reportingMta", "feedbackType",
           "suppressed")
@@ -67,3 +67,14 @@ def make(send: SendRecord, type_: SendEventType, at: float, config: Config, sour
     return SendEvent(eid, send.id, type_, recipient.lower(), at, base_address(send.sender),
                      found.route.match if found else "", body(doc),
                      PostState.PENDING if pushes else PostState.KEPT, next_at=at)
+
+
+def record_send(store, config: Config, send_id: str, key_name: str, sender: str, out, queue_id: str,
+                reply_to_event: str | None, now: float, scheduled_at: float | None = None) -> SendRecord:
+    """Keep a send Postfix took (`out`: send.Outgoing, as submitted) and its `email.sent` event for
+    the sender's route. StoreError is the caller's: the message is in Postfix's queue all the same."""
+    rec = SendRecord(send_id, key_name, sender, out.recipients, out.message_id, queue_id or None, out.thread_id,
+                     out.in_reply_to, reply_to_event, SendState.QUEUED, now, scheduled_at=scheduled_at)
+    store.put_send(rec)
+    store.put_send_event(make(rec, SendEventType.SENT, now, config, "queued"))
+    return rec

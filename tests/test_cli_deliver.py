@@ -102,7 +102,9 @@ def test_postfix_map(tmp_path):
     cfg = write_config(tmp_path, "http://127.0.0.1:9/")
     out = subprocess.run([AGENTMX, "--config", str(cfg), "postfix-map"], capture_output=True, text=True, check=True)
     entries = [line for line in out.stdout.splitlines() if not line.startswith("#")]
-    assert entries == ["agent@agentmx.test\tOK", "@support.agentmx.test\tOK"]
+    # and where delivery reports to what agents send come back ([send] bounce_local), per routed domain
+    assert entries == ["agent@agentmx.test\tOK", "@support.agentmx.test\tOK", "bounces@agentmx.test\tOK",
+                       "bounces@support.agentmx.test\tOK"]
 
 
 def _free_port() -> int:

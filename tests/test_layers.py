@@ -16,6 +16,7 @@ PACKAGES = {"agentmx": "agentmx", "milter": "agentmx.milter", "deliver": "agentm
 # the small shared modules of layer 0 (config, resolver, address, notify, ...).
 LAYERS = {
     "agentmx.store": 1,
+    "agentmx.sendevents": 1.5,     # send events: made of the store's values, for the send path and deliver alike
     "agentmx.milter": 2, "agentmx.deliver": 2,
     "agentmx.ops": 3, "agentmx.mcpserver": 3,          # MCP tools on a Mailbox: HTTP (stdio) or serve in process (api/mcp.py)
     "agentmx.api": 4, "agentmx.agentloop": 4,
@@ -32,7 +33,7 @@ def unit(module: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 1 else module
 
 
-def layer(name: str) -> int:
+def layer(name: str) -> float:
     return LAYERS.get(name, 0)
 
 

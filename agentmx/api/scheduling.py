@@ -58,7 +58,7 @@ def park(ctx, key: ApiKey, data: dict, resolved=None) -> dict:
         up = attachments.store_file(ctx, key, att.data, att.filename, att.content_type, expires)
         kept.append({"url": attachments.signed_url(ctx, up), "filename": att.filename, "contentType": att.content_type})
     stored = {**data, "attachments": kept} if kept else {k: v for k, v in data.items() if k != "attachments"}
-    send_id = sending.new_send_id()
+    send_id = send.new_send_id()
     ctx.store.put_send(SendRecord(send_id, key.name, out.envelope_from, out.recipients, "", None, None,
                                   req.in_reply_to, None, SendState.SCHEDULED, ctx.clock(),
                                   scheduled_at=req.scheduled_at, request=json.dumps(stored)))

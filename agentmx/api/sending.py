@@ -16,16 +16,14 @@ thread pool. An Idempotency-Key header makes a retry answer the first answer (id
 """
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from agentmx import send
+from agentmx import send, sendevents
 from agentmx.address import split
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
@@ -36,10 +34,6 @@ from .context import Context
 from .errors import ApiError
 
 log = logging.getLogger("agentmx.serve")
-
-
-def new_send_id() -> str:
-    return "snd_" + base64.b32encode(os.urandom(16)).decode().lower().rstrip("=")
 
 
 def prepare(ctx: Context, key: ApiKey, data, resolved: tuple[send.Attachment, ...] | None = None):
@@ -67,22 +61,21 @@ def send_one(ctx: Context, key: ApiKey, data, send_id: str | None = None,
     req, original, out = prepare(ctx, key, data, resolved)
     taken = send.take_limits(ctx.store, ctx.config, out.correspondents,
                              out.thread_id if original is not None or out.in_reply_to else None)
+    send_id = send_id or send.new_send_id()
+    out = send.with_return_path(out, send_id, ctx.config)
     try:
         queue_id = send.submit(out, ctx.config)
     except send.SendError:
         ctx.store.give_back(taken)                # Postfix refused it: it does not count
         raise
-    send_id = send_id or new_send_id()
     result = {"id": send_id, "status": SendState.QUEUED.value, "messageId": out.message_id, "queueId": queue_id,
               "threadId": out.thread_id, "inReplyTo": out.in_reply_to, "recipients": list(out.recipients)}
     try:
-        ctx.store.put_send(SendRecord(send_id, key.name, out.envelope_from, out.recipients, out.message_id,
-                                      queue_id or None, out.thread_id, out.in_reply_to,
-                                      original.get("id") if original else None, SendState.QUEUED, ctx.clock(),
-                                      scheduled_at=req.scheduled_at))
+        sendevents.record_send(ctx.store, ctx.config, send_id, key.name, req.sender.address, out, queue_id,
+                    original.get("id") if original else None, ctx.clock(), req.scheduled_at)
     except StoreError as exc:                     # it is in Postfix's queue: the answer says so all the same
         log.warning("%s: sent as %s but not recorded: %s", send_id, queue_id, exc)
-    log.info("%s: queued as %s from=%s to=%s key=%s", send_id, queue_id, out.envelope_from,
+    log.info("%s: queued as %s from=%s to=%s key=%s", send_id, queue_id, req.sender.address,
              ",".join(out.recipients), key.name)
     return result
 
