@@ -22,7 +22,6 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
-from dataclasses import dataclass, field
 from typing import Callable
 
 from agentmx import urls
@@ -30,38 +29,15 @@ from agentmx.config import Config
 from agentmx.store import DuplicateEvent, Store, StoreError, open_store
 from agentmx.store.model import EXCERPT, Attempt, DeliveryState
 
-from . import control, dedup
+from . import control, dedup, reports
 from . import event as ev
 from . import route as routing
 from .authread import read_auth
 from .http import Response, post as http_post
+from .outcome import EX_OK, EX_TEMPFAIL, Envelope, Outcome  # noqa: F401  (the contract, as callers import it)
 from .parse import parse
 
 log = logging.getLogger("agentmx.deliver")
-
-EX_OK = 0
-EX_TEMPFAIL = 75
-
-
-@dataclass(frozen=True)
-class Envelope:
-    sender: str                       # MAIL FROM ("" for the null sender)
-    recipient: str                    # this delivery's recipient
-    queue_id: str | None = None
-    client_address: str | None = None
-    client_helo: str | None = None
-    original_recipient: str | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    exit_code: int
-    state: DeliveryState              # delivered, refused, dropped, spam, held, stored, queued, deferred
-    event_id: str | None = None
-    status: int | None = None         # the endpoint's HTTP status, 0 when it did not answer
-    reason: str = ""
-    details: dict = field(default_factory=dict)
-
 
 def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, now: float,
                 match: routing.Match | None, event_id: str | None = None) -> tuple[dict, dict]:
@@ -195,6 +171,8 @@ def deliver(raw: bytes, env: Envelope, config: Config, *, store: Store | None = 
 
 
 def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, clock) -> Outcome:
+    if reports.is_report_address(env.recipient, config):       # a report about what an agent sent
+        return reports.take(raw, env, config, store, clock)
     match = routing.match(env.recipient, config.routes)
     if match is None:
         return Outcome(EX_TEMPFAIL, DeliveryState.DEFERRED, reason=f"no route for {env.recipient} (fix the config "
