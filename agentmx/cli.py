@@ -246,7 +246,7 @@ def cmd_parse(args) -> int:
 def cmd_postfix_map(args) -> int:
     from agentmx.deliver.route import postfix_map
     config = load_config(_config_path(args.config), Service.APP)
-    sys.stdout.write(postfix_map(config.routes, config.send.bounce_local if config.send.verp else None))
+    sys.stdout.write(postfix_map(config))
     return 0
 
 

@@ -252,7 +252,7 @@ def apply(plan: Plan) -> str:
     ensure_keys(plan)
     cfg_path = write_config(plan)
     config = load_config(cfg_path)
-    (plan.agentmx_dir / "recipients").write_text(postfix_map(config.routes))
+    (plan.agentmx_dir / "recipients").write_text(postfix_map(config))
     for item in layout(plan, app, milter):
         try:
             set_owner(item.path, item.uid, item.gid, item.mode)     # never through a link
