@@ -9,10 +9,12 @@ import hashlib
 import json
 import os
 import threading
+import time
 
 import pytest
 
-from agentmx.store import DuplicateEvent, StoreError
+from agentmx.store import DuplicateEvent, SchemaMismatch, StoreError, migrations
+from agentmx.store.embedded import EmbeddedStore
 from agentmx.store.model import (EXCERPT, LATENCY_BUCKETS, Attempt, DeliveryState, JobState, PostState, SendEvent,
                                   SendEventType, SendRecord, SendState, Suppression, SuppressionReason, Upload)
 
@@ -1104,3 +1106,55 @@ def test_a_send_event_wakes_a_listener(store):
     """put_send_event wakes the waiters as put_event does (event streams, the dispatcher)."""
     woken, took = woken_by(store, store.put_send_event, send_event("wake"))
     assert woken and took < 1.0, took
+
+
+@pytest.fixture
+def unmigrated(request, store, tmp_path, clock):
+    """make() -> a store of `store`'s backend on one new data directory or database, no schema yet:
+    each call another store on it (a host running the next version)."""
+    if isinstance(store, EmbeddedStore):
+        made = []
+
+        def make():
+            made.append(EmbeddedStore(tmp_path / "unmigrated", clock))
+            return made[-1]
+        yield make
+        for s in made:
+            s.close()
+        return
+    from agentmx.store.postgres import PostgresStore
+    pg = request.getfixturevalue("pg_server")
+    name = f"agentmx_unmigrated_{time.monotonic_ns() % 10**9}"
+    url, made = pg.create_database(name), []
+
+    def make():
+        made.append(PostgresStore(url, store.blobs, clock))
+        return made[-1]
+    yield make
+    for s in made:
+        s.close()
+    pg.drop_database(name)
+
+
+def test_a_version_4_store_migrates_to_5_and_keeps_its_sends(unmigrated, monkeypatch, clock):
+    """An upgraded host: `agentmx store migrate` replaces version 1's empty send_events and
+    suppressions tables; the sends kept before are found by Message-ID, and send events and
+    suppressions are kept from then on."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", tuple(m for m in migrations.MIGRATIONS if m.version <= 4))
+    monkeypatch.setattr(migrations, "LATEST", 4)
+    old = unmigrated()
+    assert old.migrate() == 4
+    old.check_schema()
+    rec = a_send(old, "a", clock.now, "<m@agents.test>")
+    monkeypatch.undo()
+    new = unmigrated()
+    with pytest.raises(SchemaMismatch, match="store migrate"):
+        new.check_schema()
+    assert new.migrate() == migrations.LATEST
+    new.check_schema()
+    assert new.send_by_message_id("<m@agents.test>") == rec
+    assert new.put_send_event(send_event("1", rec.id, at=clock.now)) and [e.id for e in new.send_events(rec.id)] == [
+        "evt_1"]
+    assert [e.id for e in new.claim_send_events(60)] == ["evt_1"]
+    assert new.suppress(Suppression("agents.test", "bob@remote.test", SuppressionReason.BOUNCED, clock.now, "evt_1"))
+    assert new.suppressed("agents.test", ["bob@remote.test"])[0].event_id == "evt_1"
