@@ -752,6 +752,16 @@ def test_import_refuses_an_inbox_position_another_event_holds(store, other_store
     assert other_store.inbox_row("msg_0000000000000001") is None and other_store.metrics().received == 1
 
 
+
+def test_import_leaves_out_a_send_event_whose_seq_is_taken(store, other_store, clock):
+    from agentmx.store.model import RecordKind
+    store.put_send_event(send_event("1", at=clock.now))
+    store.put_send_event(send_event("2", at=clock.now))
+    other_store.put_send_event(send_event("its own", at=clock.now))          # seq 1, before the import
+    assert other_store.import_records(RecordKind.SEND_EVENTS, store.export_records(RecordKind.SEND_EVENTS)) == 1
+    assert [(e.seq, e.id) for e in other_store.send_events(SEND)] == [(1, "evt_its own"), (2, "evt_2")]
+    assert other_store.put_send_event(send_event("3", at=clock.now)) and other_store.send_events(SEND)[-1].seq == 3
+
 def test_blob_names_in_order(store):
     shas = sorted(store.put_blob(os.urandom(n)) for n in (10, 20, 30, 40))
     assert [s for s, _ in blob_names(store)] == shas
