@@ -742,10 +742,10 @@ class PostgresStore(Store):
     def claim_send_events(self, lease: float, limit: int = 10) -> list[SendEvent]:
         now = self.clock()
         rows = self._all(
-            f"WITH due AS (SELECT seq, next_at FROM send_events WHERE state = %(pending)s AND next_at <= %(now)s "
-            f"             ORDER BY next_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-            f"UPDATE send_events s SET next_at = %(until)s FROM due WHERE s.seq = due.seq "
-            f"RETURNING due.next_at, s.seq, " + ", ".join(f"s.{c}" for c in _SEND_EVENT.split(", ")),
+            "WITH due AS (SELECT seq, next_at FROM send_events WHERE state = %(pending)s AND next_at <= %(now)s "
+            "             ORDER BY next_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            "UPDATE send_events s SET next_at = %(until)s FROM due WHERE s.seq = due.seq "
+            "RETURNING due.next_at, s.seq, " + ", ".join(f"s.{c}" for c in _SEND_EVENT.split(", ")),
             {"pending": PostState.PENDING.value, "now": now, "limit": max(1, int(limit)), "until": now + lease})
         return [_send_event(r[1:]) for r in sorted(rows, key=lambda r: (r[0], r[1]))]   # oldest first
 
@@ -1174,6 +1174,7 @@ def _import_send_events(cur, records: list[SendEvent]) -> int:
     cur.execute("SELECT setval('send_events_seq_seq', GREATEST(%s, (SELECT CASE WHEN is_called THEN last_value "
                 "ELSE 0 END FROM send_events_seq_seq)))", (max(r.seq for r in new),))
     return len(new)
+
 
 _import_suppressions = _insert_each(
     f"INSERT INTO suppressions ({_SUPPRESSION}) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
