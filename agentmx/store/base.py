@@ -274,8 +274,8 @@ class Store(abc.ABC):
         """Up to `limit` records of `kind` whose key (model.record_key) is after `after` (None: from
         the first), in key order (text keys in code-point order), as model.py's neutral values:
         StoredEvent (by seq), SendRecord, StoredJob (by id), StoredTranscript (by event_id),
-        StoredUses (by (key, at)), Block (by (sender, scope)). Read in one transaction: an event
-        comes with all of it."""
+        StoredUses (by (key, at)), Upload (by id), Block (by (sender, scope)), SendEvent (by seq),
+        Suppression (by (domain, address)). Read in one transaction: an event comes with all of it."""
 
     @abc.abstractmethod
     def import_records(self, kind: RecordKind, records: list) -> int:
@@ -283,8 +283,10 @@ class Store(abc.ABC):
         as given (an event at its seq, with its delivery, attempts, blob references and inbox
         row; the counters behind metrics() counted as if it had arrived here); a record whose key
         is here already is left as it is (never overwritten, never doubled). StoredUses: as many
-        uses at that instant as the record counts. The next event put here comes after every
-        imported one. StoreError when an event's seq is another event's here. The number inserted."""
+        uses at that instant as the record counts. The next event (and send event) put here comes
+        after every imported one. StoreError when an event's seq is another event's here; a send
+        event whose seq is another's here is left out (a move's verification names it). The number
+        inserted."""
 
     @abc.abstractmethod
     def blob_names(self, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:

@@ -9,7 +9,10 @@ Every method is one transaction. What makes it safe across hosts:
     so rows commit in seq order everywhere and an event stream resuming after N misses nothing;
   - wake-ups: put_event sends NOTIFY in its transaction (delivered at commit) to every listener
     (listener(): LISTEN on its own connection, with the slow check as a fallback);
-  - claim_job: SELECT ... FOR UPDATE SKIP LOCKED: one worker gets a job;
+  - claim_job, claim_scheduled, claim_send_events: SELECT ... FOR UPDATE SKIP LOCKED: one worker
+    gets a job, one serve a scheduled send or a send event to POST;
+  - send events: put_send_event draws its seq under an advisory lock of its own and NOTIFYs, as
+    put_event does (a /v1/events cursor resuming after seq N misses nothing);
   - claim (wait + ack): UPDATE ... WHERE NOT read: one caller gets a message;
   - take: uses counted under a transaction-level advisory lock per key, keys locked in order;
   - blobs: a row per blob, written under its row lock with the object; gc deletes objects under
@@ -34,9 +37,10 @@ from psycopg import errors as pgerrors
 
 from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Block, Delivery, DeliveryState, GcReport, InboxRow,
-                    Job, JobState, Metrics, RecordKind, SendRecord, SendState, StoredEvent, StoredJob, StoredTranscript,
-                    StoredUses, Upload, delivered_at, export_after, stored_events)
+from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Block, Delivery, DeliveryState, GcReport,
+                    InboxRow, Job, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
+                    SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
+                    Upload, delivered_at, export_after, stored_events)
 from .s3 import BlobStore
 
 log = logging.getLogger("agentmx.store.postgres")
@@ -46,6 +50,7 @@ CHANNEL = "agentmx_inbox"
 LOCK_NS = 0x61676D78                      # "agmx"
 LOCK_INBOX = 1
 LOCK_MIGRATE = 2
+LOCK_SEND_EVENTS = 3                      # send events' seq, taken in commit order like the inbox's
 LOCK_NS_TAKE = LOCK_NS + 1
 LOCK_NS_BLOB = LOCK_NS + 2
 CHECKS = ("spf", "dkim", "dmarc", "arc")
@@ -329,18 +334,10 @@ class PostgresStore(Store):
                     before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
                     limit: int = 50, oldest_first: bool = False, search: str | None = None) -> list[InboxRow]:
         from agentmx.address import split
-        scope, args = [], []
-        for a in addresses:
-            a = _text(a).lower()
-            if a.startswith("@"):
-                scope.append("domain = %s")
-                args.append(a[1:])
-            else:
-                scope.append("address = %s")
-                args.append(a)
+        scope, args = _scope(addresses)
         if not scope:
             return []
-        where = ["(" + " OR ".join(scope) + ")"]
+        where = [scope]
         if to:
             where.append("address = %s")
             args.append(split(_text(to))[0])
@@ -600,7 +597,12 @@ class PostgresStore(Store):
                 other[table] = cur.fetchone()[0]
             now = self.clock()
             pending = (SendState.SCHEDULED.value, SendState.SENDING.value)
-            for table, where, args in (("sends", "created < %s AND state <> ALL(%s)", (older_than, list(pending))),
+            sends = ("created < %s AND state <> ALL(%s)", (older_than, list(pending)))
+            # send events before their sends: one still to be POSTed (PENDING) goes only with its send
+            for table, where, args in (("send_events", f"at < %s AND (state <> %s OR send_id IN (SELECT id FROM sends "
+                                                       f"WHERE {sends[0]}))",
+                                        (older_than, PostState.PENDING.value, *sends[1])),
+                                       ("sends", *sends),
                                        ("transcripts", "created < %s", (older_than,)),
                                        ("jobs", "updated < %s", (older_than,)), ("uses", "at < %s", (older_than,)),
                                        ("uploads", "expires < %s", (now,)),
@@ -688,6 +690,98 @@ class PostgresStore(Store):
         row = self._one("SELECT sender, scope, event_id, created FROM blocks WHERE sender = %s AND scope = ANY(%s) "
                         "ORDER BY created LIMIT 1", (_text(sender).lower(), [_text(s).lower() for s in scopes]))
         return Block(*row) if row else None
+
+    def remove_block(self, sender: str, scope: str) -> bool:
+        return self._rowcount("DELETE FROM blocks WHERE sender = %s AND scope = %s",
+                              (_text(sender).lower(), _text(scope).lower())) == 1
+
+    # --- send events ----------------------------------------------------------------------------------------
+
+    def send_by_message_id(self, message_id: str) -> SendRecord | None:
+        if not message_id:
+            return None
+        r = self._one(f"SELECT {_SEND} FROM sends WHERE message_id = %s ORDER BY created DESC, id DESC LIMIT 1",
+                      (_text(message_id),))
+        return _send(r) if r else None
+
+    def put_send_event(self, event: SendEvent) -> bool:
+        def put(cur):
+            # seq drawn under one lock for every put: rows commit in seq order on every host
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_SEND_EVENTS))
+            cur.execute(f"INSERT INTO send_events ({_SEND_EVENT}) VALUES ({_SEND_EVENT_VALUES}) "
+                        "ON CONFLICT (id) DO NOTHING RETURNING seq", _send_event_row(event))
+            row = cur.fetchone()
+            if row is None:
+                return False              # kept already: the first stands
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"send {row[0]}"))    # delivered at commit
+            return True
+        return self._run(put)
+
+    def send_events(self, send_id: str) -> list[SendEvent]:
+        return [_send_event(r) for r in self._all(f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE send_id = %s "
+                                                  "ORDER BY seq", (_text(send_id),))]
+
+    def list_send_events(self, addresses: tuple[str, ...], *, types: tuple[SendEventType, ...] = (),
+                         before_seq: int | None = None, after_seq: int | None = None, limit: int = 50,
+                         oldest_first: bool = False) -> list[SendEvent]:
+        scope, args = _scope(addresses, domain="split_part(address, '@', 2)")
+        if not scope:
+            return []
+        where = [scope]
+        if types:
+            where.append("type = ANY(%s)")
+            args.append([t.value for t in types])
+        for cond, value in (("seq < %s", before_seq), ("seq > %s", after_seq)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        return [_send_event(r) for r in self._all(
+            f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE {' AND '.join(where)} "
+            f"ORDER BY seq {'ASC' if oldest_first else 'DESC'} LIMIT %s", (*args, max(1, min(int(limit), 500))))]
+
+    def claim_send_events(self, lease: float, limit: int = 10) -> list[SendEvent]:
+        now = self.clock()
+        rows = self._all(
+            "WITH due AS (SELECT seq, next_at FROM send_events WHERE state = %(pending)s AND next_at <= %(now)s "
+            "             ORDER BY next_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            "UPDATE send_events s SET next_at = %(until)s FROM due WHERE s.seq = due.seq "
+            "RETURNING due.next_at, s.seq, " + ", ".join(f"s.{c}" for c in _SEND_EVENT.split(", ")),
+            {"pending": PostState.PENDING.value, "now": now, "limit": max(1, int(limit)), "until": now + lease})
+        return [_send_event(r[1:]) for r in sorted(rows, key=lambda r: (r[0], r[1]))]   # oldest first
+
+    def send_event_posted(self, event_id: str, state: PostState, excerpt: str, next_at: float = 0.0) -> None:
+        self._rowcount("UPDATE send_events SET state = %s, attempts = attempts + 1, excerpt = %s, next_at = %s "
+                       "WHERE id = %s", (state.value, _text(excerpt)[:EXCERPT], next_at, _text(event_id)))
+
+    # --- suppressions ---------------------------------------------------------------------------------------
+
+    def suppress(self, suppression: Suppression) -> bool:
+        return self._run(lambda cur: _import_suppressions(cur, [suppression])) == 1
+
+    def unsuppress(self, domain: str, address: str) -> bool:
+        return self._rowcount("DELETE FROM suppressions WHERE domain = %s AND address = %s",
+                              (_text(domain).lower(), _text(address).lower())) == 1
+
+    def suppressed(self, domain: str, addresses: Iterable[str]) -> list[Suppression]:
+        wanted = sorted({_text(a).lower() for a in addresses})
+        if not wanted:
+            return []
+        return [_suppression(r) for r in self._all(
+            f'SELECT {_SUPPRESSION} FROM suppressions WHERE domain = %s AND address = ANY(%s) '
+            'ORDER BY address COLLATE "C"', (_text(domain).lower(), wanted))]
+
+    def suppressions(self, domains: tuple[str, ...] | None = None, after: tuple[str, str] | None = None,
+                     limit: int = 100) -> list[Suppression]:
+        args: list = [_text(k) for k in export_after(RecordKind.SUPPRESSIONS, after)]
+        where = _AFTER_SUPPRESSION
+        if domains is not None:
+            if not domains:
+                return []
+            where += " AND domain = ANY(%s)"
+            args.append([_text(d).lower() for d in domains])
+        return [_suppression(r) for r in self._all(
+            f'SELECT {_SUPPRESSION} FROM suppressions WHERE {where} ORDER BY domain COLLATE "C", address COLLATE "C" '
+            'LIMIT %s', (*args, max(1, min(int(limit), 1000))))]
 
     # --- moving a store (transfer.py) ----------------------------------------------------------------------
     # Text keys in code-point order whatever the database's collation: COLLATE "C".
@@ -831,6 +925,50 @@ def _job(r) -> Job:
                next_at=r[5])
 
 
+_SEND_EVENT = "id, send_id, type, recipient, at, address, route, body, state, attempts, next_at, excerpt"
+_SEND_EVENT_VALUES = ", ".join(["%s"] * len(_SEND_EVENT.split(", ")))
+_SUPPRESSION = "domain, address, reason, created, event_id, note"
+# After a (domain, address) key, in code-point order (export_after's three arguments).
+_AFTER_SUPPRESSION = '(domain > %s COLLATE "C" OR (domain = %s AND address > %s COLLATE "C"))'
+
+
+def _send_event(r) -> SendEvent:
+    """From (seq, *_SEND_EVENT)."""
+    return SendEvent(id=r[1], send_id=r[2], type=SendEventType(r[3]), recipient=r[4], at=r[5], address=r[6],
+                     route=r[7], body=bytes(r[8]), state=PostState(r[9]), attempts=r[10], next_at=r[11],
+                     excerpt=r[12], seq=r[0])
+
+
+def _send_event_row(e: SendEvent) -> tuple:
+    return (_text(e.id), _text(e.send_id), e.type.value, _text(e.recipient).lower(), e.at, _text(e.address).lower(),
+            _text(e.route), bytes(e.body), e.state.value, e.attempts, e.next_at, _text(e.excerpt)[:EXCERPT])
+
+
+def _suppression(r) -> Suppression:
+    return Suppression(domain=r[0], address=r[1], reason=SuppressionReason(r[2]), created=r[3], event_id=r[4],
+                       note=r[5])
+
+
+def _suppression_row(s: Suppression) -> tuple:
+    return (_text(s.domain).lower(), _text(s.address).lower(), s.reason.value, s.created, _text(s.event_id),
+            _text(s.note))
+
+
+def _scope(addresses: tuple[str, ...], domain: str = "domain") -> tuple[str, list]:
+    """The condition (and its arguments) that a row's base address (column `address`) is one of
+    `addresses` ("agent@x") or its domain (the expression `domain`) one of their "@x"; "" for none."""
+    scope, args = [], []
+    for a in addresses:
+        a = _text(a).lower()
+        if a.startswith("@"):
+            scope.append(f"{domain} = %s")
+            args.append(a[1:])
+        else:
+            scope.append("address = %s")
+            args.append(a)
+    return ("(" + " OR ".join(scope) + ")" if scope else ""), args
+
+
 # --- moving a store: rows <-> the neutral records of model.py -------------------------------------------------
 
 _SEND = ("id, key, sender, recipients, message_id, queue_id, thread_id, in_reply_to, reply_to_event, state, created, "
@@ -884,6 +1022,10 @@ _EXPORT = {
     RecordKind.BLOCKS: ('SELECT sender, scope, event_id, created FROM blocks WHERE sender > %s COLLATE "C" OR '
                         '(sender = %s AND scope > %s COLLATE "C") ORDER BY sender COLLATE "C", scope COLLATE "C" '
                         'LIMIT %s', lambda r: Block(*r)),
+    RecordKind.SEND_EVENTS: (f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE seq > %s ORDER BY seq LIMIT %s",
+                             _send_event),
+    RecordKind.SUPPRESSIONS: (f'SELECT {_SUPPRESSION} FROM suppressions WHERE {_AFTER_SUPPRESSION} '
+                              'ORDER BY domain COLLATE "C", address COLLATE "C" LIMIT %s', _suppression),
 }
 
 
@@ -995,18 +1137,54 @@ def _import_uses(cur, records: list[StoredUses]) -> int:
     return inserted
 
 
-def _import_blocks(cur, records: list[Block]) -> int:
-    inserted = 0
+def _insert_each(sql: str, row):
+    """An importer of records keyed by several columns: each inserted unless its key is here."""
+    def insert(cur, records: list) -> int:
+        inserted = 0
+        for r in records:
+            cur.execute(sql, row(r))
+            inserted += cur.rowcount
+        return inserted
+    return insert
+
+
+_import_blocks = _insert_each(
+    "INSERT INTO blocks (sender, scope, event_id, created) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    lambda r: (_text(r.sender), _text(r.scope), _text(r.event_id), r.created))
+
+
+def _import_send_events(cur, records: list[SendEvent]) -> int:
+    """Each at its seq, unless its id or its seq is here already (the target's own event stays);
+    put_send_event's next seq comes after every imported one."""
+    cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_SEND_EVENTS))     # put_send_event's
+    cur.execute("SELECT id, seq FROM send_events WHERE id = ANY(%s) OR seq = ANY(%s)",
+                ([_text(r.id) for r in records], [r.seq for r in records]))
+    held = cur.fetchall()
+    ids, seqs = {r[0] for r in held}, {r[1] for r in held}
+    new = []
     for r in records:
-        cur.execute("INSERT INTO blocks (sender, scope, event_id, created) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    (_text(r.sender), _text(r.scope), _text(r.event_id), r.created))
-        inserted += cur.rowcount
-    return inserted
+        if _text(r.id) not in ids and r.seq not in seqs:
+            new.append(r)
+            ids.add(_text(r.id))
+            seqs.add(r.seq)
+    if not new:
+        return 0
+    cur.executemany(f"INSERT INTO send_events (seq, {_SEND_EVENT}) VALUES (%s, {_SEND_EVENT_VALUES})",
+                    [(r.seq, *_send_event_row(r)) for r in new])
+    cur.execute("SELECT setval('send_events_seq_seq', GREATEST(%s, (SELECT CASE WHEN is_called THEN last_value "
+                "ELSE 0 END FROM send_events_seq_seq)))", (max(r.seq for r in new),))
+    return len(new)
+
+
+_import_suppressions = _insert_each(
+    f"INSERT INTO suppressions ({_SUPPRESSION}) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    _suppression_row)
 
 
 _IMPORT = {RecordKind.EVENTS: _import_events, RecordKind.SENDS: _import_sends, RecordKind.JOBS: _import_jobs,
            RecordKind.TRANSCRIPTS: _import_transcripts, RecordKind.USES: _import_uses, RecordKind.UPLOADS: _import_uploads,
-           RecordKind.BLOCKS: _import_blocks}
+           RecordKind.BLOCKS: _import_blocks, RecordKind.SEND_EVENTS: _import_send_events,
+           RecordKind.SUPPRESSIONS: _import_suppressions}
 
 
 def _count(cur, deltas: dict[tuple[str, str], float]) -> None:

@@ -11,7 +11,11 @@ The copy, in this order:
   2. events, each with its inbox row, delivery, attempts and blob references: the newest one
      first, so that the target's next inbox position is past every source event (mail the target
      takes meanwhile is filed after the old), then all of them in seq order;
-  3. sends, agent jobs, transcripts, rate-limit and loop-breaker uses.
+  3. sends, agent jobs, transcripts, rate-limit and loop-breaker uses, uploads, blocks;
+  4. send events (what became of the sends, with their webhook POST state) like events: the
+     newest first, then all in seq order; suppressions.
+A target that holds events or send events of its own at the source's first positions (its
+services ran before the move) is refused before anything is copied.
 Every batch is one transaction of the target, and import_records inserts only the records whose
 key the target lacks, never changing one it has: run again after an interruption (even kill -9)
 it does what is left, and twice it doubles nothing. Where the target has a record of its own
@@ -97,6 +101,8 @@ def move(source: Store, target: Store, say: Callable[[str], None] = lambda _: No
     """Copy what the target lacks, then verify; see the module's docstring."""
     report = Report()
     checked: set[bytes] = set()
+    for kind in _BY_SEQ:
+        _refuse_a_used_target(source, target, kind)
     started = time.monotonic()
     _copy_blobs(source, target, report, checked, say, workers, batch)
     report.seconds["blobs"] = time.monotonic() - started
@@ -157,12 +163,15 @@ def _copy_blobs(source: Store, target: Store, report: Report, checked: set[bytes
     report.blob_bytes = size
 
 
+# Kinds keyed by the store's order of arrival (seq): the target numbers its own records after them.
+_BY_SEQ = (RecordKind.EVENTS, RecordKind.SEND_EVENTS)
+
+
 def _copy(source: Store, target: Store, kind: RecordKind, report: Report, say, batch: int) -> None:
     read = copied = 0
-    if kind is RecordKind.EVENTS:
-        _refuse_a_used_target(source, target)
-        newest = source.last_seq()
-        if newest:              # first: the target's next inbox position is past every source event's
+    if kind in _BY_SEQ:
+        newest = source.last_seq() if kind is RecordKind.EVENTS else _last_seq(source, kind)
+        if newest:              # first: the target's next position is past every source record's
             copied += target.import_records(kind, source.export_records(kind, after=newest - 1, limit=1))
     for page in _records_pages(source, kind, batch):
         copied += target.import_records(kind, page)
@@ -172,17 +181,40 @@ def _copy(source: Store, target: Store, kind: RecordKind, report: Report, say, b
     report.copied[kind.value] = copied
 
 
-def _refuse_a_used_target(source: Store, target: Store) -> None:
-    """Refused before anything of the inbox is copied: a target whose first event is not the
-    source's (it took mail of its own before the move, numbered from 1 like the source's)."""
-    first = target.export_records(RecordKind.EVENTS, None, 1)
+def _last_seq(store: Store, kind: RecordKind) -> int:
+    """The highest seq of a kind keyed by seq (0: none), by export_records(after=x, limit=1)
+    alone: doubling, then halving (a few dozen one-row reads, none of the records read twice)."""
+    def beyond(x: int) -> bool:
+        return bool(store.export_records(kind, after=x, limit=1))
+    if not beyond(0):
+        return 0
+    low, high = 0, 1                # beyond(low) holds; find the least high where it does not
+    while beyond(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if beyond(middle):
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def _refuse_a_used_target(source: Store, target: Store, kind: RecordKind = RecordKind.EVENTS) -> None:
+    """Refused before anything is copied: a target whose first event (or send event) is not the
+    source's (it took mail, or sent, on its own before the move, numbered from 1 like the source's)."""
+    first = target.export_records(kind, None, 1)
     if not first:
         return
-    ours = source.export_records(RecordKind.EVENTS, first[0].seq - 1, 1)
-    if not ours or (ours[0].seq, ours[0].id) != (first[0].seq, first[0].id):
+    ours = source.export_records(kind, first[0].seq - 1, 1)
+    if ours and (ours[0].seq, ours[0].id) == (first[0].seq, first[0].id):
+        return
+    if kind is RecordKind.EVENTS:
         raise Refused(f"the target holds {first[0].id} at inbox position {first[0].seq}, which is not the source's "
                       "event there: it took mail of its own before the move. Nothing of the inbox was copied; "
                       "move into an empty database")
+    raise Refused(f"the target holds send event {first[0].id} at position {first[0].seq}, which is not the source's "
+                  "there: its services sent mail before the move. Nothing was copied; move into an empty database")
 
 
 # --- the verification --------------------------------------------------------------------------------------

@@ -9,12 +9,14 @@ import hashlib
 import json
 import os
 import threading
+import time
 
 import pytest
 
-from agentmx.store import DuplicateEvent, StoreError
-from agentmx.store.model import (EXCERPT, LATENCY_BUCKETS, Attempt, DeliveryState, JobState, SendRecord, SendState,
-                                  Upload)
+from agentmx.store import DuplicateEvent, SchemaMismatch, StoreError, migrations
+from agentmx.store.embedded import EmbeddedStore
+from agentmx.store.model import (EXCERPT, LATENCY_BUCKETS, Attempt, DeliveryState, JobState, PostState, SendEvent,
+                                  SendEventType, SendRecord, SendState, Suppression, SuppressionReason, Upload)
 
 pytestmark = pytest.mark.unit
 DAY = 86400.0
@@ -316,8 +318,9 @@ def test_claim_is_true_for_exactly_one_of_two_threads(store):
         assert sorted(results) == [False, True], e
 
 
-def test_a_put_wakes_a_listener(store):
-    """Within a second, by the backend's own signal (the fallback check is set to 30 s)."""
+def woken_by(store, put, *args) -> tuple[bool, float]:
+    """Whether put(*args) in another thread wakes a listener of the store, and how soon (the
+    fallback check is set to 30 s: only the backend's own signal counts)."""
     async def main():
         listener = store.listener(fallback=30)
         await listener.start()
@@ -325,12 +328,17 @@ def test_a_put_wakes_a_listener(store):
             loop = asyncio.get_running_loop()
             generation = listener.generation
             started = loop.time()
-            loop.run_in_executor(None, put, store, 1)
+            loop.run_in_executor(None, put, *args)
             woken = await listener.wait(generation, 5)
             return woken != generation, loop.time() - started
         finally:
             await listener.stop()
-    woken, took = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_put_wakes_a_listener(store):
+    """Within a second, by the backend's own signal."""
+    woken, took = woken_by(store, put, store, 1)
     assert woken and took < 1.0, took
 
 
@@ -625,6 +633,17 @@ def populate(store, clock) -> dict:
     assert store.take([("agent:@agents.test", 5)], 3600) is None
     assert store.add_block("spammer@x.test", "@agents.test", ids["spam"])
     assert store.add_block("spammer@x.test", "agent@agents.test", ids["delivered"])
+    # issue 16: what became of the sends (a POST pending, one done, one kept for the pull API) and suppressions
+    send = "snd_" + "a" * 26
+    sent = send_event("sent", send, SendEventType.SENT, "", state=PostState.DELIVERED, at=clock())
+    assert store.put_send_event(sent)
+    store.send_event_posted(sent.id, PostState.DELIVERED, "ok")
+    assert store.put_send_event(send_event("bounced", send, SendEventType.BOUNCED, "C@Y.test", at=clock()))
+    assert store.put_send_event(send_event("ops", "snd_" + "b" * 26, SendEventType.DELAYED, "d@z.test",
+                                           address="ops@agents.test", state=PostState.KEPT, at=clock()))
+    assert store.suppress(Suppression("agents.test", "c@y.test", SuppressionReason.BOUNCED, clock(), "evt_bounced"))
+    assert store.suppress(Suppression("agents.test", "b-ad@y.test", SuppressionReason.MANUAL, clock(), "", "by hand"))
+    assert store.suppress(Suppression("agents.test", "bad@y.test", SuppressionReason.COMPLAINED, clock(), "evt_x"))
     return ids
 
 
@@ -653,7 +672,11 @@ def test_export_then_import_gives_the_same_store(store, other_store, clock):
     from agentmx.store.model import RecordKind
     ids = populate(store, clock)
     exported = export_all(store)
-    assert [len(exported[k]) for k in RecordKind] == [5, 3, 2, 1, 3, 1, 2]
+    assert [len(exported[k]) for k in RecordKind] == [5, 3, 2, 1, 3, 1, 2, 3, 3]
+    sent = exported[RecordKind.SEND_EVENTS]
+    assert [e.seq for e in sent] == sorted({e.seq for e in sent}) and (sent[0].attempts, sent[0].excerpt) == (1, "ok")
+    assert [(x.domain, x.address) for x in exported[RecordKind.SUPPRESSIONS]] == [
+        ("agents.test", "b-ad@y.test"), ("agents.test", "bad@y.test"), ("agents.test", "c@y.test")]   # code points
     ev = exported[RecordKind.EVENTS]
     assert [e.seq for e in ev] == sorted(e.seq for e in ev) and ev[0].id == ids["delivered"]
     assert len(ev[0].blobs) == 2 and [a.status for a in ev[1].attempts] == [503, 200]
@@ -687,8 +710,13 @@ def test_export_then_import_gives_the_same_store(store, other_store, clock):
     mine, theirs = store.metrics(), other_store.metrics()
     assert dataclasses.replace(theirs, latency_sum=0) == dataclasses.replace(mine, latency_sum=0)
     assert theirs.latency_sum == pytest.approx(mine.latency_sum) and theirs.latency_count == 2
-    # new mail is filed after the imported
+    # new mail is filed after the imported; so is a new send event
     assert put(other_store, 50) and other_store.inbox_row("msg_0000000000000050").seq > store.last_seq()
+    assert other_store.put_send_event(send_event("later", "snd_" + "a" * 26, at=clock.now))
+    assert other_store.send_events("snd_" + "a" * 26)[-1].seq > sent[-1].seq
+    assert other_store.send_events("snd_" + "a" * 26)[:2] == store.send_events("snd_" + "a" * 26)
+    assert [e.id for e in other_store.claim_send_events(60)] == ["evt_bounced", "evt_later"]    # the POST still due
+    assert other_store.suppressed("Agents.test", ["C@y.test"]) == store.suppressed("agents.test", ["c@y.test"])
 
 
 def ids_and_reads(rows) -> list:
@@ -723,6 +751,16 @@ def test_import_refuses_an_inbox_position_another_event_holds(store, other_store
         other_store.import_records(RecordKind.EVENTS, store.export_records(RecordKind.EVENTS))
     assert other_store.inbox_row("msg_0000000000000001") is None and other_store.metrics().received == 1
 
+
+
+def test_import_leaves_out_a_send_event_whose_seq_is_taken(store, other_store, clock):
+    from agentmx.store.model import RecordKind
+    store.put_send_event(send_event("1", at=clock.now))
+    store.put_send_event(send_event("2", at=clock.now))
+    other_store.put_send_event(send_event("its own", at=clock.now))          # seq 1, before the import
+    assert other_store.import_records(RecordKind.SEND_EVENTS, store.export_records(RecordKind.SEND_EVENTS)) == 1
+    assert [(e.seq, e.id) for e in other_store.send_events(SEND)] == [(1, "evt_its own"), (2, "evt_2")]
+    assert other_store.put_send_event(send_event("3", at=clock.now)) and other_store.send_events(SEND)[-1].seq == 3
 
 def test_blob_names_in_order(store):
     shas = sorted(store.put_blob(os.urandom(n)) for n in (10, 20, 30, 40))
@@ -895,3 +933,238 @@ def test_blocks_are_kept_once_per_sender_and_scope(store, clock):
     store.gc(clock.now)                                   # a block is policy, not mail: retention keeps it
     assert len(store.blocks()) == 2
 
+
+
+def test_remove_block(store):
+    store.add_block("spammer@x.test", "@agents.test", "msg_1")
+    store.add_block("spammer@x.test", "agent@agents.test", "msg_2")
+    assert store.remove_block("Spammer@X.test", "@Agents.test") is True
+    assert store.remove_block("spammer@x.test", "@agents.test") is False
+    assert store.blocked("spammer@x.test", ("@agents.test",)) is None
+    assert [b.scope for b in store.blocks()] == ["agent@agents.test"]             # that scope only
+
+
+# --- issue 16: send events (what became of what agents sent) and suppressions ---------------------------------
+
+SEND = "snd_" + "a" * 26
+
+
+def send_event(name: str, send: str = SEND, type_: SendEventType = SendEventType.DELIVERED,
+               recipient: str = "bob@remote.test", *, address: str = "agent@agents.test",
+               state: PostState = PostState.PENDING, at: float = 0.0, next_at: float | None = None) -> SendEvent:
+    """A send event as agentmx/sendevents.py makes it (what the store reads of it)."""
+    body = json.dumps({"id": f"evt_{name}", "type": type_.value, "sendId": send, "recipient": recipient}).encode()
+    return SendEvent(f"evt_{name}", send, type_, recipient, at, address, "@agents.test", body, state,
+                     next_at=at if next_at is None else next_at)
+
+
+def a_send(store, n: str, created: float, message_id: str = "", state: SendState = SendState.QUEUED) -> SendRecord:
+    rec = SendRecord("snd_" + n * 26, "ops", "agent@agents.test", ("bob@remote.test",), message_id, "Q1", None, None,
+                     None, state, created)
+    store.put_send(rec)
+    return rec
+
+
+def test_put_send_event_once_and_a_sends_timeline(store, clock):
+    first = dataclasses.replace(send_event("1", recipient="Bob@Remote.test", address="Agent@Agents.test", at=clock.now),
+                                excerpt="x" * 1000, seq=999)
+    assert store.put_send_event(first) is True
+    assert store.put_send_event(send_event("other", "snd_" + "b" * 26, at=clock.now)) is True
+    clock.advance(5)
+    assert store.put_send_event(send_event("2", type_=SendEventType.BOUNCED, at=clock.now)) is True
+    again = dataclasses.replace(first, body=b"{}", state=PostState.KEPT)        # the report delivered twice
+    assert store.put_send_event(again) is False
+    one, two = store.send_events(SEND)
+    assert (one.id, two.id) == ("evt_1", "evt_2") and one.seq < two.seq and one.seq != 999
+    assert (one.recipient, one.address, one.body, one.state) == ("bob@remote.test", "agent@agents.test",
+                                                                  first.body, PostState.PENDING)   # the first stands
+    assert one == dataclasses.replace(first, recipient="bob@remote.test", address="agent@agents.test",
+                                      excerpt="x" * EXCERPT, seq=one.seq)
+    assert store.send_events("snd_" + "z" * 26) == []
+
+
+def test_list_send_events_by_scope_type_and_cursor(store, clock):
+    a1 = send_event("a1", address="agent@agents.test", type_=SendEventType.SENT)
+    b1 = send_event("b1", address="other@agents.test")
+    c1 = send_event("c1", address="agent@sub.agents.test")
+    a2 = send_event("a2", address="agent@agents.test", type_=SendEventType.BOUNCED)
+    d1 = send_event("d1", address="agent@elsewhere.test", type_=SendEventType.COMPLAINED)
+    for e in (a1, b1, c1, a2, d1):
+        assert store.put_send_event(e)
+
+    def listed(*scope, **kw) -> list[str]:
+        return [e.id.removeprefix("evt_") for e in store.list_send_events(scope, **kw)]
+    assert listed("agent@agents.test") == listed("Agent@AGENTS.test") == ["a2", "a1"]
+    assert listed("@agents.test") == ["a2", "b1", "a1"]                   # that domain, not its subdomains
+    assert listed("@Agents.test", "agent@elsewhere.test") == ["d1", "a2", "b1", "a1"]
+    assert listed() == [] and listed("@gents.test") == [] and listed("%@agents.test") == []
+    assert listed("@agents.test", types=(SendEventType.BOUNCED, SendEventType.SENT)) == ["a2", "a1"]
+    assert listed("@agents.test", types=(SendEventType.COMPLAINED,)) == []
+    seqs = {e.id: e.seq for e in store.list_send_events(("@agents.test",))}
+    assert listed("@agents.test", limit=2) == ["a2", "b1"]
+    assert listed("@agents.test", before_seq=seqs["evt_b1"]) == ["a1"]
+    assert listed("@agents.test", after_seq=seqs["evt_a1"], oldest_first=True) == ["b1", "a2"]
+    assert listed("@agents.test", after_seq=seqs["evt_a1"], limit=1, oldest_first=True) == ["b1"]
+    assert listed("@agents.test", limit=0) == ["a2"]                      # at least one
+
+
+def test_claim_send_events_leases_them(store, clock):
+    now = clock.now
+    for name, state, next_at in (("late", PostState.PENDING, now + 100), ("b", PostState.PENDING, now - 5),
+                                 ("kept", PostState.KEPT, 0), ("a", PostState.PENDING, now - 10),
+                                 ("c", PostState.PENDING, now), ("done", PostState.DELIVERED, 0)):
+        store.put_send_event(send_event(name, state=state, at=now - 20, next_at=next_at))
+    got = store.claim_send_events(lease=60, limit=2)
+    assert [e.id for e in got] == ["evt_a", "evt_b"]                      # the oldest due first
+    assert {e.next_at for e in got} == {now + 60} and {e.state for e in got} == {PostState.PENDING}
+    assert [e.id for e in store.claim_send_events(60)] == ["evt_c"]       # a and b are leased
+    assert store.claim_send_events(60) == []
+    store.send_event_posted("evt_a", PostState.DELIVERED, "y" * 1000)
+    store.send_event_posted("evt_b", PostState.PENDING, "HTTP 503", next_at=now + 300)       # a retry, later
+    a = store.send_events(SEND)[3]
+    assert (a.id, a.state, a.attempts, a.excerpt) == ("evt_a", PostState.DELIVERED, 1, "y" * EXCERPT)
+    clock.advance(61)                                                    # c's dispatcher died: its lease ran out
+    assert [e.id for e in store.claim_send_events(60)] == ["evt_c"]
+    clock.advance(40)
+    assert [e.id for e in store.claim_send_events(60)] == ["evt_late"]
+    clock.advance(200)                                                   # c and late again (never posted), b's retry
+    due = store.claim_send_events(60)
+    assert [(e.id, e.attempts, e.excerpt) for e in due] == [("evt_c", 0, ""), ("evt_late", 0, ""),
+                                                            ("evt_b", 1, "HTTP 503")]
+    store.send_event_posted("evt_b", PostState.FAILED, "given up")
+    clock.advance(DAY)
+    assert [e.id for e in store.claim_send_events(60)] == ["evt_late", "evt_c"]   # never posted: due again, by seq
+
+
+def test_two_dispatchers_never_claim_the_same_send_event(store, clock):
+    names = [f"{n:02d}" for n in range(24)]
+    for name in names:
+        store.put_send_event(send_event(name, at=clock.now))
+    got: list[list[str]] = [[], [], []]
+    barrier = threading.Barrier(3)
+
+    def dispatcher(mine):
+        barrier.wait()
+        while claimed := store.claim_send_events(lease=3600, limit=3):
+            mine += [e.id for e in claimed]
+    threads = [threading.Thread(target=dispatcher, args=(g,)) for g in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(e for g in got for e in g) == [f"evt_{n}" for n in names]     # each once, none twice
+
+
+def test_send_by_message_id_the_newest(store, clock):
+    a_send(store, "a", clock.now, "<m@agents.test>")
+    a_send(store, "b", clock.now + 1, "<m@agents.test>")
+    a_send(store, "c", clock.now + 2, "<other@agents.test>")
+    a_send(store, "d", clock.now + 3)                                     # a scheduled send: no Message-ID yet
+    assert store.send_by_message_id("<m@agents.test>").id == "snd_" + "b" * 26
+    assert store.send_by_message_id("<nothing@agents.test>") is None and store.send_by_message_id("") is None
+
+
+def test_suppressions_per_sending_domain(store, clock):
+    def supp(domain, address, reason=SuppressionReason.BOUNCED, event_id="evt_1", note=""):
+        return Suppression(domain, address, reason, clock.now, event_id, note)
+    assert store.suppress(supp("Agents.test", "Bob@Remote.test")) is True
+    clock.advance(5)
+    assert store.suppress(supp("agents.test", "bob@remote.test", SuppressionReason.COMPLAINED, "evt_2")) is False
+    assert store.suppress(supp("other.test", "bob@remote.test", SuppressionReason.MANUAL, "", "asked by phone"))
+    assert store.suppress(supp("agents.test", "b-ob@remote.test"))
+    assert store.suppress(supp("agents.test", "carol@remote.test", SuppressionReason.COMPLAINED))
+    (bob,) = store.suppressed("AGENTS.test", ["BOB@remote.test", "dave@remote.test"])
+    assert bob == Suppression("agents.test", "bob@remote.test", SuppressionReason.BOUNCED, clock.now - 5, "evt_1")
+    assert [s.address for s in store.suppressed("agents.test", ["carol@remote.test", "bob@remote.test",
+                                                                "Bob@remote.test"])] == ["bob@remote.test",
+                                                                                         "carol@remote.test"]
+    assert store.suppressed("elsewhere.test", ["bob@remote.test"]) == [] and store.suppressed("agents.test", []) == []
+    every = [(s.domain, s.address) for s in store.suppressions()]
+    assert every == [("agents.test", "b-ob@remote.test"), ("agents.test", "bob@remote.test"),
+                     ("agents.test", "carol@remote.test"), ("other.test", "bob@remote.test")]
+    assert store.suppressions(("other.test",))[0].note == "asked by phone"
+    assert [(s.domain, s.address) for s in store.suppressions(("Other.test", "agents.test"), limit=2)] == every[:2]
+    assert [(s.domain, s.address) for s in store.suppressions(after=every[1])] == every[2:]
+    assert [(s.domain, s.address) for s in store.suppressions(("agents.test",), after=every[2])] == []
+    assert store.suppressions(()) == []
+    assert store.unsuppress("AGENTS.test", "Bob@remote.test") is True and store.unsuppress("agents.test",
+                                                                                           "bob@remote.test") is False
+    assert store.suppressed("agents.test", ["bob@remote.test"]) == []
+    assert store.suppressed("other.test", ["bob@remote.test"])            # another domain's stays
+
+
+def test_gc_of_send_events_keeps_a_pending_post_while_its_send_stays(store, clock):
+    old, new = a_send(store, "o", clock.now), None
+    store.suppress(Suppression("agents.test", "bob@remote.test", SuppressionReason.BOUNCED, clock.now, "evt_x"))
+    for name, send, state in (("o-done", old.id, PostState.DELIVERED), ("o-pending", old.id, PostState.PENDING),
+                              ("n-kept", "snd_" + "n" * 26, PostState.KEPT),
+                              ("n-pending", "snd_" + "n" * 26, PostState.PENDING)):
+        store.put_send_event(send_event(name, send, at=clock.now, state=state))
+    clock.advance(20 * DAY)
+    new = a_send(store, "n", clock.now)                                   # its events' send stays
+    store.put_send_event(send_event("n-new", new.id, at=clock.now, state=PostState.DELIVERED))
+    dry = store.gc(clock.now - 10 * DAY, dry_run=True)
+    assert len(store.send_events(old.id)) == 2
+    report = store.gc(clock.now - 10 * DAY)
+    assert (dry.other["send_events"], report.other["send_events"], report.other["sends"]) == (3, 3, 1)
+    assert store.send_events(old.id) == [] and store.get_send(old.id) is None
+    assert [e.id for e in store.send_events(new.id)] == ["evt_n-pending", "evt_n-new"]
+    assert store.suppressions()[0].address == "bob@remote.test"           # never by age
+
+
+def test_a_send_event_wakes_a_listener(store):
+    """put_send_event wakes the waiters as put_event does (event streams, the dispatcher)."""
+    woken, took = woken_by(store, store.put_send_event, send_event("wake"))
+    assert woken and took < 1.0, took
+
+
+@pytest.fixture
+def unmigrated(request, store, tmp_path, clock):
+    """make() -> a store of `store`'s backend on one new data directory or database, no schema yet:
+    each call another store on it (a host running the next version)."""
+    if isinstance(store, EmbeddedStore):
+        made = []
+
+        def make():
+            made.append(EmbeddedStore(tmp_path / "unmigrated", clock))
+            return made[-1]
+        yield make
+        for s in made:
+            s.close()
+        return
+    from agentmx.store.postgres import PostgresStore
+    pg = request.getfixturevalue("pg_server")
+    name = f"agentmx_unmigrated_{time.monotonic_ns() % 10**9}"
+    url, made = pg.create_database(name), []
+
+    def make():
+        made.append(PostgresStore(url, store.blobs, clock))
+        return made[-1]
+    yield make
+    for s in made:
+        s.close()
+    pg.drop_database(name)
+
+
+def test_a_version_4_store_migrates_to_5_and_keeps_its_sends(unmigrated, monkeypatch, clock):
+    """An upgraded host: `agentmx store migrate` replaces version 1's empty send_events and
+    suppressions tables; the sends kept before are found by Message-ID, and send events and
+    suppressions are kept from then on."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", tuple(m for m in migrations.MIGRATIONS if m.version <= 4))
+    monkeypatch.setattr(migrations, "LATEST", 4)
+    old = unmigrated()
+    assert old.migrate() == 4
+    old.check_schema()
+    rec = a_send(old, "a", clock.now, "<m@agents.test>")
+    monkeypatch.undo()
+    new = unmigrated()
+    with pytest.raises(SchemaMismatch, match="store migrate"):
+        new.check_schema()
+    assert new.migrate() == migrations.LATEST
+    new.check_schema()
+    assert new.send_by_message_id("<m@agents.test>") == rec
+    assert new.put_send_event(send_event("1", rec.id, at=clock.now)) and [e.id for e in new.send_events(rec.id)] == [
+        "evt_1"]
+    assert [e.id for e in new.claim_send_events(60)] == ["evt_1"]
+    assert new.suppress(Suppression("agents.test", "bob@remote.test", SuppressionReason.BOUNCED, clock.now, "evt_1"))
+    assert new.suppressed("agents.test", ["bob@remote.test"])[0].event_id == "evt_1"

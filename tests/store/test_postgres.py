@@ -22,8 +22,11 @@ import pytest
 
 from agentmx.store import migrations
 from agentmx.store.base import DuplicateEvent, SchemaMismatch, StoreError, StoreUnavailable
-from agentmx.store.model import Attempt, DeliveryState, JobState, SendRecord, SendState
+from agentmx.store.model import (Attempt, DeliveryState, JobState, PostState, SendRecord, SendState, Suppression,
+                                  SuppressionReason)
 from agentmx.store.s3 import BlobStore, S3Client
+
+from store.test_contract import SEND, send_event
 
 TESTS = Path(__file__).resolve().parent.parent
 
@@ -427,6 +430,52 @@ def test_inbox_rows_commit_in_seq_order(postgres_store_factory):
     t.join(10)                                              # the other transaction ended
     assert done.is_set() and s.inbox_row(make_event(2)["id"]).seq > drawn
 
+
+
+def test_send_events_commit_in_seq_order(postgres_store_factory):
+    """As inbox rows: while another host's put_send_event has drawn seq N and not committed, one
+    here waits for it (a /v1/events cursor past N+1 would never see N)."""
+    from agentmx.store.postgres import LOCK_NS, LOCK_SEND_EVENTS
+    s = postgres_store_factory()
+    writer = postgres_store_factory(like=s)
+    assert s.put_send_event(send_event("1"))
+    done = threading.Event()
+    with psycopg.connect(s.url) as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NS, LOCK_SEND_EVENTS))
+        (drawn,) = other.execute("SELECT nextval('send_events_seq_seq')").fetchone()
+        t = threading.Thread(target=lambda: (writer.put_send_event(send_event("2")), done.set()))
+        t.start()
+        assert not done.wait(1.0)
+        assert s.list_send_events(("@agents.test",), after_seq=drawn - 1) == []
+    t.join(10)
+    assert done.is_set() and s.send_events(SEND)[-1].seq > drawn
+
+
+def test_claim_send_events_skips_a_row_another_dispatcher_holds(postgres_store):
+    """SKIP LOCKED: while another connection holds the oldest due event's row, a claim takes the
+    next at once instead of waiting for it or taking the same."""
+    s = postgres_store
+    s.clock = Clock()
+    for name in ("1", "2"):
+        s.put_send_event(send_event(name, at=s.clock.now))
+    with psycopg.connect(s.url) as other:
+        other.execute("SELECT seq FROM send_events WHERE id = 'evt_1' FOR UPDATE")
+        t = time.monotonic()
+        assert [e.id for e in s.claim_send_events(60)] == ["evt_2"] and time.monotonic() - t < 1
+        assert s.claim_send_events(60) == []
+    assert [e.id for e in s.claim_send_events(60)] == ["evt_1"]
+
+
+def test_hostile_text_in_send_events_and_suppressions_is_kept(postgres_store):
+    """A report's recipient or an endpoint's answer with NUL or a lone surrogate (PostgreSQL text
+    takes neither): kept, the character replaced, not refused."""
+    s = postgres_store
+    assert s.put_send_event(send_event("nul", recipient="bob\x00@remote.test"))
+    s.send_event_posted("evt_nul", PostState.PENDING, "answer \ud800 \x00", 5.0)
+    (e,) = s.send_events(SEND)
+    assert (e.recipient, e.excerpt) == ("bob\ufffd@remote.test", "answer ? \ufffd")
+    assert s.suppress(Suppression("agents.test", "bob\x00@remote.test", SuppressionReason.MANUAL, 0.0, "", "\ud800"))
+    assert s.suppressed("agents.test", ["BOB\x00@remote.test"])[0].note == "?"
 
 def test_claim_is_once_across_hosts(postgres_store_factory):
     a = postgres_store_factory(pool_size=4)

@@ -20,7 +20,7 @@ from agentmx.store.embedded import EmbeddedStore
 from agentmx.store.model import DeliveryState, RecordKind
 from agentmx.store.s3 import S3Client
 
-from store.test_contract import blob_names, event, export_all, populate
+from store.test_contract import SEND, blob_names, event, export_all, populate, send_event
 from support.stores import store_section
 
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))
@@ -87,7 +87,8 @@ def test_an_embedded_store_moves_verified_and_a_second_run_changes_nothing(host,
     assert run.returncode == 0, run.stdout + run.stderr
     lines = {line.split()[0]: line.split() for line in run.stdout.splitlines() if line.split()}
     assert lines["blobs"][1] == "14" and lines["events"][1] == "11" and lines["uses"][1] == "3", run.stdout
-    for table in ("blobs", "events", "sends", "jobs", "transcripts", "uses"):
+    assert lines["send_events"][1] == "3" and lines["suppressions"][1] == "3", run.stdout
+    for table in ("blobs", "events", "sends", "jobs", "transcripts", "uses", "send_events", "suppressions"):
         row = lines[table]                                 # name, rows, sha256, rows, sha256, only-in-target, ok
         assert row[1] == row[3] and row[2] == row[4] and row[-1] == "ok", run.stdout
     assert "verified: the target holds everything" in run.stdout
@@ -231,7 +232,8 @@ def test_a_damaged_source_blob_is_named_and_not_copied(host):
 
 def test_the_same_code_moves_back_from_postgres_to_embedded(tmp_path, postgres_store_factory):
     """transfer.move is backend-neutral: embedded -> postgres -> a new embedded store, verified both
-    times, gives back what the first held."""
+    times, gives back what the first held: send events (their seq, body and POST state) and
+    suppressions too, each store's next send event after the moved ones."""
     from agentmx.store import transfer
     clock = Clock()
     first = EmbeddedStore(tmp_path / "first", clock)
@@ -239,11 +241,59 @@ def test_the_same_code_moves_back_from_postgres_to_embedded(tmp_path, postgres_s
     middle = postgres_store_factory(clock=clock, pool_size=4)
     there = transfer.move(first, middle)
     assert there.ok, there.problems
+    assert there.copied["send_events"] == 3 and there.copied["suppressions"] == 3
+    assert {c.name for c in there.checks} >= {"send_events", "suppressions"}
     last = EmbeddedStore(tmp_path / "last", clock)
     back = transfer.move(middle, last)
     assert back.ok, back.problems
     assert [c.source_hash for c in back.checks] == [c.target_hash for c in back.checks]
     same_records(first, last)
     assert blob_names(last) == blob_names(first)
+    for store in (middle, last):
+        assert store.send_events(SEND) == first.send_events(SEND)
+        assert store.suppressions() == first.suppressions()
+        assert [e.id for e in store.claim_send_events(60)] == ["evt_bounced"]       # its POST is still due there
+        assert store.put_send_event(send_event("after the move", SEND, at=clock.now))
+        assert store.send_events(SEND)[-1].seq > max(e.seq for e in export_all(first)[RecordKind.SEND_EVENTS])
     first.close()
     last.close()
+
+
+class Recording:
+    """A target store that notes the records each import_records call was given."""
+
+    def __init__(self, store):
+        self.store, self.imports = store, []
+
+    def import_records(self, kind, records):
+        self.imports.append((kind, [record.seq if kind in (RecordKind.EVENTS, RecordKind.SEND_EVENTS) else None
+                                    for record in records]))
+        return self.store.import_records(kind, records)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_send_events_move_newest_first_and_a_target_that_sent_on_its_own_is_refused(tmp_path):
+    """As events: the newest first (the target's next send event comes after every moved one,
+    whatever the target's services keep meanwhile), then in seq order; a target holding send
+    events of its own at the source's positions is refused before anything is copied."""
+    from agentmx.store import transfer
+    clock = Clock()
+    source = EmbeddedStore(tmp_path / "source", clock)
+    moved = [dataclasses.replace(send_event(str(seq), at=clock.now), seq=seq) for seq in (3, 7, 12, 13, 40)]
+    assert source.import_records(RecordKind.SEND_EVENTS, moved) == 5          # seqs with gaps, as gc leaves them
+    target = Recording(EmbeddedStore(tmp_path / "target", clock))
+    report = transfer.move(source, target, batch=2)
+    assert report.ok, report.problems
+    assert [seqs for kind, seqs in target.imports if kind is RecordKind.SEND_EVENTS] == [[40], [3, 7], [12, 13], [40]]
+    assert target.send_events(SEND) == moved
+
+    used = EmbeddedStore(tmp_path / "used", clock)
+    assert used.put_send_event(send_event("its own", at=clock.now))         # seq 1: not the source's
+    source.put_blob(b"a blob")
+    with pytest.raises(transfer.Refused, match="send event evt_its own at position 1"):
+        transfer.move(source, used)
+    assert used.blob_names() == [] and [e.id for e in used.send_events(SEND)] == ["evt_its own"]
+    for store in (source, target.store, used):
+        store.close()
