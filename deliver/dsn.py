@@ -17,6 +17,7 @@ single bounded lines or tokens, none can backtrack badly.
 """
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import email.header
 import email.parser
@@ -261,6 +262,15 @@ def _field_groups(part: Message) -> list[list[tuple[str, str]]]:
     shape the email package left them in (a list of Message objects, one per group, or text)."""
     payload = _children(part)
     groups: list[list[tuple[str, str]]] = []
+    encoding = (_header(part, "content-transfer-encoding") or "").strip().lower()
+    if payload is not None and encoding == "base64":
+        # the stdlib split the encoded text into "groups" before any decoding: join and decode it
+        encoded = "".join(_body_text(b) for b in payload[:MAX_PARTS] if isinstance(b, Message))
+        try:
+            text = binascii.a2b_base64("".join(encoded.split())[:MAX_TEXT * 2].encode("ascii", "replace"))
+        except (binascii.Error, ValueError):
+            text = b""
+        return _groups_of_text(text.decode("utf-8", "replace"))
     if payload is not None:
         for block in payload[:MAX_RECIPIENTS * 2 + 2]:
             if not isinstance(block, Message):
