@@ -17,6 +17,7 @@ single bounded lines or tokens, none can backtrack badly.
 """
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import email.header
 import email.parser
@@ -261,6 +262,15 @@ def _field_groups(part: Message) -> list[list[tuple[str, str]]]:
     shape the email package left them in (a list of Message objects, one per group, or text)."""
     payload = _children(part)
     groups: list[list[tuple[str, str]]] = []
+    encoding = (_header(part, "content-transfer-encoding") or "").strip().lower()
+    if payload is not None and encoding == "base64":
+        # the stdlib split the encoded text into "groups" before any decoding: join and decode it
+        encoded = "".join(_body_text(b) for b in payload[:MAX_PARTS] if isinstance(b, Message))
+        try:
+            text = binascii.a2b_base64("".join(encoded.split())[:MAX_TEXT * 2].encode("ascii", "replace"))
+        except (binascii.Error, ValueError):
+            text = b""
+        return _groups_of_text(text.decode("utf-8", "replace"))
     if payload is not None:
         for block in payload[:MAX_RECIPIENTS * 2 + 2]:
             if not isinstance(block, Message):
@@ -372,7 +382,7 @@ def _parse_tree(msg: Message) -> Report | None:
             return report
         return dataclasses.replace(report, recipients=bounce.recipients,
                                    original_message_id=report.original_message_id or bounce.original_message_id)
-    if _bounce_signals(msg, parts):
+    if _bounce_signals(msg):
         # a bounce that carries the real report as an attachment (message/rfc822 around multipart/report)
         for part, inner in parts:
             if inner and part.get_content_type() == "multipart/report":
@@ -512,7 +522,9 @@ _WARNING = re.compile(r"this is a warning message only|you do not need to resend
 _ORIGINAL = re.compile(
     r"^\s*(?:-{2,}\s*)?(?:-+ ?this is a copy of|below this line is a copy|original message follows|"
     r"a copy of the original message|-+ ?original message|-+ ?(?:returned|undelivered|unsent) message|"
-    r"-* ?returned mail follows|message headers follow|below is a copy|original message:?\s*$|-* ?message text follows|content-type: ?(?:message/rfc822|text/rfc822-headers)|-+ ?message header follows|-+ ?start of returned message|"
+    r"-* ?returned mail follows|message headers follow|below is a copy|original message:?\s*$|"
+    r"-* ?message text follows|content-type: ?(?:message/rfc822|text/rfc822-headers)|"
+    r"-+ ?message header follows|-+ ?start of returned message|"
     r"your message (?:reads|follows)|unsent message below|the header of the original|"
     r"-+ ?forwarded message|------ this is a copy)", re.IGNORECASE)
 # Lines that say which addresses follow (Exim, Gmail, Exchange, sendmail, smtp32, Yahoo ...).
@@ -528,7 +540,8 @@ _LEAD_IN = re.compile(
     r"|not (?:be |been )?delivered to(?: the following(?: addresses| recipients)?)?"
     r"|address(?:es)? to which the message has not (?:yet )?been delivered (?:is|are)"
     r"|delivery of (?:e-?mail|your message) to this address|following message, addressed to"
-    r"|(?:error|fail|problem|could not|unable)[^\n]{0,80}?(?:to|for) the following (?:list of )?(?:recipients?|addresses?)"
+    r"|(?:error|fail|problem|could not|unable)[^\n]{0,80}?(?:to|for) the following (?:list of )?"
+    r"(?:recipients?|addresses?)"
     r"|error delivering (?:your )?(?:mail|message) to",
     re.IGNORECASE)
 _ANGLE_COLON = re.compile(r"^\s{0,4}<([^<>\s]{3,320})>:?\s*(.*)$")            # qmail, Yahoo, Postfix texts
@@ -547,11 +560,12 @@ _EXCHANGE_SMTP = re.compile(r"smtp[=:]<?([^<>\s;]{3,320})", re.IGNORECASE)
 _RCPT_TO = re.compile(r"rcpt to:\s{0,4}<([^<>\s]{3,320})>", re.IGNORECASE)
 _FIRST_ADDR = re.compile(r"[\s:]{0,4}[<'\"]?([^<>\s'\"]{3,320}@[^<>\s'\":,;]{1,255})")
 _RCPT_LINE = re.compile(r"(?:unknown user|no such user|user unknown|unknown recipient|invalid recipient"
-                        r"|mailbox (?:is )?(?:unavailable|not found|full)|user mailbox exceeds)[^:\n]{0,40}:\s*<?([^<>\s]{3,320})>?\s*$",
+                        r"|mailbox (?:is )?(?:unavailable|not found|full)|user mailbox exceeds)"
+                        r"[^:\n]{0,40}:\s*<?([^<>\s]{3,320})>?\s*$",
                         re.IGNORECASE)
 
 
-def _bounce_signals(msg: Message, parts) -> int:
+def _bounce_signals(msg: Message) -> int:
     signals = 0
     if _BOUNCE_SUBJECT.search(_decoded(_header(msg, "subject"))):
         signals += 1
@@ -589,7 +603,7 @@ def _bounce(msg: Message, parts, original: Message | None, report_part: bool = F
     """A non-standard bounce (or a delivery report without recipient groups: report_part)."""
     lines, returned = _report_text(parts)
     head = " ".join(lines[:5]).lower()
-    signals = _bounce_signals(msg, parts) + (2 if _QMAIL in head else 0) + (2 if report_part else 0)
+    signals = _bounce_signals(msg) + (2 if _QMAIL in head else 0) + (2 if report_part else 0)
     if signals == 0:
         return None
     subject = _decoded(_header(msg, "subject"))
@@ -638,7 +652,8 @@ def _bounce(msg: Message, parts, original: Message | None, report_part: bool = F
 
 def _bounce_report(recipients: tuple[RecipientStatus, ...], original: Message | None, returned: list[str]) -> Report:
     return Report(kind=ReportKind.BOUNCE, envelope_id=None, reporting_mta="", recipients=recipients,
-                  original_message_id=_message_id(_header(original, "message-id")) if original else _inline_id(returned),
+                  original_message_id=(_message_id(_header(original, "message-id")) if original
+                                       else _inline_id(returned)),
                   original_mail_from=_mailbox(_header(original, "return-path")) if original else None,
                   feedback_type=None, arrival_date=None)
 

@@ -9,6 +9,7 @@ texts) read into recipient statuses, hand-written cases first, then the shared c
 """
 from __future__ import annotations
 
+import base64
 import csv
 import email
 import json
@@ -271,6 +272,18 @@ def test_global_delivery_status_and_status_from_diagnostic():
                 .replace("Status: 5.7.1\n", "").replace("Action: failed\n", "Action: Failed (permanent)\n")
     (s,) = parse_report(raw.encode()).recipients
     assert (s.action, s.status) == ("failed", "5.7.1")
+
+
+def test_base64_delivery_status_part():
+    head, rest = POSTFIX_DSN.split("Content-Type: message/delivery-status\n\n")
+    fields, tail = rest.split("\n--8A2F", 1)
+    raw = (head + "Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n"
+           + base64.encodebytes(fields.encode()).decode() + "\n--8A2F" + tail)
+    r = parse_report(raw.encode())
+    assert r.kind is ReportKind.DSN and r.envelope_id == "snd_abcdefghijklmnopqrstuvwxy2"
+    assert [(s.recipient, s.action) for s in r.recipients] == [("gone@example.net", "failed"),
+                                                               ("slow@example.com", "delayed"),
+                                                               ("fine@example.org", "delivered")]
 
 
 def test_groups_without_blank_lines():
