@@ -95,7 +95,11 @@ def take(raw: bytes, env: Envelope, config: Config, store: Store, clock: Callabl
     kept = []
     for rs in report.recipients:
         type_ = TYPES.get(rs.action)
-        recipient = rs.recipient or rs.original_recipient or (next(iter(ours)) if len(ours) == 1 else "")
+        # Original-Recipient is what we sent to when the remote expanded an alias (Final-Recipient
+        # is then the alias's target); a report naming neither goes to a one-recipient send's one
+        named = [r for r in (rs.original_recipient, rs.recipient) if r]
+        recipient = next((r for r in named if r in ours), named[0] if named else
+                         next(iter(ours)) if len(ours) == 1 else "")
         if type_ is None:
             log.info("%s: %s: action %r for %s ignored", qid, send.id, rs.action, recipient)
             continue

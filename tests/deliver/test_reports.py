@@ -137,3 +137,11 @@ def test_a_store_that_cannot_keep_the_events_defers_the_report(cfg, store, monke
         raise StoreUnavailable("database is locked")
     monkeypatch.setattr(store, "put_send_event", down)
     assert take(dsn(("x@remote.test", "delayed", "4.4.1")), cfg, store).exit_code == EX_TEMPFAIL
+
+
+def test_an_alias_expanded_by_the_remote_is_matched_by_its_original_recipient(cfg, store):
+    raw = dsn(("y.alias@mailhost.remote.test", "failed", "5.2.1")).replace(
+        b"Final-Recipient: rfc822; y.alias@mailhost.remote.test\r\n",
+        b"Original-Recipient: rfc822; y@remote.test\r\nFinal-Recipient: rfc822; y.alias@mailhost.remote.test\r\n")
+    take(raw, cfg, store)
+    assert [e.recipient for e in store.send_events(SEND)] == ["y@remote.test"]
