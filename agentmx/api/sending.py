@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from agentmx import send
+from agentmx import send, suppression
 from agentmx.address import split
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
@@ -65,6 +65,7 @@ def send_one(ctx: Context, key: ApiKey, data, send_id: str | None = None,
     own id (the record is then updated, not added); `resolved`: attachments resolved already (a
     batch fetches a URL once for all its recipients). Raises send.SendError."""
     req, original, out = prepare(ctx, key, data, resolved)
+    suppression.check(ctx.store, req.sender.address, out.recipients)     # 422 suppressed: before any limit counts it
     taken = send.take_limits(ctx.store, ctx.config, out.correspondents,
                              out.thread_id if original is not None or out.in_reply_to else None)
     try:
