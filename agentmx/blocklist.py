@@ -19,7 +19,8 @@ domain, not its subdomains). Reading fails open: a missing, unreadable, oversize
 file is no blocks (logged), never a refusal. The config's blocks (a route's block_senders) are
 never failed open: they are in the milter's own config, checked before the file.
 
-    blocking(store, route, sender) -> Block | None   deliver's check before a POST: config, then store
+    blocking(store, route, sender) -> a block or None   deliver's check before a POST: config, then store
+    every(store, routes, scopes)                       the config's and the store's, for the API and the CLI
 """
 from __future__ import annotations
 
@@ -27,12 +28,12 @@ import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from agentmx.config import Route
 from agentmx.ownership import write_atomically
 from agentmx.routing import match
-from agentmx.store.model import Block
 
 log = logging.getLogger("agentmx.blocklist")
 
@@ -66,6 +67,15 @@ CONFIG = "config"              # the event_id of a block from a route's block_se
 OPERATOR = "operator"          # the event_id of a block `agentmx blocks add` made
 
 
+@dataclass(frozen=True)
+class ConfigBlock:
+    """A route's block_senders entry, shaped as the store's blocks (store.model.Block) are."""
+    sender: str
+    scope: str
+    event_id: str = CONFIG
+    created: float = 0.0
+
+
 def senders(sender: str) -> tuple[str, ...]:
     """What a block may name to cover this envelope sender: itself and its domain ("@bad.example");
     () for the null sender, which is never blocked (bounces must reach the agent)."""
@@ -81,30 +91,30 @@ def configured(route: Route, sender: str) -> str | None:
     return next((s for s in senders(sender) if s in route.block_senders), None)
 
 
-def blocking(store, route: Route, sender: str) -> Block | None:
+def blocking(store, route: Route, sender: str):
     """The block that refuses `sender` for `route`: the config's (event_id "config"), else the
-    store's (for the sender or its @domain). deliver's check before a POST: mail that reached it
+    store's (for the sender or its @domain), or None. deliver's check before a POST: mail that reached it
     past the milter (a block added since) is kept aside, as the milter would have refused it."""
     named = configured(route, sender)
     if named is not None:
-        return Block(named, route.match, CONFIG, 0.0)
+        return ConfigBlock(named, route.match)
     return next((b for b in (store.blocked(s, (route.match,)) for s in senders(sender)) if b is not None), None)
 
 
-def every(store, routes: tuple[Route, ...], scopes: tuple[str, ...] | None = None) -> list[Block]:
+def every(store, routes: tuple[Route, ...], scopes: tuple[str, ...] | None = None) -> list:
     """The blocks of these scopes (every scope: None), the config's and the store's, in (scope,
     sender, the config's first) order: what the API and `agentmx blocks list` show."""
-    configured_ = [Block(s, r.match, CONFIG, 0.0) for r in routes for s in r.block_senders]
+    configured_ = [ConfigBlock(s, r.match) for r in routes for s in r.block_senders]
     found = [b for b in configured_ + store.blocks() if scopes is None or b.scope in scopes]
     return sorted(found, key=order)
 
 
-def order(block: Block) -> tuple[str, str, str]:
+def order(block) -> tuple[str, str, str]:
     """Where a block comes in a listing (and a cursor after it): scope, sender, the config's first."""
     return block.scope, block.sender, "0" if block.event_id == CONFIG else "1"
 
 
-def source_of(block: Block) -> str:
+def source_of(block) -> str:
     """Who made a block: config (a route's block_senders), agent (a block-sender answer to an
     event), api (an API key: "key:<name>"), operator (`agentmx blocks add`)."""
     if block.event_id == CONFIG:

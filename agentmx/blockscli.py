@@ -62,30 +62,36 @@ def _publish(store, config) -> None:
 
 
 def cmd_list(args, path) -> int:
+    from contextlib import closing
     from agentmx import blocklist
-    from agentmx.cli import _shown, _store, _utc
+    from agentmx.api.guard import printable
+    from agentmx.store import open_store
+    from agentmx.suppression import rfc3339
     got = _setup(args, path, "list")
     if got is None:
         return EX_USAGE
     config, _, route = got
-    with _store(config) as store:
+    with closing(open_store(config)) as store:
+        store.check_schema()
         rows = blocklist.every(store, config.routes, (route.match,) if args.scope else None)
     for b in rows:
         source = blocklist.source_of(b)
-        since = f"  since {_utc(b.created)}" if source != "config" else ""
+        since = f"  since {rfc3339(b.created)}" if source != "config" else ""
         by = f" {b.event_id}" if source in ("agent", "api") else ""
-        print(_shown(f"{b.scope}  {b.sender}  {source}{by}{since}"))
+        print(printable(f"{b.scope}  {b.sender}  {source}{by}{since}", 2000))
     return 0
 
 
 def cmd_add(args, path) -> int:
+    from contextlib import closing
     from agentmx import blocklist
-    from agentmx.cli import _store
+    from agentmx.store import open_store
     got = _setup(args, path, "add")
     if got is None:
         return EX_USAGE
     config, sender, route = got
-    with _store(config) as store:
+    with closing(open_store(config)) as store:
+        store.check_schema()
         added = store.add_block(sender, route.match, blocklist.OPERATOR)
         _publish(store, config)
     print(f"{sender} blocked for {route.match}" if added else f"{sender} was blocked for {route.match} already")
@@ -93,12 +99,14 @@ def cmd_add(args, path) -> int:
 
 
 def cmd_remove(args, path) -> int:
-    from agentmx.cli import _store
+    from contextlib import closing
+    from agentmx.store import open_store
     got = _setup(args, path, "remove")
     if got is None:
         return EX_USAGE
     config, sender, route = got
-    with _store(config) as store:
+    with closing(open_store(config)) as store:
+        store.check_schema()
         removed = store.remove_block(sender, route.match)
         if removed:
             _publish(store, config)

@@ -54,13 +54,16 @@ def _domain(config, given: str | None) -> str | None:
 
 
 def cmd_list(args, path) -> int:
+    from contextlib import closing
     import json
     from agentmx import suppression
-    from agentmx.cli import _shown, _store
+    from agentmx.api.guard import printable
+    from agentmx.store import open_store
     config = _config(path)
     domains = (args.domain.strip().lower().rstrip("."),) if args.domain else None
     left, after = max(1, args.limit), None
-    with _store(config) as store:
+    with closing(open_store(config)) as store:
+        store.check_schema()
         while left > 0:
             rows = store.suppressions(domains, after=after, limit=min(left, 500))
             for s in rows:
@@ -68,8 +71,8 @@ def cmd_list(args, path) -> int:
                     print(json.dumps(suppression.view(s)))
                 else:
                     v = suppression.view(s)
-                    print(_shown(f"{v['domain']}  {v['email']}  {v['reason']}  since {v['createdAt']}"
-                                 + (f"  {v['note']}" if v["note"] else "")))
+                    print(printable(f"{v['domain']}  {v['email']}  {v['reason']}  since {v['createdAt']}"
+                                    + (f"  {v['note']}" if v["note"] else ""), 2000))
             if not rows:
                 break
             left, after = left - len(rows), (rows[-1].domain, rows[-1].address)
@@ -77,9 +80,10 @@ def cmd_list(args, path) -> int:
 
 
 def cmd_add(args, path) -> int:
+    from contextlib import closing
     import time
     from agentmx import suppression
-    from agentmx.cli import _store
+    from agentmx.store import open_store
     from agentmx.store.model import Suppression
     config = _config(path)
     try:
@@ -91,7 +95,8 @@ def cmd_add(args, path) -> int:
     domain = _domain(config, args.domain)
     if domain is None:
         return EX_USAGE
-    with _store(config) as store:
+    with closing(open_store(config)) as store:
+        store.check_schema()
         added = store.suppress(Suppression(domain, address, reason, time.time(), "", note or "by the operator"))
     print(f"{address} suppressed for {domain} ({reason.value})" if added else
           f"{address} was suppressed for {domain} already (the first reason and time stand)")
@@ -99,8 +104,9 @@ def cmd_add(args, path) -> int:
 
 
 def cmd_remove(args, path) -> int:
+    from contextlib import closing
     from agentmx import suppression
-    from agentmx.cli import _store
+    from agentmx.store import open_store
     config = _config(path)
     try:
         address = suppression.address(args.address)
@@ -110,7 +116,8 @@ def cmd_remove(args, path) -> int:
     domain = _domain(config, args.domain)
     if domain is None:
         return EX_USAGE
-    with _store(config) as store:
+    with closing(open_store(config)) as store:
+        store.check_schema()
         removed = store.unsuppress(domain, address)
     print(f"{address} no longer suppressed for {domain}" if removed else f"{address} was not suppressed for {domain}")
     return 0
