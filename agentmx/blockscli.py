@@ -32,7 +32,7 @@ def add_commands(sub, config_path) -> None:
     rm = commands.add_parser("remove", help="take SENDER's mail for a route's addresses again")
     rm.add_argument("sender")
     rm.add_argument("--scope", help="the route's match (default: the config's only route)")
-    for parser, run in ((ls, cmd_list), (ad, cmd_add), (rm, cmd_remove)):
+    for parser, run in ((ls, cmd_list), (ad, cmd_change), (rm, cmd_change)):
         parser.set_defaults(func=lambda args, run=run: run(args, config_path(args.config)))
 
 
@@ -57,8 +57,8 @@ def _setup(args, path, what: str):
 def _publish(store, config) -> None:
     from agentmx import blocklist
     from agentmx.deliver.control import publish
-    publish(store, config.data_dir)
-    print(f"the milter's block list written ({blocklist.path_in(config.data_dir)})")
+    if publish(store, config.data_dir):
+        print(f"the milter's block list written ({blocklist.path_in(config.data_dir)})")
 
 
 def cmd_list(args, path) -> int:
@@ -82,36 +82,26 @@ def cmd_list(args, path) -> int:
     return 0
 
 
-def cmd_add(args, path) -> int:
+def cmd_change(args, path) -> int:
+    """add or remove (args.blocks_command) one sender for one route, then publish the block list."""
     from contextlib import closing
     from agentmx import blocklist
     from agentmx.store import open_store
-    got = _setup(args, path, "add")
+    what = args.blocks_command
+    got = _setup(args, path, what)
     if got is None:
         return EX_USAGE
     config, sender, route = got
     with closing(open_store(config)) as store:
         store.check_schema()
-        added = store.add_block(sender, route.match, blocklist.OPERATOR)
-        _publish(store, config)
-    print(f"{sender} blocked for {route.match}" if added else f"{sender} was blocked for {route.match} already")
-    return 0
-
-
-def cmd_remove(args, path) -> int:
-    from contextlib import closing
-    from agentmx.store import open_store
-    got = _setup(args, path, "remove")
-    if got is None:
-        return EX_USAGE
-    config, sender, route = got
-    with closing(open_store(config)) as store:
-        store.check_schema()
-        removed = store.remove_block(sender, route.match)
-        if removed:
-            _publish(store, config)
+        changed = (store.add_block(sender, route.match, blocklist.OPERATOR) if what == "add"
+                   else store.remove_block(sender, route.match))
+        _publish(store, config)                    # also when unchanged: a file gone stale is mended
+    if what == "add":
+        print(f"{sender} blocked for {route.match}" if changed else f"{sender} was blocked for {route.match} already")
+        return 0
     if sender in route.block_senders:
         print(f"{sender} is blocked for {route.match} by the config (its block_senders): remove it there")
-    print(f"{sender} no longer blocked for {route.match} in the store" if removed else
+    print(f"{sender} no longer blocked for {route.match} in the store" if changed else
           f"{sender} was not blocked for {route.match} in the store")
     return 0

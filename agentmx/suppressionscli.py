@@ -33,7 +33,7 @@ def add_commands(sub, config_path) -> None:
     rm = commands.add_parser("remove", help="let agents send to ADDRESS from a sending domain again")
     rm.add_argument("address")
     rm.add_argument("--domain", help="the sending domain (default: the config's only [domains] entry)")
-    for parser, run in ((ls, cmd_list), (ad, cmd_add), (rm, cmd_remove)):
+    for parser, run in ((ls, cmd_list), (ad, cmd_change), (rm, cmd_change)):
         parser.set_defaults(func=lambda args, run=run: run(args, config_path(args.config)))
 
 
@@ -79,45 +79,33 @@ def cmd_list(args, path) -> int:
     return 0
 
 
-def cmd_add(args, path) -> int:
+def cmd_change(args, path) -> int:
+    """add or remove (args.suppressions_command) one address for one sending domain."""
     from contextlib import closing
     import time
     from agentmx import suppression
     from agentmx.store import open_store
     from agentmx.store.model import Suppression
-    config = _config(path)
-    try:
-        address, reason, note = (suppression.address(args.address), suppression.reason(args.reason),
-                                 suppression.note(args.note))
-    except ValueError as exc:
-        print(f"agentmx suppressions add: must be {exc}", file=sys.stderr)
-        return EX_USAGE
-    domain = _domain(config, args.domain)
-    if domain is None:
-        return EX_USAGE
-    with closing(open_store(config)) as store:
-        store.check_schema()
-        added = store.suppress(Suppression(domain, address, reason, time.time(), "", note or "by the operator"))
-    print(f"{address} suppressed for {domain} ({reason.value})" if added else
-          f"{address} was suppressed for {domain} already (the first reason and time stand)")
-    return 0
-
-
-def cmd_remove(args, path) -> int:
-    from contextlib import closing
-    from agentmx import suppression
-    from agentmx.store import open_store
+    what = args.suppressions_command
     config = _config(path)
     try:
         address = suppression.address(args.address)
+        if what == "add":
+            reason, note = suppression.reason(args.reason), suppression.note(args.note)
     except ValueError as exc:
-        print(f"agentmx suppressions remove: must be {exc}", file=sys.stderr)
+        print(f"agentmx suppressions {what}: must be {exc}", file=sys.stderr)
         return EX_USAGE
     domain = _domain(config, args.domain)
     if domain is None:
         return EX_USAGE
     with closing(open_store(config)) as store:
         store.check_schema()
-        removed = store.unsuppress(domain, address)
-    print(f"{address} no longer suppressed for {domain}" if removed else f"{address} was not suppressed for {domain}")
+        if what == "remove":
+            removed = store.unsuppress(domain, address)
+            print(f"{address} no longer suppressed for {domain}" if removed else
+                  f"{address} was not suppressed for {domain}")
+            return 0
+        added = store.suppress(Suppression(domain, address, reason, time.time(), "", note or "by the operator"))
+    print(f"{address} suppressed for {domain} ({reason.value})" if added else
+          f"{address} was suppressed for {domain} already (the first reason and time stand)")
     return 0
