@@ -82,8 +82,8 @@ def senders(sender: str) -> tuple[str, ...]:
     sender = sender.strip().strip("<>").lower()
     if not sender:
         return ()
-    domain = sender.rpartition("@")[2]
-    return (sender, "@" + domain) if domain else (sender,)
+    _, at, domain = sender.rpartition("@")
+    return (sender, "@" + domain) if at and domain else (sender,)
 
 
 def configured(route: Route, sender: str) -> str | None:

@@ -55,6 +55,7 @@ def test_config_blocks_and_domain_patterns_in_the_snapshot(tmp_path):
     assert snap.blocked("anyone@sub.junk.test", "agent@agents.test") is None          # not its subdomains
     assert snap.blocked("spam@x.test", "other@agents.test") is None                   # another route's address
     assert snap.blocked("", "agent@agents.test") is None                              # the null sender: never
+    assert blocklist.senders("<Postmaster>") == ("postmaster",)                        # no domain to block by
     blocklist.write(path, [("@pest.test", "@agents.test")])                           # a domain in the file
     assert snap.blocked("a@pest.test", "other@agents.test") == "@agents.test"
     assert snap.blocked("a@pest.test", "agent@agents.test") is None
