@@ -32,7 +32,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Callable
 
-from . import replies, send, sendevents, untrusted
+from . import replies, send, sendevents, suppression, untrusted
 from .config import AgentConfig, Config, Route
 from .store import Store, StoreError, StoreUnavailable, open_store
 from .store.model import JobState
@@ -216,6 +216,7 @@ def send_effects(config: Config, store: Store) -> Effects:
     def counted(event: dict, route: Route, action: str, out: send.Outgoing, thread: str | None) -> str:
         """Submit `out` as one of the route's sends_per_hour (the job's reserved one first, then
         more) and under the send limits every sender shares; returns Postfix's queue id."""
+        suppression.check(store, from_address(event), out.recipients)     # 422 suppressed: nothing taken yet
         own = event["id"] in reserved
         reserved.discard(event["id"])
         cap = () if own else ((route_key(route), route.sends_per_hour),)

@@ -1,5 +1,6 @@
 """The block list as the milter reads it: <data_dir>/blocks.json, a snapshot of the store's
-blocks (block-sender answers, deliver/control.py).
+blocks (block-sender answers, deliver/control.py; POST /v1/blocks, api/blocklist_api.py;
+`agentmx blocks add`), and the routes' own block_senders from the config.
 
 The milter runs as its own user and reads none of the application's secrets, so it cannot open a
 PostgreSQL store: the application's processes write this file (deliver right after a block,
@@ -13,8 +14,13 @@ A block is (sender, scope): the envelope sender (MAIL FROM, lower case) and a ro
 address or @domain). A recipient is in scope when the route that takes it (agentmx/routing.py: its
 base address agent+tag@ -> agent@, else its domain, the first match in config order) is that
 route: a block from the @domain route does not cover an address with a route of its own (another
-agent). Reading fails open: a missing, unreadable, oversized or malformed file is
-no blocks (logged), never a refusal.
+agent). A block's sender is an address or a whole domain ("@bad.example": every sender at that
+domain, not its subdomains). Reading fails open: a missing, unreadable, oversized or malformed
+file is no blocks (logged), never a refusal. The config's blocks (a route's block_senders) are
+never failed open: they are in the milter's own config, checked before the file.
+
+    blocking(store, route, sender) -> a block or None   deliver's check before a POST: config, then store
+    every(store, routes, scopes)                       the config's and the store's, for the API and the CLI
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from agentmx.config import Route
@@ -54,6 +61,67 @@ def write(path: Path, entries) -> bool:
         pass
     write_atomically(path, data, owner_of=path.parent)
     return True
+
+
+CONFIG = "config"              # the event_id of a block from a route's block_senders
+OPERATOR = "operator"          # the event_id of a block `agentmx blocks add` made
+
+
+@dataclass(frozen=True)
+class ConfigBlock:
+    """A route's block_senders entry, shaped as the store's blocks (store.model.Block) are."""
+    sender: str
+    scope: str
+    event_id: str = CONFIG
+    created: float = 0.0
+
+
+def senders(sender: str) -> tuple[str, ...]:
+    """What a block may name to cover this envelope sender: itself and its domain ("@bad.example");
+    () for the null sender, which is never blocked (bounces must reach the agent)."""
+    sender = sender.strip().strip("<>").lower()
+    if not sender:
+        return ()
+    _, at, domain = sender.rpartition("@")
+    return (sender, "@" + domain) if at and domain else (sender,)
+
+
+def configured(route: Route, sender: str) -> str | None:
+    """The entry of the route's block_senders that names this sender (itself or its @domain), or None."""
+    return next((s for s in senders(sender) if s in route.block_senders), None)
+
+
+def blocking(store, route: Route, sender: str):
+    """The block that refuses `sender` for `route`: the config's (event_id "config"), else the
+    store's (for the sender or its @domain), or None. deliver's check before a POST: mail that reached it
+    past the milter (a block added since) is kept aside, as the milter would have refused it."""
+    named = configured(route, sender)
+    if named is not None:
+        return ConfigBlock(named, route.match)
+    return next((b for b in (store.blocked(s, (route.match,)) for s in senders(sender)) if b is not None), None)
+
+
+def every(store, routes: tuple[Route, ...], scopes: tuple[str, ...] | None = None) -> list:
+    """The blocks of these scopes (every scope: None), the config's and the store's, in (scope,
+    sender, the config's first) order: what the API and `agentmx blocks list` show."""
+    configured_ = [ConfigBlock(s, r.match) for r in routes for s in r.block_senders]
+    found = [b for b in configured_ + store.blocks() if scopes is None or b.scope in scopes]
+    return sorted(found, key=order)
+
+
+def order(block) -> tuple[str, str, str]:
+    """Where a block comes in a listing (and a cursor after it): scope, sender, the config's first."""
+    return block.scope, block.sender, "0" if block.event_id == CONFIG else "1"
+
+
+def source_of(block) -> str:
+    """Who made a block: config (a route's block_senders), agent (a block-sender answer to an
+    event), api (an API key: "key:<name>"), operator (`agentmx blocks add`)."""
+    if block.event_id == CONFIG:
+        return "config"
+    if block.event_id.startswith("key:"):
+        return "api"
+    return "operator" if block.event_id == OPERATOR else "agent"
 
 
 def scope_of(recipient: str, routes: tuple[Route, ...]) -> str | None:
@@ -95,14 +163,18 @@ class Snapshot:
         self._blocks = {s: frozenset(c) for s, c in blocks.items()}
 
     def blocked(self, sender: str, recipient: str) -> str | None:
-        """The scope that blocks `sender` for `recipient`, or None (also on any error: fail open)."""
-        sender = sender.strip().strip("<>").lower()
-        if not sender:
+        """The scope that blocks `sender` for `recipient`, or None. The route's block_senders
+        first (the config: never failed open), then the file (on any error: fail open)."""
+        keys = senders(sender)
+        found = match(recipient.strip().strip("<>"), self.routes) if keys else None
+        if found is not None and configured(found.route, sender) is not None:
+            return found.route.match
+        if not keys:
             return None
         try:
             with self._lock:
                 self._load()
-                scopes = self._blocks.get(sender)
+                scopes = set().union(*(self._blocks.get(k, ()) for k in keys))
             if not scopes:
                 return None
             scope = scope_of(recipient, self.routes)

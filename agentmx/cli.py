@@ -523,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from agentmx.storecli import add_commands
     add_commands(sub, _config_path)
+    from agentmx import blockscli, suppressionscli      # issue 16: the operator's suppressions and blocks
+    suppressionscli.add_commands(sub, _config_path)
+    blockscli.add_commands(sub, _config_path)
 
     ck = sub.add_parser("check", help="query DNS and say, record by record, what is missing or wrong")
     ck.add_argument("domain")

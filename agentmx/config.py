@@ -128,6 +128,7 @@ class Route:
     prompt: str = ""               # action = "agent": the instructions for this address
     forward_to: tuple[str, ...] = ()   # action = "agent": the only addresses the forward tool may use
     sends_per_hour: int = 30           # action = "agent": replies and forwards in any hour, counted in the job queue
+    block_senders: tuple[str, ...] = ()  # envelope senders refused at RCPT for this route: addresses and @domains
 
     @property
     def pushes(self) -> bool:
@@ -366,6 +367,33 @@ def _addresses(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(a, str) and "@" in a and not a.startswith("@") for a in v):
         raise ValueError
     return tuple(a.lower() for a in v)
+
+
+MAX_BLOCK_SENDERS = 1000            # a route's block_senders (config); more belong in the API (/v1/blocks)
+MAX_SENDER = 254                    # characters of one blocked sender (an address or @domain)
+_SENDER = re.compile(r"^([^\s@<>()\[\],;:\\\"]{1,64})?@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+
+
+def block_sender(v: Any) -> str:
+    """A blocked sender as a route's block_senders, POST /v1/blocks and `agentmx blocks add` take it:
+    an envelope sender (spammer@example.net) or a whole domain (@bad.example, that domain only, not
+    its subdomains); lower case. ValueError with what it must be otherwise."""
+    v = v.strip().lower() if isinstance(v, str) else None
+    if not v or len(v) > MAX_SENDER or not v.isascii() or not _SENDER.match(v):
+        raise ValueError("an address (spammer@example.net) or a domain (@bad.example)")
+    return v
+
+
+def _block_senders(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or len(v) > MAX_BLOCK_SENDERS:
+        raise ValueError(f"not a list of at most {MAX_BLOCK_SENDERS}")
+    out = []
+    for x in v:
+        try:
+            out.append(block_sender(x))
+        except ValueError:
+            raise ValueError(f"{str(x)[:80]!r} is neither") from None
+    return tuple(dict.fromkeys(out))
 
 
 def _nonempty_str(v: Any) -> str:
@@ -752,6 +780,8 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
             mailkite_signature=r.get("mailkite_signature", Route.mailkite_signature, _bool, "true or false"),
             ack=r.get("ack", Route.ack, AckMode, " or ".join(f'"{m}"' for m in AckMode)),
             trust=r.get("trust", Route.trust, _one_of(TRUST_POLICIES), ", ".join(TRUST_POLICIES)),
+            block_senders=r.get("block_senders", (), _block_senders, f"a list of at most {MAX_BLOCK_SENDERS} "
+                                'envelope senders ("spammer@example.net") or domains ("@bad.example")'),
         ))
         r.finish()
     if any(r.action == "agent" for r in routes):

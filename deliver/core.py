@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from agentmx import urls
+from agentmx import blocklist, urls
 from agentmx.config import Config
 from agentmx.store import DuplicateEvent, Store, StoreError, open_store
 from agentmx.store.model import EXCERPT, Attempt, DeliveryState
@@ -220,7 +220,7 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
     # A sender an agent blocked for this recipient (block-sender: the same scopes the milter
     # checks), whose mail got past the milter's block list before it was rewritten: kept aside,
     # not POSTed.
-    block = store.blocked(control.sender_of(event), (route.match,)) if env.sender else None
+    block = blocklist.blocking(store, route, control.sender_of(event)) if env.sender else None
     if block is not None:
         return record(Outcome(EX_OK, DeliveryState.HELD, event_id,
                               reason=f"kept aside: {block.sender} is blocked for {block.scope} (by {block.event_id})"))

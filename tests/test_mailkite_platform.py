@@ -33,7 +33,7 @@ from agentmx.config import parse_config
 #   ("works", where its test is)   ("local",): no network, works as is   ("501",): a JSON 501 with the reason
 #   ("raw",): the SDK's low-level transport, used by all the others
 OTHERS = {"sending": "tests/test_sdk_send.py", "reading": "tests/test_mailkite_reading.py",
-          "webhooks": "tests/test_webhook.py"}
+          "webhooks": "tests/test_webhook.py", "suppressions": "tests/test_suppressions.py"}
 HERE = "tests/test_mailkite_platform.py"
 TABLE: dict[str, tuple] = {
     "request": ("raw",), "requestBinary": ("raw",),
@@ -50,6 +50,9 @@ TABLE: dict[str, tuple] = {
     # the platform (this file)
     "me": ("works", HERE), "createRealtimeToken": ("works", HERE), "listEvents": ("works", HERE),
     "listEventNames": ("works", HERE),
+    # suppressions (issue 16)
+    "listSuppressions": ("works", OTHERS["suppressions"]), "addSuppression": ("works", OTHERS["suppressions"]),
+    "removeSuppression": ("works", OTHERS["suppressions"]),
     # no network: the webhook side (the webhooks helper checks them against our deliveries)
     "verifyWebhook": ("local",), "verify_webhook": ("local",), "reply_ok": ("local",), "reply_spam": ("local",),
     "reply_drop": ("local",), "reply_block_sender": ("local",), "encrypt": ("local",), "decrypt": ("local",),
@@ -71,8 +74,7 @@ TABLE: dict[str, tuple] = {
         "getUsage",
         "listSequences", "createSequence", "getSequence", "updateSequence", "deleteSequence", "startSequence",
         "stopSequence", "listTriggers", "createTrigger", "updateTrigger", "deleteTrigger",
-        "listEnrollments", "getEnrollment", "listEnrollmentRuns", "cancelEnrollment",
-        "listSuppressions", "addSuppression", "removeSuppression")},
+        "listEnrollments", "getEnrollment", "listEnrollmentRuns", "cancelEnrollment")},
 }
 PUBLIC_AT_MAILKITE = {"register", "registerOauthClient", "exchangeOauthToken", "semanticSearch"}
 

@@ -7,6 +7,8 @@
     POST /v1/realtime/token, GET /v1/realtime       events for a browser's EventSource (realtime.py)
     GET  /v1/me, /v1/events/names                   MailKite's account and event-name calls (mailkite.py)
     POST /mcp                                       MCP, streamable HTTP, tools in process (mcp.py)
+    GET|POST /api/contacts/suppressions, DELETE .../{email}   the key's domains' suppressions (suppressions.py)
+    GET|POST /v1/blocks, DELETE /v1/blocks/{sender} senders refused at RCPT for the key's routes (blocklist_api.py)
     the rest of MailKite's SDK paths                501 not_supported, with why (mailkite.py; last)
     GET  /v1/blobs/{sha256}?exp=&type=&name=&sig=   a stored raw message or attachment (blobs.py)
     GET  /metrics                                   Prometheus, with [server] metrics_token as Bearer
@@ -32,7 +34,7 @@ from starlette.routing import Route
 
 from agentmx.store import StoreError
 
-from . import deliveries, domains, mailkite, messages, realtime
+from . import blocklist_api, deliveries, domains, mailkite, messages, realtime, suppressions
 from .blobs import blob_route
 from .blocks import refresh as refresh_blocks
 from .context import Context
@@ -138,6 +140,7 @@ def create_app(ctx: Context):
         *mailkite.routes(ctx),
         *messages.routes(ctx), *deliveries.routes(ctx), *domains.routes(ctx),
         *mcp.routes(),
+        *suppressions.routes(ctx), *blocklist_api.routes(ctx),      # issue 16: suppressions and blocks
         *mailkite.not_offered_routes(ctx),    # last: never in front of a path another route serves
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={

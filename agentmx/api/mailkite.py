@@ -57,7 +57,6 @@ REASONS = {
              "there is no API to hand it a message: send it an email",
     "route": "agentmx routes mail as it arrives through Postfix; there is no API to route a message: send an email",
     "docs": "agentmx's documentation is in docs/ of its source; there is no docs search API",
-    "suppressions": "suppressions are not offered yet (issue 16 builds them)",
 }
 
 # (methods, path, area, needs a key): every MailKite SDK path agentmx does not serve.
@@ -108,8 +107,6 @@ NOT_OFFERED: tuple[tuple[tuple[str, ...], str, str, bool], ...] = (
     (("GET",), "/api/mailbox/messages", "mailbox", True),
     (("GET",), "/api/mailbox/messages/{uid}/raw", "mailbox", True),
     (("POST",), "/api/mailbox/messages/{uid}/flags", "mailbox", True),
-    (("GET", "POST"), "/api/contacts/suppressions", "suppressions", True),
-    (("DELETE",), "/api/contacts/suppressions/{email}", "suppressions", True),
     (("POST",), "/v1/agent", "agent", True),
     (("POST",), "/v1/route", "route", True),
     (("POST",), "/api/v1/provision", "register", False),      # PUBLIC at MailKite: no key asked

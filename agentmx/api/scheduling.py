@@ -22,7 +22,7 @@ import logging
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from agentmx import send
+from agentmx import send, suppression
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
 from agentmx.store.model import SendRecord, SendState
@@ -51,6 +51,7 @@ def check_window(ctx, when: float) -> None:
 def park(ctx, key: ApiKey, data: dict, resolved=None) -> dict:
     from . import attachments, sending
     req, _, out = sending.prepare(ctx, key, data, resolved)
+    suppression.check(ctx.store, req.sender.address, out.recipients)     # and again when it is due (send_one)
     check_window(ctx, req.scheduled_at)
     expires = max(req.scheduled_at, ctx.clock()) + KEEP_AFTER_DUE
     kept = []

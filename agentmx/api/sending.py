@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from agentmx import send, sendevents
+from agentmx import send, sendevents, suppression
 from agentmx.address import split
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
@@ -59,6 +59,7 @@ def send_one(ctx: Context, key: ApiKey, data, send_id: str | None = None,
     own id (the record is then updated, not added); `resolved`: attachments resolved already (a
     batch fetches a URL once for all its recipients). Raises send.SendError."""
     req, original, out = prepare(ctx, key, data, resolved)
+    suppression.check(ctx.store, req.sender.address, out.recipients)     # 422 suppressed: before any limit counts it
     taken = send.take_limits(ctx.store, ctx.config, out.correspondents,
                              out.thread_id if original is not None or out.in_reply_to else None)
     send_id = send_id or send.new_send_id()
@@ -72,7 +73,7 @@ def send_one(ctx: Context, key: ApiKey, data, send_id: str | None = None,
               "threadId": out.thread_id, "inReplyTo": out.in_reply_to, "recipients": list(out.recipients)}
     try:
         sendevents.record_send(ctx.store, ctx.config, send_id, key.name, req.sender.address, out, queue_id,
-                    original.get("id") if original else None, ctx.clock(), req.scheduled_at)
+                                original.get("id") if original else None, ctx.clock(), req.scheduled_at)
     except StoreError as exc:                     # it is in Postfix's queue: the answer says so all the same
         log.warning("%s: sent as %s but not recorded: %s", send_id, queue_id, exc)
     log.info("%s: queued as %s from=%s to=%s key=%s", send_id, queue_id, req.sender.address,
