@@ -217,9 +217,9 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
     if not route.pushes:
         return record(Outcome(EX_OK, DeliveryState.STORED, event_id, reason="kept for the inbox API (pull route)"))
 
-    # A sender an agent blocked for this recipient (block-sender: the same scopes the milter
-    # checks), whose mail got past the milter's block list before it was rewritten: kept aside,
-    # not POSTed.
+    # A sender blocked for this recipient's route (the route's block_senders, the blocks API, an
+    # agent's block-sender answer: the same scopes the milter checks at RCPT) whose mail got past
+    # the milter (a block added since, or a blocks.json not rewritten yet): kept aside, not POSTed.
     block = blocklist.blocking(store, route, control.sender_of(event)) if env.sender else None
     if block is not None:
         return record(Outcome(EX_OK, DeliveryState.HELD, event_id,
