@@ -81,9 +81,10 @@ def gc(config: Config, store: Store, days: int, clock=time.time, dry_run: bool =
     return store.gc(clock() - days * 86400, dry_run=dry_run)
 
 
-def metrics(config: Config, store: Store) -> str:
+def metrics(config: Config, store: Store, status_posts: dict | None = None) -> str:
     """Prometheus text exposition: the store's counters (kept as records are written, so a scrape
-    costs a few queries however many events there are) and the milter's stats file."""
+    costs a few queries however many events there are) and the milter's stats file; with
+    `status_posts` (serve's dispatcher: outcome -> count), the send events this serve POSTed."""
     m = store.metrics()
     lines = ["# HELP agentmx_messages_received Messages stored as events (every delivered, deferred, refused or held one).",
              "# TYPE agentmx_messages_received gauge", f"agentmx_messages_received {m.received}",
@@ -103,6 +104,11 @@ def metrics(config: Config, store: Store) -> str:
     lines.append(f'agentmx_delivery_latency_seconds_bucket{{le="+Inf"}} {m.latency_count}')
     lines.append(f"agentmx_delivery_latency_seconds_sum {m.latency_sum:g}")
     lines.append(f"agentmx_delivery_latency_seconds_count {m.latency_count}")
+    if status_posts is not None:
+        lines += ["# HELP agentmx_status_posts_total Send events (email.sent ... email.complained) this serve POSTed "
+                  "to routes, by outcome.", "# TYPE agentmx_status_posts_total counter"]
+        lines += [f'agentmx_status_posts_total{{outcome="{o}"}} {status_posts.get(o, 0)}'
+                  for o in ("delivered", "refused", "retry", "failed", "kept")]
     lines += _milter_metrics(Path(config.data_dir) / "stats" / "milter.json")
     return "\n".join(lines) + "\n"
 
