@@ -176,7 +176,7 @@ def test_a_pull_routes_event_is_kept_not_posted_and_listed(served):
 
 def test_metrics_count_status_posts_by_outcome(served):
     store, cfg, receiver = served["store"], served["cfg"], served["receiver"]
-    receiver.script = [(503, 0.0), (200, 0.0)]
+    receiver.script = [(500, 0.0), (200, 0.0)]
     rec = a_send(store)
     event = kept(store, cfg, rec)
     settled(store, rec, event.id, PostState.DELIVERED)
@@ -207,7 +207,8 @@ def test_outcome_backoff_doubles_up_to_an_hour_honours_retry_after_and_gives_up(
     assert out(_event(0), Response(503, "120"), 1000, 30, 10**6)[1] == 1120            # Retry-After honoured
     assert out(_event(0), Response(503, "999999"), 1000, 30, 10**6)[1] == 1000 + 3600  # ... within bounds
     assert out(_event(0), Response(503, "0"), 1000, 30, 10**6)[1] == 1001
-    assert out(_event(0), Response(503, "Sat, 01 Jan 2000 00:00:00 GMT"), 1000, 30, 10**6)[1] == 1001
+    assert out(_event(0), Response(503, "Thu, 01 Jan 1970 00:00:00 GMT"), 1000, 30, 10**6)[1] == 1001
+    assert out(_event(0), Response(503, "Thu, 01 Jan 1970 00:20:00 GMT"), 1000, 30, 10**6)[1] == 1200
     assert out(_event(0), Response(503, "soon" * 100), 1000, 30, 10**6)[1] == 1030     # unreadable: backoff
     gone = out(_event(5, at=0), Response(500), 3600, 30, 3600)
     assert gone[0] is PostState.FAILED and "given up" in gone[2]
