@@ -5,7 +5,7 @@
     GET  /v1/messages/{id}                                               one message
     POST /v1/messages/{id}/ack                                           mark it read
     GET  /v1/threads/{threadId}                                          a conversation, oldest first
-    GET  /v1/events?name=&email=&limit=&cursor=                          recent events, newest first (JSON)
+    GET  /v1/events?name=&email=&kind=&limit=&cursor=                    recent events, newest first (JSON)
     GET  /v1/events  (Accept: text/event-stream)                         server-sent events, as they arrive
 
 /v1/events and its stream carry both kinds of event a key may read: email.received (the inbox)
@@ -242,6 +242,9 @@ class InboxRoutes:
 
     # --- what a request does for a key: the routes below, and MCP's tools in process (mcp.py) ------
 
+    async def events_for(self, key: ApiKey, q) -> dict:
+        return await self.ctx.run(self._events, key, q)
+
     async def list_for(self, key: ApiKey, q) -> dict:
         _scoped_to(key, q)
         return await self.ctx.run(self._list, key, q)
@@ -342,13 +345,17 @@ class InboxRoutes:
         name, email = q.get("name") or None, (q.get("email") or "").strip().lower() or None
         if email and "@" not in email:
             raise ApiError(400, "bad_email", "email is an address")
+        kind = q.get("kind") or None          # ours: "received" (the inbox) or "sent" (send events) alone
+        if kind not in (None, "received", "sent"):
+            raise ApiError(400, "bad_kind", 'kind is "received" or "sent"')
         if name not in (None, *EVENT_NAMES):
             return {"events": [], "nextCursor": None}
         # 0: that kind is done (nothing older is left, or the filter leaves none)
         rows = (self._received(key, before_row, limit + 1, email)
-                if name in (None, RECEIVED) and before_row != 0 else [])
+                if name in (None, RECEIVED) and kind != "sent" and before_row != 0 else [])
         types = (SEND_TYPES[name],) if name in SEND_TYPES else ()
-        sends = self._sent(key, types, before_send, limit + 1, email) if name != RECEIVED and before_send != 0 else []
+        sends = (self._sent(key, types, before_send, limit + 1, email)
+                 if name != RECEIVED and kind != "received" and before_send != 0 else [])
         page = merge(rows, sends, newest_first=True)[:limit]
         events = []
         for item in page:
@@ -374,7 +381,7 @@ class InboxRoutes:
         if "text/event-stream" in request.headers.get("accept", ""):
             last = request.headers.get("last-event-id") or request.query_params.get("after")
             return await self.stream_for(key, last)
-        return JSONResponse(await self.ctx.run(self._events, key, request.query_params))
+        return JSONResponse(await self.events_for(key, request.query_params))
 
     async def stream_for(self, key: ApiKey, last: str | None):
         """Server-sent events: every new message for the key, as `email.received`, and every new

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 
+from agentmx.ops import by_recipient
 from agentmx.sendevents import rfc3339
-from agentmx.store.model import SendEvent, SendEventType, SendRecord
+from agentmx.store.model import SendEvent, SendRecord
 
 # What a timeline entry and an `events` item carry of the event JSON, beside type and time.
 DETAIL = ("status", "action", "diagnosticCode", "permanent", "remoteMta", "feedbackType", "suppressed")
@@ -40,17 +41,7 @@ def entry(e: SendEvent) -> dict:
 
 
 def timeline(rec: SendRecord, events: list[SendEvent]) -> dict[str, list[dict]]:
-    """Each recipient's events, oldest first. email.sent (one per send, naming no recipient) is in
-    every recipient's line; so is any other event whose report names no recipient (it concerns
-    the message as a whole); a recipient the reports name that the send did not (an alias the
-    remote expanded) gets a line of its own."""
-    lines: dict[str, list[dict]] = {r.lower(): [] for r in rec.recipients}
-    for e in events:
-        doc = data(e)
-        item = {"type": e.type.value, "at": rfc3339(e.at), "id": e.id, **{k: doc.get(k) for k in DETAIL}}
-        if e.type is SendEventType.SENT or not e.recipient:
-            for line in lines.values():
-                line.append(item)
-        else:
-            lines.setdefault(e.recipient, []).append(item)
-    return lines
+    """Each recipient's events, oldest first (which events are in which line: ops.by_recipient)."""
+    return {recipient: [{"type": e.type.value, "at": rfc3339(e.at), "id": e.id,
+                         **{k: doc.get(k) for k in DETAIL}} for e, doc in ((e, data(e)) for e in line)]
+            for recipient, line in by_recipient(rec, events).items()}
