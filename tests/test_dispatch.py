@@ -6,23 +6,20 @@ store POST each event once. `agentmx serve` runs in a thread of the test (server
 two dispatchers, as two processes of its own; the agent is a real receiver on loopback."""
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from support import reaper
 from support.backends import BACKENDS, store_config
 from support.postfix import free_tcp_port, wait_for
 from support.receiver import Receiver
+from support.sendstatus import (DOMAIN, KEY, METRICS, SECRET, Serve, a_send, config_text, kept, posts_of,
+                                served_world, settled, state_of)
 
 from agentmx import sendevents, webhook
 from agentmx.api import dispatch
@@ -30,83 +27,13 @@ from agentmx.api.server import start
 from agentmx.config import parse_config
 from agentmx.deliver.http import Response
 from agentmx.store import open_store
-from agentmx.store.model import PostState, SendEvent, SendEventType, SendRecord, SendState
-
-DOMAIN = "status.agents.test"
-SECRET = "whsec_" + base64.b64encode(b"status-secret-status-secret-0123").decode()
-KEY = "amx_status_key_for_the_agent_0123"
-METRICS = "status-metrics-token-0123456789"
-AGENTMX = str(Path(sys.executable).with_name("agentmx"))
-
-
-def config_text(data_dir: Path, endpoint: str, port: int = 0, first_retry: float = 0.3, store: str = "",
-                extra: str = "") -> str:
-    return f"""
-[server]
-authserv_id = "mx.{DOMAIN}"
-data_dir = "{data_dir}"
-listen = "127.0.0.1:{port}"
-url_secret = "status-url-secret-0123456789"
-metrics_token = "{METRICS}"
-status_first_retry = {first_retry}
-{extra}
-[[routes]]
-match = "agent@{DOMAIN}"
-endpoint = "{endpoint}"
-secret = "{SECRET}"
-timeout = 3
-[[routes]]
-match = "puller@{DOMAIN}"
-mode = "pull"
-[[api_keys]]
-name = "agent"
-key = "{KEY}"
-allow = ["agent@{DOMAIN}", "puller@{DOMAIN}"]
-{store}"""
+from agentmx.store.model import PostState, SendEvent, SendEventType
 
 
 @pytest.fixture(params=BACKENDS)
 def served(request, tmp_path):
-    receiver = Receiver()
-    cfg = parse_config(config_text(tmp_path / "data", receiver.url,
-                                   store=store_config(request, request.param, tmp_path / "secrets", owner="root")),
-                       tmp_path / "agentmx.toml")
-    store = open_store(cfg)
-    store.migrate()
-    running = start(cfg)
-    yield {"cfg": cfg, "store": store, "receiver": receiver, "api": running.url}
-    running.stop()
-    store.close()
-    receiver.stop()
-
-
-def a_send(store, sender: str = f"agent@{DOMAIN}", recipients=("bob@remote.test",)) -> SendRecord:
-    rec = SendRecord("snd_" + base64.b32encode(time.time_ns().to_bytes(8, "big")).decode().lower().rstrip("="),
-                     "agent", sender, tuple(recipients), f"<{time.time_ns()}@{DOMAIN}>", "4QID", None, None, None,
-                     SendState.QUEUED, time.time())
-    store.put_send(rec)
-    return rec
-
-
-def kept(store, cfg, rec: SendRecord, type_: SendEventType = SendEventType.SENT, recipient: str = "",
-         source: str = "queued", at: float | None = None, **fields) -> SendEvent:
-    """A send event as its producers keep it (sendevents.make, then put_send_event)."""
-    event = sendevents.make(rec, type_, time.time() if at is None else at, cfg, source, recipient, **fields)
-    assert store.put_send_event(event)
-    return event
-
-
-def state_of(store, rec: SendRecord, event_id: str) -> SendEvent:
-    return next(e for e in store.send_events(rec.id) if e.id == event_id)
-
-
-def settled(store, rec, event_id, state: PostState) -> SendEvent:
-    return wait_for(lambda: (lambda e: e if e.state is state else None)(state_of(store, rec, event_id)),
-                    timeout=20, what=f"{event_id} {state}")
-
-
-def posts_of(receiver: Receiver, event_id: str) -> list:
-    return [r for r in list(receiver.requests) if r.headers.get("webhook-id") == event_id]
+    with served_world(request, tmp_path, request.param) as world:
+        yield world
 
 
 def test_a_kept_event_is_posted_signed_and_verifies_with_ours_and_standardwebhooks(served, caplog):
@@ -252,29 +179,6 @@ def test_an_event_whose_route_left_the_config_fails_with_that_reason(tmp_path):
 
 
 # --- two serves on one store ------------------------------------------------------------------------------
-
-class Serve:
-    """`agentmx serve` as a process of its own."""
-
-    def __init__(self, cfg: Path, port: int, log: Path):
-        self.port, self.log = port, log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen([AGENTMX, "--config", str(cfg), "serve"], stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_for(self._ready, timeout=30, what=f"agentmx serve on port {port}")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"agentmx serve exited: {self.log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        reaper.stop_group(self.proc, grace=15)
-
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_serves_on_one_store_post_each_event_once(request, tmp_path, backend):
