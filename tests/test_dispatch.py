@@ -12,7 +12,9 @@ import time
 import urllib.request
 from dataclasses import replace
 
+import jsonschema
 import pytest
+from conftest import ROOT
 from standardwebhooks.webhooks import Webhook
 
 from support.backends import BACKENDS, store_config
@@ -51,6 +53,7 @@ def test_a_kept_event_is_posted_signed_and_verifies_with_ours_and_standardwebhoo
     assert Webhook(SECRET).verify(req.body, req.headers)["type"] == "email.bounced"   # the receivers' library
     webhook.verify_mailkite(req.headers, req.body, SECRET)           # the route's MailKite header too
     doc = json.loads(req.body)
+    jsonschema.validate(doc, json.loads((ROOT / "docs" / "send-event.v1.schema.json").read_text()))
     assert (doc["id"], doc["sendId"], doc["recipient"], doc["status"], doc["permanent"]) == \
         (event.id, rec.id, "bob@remote.test", "5.1.1", True)
     lines = [r.getMessage() for r in caplog.records if event.id in r.getMessage()]

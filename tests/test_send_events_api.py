@@ -273,3 +273,30 @@ def test_agentmx_status_prints_each_recipients_timeline(served, tmp_path):
     gone = subprocess.run([AGENTMX, "--config", str(cfg.path), "status", "snd_nope"], capture_output=True, text=True,
                           timeout=60)
     assert gone.returncode == 1 and "no send snd_nope" in gone.stderr
+
+
+# --- the schema, and the guide's examples ----------------------------------------------------------------
+
+def test_every_send_event_made_and_every_example_in_the_guide_is_valid_against_the_schema(tmp_path):
+    import re
+    import jsonschema
+    from conftest import ROOT
+    from agentmx import sendevents
+    from agentmx.config import parse_config
+    from support.sendstatus import config_text
+    schema = json.loads((ROOT / "docs" / "send-event.v1.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    cfg = parse_config(config_text(tmp_path, "http://127.0.0.1:9/x"), tmp_path / "agentmx.toml")
+    from agentmx.store.model import SendRecord, SendState
+    rec = SendRecord("snd_abc", "agent", f"agent@{DOMAIN}", ("bob@remote.test",), "<m@x>", "4Q", "<m@x>", None, None,
+                     SendState.QUEUED, 1.0)
+    for t in SendEventType:
+        event = sendevents.make(rec, t, 1.0, cfg, "s", "" if t is SendEventType.SENT else "bob@remote.test",
+                                status="5.1.1", permanent=True)
+        jsonschema.validate(json.loads(event.body), schema)
+    text = (ROOT / "docs" / "agent-developer.md").read_text()
+    section = text[text.index("## What became of what you sent"):text.index("## No public endpoint?")]
+    examples = [json.loads(b) for b in re.findall(r"^```json\n(.*?)^```", section, re.S | re.M)]
+    for example in examples:
+        jsonschema.validate(example, schema)
+    assert [e["type"] for e in examples] == [t.value for t in SendEventType]
