@@ -6,7 +6,6 @@ text/event-stream, and the realtime token's stream) as they are kept, shown per 
 HTTP against `agentmx serve` (in a thread of the test); scoped by API key."""
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import subprocess
@@ -18,6 +17,7 @@ import urllib.request
 import pytest
 
 from support.backends import BACKENDS
+from support.mcpclient import mcp_calls
 from support.postfix import wait_for
 from support.sendstatus import AGENTMX, DOMAIN, KEY, a_send, kept, served_world
 
@@ -210,20 +210,6 @@ def test_get_send_shows_its_events_and_each_recipients_timeline(served):
     assert [e["type"] for e in line["dan@remote.test"]] == ["email.sent", "email.delivered"]
     assert line["dan@remote.test"][1]["remoteMta"] == "dns; mx.remote.test" and line["dan@remote.test"][1]["at"]
     assert get(w, f"/v1/send/{rec.id}", key=OTHER)[0] == 404                # another key's send
-
-
-def mcp_calls(url: str, key: str, calls: list[tuple[str, dict]]) -> list:
-    import httpx2
-    from mcp.client.session import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    async def run():
-        async with httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
-            async with streamable_http_client(url + "/mcp", http_client=http) as (read, write):
-                async with ClientSession(read, write) as session:
-                    await session.initialize()
-                    return [await session.call_tool(name, args) for name, args in calls]
-    return asyncio.run(run())
 
 
 def test_mcp_send_status_and_list_send_events(served):

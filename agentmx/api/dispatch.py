@@ -37,6 +37,8 @@ from agentmx.deliver.http import Response
 from agentmx.store import StoreError
 from agentmx.store.model import PostState, SendEvent
 
+from .scheduling import Loop
+
 log = logging.getLogger("agentmx.serve.dispatch")
 
 POLL = 1.0                  # seconds between looks for due events when no notification came
@@ -81,29 +83,20 @@ def lease_for(routes) -> float:
     return max((r.timeout for r in routes), default=10.0) + LEASE_MARGIN
 
 
-class Dispatcher:
+class Dispatcher(Loop):
     """The loop in every serve that POSTs due send events. `posts`: POSTs by outcome since start
-    (delivered, refused, retry, failed; /metrics)."""
+    (delivered, refused, retry, failed, kept; /metrics). stop() waits for every POST in flight."""
 
     def __init__(self, ctx, post: Callable[[str, bytes, dict, float], Response] | None = None):
-        self.ctx = ctx
+        super().__init__(ctx)
         self.post = post                  # deliver/http.post unless a test gives another
         self.posts: Counter = Counter()
         self.lease = lease_for(ctx.config.routes)
-        self.task: asyncio.Task | None = None
-        self._stop: asyncio.Event | None = None
         self._inflight: set[asyncio.Task] = set()
-        self._done: asyncio.Event | None = None      # set when a POST ends: room for another claim
-
-    async def start(self) -> None:
-        self._stop, self._done = asyncio.Event(), asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self._done = asyncio.Event()      # set when a POST ends: room for another claim
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self._stop.set()
-            await asyncio.shield(self.task)
-            self.task = None
+        await super().stop()
         if self._inflight:                # each ends by itself (its POST has a timeout)
             await asyncio.gather(*self._inflight, return_exceptions=True)
 
