@@ -211,6 +211,7 @@ def test_two_serves_on_one_store_post_each_event_once(request, tmp_path, backend
         assert {e.attempts for e in store.send_events(rec.id)} == {1}
         logs = [s.log.read_text(errors="replace") for s in serves]
         assert all(SECRET not in text for text in logs)
+        assert all(text.count("-> delivered") >= 1 for text in logs)          # both dispatchers took some
     finally:
         for s in serves:
             s.stop()
