@@ -113,9 +113,10 @@ def test_v1_events_lists_received_and_send_events_newest_first_filtered_and_page
                                    "email.bounced", "email.complained"], True)
 
 
-def sse_open(w, path: str, headers: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+def sse_open(w, path: str, headers: dict, timeout: float = 20) -> tuple[http.client.HTTPConnection,
+                                                                          http.client.HTTPResponse]:
     host, port = urllib.parse.urlsplit(w["api"]).netloc.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     conn.request("GET", path, headers={"accept": "text/event-stream", **headers})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("content-type") == "text/event-stream"
@@ -164,6 +165,25 @@ def test_the_event_stream_carries_a_send_event_kept_after_it_opened_and_resumes_
     conn, resp = sse_open(w, f"/v1/events?after={first_id}", {"authorization": f"Bearer {KEY}"})
     try:
         assert sse_next(resp, '"id"')[2]["id"] == mail
+    finally:
+        conn.close()
+
+
+def test_a_resumed_stream_sends_more_than_one_read_of_events_without_waiting_for_news(served):
+    """150 send events kept while no stream was open: a stream resumed from before them sends them
+    all at once (reads of 100), not 100 and then nothing until the next event arrives."""
+    w = served
+    conn, resp = sse_open(w, "/v1/events", {"authorization": f"Bearer {KEY}"})
+    resp.readline()
+    start = resp.readline().decode().rstrip("\n").removeprefix("id: ")
+    conn.close()
+    rec = a_send(w["store"], recipients=tuple(f"r{i}@remote.test" for i in range(150)))
+    ids = [kept(w["store"], w["cfg"], rec, SendEventType.DELIVERED, f"r{i}@remote.test", source=str(i)).id
+           for i in range(150)]
+    conn, resp = sse_open(w, "/v1/events", {"authorization": f"Bearer {KEY}", "last-event-id": start}, timeout=10)
+    try:
+        seen = [sse_next(resp, "evt_")[2]["id"] for _ in ids]       # a read timeout (10 s) fails it
+        assert seen == ids
     finally:
         conn.close()
 

@@ -225,20 +225,21 @@ class InboxRoutes:
                 store.ack(row.id)
         return None
 
-    def _after(self, key: ApiKey, seq: int, send_seq: int) -> list[tuple[int, int, str, dict | None]]:
+    def _after(self, key: ApiKey, seq: int, send_seq: int) -> tuple[list[tuple[int, int, str, dict | None]], bool]:
         """What a stream at (seq, send_seq) has not sent yet, oldest first: (the position after each
-        item, its event name, its data: None for a message removed by retention)."""
+        item, its event name, its data: None for a message removed by retention); and whether more
+        may follow at once (a read came back full)."""
         rows = self.ctx.store.inbox_query(key.allow, after_seq=seq, oldest_first=True, limit=100)
         sends = self.ctx.store.list_send_events(key.allow, after_seq=send_seq, oldest_first=True, limit=100)
-        out = []
-        for item in merge(rows, sends, newest_first=False, rows_full=len(rows) == 100, sends_full=len(sends) == 100):
+        out, full = [], (len(rows) == 100, len(sends) == 100)
+        for item in merge(rows, sends, False, *full):
             if isinstance(item, SendEvent):
                 send_seq = item.seq
                 out.append((seq, send_seq, item.type.value, timeline.data(item)))
             else:
                 seq = item.seq
                 out.append((seq, send_seq, RECEIVED, self.message(item)))
-        return out
+        return out, any(full)
 
     # --- what a request does for a key: the routes below, and MCP's tools in process (mcp.py) ------
 
@@ -393,7 +394,6 @@ class InboxRoutes:
             after, after_send = None, None
         if after is None:                     # before the answer starts: a store down is still a 503
             after = await self.ctx.run(self.ctx.store.last_seq)
-        if after_send is None:
             after_send = await self.ctx.run(last_send_seq, self.ctx.store, key.allow)
         self.ctx.streams.acquire(key.name)
         released = False
@@ -410,15 +410,22 @@ class InboxRoutes:
                 # Where it starts, as an event id: a client that sees no message before the stream
                 # ends (the store down) resumes from here with Last-Event-ID, not from the newest
                 # message at its next connect, which would skip what came in between.
-                yield f"retry: 2000\nid: {seq}.{send_seq}\n\n".encode()
+                # (an id from before send events were streamed, a plain inbox seq, is given back as it
+                # came: the send events start where they are at the first read)
+                yield f"retry: 2000\nid: {seq}{'' if send_seq is None else f'.{send_seq}'}\n\n".encode()
                 with self.ctx.news.watch(key.allow) as news:
+                    if send_seq is None:
+                        send_seq = await self.ctx.run(last_send_seq, self.ctx.store, key.allow)
                     while True:
                         news.event.clear()        # before the query: a row after it sets it again
-                        for seq, send_seq, name, data in await self._shared(
-                                ("after", key.allow, seq, send_seq), self._after, key, seq, send_seq):
+                        items, more = await self._shared(("after", key.allow, seq, send_seq), self._after, key,
+                                                         seq, send_seq)
+                        for seq, send_seq, name, data in items:
                             if data is not None:
                                 yield (f"id: {seq}.{send_seq}\nevent: {name}\ndata: "
                                        f"{json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
+                        if more:                  # a full read: the rest at once, not at the next wake-up
+                            continue
                         while True:               # asleep, a keep-alive now and then, until a row may be ours
                             try:
                                 await asyncio.wait_for(news.event.wait(), KEEPALIVE)
