@@ -331,9 +331,34 @@ def cmd_send(args) -> int:
     return 0
 
 
+def _send_status(config, send_id: str) -> int:
+    """`agentmx status snd_...`: what became of one send, recipient by recipient."""
+    from agentmx import ops
+    try:
+        with _store(config) as store:
+            rec, lines = ops.send_status(store, send_id)
+    except LookupError as exc:
+        print(f"agentmx status: {exc}", file=sys.stderr)
+        return 1
+    print(f"{rec.id}: {rec.state} from={rec.sender} key={rec.key} queue={rec.queue_id or '-'} "
+          f"created {_utc(rec.created)}{'  ' + rec.error if rec.error else ''}")
+    for recipient, events in lines.items():
+        print(f"  {recipient or '(no recipient named)'}:")
+        for e in events:
+            detail = json.loads(e.body)       # a remote server's words: no control character reaches the terminal
+            said = [f"{k}={''.join(c if c.isprintable() else '?' for c in str(detail[k]))[:300]}"
+                    for k in ("status", "diagnosticCode", "feedbackType") if detail.get(k)]
+            print("    " + "  ".join([_utc(e.at), f"{e.type.value:16}", *said, f"(webhook {e.state}, {e.attempts} POSTs)"]))
+        if not events:
+            print("    nothing yet")
+    return 0
+
+
 def cmd_status(args) -> int:
     from agentmx import ops
     config = load_config(_config_path(args.config), Service.APP)
+    if args.send_id:
+        return _send_status(config, args.send_id)
     print(f"recent deliveries ({config.data_dir}):")
     with _store(config) as store:
         rows = store.recent_deliveries(args.limit)
@@ -491,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--force", action="store_true", help="answer an auto-submitted message all the same")
     se.set_defaults(func=cmd_send)
 
-    st = sub.add_parser("status", help="recent deliveries, and what waits in Postfix's queue for the agents")
+    st = sub.add_parser("status", help="recent deliveries, and what waits in Postfix's queue for the agents; "
+                                       "with a send id, what became of that send, recipient by recipient")
+    st.add_argument("send_id", nargs="?", help="a send's id (snd_...): its status timeline")
     st.add_argument("--limit", type=int, default=20)
     st.add_argument("--postfix-config", default=os.environ.get("MAIL_CONFIG"),
                     help="Postfix config directory (default $MAIL_CONFIG, else the system's)")

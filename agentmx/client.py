@@ -94,6 +94,16 @@ class Client:
                                               "ack": ack}, timeout=timeout + 30)
         return out.get("message")
 
+    def events(self, *, name: str | None = None, email: str | None = None, kind: str | None = None,
+               limit: int = 20, cursor: str | None = None) -> dict:
+        """GET /v1/events: {"events": [...newest first...], "nextCursor": ...}; kind "sent": what
+        became of what this key sent (email.sent ... email.complained), "received": the inbox."""
+        return self._get("/v1/events", {"name": name, "email": email, "kind": kind, "limit": limit, "cursor": cursor})
+
+    def send_status(self, send_id: str) -> dict:
+        """GET /v1/send/{id}: the send, its `events` and each recipient's `timeline`."""
+        return self._get("/v1/send/" + urllib.parse.quote(send_id, safe=""))
+
     def reply(self, event: dict, *, text: str | None = None, html: str | None = None, from_: str | None = None,
               **kw) -> dict:
         """Answer an email.received event: to its sender, threaded, from the address it was sent to."""

@@ -279,6 +279,8 @@ class Config:
     key_dir: Path = Path("/etc/agentmx/keys")       # DKIM private keys: <key_dir>/<domain>/<selector>.*
     mail_host: str = ""                             # this server's MX name for `agentmx dns` (default authserv_id)
     retention_days: int = 30                        # `agentmx gc` removes stored mail older than this
+    status_first_retry: float = 30.0                # seconds before a send event's first POST is tried again
+    status_retry_hours: float = 120.0               # a send event not taken (2xx, 406) this long is given up
     dns: DnsConfig = DnsConfig()
     milter: MilterConfig = MilterConfig()
     domains: tuple[DomainConfig, ...] = ()
@@ -661,6 +663,10 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
     mail_host = server.get("mail_host", authserv_id, _hostname, "a host name")
     retention_days = server.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0")
     metrics_token = _secret(server, "metrics_token", min_len=16) or ""
+    status_first_retry = server.get("status_first_retry", Config.status_first_retry, _positive_number,
+                                    "a number of seconds > 0")
+    status_retry_hours = server.get("status_retry_hours", Config.status_retry_hours, _positive_number,
+                                    "a number of hours > 0")
     limits = ServerLimits(
         read_timeout=server.get("read_timeout", ServerLimits.read_timeout, _positive_number, "a number of seconds > 0"),
         request_timeout=server.get("request_timeout", ServerLimits.request_timeout, _positive_number,
@@ -851,7 +857,8 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
                   listen=listen, limits=limits, metrics_token=metrics_token,
                   url_secret=url_secret or "", url_ttl=url_ttl, key_dir=key_dir, service=service,
-                  mail_host=mail_host, retention_days=retention_days, dns=dns, milter=milter,
+                  mail_host=mail_host, retention_days=retention_days, status_first_retry=status_first_retry,
+                  status_retry_hours=status_retry_hours, dns=dns, milter=milter,
                   domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
                   worker=worker, agent=agent, signing=signing, store=store)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import Config
 from .store import Store
-from .store.model import Attempt, DeliveryState, GcReport
+from .store.model import Attempt, DeliveryState, GcReport, SendEvent, SendEventType, SendRecord
 
 
 def postfix_queue(config_dir: str | None = None) -> list[dict]:
@@ -38,6 +38,29 @@ def waiting_for_agents(config: Config, queue: list[dict]) -> list[tuple[str, str
                 out.append((item.get("queue_id", ""), item.get("queue_name", ""), rcpt.get("address", ""),
                             rcpt.get("delay_reason", "")))
     return out
+
+
+def by_recipient(rec: SendRecord, events: list[SendEvent]) -> dict[str, list[SendEvent]]:
+    """A send's timeline: each recipient's events, in the order kept. email.sent (one per send,
+    naming no recipient) is in every recipient's line; so is any other event whose report names no
+    recipient (it concerns the message as a whole); a recipient the reports name that the send did
+    not (an alias the remote expanded) gets a line of its own. (GET /v1/send/{id}, `agentmx status`.)"""
+    lines: dict[str, list[SendEvent]] = {r.lower(): [] for r in rec.recipients}
+    for e in events:
+        if e.type is SendEventType.SENT or not e.recipient:
+            for line in lines.values():
+                line.append(e)
+        else:
+            lines.setdefault(e.recipient, []).append(e)
+    return lines
+
+
+def send_status(store: Store, send_id: str) -> tuple[SendRecord, dict[str, list[SendEvent]]]:
+    """`agentmx status <send id>`: the send and each recipient's events. LookupError: no such send."""
+    rec = store.get_send(send_id)
+    if rec is None:
+        raise LookupError(f"no send {send_id}")
+    return rec, by_recipient(rec, store.send_events(send_id))
 
 
 def replay(config: Config, store: Store, event_id: str, clock=time.time, post=None) -> tuple[int, str]:
@@ -81,9 +104,10 @@ def gc(config: Config, store: Store, days: int, clock=time.time, dry_run: bool =
     return store.gc(clock() - days * 86400, dry_run=dry_run)
 
 
-def metrics(config: Config, store: Store) -> str:
+def metrics(config: Config, store: Store, status_posts: dict | None = None) -> str:
     """Prometheus text exposition: the store's counters (kept as records are written, so a scrape
-    costs a few queries however many events there are) and the milter's stats file."""
+    costs a few queries however many events there are) and the milter's stats file; with
+    `status_posts` (serve's dispatcher: outcome -> count), the send events this serve POSTed."""
     m = store.metrics()
     lines = ["# HELP agentmx_messages_received Messages stored as events (every delivered, deferred, refused or held one).",
              "# TYPE agentmx_messages_received gauge", f"agentmx_messages_received {m.received}",
@@ -103,6 +127,11 @@ def metrics(config: Config, store: Store) -> str:
     lines.append(f'agentmx_delivery_latency_seconds_bucket{{le="+Inf"}} {m.latency_count}')
     lines.append(f"agentmx_delivery_latency_seconds_sum {m.latency_sum:g}")
     lines.append(f"agentmx_delivery_latency_seconds_count {m.latency_count}")
+    if status_posts is not None:
+        lines += ["# HELP agentmx_status_posts_total Send events (email.sent ... email.complained) this serve POSTed "
+                  "to routes, by outcome.", "# TYPE agentmx_status_posts_total counter"]
+        lines += [f'agentmx_status_posts_total{{outcome="{o}"}} {status_posts.get(o, 0)}'
+                  for o in ("delivered", "refused", "retry", "failed", "kept")]
     lines += _milter_metrics(Path(config.data_dir) / "stats" / "milter.json")
     return "\n".join(lines) + "\n"
 

@@ -8,7 +8,6 @@ serve runs in a thread of this process (tests/test_serve_limits.Served: the real
 a real socket, an embedded store); messages come in through deliver itself."""
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 import mailkite
 import pytest
 
+from support.mcpclient import mcp_calls
 from test_serve_limits import KEY, OTHER, Served, config_text
 
 from agentmx.api import mailkite as platform
@@ -263,20 +263,6 @@ def test_not_found_method_and_handler_bug_are_json_the_sdk_reads(served, monkeyp
 
 
 # --- MCP on the API's port ----------------------------------------------------------------------
-
-def mcp_calls(url: str, key: str, calls: list[tuple[str, dict]]) -> list:
-    import httpx2
-    from mcp.client.session import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    async def run():
-        async with httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
-            async with streamable_http_client(url + "/mcp", http_client=http) as (read, write):
-                async with ClientSession(read, write) as session:
-                    await session.initialize()
-                    return [await session.call_tool(name, args) for name, args in calls]
-    return asyncio.run(run())
-
 
 def test_an_mcp_wait_holds_a_stream_slot_not_one_of_the_request_slots(served):
     """serve allows max_requests (2 here) ordinary requests at once; a wait_for_message of MCP

@@ -38,6 +38,7 @@ from . import blocklist_api, deliveries, domains, mailkite, messages, realtime, 
 from .blobs import blob_route
 from .blocks import refresh as refresh_blocks
 from .context import Context
+from .dispatch import Dispatcher
 from .errors import ApiError
 from .guard import Guard, Limits, printable
 from .inbox import InboxRoutes
@@ -76,8 +77,8 @@ def _internal(request: Request, exc: Exception) -> Response:
 class Metrics:
     """GET /metrics for whoever holds [server] metrics_token; computed at most every 5 seconds."""
 
-    def __init__(self, ctx: Context, min_interval: float = 5.0):
-        self.ctx, self.min_interval = ctx, min_interval
+    def __init__(self, ctx: Context, min_interval: float = 5.0, dispatcher: Dispatcher | None = None):
+        self.ctx, self.min_interval, self.dispatcher = ctx, min_interval, dispatcher
         self._text, self._at = "", 0.0
 
     async def handle(self, request: Request):
@@ -90,7 +91,8 @@ class Metrics:
             raise ApiError(401, "unauthorized", "send the metrics token as: Authorization: Bearer <token>")
         if time.monotonic() - self._at > self.min_interval:
             from agentmx.ops import metrics
-            self._text = await self.ctx.run(metrics, self.ctx.config, self.ctx.store)
+            posts = dict(self.dispatcher.posts) if self.dispatcher is not None else None
+            self._text = await self.ctx.run(metrics, self.ctx.config, self.ctx.store, posts)
             self._at = time.monotonic()
         return PlainTextResponse(self._text, media_type="text/plain; version=0.0.4")
 
@@ -103,12 +105,14 @@ def create_app(ctx: Context):
         return PlainTextResponse("ok\n")
 
     scheduler = Scheduler(ctx)
+    dispatcher = Dispatcher(ctx)               # send events to the routes' endpoints (api/dispatch.py)
 
     @asynccontextmanager
     async def lifespan(app):
         await ctx.listener.start()
         await ctx.news.start()
         await scheduler.start()
+        await dispatcher.start()
         stop_refresh = asyncio.Event()
         refresher = asyncio.get_running_loop().create_task(refresh_blocks(ctx, stop_refresh))  # for the milter
         try:
@@ -116,6 +120,7 @@ def create_app(ctx: Context):
                 yield
         finally:
             await scheduler.stop()
+            await dispatcher.stop()            # its POSTs done: their store calls before the store closes
             stop_refresh.set()             # and wait: its thread must be done before the store closes
             await refresher
             await ctx.news.stop()
@@ -135,7 +140,7 @@ def create_app(ctx: Context):
         Route("/v1/threads/{thread_id:path}", inbox.thread),
         Route("/v1/events", inbox.events),
         Route("/v1/blobs/{sha:str}", partial(blob_route, ctx)),
-        Route("/metrics", Metrics(ctx).handle),
+        Route("/metrics", Metrics(ctx, dispatcher=dispatcher).handle),
         *realtime.routes(ctx, inbox),
         *mailkite.routes(ctx),
         *messages.routes(ctx), *deliveries.routes(ctx), *domains.routes(ctx),

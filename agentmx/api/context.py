@@ -27,6 +27,12 @@ from .streams import StreamSlots
 POOL_SIZE = 4
 
 
+def last_send_seq(store: Store, scope: tuple[str, ...]) -> int:
+    """The newest send event's seq among `scope`'s (0: none): where a reader of new ones starts."""
+    newest = store.list_send_events(scope, limit=1)
+    return newest[0].seq if newest else 0
+
+
 @dataclass
 class Context:
     config: Config
@@ -47,7 +53,11 @@ class Context:
 
             def fetch(after: int):
                 return self.store.inbox_query(scope, after_seq=after, oldest_first=True, limit=PAGE)
-            self.news = InboxNews(self.listener, fetch, self.store.last_seq, self.run)
+
+            def fetch_sends(after: int):      # send events: what became of what the agents sent
+                return self.store.list_send_events(scope, after_seq=after, oldest_first=True, limit=PAGE)
+            self.news = InboxNews(self.listener, fetch, self.store.last_seq, self.run, fetch_sends,
+                                  partial(last_send_seq, self.store, scope))
 
     @classmethod
     def for_config(cls, config: Config, clock: Callable[[], float] = time.time) -> "Context":

@@ -5,8 +5,15 @@
     GET  /v1/messages/{id}                                               one message
     POST /v1/messages/{id}/ack                                           mark it read
     GET  /v1/threads/{threadId}                                          a conversation, oldest first
-    GET  /v1/events?name=&email=&limit=&cursor=                          recent events, newest first (JSON)
+    GET  /v1/events?name=&email=&kind=&limit=&cursor=                    recent events, newest first (JSON)
     GET  /v1/events  (Accept: text/event-stream)                         server-sent events, as they arrive
+
+/v1/events and its stream carry both kinds of event a key may read: email.received (the inbox)
+and the send events of its addresses (email.sent, email.delivered, email.delayed, email.bounced,
+email.complained: what became of what it sent, agentmx/sendevents.py). Each kind has its own seq
+in the store; a cursor or a stream's event id is the pair "<inbox seq>.<send event seq>", opaque
+to the client, so that a page or a resumed stream misses and repeats nothing of either kind. The
+two are merged by time (merge(), below).
 
 Every request carries an API key (Authorization: Bearer ...); a key sees the messages whose
 recipient its `allow` list names (addresses or @domains), as for sending. Each message is the
@@ -34,9 +41,10 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
-from agentmx.store.model import InboxRow, base_address
+from agentmx.store.model import InboxRow, SendEvent, SendEventType, base_address
 
-from .context import Context
+from . import timeline
+from .context import Context, last_send_seq
 from .errors import ApiError
 
 log = logging.getLogger("agentmx.serve")
@@ -45,8 +53,48 @@ MAX_WAIT = 300
 RECEIVED = "email.received"
 # Every event type agentmx emits (DESIGN.md, "Events"): GET /v1/events/names (mailkite.py).
 EVENT_NAMES = (RECEIVED, "email.sent", "email.delivered", "email.delayed", "email.bounced", "email.complained")
+SEND_TYPES = {t.value: t for t in SendEventType}
 KEEPALIVE = 15.0
 TRUE = ("1", "true", "yes")
+SCAN = 4                # pages of 500 send events looked through for an `email` filter's recipient
+_POSITION = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,18}))?")
+
+
+def position(value: str | None, name: str = "cursor") -> tuple[int | None, int | None]:
+    """A cursor or stream position, "<inbox seq>.<send event seq>" (a plain number: an inbox seq, as
+    before send events were listed); (None, None) when absent."""
+    if not value:
+        return None, None
+    m = _POSITION.fullmatch(value)
+    if m is None:
+        raise ApiError(400, f"bad_{name}", f"{name} is a value an earlier answer gave")
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
+
+
+def merge(rows: list, sends: list, newest_first: bool, rows_full: bool = False, sends_full: bool = False) -> list:
+    """Inbox rows and send events (each in its own seq order) in one list by time, taking a prefix
+    of each (so that a cursor per kind misses nothing). A kind `_full` (more of it may follow what
+    was read) ends the merge when it runs out: what comes after it is not known yet."""
+    out, i, j = [], 0, 0
+    while i < len(rows) or j < len(sends):
+        if i == len(rows):
+            if rows_full:
+                break
+            take_row = False
+        elif j == len(sends):
+            if sends_full:
+                break
+            take_row = True
+        else:
+            r, e = rows[i].received, sends[j].at
+            take_row = r >= e if newest_first else r <= e
+        if take_row:
+            out.append(rows[i])
+            i += 1
+        else:
+            out.append(sends[j])
+            j += 1
+    return out
 
 
 def _rfc3339(ts: float) -> str:
@@ -106,10 +154,10 @@ class InboxRoutes:
         and one query answers them. Safe because that query started after every row the news had
         read was committed, and a row after those wakes them again (news.py). Only while it runs:
         a finished answer may be stale (an ack since)."""
-        seq = self.ctx.news.seq
-        if seq is None:
+        mark = self.ctx.news.mark
+        if mark is None:
             return await self.ctx.run(fn, *args)
-        k = (seq, *shape)
+        k = (mark, *shape)
         running = self._running.get(k)
         if running is None:
             running = self._running[k] = asyncio.ensure_future(self.ctx.run(fn, *args))
@@ -177,11 +225,26 @@ class InboxRoutes:
                 store.ack(row.id)
         return None
 
-    def _after(self, key: ApiKey, seq: int) -> list[tuple[int, dict | None]]:
+    def _after(self, key: ApiKey, seq: int, send_seq: int) -> tuple[list[tuple[int, int, str, dict | None]], bool]:
+        """What a stream at (seq, send_seq) has not sent yet, oldest first: (the position after each
+        item, its event name, its data: None for a message removed by retention); and whether more
+        may follow at once (a read came back full)."""
         rows = self.ctx.store.inbox_query(key.allow, after_seq=seq, oldest_first=True, limit=100)
-        return [(row.seq, self.message(row)) for row in rows]
+        sends = self.ctx.store.list_send_events(key.allow, after_seq=send_seq, oldest_first=True, limit=100)
+        out, full = [], (len(rows) == 100, len(sends) == 100)
+        for item in merge(rows, sends, False, *full):
+            if isinstance(item, SendEvent):
+                send_seq = item.seq
+                out.append((seq, send_seq, item.type.value, timeline.data(item)))
+            else:
+                seq = item.seq
+                out.append((seq, send_seq, RECEIVED, self.message(item)))
+        return out, any(full)
 
     # --- what a request does for a key: the routes below, and MCP's tools in process (mcp.py) ------
+
+    async def events_for(self, key: ApiKey, q) -> dict:
+        return await self.ctx.run(self._events, key, q)
 
     async def list_for(self, key: ApiKey, q) -> dict:
         _scoped_to(key, q)
@@ -247,30 +310,70 @@ class InboxRoutes:
         finally:
             gone.cancel()
 
+    def _received(self, key: ApiKey, before: int | None, limit: int, email: str | None) -> list[InboxRow]:
+        query = partial(self.ctx.store.inbox_query, key.allow, before_seq=before, limit=limit)
+        if email is None:
+            return query()
+        rows = query(sender=email)            # from it, or to it (when this key may read its mail)
+        if key.may_send_as(base_address(email)):
+            rows += query(to=email)
+        return sorted({r.seq: r for r in rows}.values(), key=lambda r: r.seq, reverse=True)[:limit]
+
+    def _sent(self, key: ApiKey, types: tuple[SendEventType, ...], before: int | None, limit: int,
+              email: str | None) -> list[SendEvent]:
+        """The key's send events, newest first; with `email`, those from it (one of the key's
+        addresses) or to it (looked for among the newest SCAN * 500 before `before`)."""
+        query = partial(self.ctx.store.list_send_events, types=types, limit=limit)
+        if email is None:
+            return query(key.allow, before_seq=before)
+        found = query((base_address(email),), before_seq=before) if key.may_send_as(base_address(email)) else []
+        cursor = before
+        for _ in range(SCAN):
+            page = self.ctx.store.list_send_events(key.allow, types=types, before_seq=cursor, limit=500)
+            found += [e for e in page if e.recipient == email or
+                      (not e.recipient and email in (r.lower() for r in timeline.data(e).get("recipients") or ()))]
+            if len(page) < 500:
+                break
+            cursor = page[-1].seq
+        return sorted({e.seq: e for e in found}.values(), key=lambda e: e.seq, reverse=True)[:limit]
+
     def _events(self, key: ApiKey, q) -> dict:
-        """MailKite's listEvents: the key's events newest first, `name` (an event type) and `email`
-        (an address it concerns: the sender or the recipient) as filters. The inbox holds one type,
-        email.received; the other types agentmx emits (EVENT_NAMES) go to webhooks only."""
+        """MailKite's listEvents: the key's events newest first, received and sent alike, `name` (an
+        event type) and `email` (an address it concerns: the sender or the recipient) as filters;
+        `cursor` the nextCursor of the page before (one position per kind: see the module's doc)."""
         limit = _int(q.get("limit"), 20, 1, 100, "limit")
-        cursor = _int(q.get("cursor"), 0, 0, 2**62, "cursor") or None
+        before_row, before_send = position(q.get("cursor"))
         name, email = q.get("name") or None, (q.get("email") or "").strip().lower() or None
         if email and "@" not in email:
             raise ApiError(400, "bad_email", "email is an address")
-        if name not in (None, RECEIVED):
+        kind = q.get("kind") or None          # ours: "received" (the inbox) or "sent" (send events) alone
+        if kind not in (None, "received", "sent"):
+            raise ApiError(400, "bad_kind", 'kind is "received" or "sent"')
+        if name not in (None, *EVENT_NAMES):
             return {"events": [], "nextCursor": None}
-        query = partial(self.ctx.store.inbox_query, key.allow, before_seq=cursor, limit=limit + 1)
-        if email is None:
-            rows = query()
-        else:                                 # from it, or to it (when this key may read its mail)
-            rows = query(sender=email)
-            if key.may_send_as(base_address(email)):
-                rows += query(to=email)
-            rows = sorted({r.seq: r for r in rows}.values(), key=lambda r: r.seq, reverse=True)
-        more, rows = len(rows) > limit, rows[:limit]
-        events = [{"id": m["id"], "name": RECEIVED, "email": row.sender, "recipient": row.recipient,
-                   "createdAt": m["inbox"]["receivedAt"], "data": m}
-                  for row, m in ((r, self.message(r)) for r in rows) if m is not None]
-        return {"events": events, "nextCursor": str(rows[-1].seq) if more and rows else None}
+        # 0: that kind is done (nothing older is left, or the filter leaves none)
+        rows = (self._received(key, before_row, limit + 1, email)
+                if name in (None, RECEIVED) and kind != "sent" and before_row != 0 else [])
+        types = (SEND_TYPES[name],) if name in SEND_TYPES else ()
+        sends = (self._sent(key, types, before_send, limit + 1, email)
+                 if name != RECEIVED and kind != "received" and before_send != 0 else [])
+        page = merge(rows, sends, newest_first=True)[:limit]
+        events = []
+        for item in page:
+            if isinstance(item, SendEvent):
+                events.append(timeline.listed(item))
+            elif (m := self.message(item)) is not None:
+                events.append({"id": m["id"], "name": RECEIVED, "email": item.sender, "recipient": item.recipient,
+                               "createdAt": m["inbox"]["receivedAt"], "data": m})
+        if len(rows) + len(sends) <= limit:
+            return {"events": events, "nextCursor": None}
+
+        def bound(kind: type, fetched: list) -> int:
+            taken = [x.seq for x in page if isinstance(x, kind)]
+            if taken:
+                return taken[-1]
+            return fetched[0].seq + 1 if fetched else 0      # none taken: from its newest read (no newer)
+        return {"events": events, "nextCursor": f"{bound(InboxRow, rows)}.{bound(SendEvent, sends)}"}
 
     async def events(self, request: Request):
         """GET /v1/events: server-sent events for Accept: text/event-stream (stream_for); else
@@ -279,14 +382,19 @@ class InboxRoutes:
         if "text/event-stream" in request.headers.get("accept", ""):
             last = request.headers.get("last-event-id") or request.query_params.get("after")
             return await self.stream_for(key, last)
-        return JSONResponse(await self.ctx.run(self._events, key, request.query_params))
+        return JSONResponse(await self.events_for(key, request.query_params))
 
     async def stream_for(self, key: ApiKey, last: str | None):
-        """Server-sent events: every new message for the key, as `email.received`, with its seq as
-        the event id (a client resumes with Last-Event-ID, `last`); a comment line as keep-alive."""
-        after = int(last) if last and re.fullmatch(r"[0-9]{1,18}", last) else None
+        """Server-sent events: every new message for the key, as `email.received`, and every new
+        send event of its addresses, under its type, with the stream's position after it as the
+        event id (a client resumes with Last-Event-ID, `last`); a comment line as keep-alive."""
+        try:
+            after, after_send = position(last)
+        except ApiError:                      # not ours: from now on, as without one
+            after, after_send = None, None
         if after is None:                     # before the answer starts: a store down is still a 503
             after = await self.ctx.run(self.ctx.store.last_seq)
+            after_send = await self.ctx.run(last_send_seq, self.ctx.store, key.allow)
         self.ctx.streams.acquire(key.name)
         released = False
 
@@ -297,20 +405,27 @@ class InboxRoutes:
                 self.ctx.streams.release(key.name)
 
         async def stream() -> AsyncIterator[bytes]:
-            seq = after
+            seq, send_seq = after, after_send
             try:
                 # Where it starts, as an event id: a client that sees no message before the stream
                 # ends (the store down) resumes from here with Last-Event-ID, not from the newest
                 # message at its next connect, which would skip what came in between.
-                yield f"retry: 2000\nid: {seq}\n\n".encode()
+                # (an id from before send events were streamed, a plain inbox seq, is given back as it
+                # came: the send events start where they are at the first read)
+                yield f"retry: 2000\nid: {seq}{'' if send_seq is None else f'.{send_seq}'}\n\n".encode()
                 with self.ctx.news.watch(key.allow) as news:
+                    if send_seq is None:
+                        send_seq = await self.ctx.run(last_send_seq, self.ctx.store, key.allow)
                     while True:
                         news.event.clear()        # before the query: a row after it sets it again
-                        for row_seq, msg in await self._shared(("after", key.allow, seq), self._after, key, seq):
-                            seq = row_seq
-                            if msg is not None:
-                                yield (f"id: {row_seq}\nevent: email.received\ndata: "
-                                       f"{json.dumps(msg, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
+                        items, more = await self._shared(("after", key.allow, seq, send_seq), self._after, key,
+                                                         seq, send_seq)
+                        for seq, send_seq, name, data in items:
+                            if data is not None:
+                                yield (f"id: {seq}.{send_seq}\nevent: {name}\ndata: "
+                                       f"{json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n").encode()
+                        if more:                  # a full read: the rest at once, not at the next wake-up
+                            continue
                         while True:               # asleep, a keep-alive now and then, until a row may be ours
                             try:
                                 await asyncio.wait_for(news.event.wait(), KEEPALIVE)

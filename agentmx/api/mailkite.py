@@ -133,7 +133,7 @@ async def me(ctx: Context, request: Request):
 
 async def event_names(ctx: Context, request: Request):
     ctx.key(request)
-    return JSONResponse({"names": [{"name": n, "listed": n == EVENT_NAMES[0]} for n in EVENT_NAMES]})
+    return JSONResponse({"names": [{"name": n, "listed": True} for n in EVENT_NAMES]})     # all listed (issue 16)
 
 
 def routes(ctx: Context) -> list[Route]:

@@ -3,7 +3,8 @@
 Each POST /mcp is one JSON-RPC call, stateless, answered as JSON. The request's own API key
 (Authorization: Bearer ...) is checked before MCP sees the request (401 JSON, like every route) and
 decides what its tools see: they run on a LocalMailbox, which calls the inbox's functions
-(inbox.py: list_for, get_for, ack_for, wait_for) and the send path (sending.send_for_key) in this
+(inbox.py: list_for, get_for, ack_for, wait_for, events_for) and the send path (sending.send_for_key,
+sending.status) in this
 process: no HTTP client, no second port, no hop back over loopback.
 
 The guard bounds /mcp like any route (size, time, the request cap; the body is read whole before
@@ -27,7 +28,7 @@ from .context import Context
 from .errors import ApiError
 from .guard import RELEASE, buffered
 from .inbox import InboxRoutes
-from .sending import send_for_key
+from .sending import send_for_key, status
 
 log = logging.getLogger("agentmx.serve")
 
@@ -74,6 +75,13 @@ class LocalMailbox:
     async def send(self, payload: dict) -> dict:
         body = json.dumps(payload).encode()
         return await self._do(self.ctx.run(send_for_key, self.ctx, self.key, body))
+
+    async def send_status(self, send_id: str) -> dict:
+        return await self._do(self.ctx.run(status, self.ctx, self.key, send_id))
+
+    async def events(self, *, name=None, kind=None, limit=20) -> dict:
+        return await self._do(self.inbox.events_for(self.key, self._query(None, None, None, name=name, kind=kind,
+                                                                          limit=limit)))
 
 
 class Mcp:

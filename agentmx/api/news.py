@@ -1,5 +1,6 @@
-"""Who to wake when mail arrives: one reader of the inbox's new rows for all open waits and event
-streams, waking only those a new row may be for.
+"""Who to wake when mail arrives: one reader of the inbox's new rows (and of the new send events:
+what became of what the agents sent) for all open waits and event streams, waking only those a
+new row may be for.
 
 The listener (store/listener.py, store/pglisten.py) only says "something changed". When every open wait and
 stream slept on it, every delivered message woke all of them and each queried the store: one
@@ -17,7 +18,10 @@ know every new row (the store failed, or a flood larger than it reads at once), 
 from the store's last seq and wakes every waiter, which then queries as before: the shortcut only
 ever skips a query that could not have found anything.
 
-    news = InboxNews(listener, fetch, last_seq, run); await news.start()
+Send events (Store.list_send_events, their own seq) are a second feed read the same way: an event
+wakes the waiters of its sending address (`fetch_sends`, `last_send_seq`; optional).
+
+    news = InboxNews(listener, fetch, last_seq, run, fetch_sends, last_send_seq); await news.start()
     with news.watch(allow, to) as w:      registered BEFORE the waiter's first query
         w.event.clear(); <query>; await w.event.wait()     (clear before each query)
 """
@@ -29,7 +33,7 @@ import logging
 from typing import Awaitable, Callable, Iterator
 
 from agentmx.store import StoreError
-from agentmx.store.model import InboxRow
+from agentmx.store.model import InboxRow, SendEvent
 
 log = logging.getLogger("agentmx.serve")
 
@@ -49,17 +53,29 @@ class Watch:
 
 class InboxNews:
     def __init__(self, listener, fetch: Callable[[int], list[InboxRow]], last_seq: Callable[[], int],
-                 run: Callable[..., Awaitable]):
+                 run: Callable[..., Awaitable], fetch_sends: Callable[[int], list[SendEvent]] | None = None,
+                 last_send_seq: Callable[[], int] | None = None):
         self.listener = listener
-        self.fetch = fetch              # rows with seq > n in every key's scope, oldest first, at most PAGE
-        self.last_seq = last_seq
+        # (rows with seq > n in every key's scope, oldest first, at most PAGE; the last seq): the
+        # inbox, then the send events when given
+        self.feeds = [(fetch, last_seq)] + ([(fetch_sends, last_send_seq)] if fetch_sends and last_send_seq else [])
         self.run = run                  # a blocking call, off the event loop
-        self.seq: int | None = None     # every row up to it has been read (None: lost track)
+        self.positions: list[int] | None = None     # every row of each feed up to it read (None: lost track)
         self.reads = 0                  # reads of the store (tests, bench)
         self._by_address: dict[str, set[Watch]] = {}
         self._by_domain: dict[str, set[Watch]] = {}
         self._all: set[Watch] = set()
         self._task: asyncio.Task | None = None
+
+    @property
+    def seq(self) -> int | None:
+        """The inbox's position (None: lost track)."""
+        return self.positions[0] if self.positions is not None else None
+
+    @property
+    def mark(self) -> tuple[int, ...] | None:
+        """Every feed's position: it moves whenever a waiter may have news."""
+        return tuple(self.positions) if self.positions is not None else None
 
     # --- the waiters' side --------------------------------------------------------------------------
 
@@ -105,41 +121,50 @@ class InboxNews:
 
     async def _pump(self, generation: int) -> None:
         while True:
-            if self.seq is None:                  # lost track: try again soon, whether or not news comes
+            if self.positions is None:            # lost track: try again soon, whether or not news comes
                 await self.listener.wait(generation, RETRY)
                 await self._restart()
             elif await self.listener.wait(generation, 60.0) == generation:
                 continue
             generation = self.listener.generation     # before the read: a later row moves it again
-            if self.seq is not None:
+            if self.positions is not None:
                 await self._read()
 
     async def _read(self) -> None:
         try:
-            for _ in range(PAGES):
-                rows = await self.run(self.fetch, self.seq)
-                self.reads += 1
-                for row in rows:
-                    self.seq = max(self.seq, row.seq)
-                    self._wake_for(row.address)
-                if len(rows) < PAGE:
+            for i, (fetch, _) in enumerate(self.feeds):
+                if not await self._read_feed(i, fetch):
+                    await self._restart()         # a flood: skip to the end, everyone looks for itself
                     return
         except StoreError as exc:                 # the waiters' own queries answer 503 / end the stream
             log.debug("reading the inbox's new rows failed: %s", exc)
-            self.seq = None
+            self.positions = None
             self._wake_all()
-            return
-        await self._restart()                     # a flood: skip to the end, everyone looks for itself
+
+    async def _read_feed(self, i: int, fetch) -> bool:
+        """The feed's new rows, waking their waiters; False when there were more than PAGES reads."""
+        for _ in range(PAGES):
+            rows = await self.run(fetch, self.positions[i])
+            self.reads += 1
+            for row in rows:
+                self.positions[i] = max(self.positions[i], row.seq)
+                self._wake_for(row.address)
+            if len(rows) < PAGE:
+                return True
+        return False
 
     async def _restart(self) -> None:
         """seq from the store; then every waiter queries (rows before it that the pump did not
         read may be theirs)."""
         try:
-            self.seq = await self.run(self.last_seq)
-            self.reads += 1
+            positions = []
+            for _, last in self.feeds:
+                positions.append(await self.run(last))
+                self.reads += 1
+            self.positions = positions
         except StoreError as exc:
             log.debug("reading the inbox's last seq failed: %s", exc)
-            self.seq = None
+            self.positions = None
         self._wake_all()
 
     def _wake_for(self, address: str) -> None:

@@ -84,8 +84,8 @@ def send_due(ctx, rec: SendRecord) -> SendState:
         return SendState.FAILED
 
 
-class Scheduler:
-    """The loop in every serve that sends what is due. stop() lets a claim or a send in progress
+class Loop:
+    """A loop of serve's (`_run`, until `_stop` is set). stop() lets the store call in progress
     finish before it returns (never a cancel in the middle: the store closes after it, and a
     connection closed under a running statement crashes SQLite)."""
 
@@ -103,6 +103,13 @@ class Scheduler:
             self._stop.set()
             await asyncio.shield(self.task)
             self.task = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Scheduler(Loop):
+    """The loop in every serve that sends what is due; stop() waits for a claim or a send in progress."""
 
     async def _run(self) -> None:
         while not self._stop.is_set():

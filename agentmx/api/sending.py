@@ -27,9 +27,9 @@ from agentmx import send, sendevents, suppression
 from agentmx.address import split
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
-from agentmx.store.model import SendRecord, SendState
+from agentmx.store.model import SendEvent, SendRecord, SendState
 
-from . import attachments, idempotency, scheduling
+from . import attachments, idempotency, scheduling, timeline
 from .context import Context
 from .errors import ApiError
 
@@ -113,14 +113,17 @@ async def sending_route(ctx: Context, handler, what: str, request: Request):
 
 # --- GET and DELETE /v1/send/{id} ----------------------------------------------------------------------
 
-def describe(rec: SendRecord) -> dict:
-    """A send as GET /v1/send/{id} shows it."""
+def describe(rec: SendRecord, events: list[SendEvent] = ()) -> dict:
+    """A send as GET /v1/send/{id} shows it; with what became of it (its send events, oldest first):
+    `events`, and `timeline`, each recipient's events (api/timeline.py)."""
     out = {"id": rec.id, "status": rec.state.value, "from": rec.sender, "recipients": list(rec.recipients),
            "messageId": rec.message_id or None, "queueId": rec.queue_id, "threadId": rec.thread_id,
            "inReplyTo": rec.in_reply_to, "createdAt": scheduling.rfc3339(rec.created),
            "scheduledAt": scheduling.rfc3339(rec.scheduled_at) if rec.scheduled_at is not None else None}
     if rec.error:
         out["error"] = rec.error
+    out["events"] = [timeline.entry(e) for e in events]
+    out["timeline"] = timeline.timeline(rec, list(events))
     return out
 
 
@@ -131,10 +134,15 @@ def _own_send(ctx: Context, key: ApiKey, send_id: str) -> SendRecord:
     return rec
 
 
+def status(ctx: Context, key: ApiKey, send_id: str) -> dict:
+    """GET /v1/send/{id} (and MCP's send_status): the key's own send, with its timeline."""
+    rec = _own_send(ctx, key, send_id)
+    return describe(rec, ctx.store.send_events(rec.id))
+
+
 async def get_send_route(ctx: Context, request: Request):
     key = ctx.key(request)
-    rec = await ctx.run(_own_send, ctx, key, request.path_params["id"])
-    return JSONResponse(describe(rec))
+    return JSONResponse(await ctx.run(status, ctx, key, request.path_params["id"]))
 
 
 def cancel(ctx: Context, key: ApiKey, send_id: str) -> dict:
