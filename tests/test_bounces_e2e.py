@@ -3,12 +3,13 @@
 Our Postfix (ox) signs and sends what `agentmx serve` submits, each send with its own envelope
 sender (bounces+<token>@agents.test) and a DSN request, and takes the reports that come back to
 that address through the agentmx pipe. The remote MX (rx) refuses nouser@ at RCPT (550 5.1.1),
-tempfails later@ (450 4.2.0), accepts gone@ and bounces it afterwards itself (error transport:
-an asynchronous DSN), and accepts ok@ with NOTIFY=SUCCESS (a "delivered" DSN back to us). rx
+tempfails later@ (450 4.2.0), accepts gone@ and bounces it afterwards itself (its transport exits
+67, EX_NOUSER: an asynchronous DSN), and accepts ok@ with NOTIFY=SUCCESS (a "delivered" DSN back to us). rx
 sends its reports to ox over SMTP, through ox's milter, as any remote MX would.
 
 Each report becomes a send event in the store (the send's timeline), a permanent bounce and a
-complaint a suppression; a report with a forged token becomes nothing.
+complaint a suppression; a report with a forged token becomes nothing; serve's dispatcher POSTs
+the events to the sender's route (a webhook route here for hook@, pull for the rest).
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ import urllib.request
 
 import pytest
 
+from standardwebhooks.webhooks import Webhook
+
 from e2e_helpers import send
 from support.postfix import wait_for
+from support.receiver import Receiver
 from support.world import build
 
 from agentmx import verp
@@ -29,19 +33,26 @@ from agentmx.store.model import SendEventType, SuppressionReason
 
 DOMAIN = "agents.test"
 KEY = "amx_bounce_key_for_the_agent_0123456"
+HOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @pytest.fixture(scope="module")
 def world(dns_server):
+    hook = Receiver()
     w = build(dns_server, "b", DOMAIN, f"""
+[[routes]]
+match = "hook@{DOMAIN}"
+endpoint = "{hook.url}"
+secret = "{HOOK_SECRET}"
 [[routes]]
 match = "@{DOMAIN}"
 mode = "pull"
 [[api_keys]]
 name = "agent"
 key = "{KEY}"
-allow = ["agent@{DOMAIN}"]
+allow = ["agent@{DOMAIN}", "hook@{DOMAIN}"]
 """)
+    w["hook"] = hook
     rx, ox = w["rx"], w["ox"]
     gone = rx.base / "gone.sh"            # a mailbox that no longer exists, found after acceptance
     gone.write_text("#!/bin/sh\necho 'mailbox gone'\nexit 67\n")
@@ -62,6 +73,7 @@ allow = ["agent@{DOMAIN}"]
     yield w
     w["store"].close()
     w.close()
+    hook.stop()
 
 
 @pytest.fixture
@@ -70,15 +82,19 @@ def w(world, dns_server):
     return world
 
 
-def api_send(w, to: str, subject: str) -> tuple[int, dict]:
-    body = json.dumps({"from": f"agent@{DOMAIN}", "to": to, "subject": subject, "text": "hello"}).encode()
-    req = urllib.request.Request(w["api"] + "/v1/send", data=body, method="POST",
+def api(w, path: str, payload: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(w["api"] + path, data=json.dumps(payload).encode() if payload else None,
+                                 method="POST" if payload else "GET",
                                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def api_send(w, to: str, subject: str, sender: str = f"agent@{DOMAIN}") -> tuple[int, dict]:
+    return api(w, "/v1/send", {"from": sender, "to": to, "subject": subject, "text": "hello"})
 
 
 def events_of(w, send_id: str, type_: SendEventType, timeout: float = 45) -> list:
@@ -252,3 +268,16 @@ def test_a_bounce_with_a_forged_token_is_no_event(w):
              what="deliver taking the forged report")
     assert len(w["store"].send_events(sent["id"])) == before
     assert not w["store"].suppressed(DOMAIN, ["ok@remote.test"])
+
+
+def test_a_bounce_reaches_the_senders_webhook_signed_and_the_sends_timeline(w):
+    w["store"].unsuppress(DOMAIN, "nouser@remote.test")        # bounced by the tests before
+    _, sent = api_send(w, "nouser@remote.test", "bounce to a webhook", sender=f"hook@{DOMAIN}")
+    post = wait_for(lambda: next((r for r in w["hook"].requests if sent["id"].encode() in r.body
+                                  and b"email.bounced" in r.body), None), timeout=45, what="email.bounced POSTed")
+    doc = Webhook(HOOK_SECRET).verify(post.body, post.headers)      # the Standard Webhooks library verifies it
+    assert doc["type"] == "email.bounced" and doc["recipient"] == "nouser@remote.test" and doc["status"] == "5.1.1"
+    assert post.headers["webhook-id"] == doc["id"]
+    status, shown = api(w, f"/v1/send/{sent['id']}")
+    assert status == 200
+    assert [e["type"] for e in shown["timeline"]["nouser@remote.test"]] == ["email.sent", "email.bounced"]
