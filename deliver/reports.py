@@ -17,7 +17,9 @@ A permanent bounce and a complaint suppress the recipient for the sending domain
 then answers 422). Only recipients of that send are taken: the token is in the Return-Path every
 recipient sees, so a report naming anyone else is ignored (logged). A report to the bare
 <bounce_local>@ (no token: a feedback loop's address) is matched by the Message-ID of the message
-it returns, and then only for that send's recipients too.
+it returns together with the send's ENVID (a Message-ID alone is quoted by every reply in the
+thread), and then only for that send's recipients too. At most MAX_EVENTS_PER_RECIPIENT events
+are kept for one recipient of a send (whoever has the token can send reports without end).
 
 Exit 0 once the events are kept (deliver POSTs nothing here: serve's dispatcher does, api/
 dispatch.py); exit 75 when the store cannot keep them (Postfix retries; the events' ids are
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from typing import Callable
 
 from agentmx import sendevents, verp
@@ -43,6 +46,7 @@ log = logging.getLogger("agentmx.deliver.reports")
 TYPES = {"delivered": SendEventType.DELIVERED, "relayed": SendEventType.DELIVERED,
          "expanded": SendEventType.DELIVERED, "delayed": SendEventType.DELAYED, "failed": SendEventType.BOUNCED,
          "complained": SendEventType.COMPLAINED}
+MAX_EVENTS_PER_RECIPIENT = 20     # a send's events about one recipient: what a report may add past it is dropped
 
 
 def is_report_address(recipient: str, config: Config) -> bool:
@@ -73,8 +77,12 @@ def _send_of(report: dsn.Report | None, env: Envelope, config: Config, store: St
         return send, "" if send is not None else f"no send {send_id} (gone, or not ours)"
     if report is not None and report.original_message_id:
         send = store.send_by_message_id(report.original_message_id)
-        if send is not None:
+        # The Message-ID alone is no proof: every reply in the thread quotes it (In-Reply-To,
+        # References). With it, the report must give the send's ENVID, which only MTAs see.
+        if send is not None and (report.envelope_id or "").lower() == send.id:
             return send, ""
+        if send is not None:
+            return None, f"the Message-ID of {send.id} without its token or ENVID"
     return None, "no token and no Message-ID of a send"
 
 
@@ -93,6 +101,7 @@ def take(raw: bytes, env: Envelope, config: Config, store: Store, clock: Callabl
     ours = {r.lower() for r in send.recipients}
     domain = send.sender.rpartition("@")[2].lower()
     kept = []
+    counts = Counter(e.recipient for e in store.send_events(send.id))
     for rs in report.recipients:
         type_ = TYPES.get(rs.action)
         # Original-Recipient is what we sent to when the remote expanded an alias (Final-Recipient
@@ -107,6 +116,11 @@ def take(raw: bytes, env: Envelope, config: Config, store: Store, clock: Callabl
             log.warning("%s: %s: report names %s, not a recipient of the send: ignored", qid, send.id,
                         recipient or "no recipient")
             continue
+        if counts[recipient] >= MAX_EVENTS_PER_RECIPIENT:
+            log.warning("%s: %s: %s has %d events already: %s not kept", qid, send.id, recipient,
+                        counts[recipient], type_.value)
+            continue
+        counts[recipient] += 1
         permanent = type_ is SendEventType.BOUNCED and rs.permanent
         suppress = permanent or type_ is SendEventType.COMPLAINED
         event = sendevents.make(send, type_, now, config, source, recipient, action=rs.action,

@@ -145,3 +145,40 @@ def test_an_alias_expanded_by_the_remote_is_matched_by_its_original_recipient(cf
         b"Original-Recipient: rfc822; y@remote.test\r\nFinal-Recipient: rfc822; y.alias@mailhost.remote.test\r\n")
     take(raw, cfg, store)
     assert [e.recipient for e in store.send_events(SEND)] == ["y@remote.test"]
+
+
+# --- review of issue 16 (an attacker's view) -----------------------------------------------------------
+
+ARF_WITHOUT_TOKEN = (
+    "From: someone@thread.test\r\nTo: bounces@agentmx.test\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n"
+    "Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n"
+    "--b\r\nContent-Type: text/plain\r\n\r\nAbuse report.\r\n"
+    "--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n"
+    "Original-Rcpt-To: <{rcpt}>\r\n\r\n"
+    "--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <m1@agentmx.test>\r\nSubject: hi\r\n\r\n"
+    "--b--\r\n")
+
+
+@pytest.mark.parametrize("forged", ["dsn", "arf"])
+def test_a_message_id_alone_names_no_send_a_third_party_in_the_thread_knows_it(cfg, store, forged):
+    # The send's Message-ID is no secret: every reply quotes it (In-Reply-To, References), so anyone
+    # later copied on the thread, or a list archive's reader, has it, and the recipients' addresses
+    # with it. Without the token (or the send's ENVID, which only MTAs see) it must suppress no one.
+    raw = (dsn(("x@remote.test", "failed", "5.1.1"), envid="") if forged == "dsn"
+           else ARF_WITHOUT_TOKEN.format(rcpt="x@remote.test").encode())
+    out = take(raw, cfg, store, "bounces@agentmx.test")
+    assert out.exit_code == EX_OK and "not taken" in out.reason
+    assert store.send_events(SEND) == [] and store.suppressions() == []
+
+
+def test_one_recipient_keeps_a_bounded_number_of_events_however_many_reports_come(cfg, store):
+    # Whoever has the token (every recipient) can send reports that differ by a byte, each a new
+    # event, a webhook POST, and a line of GET /v1/send/{id}: without a bound, one send's timeline
+    # grows as long as the sender keeps mailing.
+    from agentmx.deliver import reports
+    for i in range(reports.MAX_EVENTS_PER_RECIPIENT + 15):
+        raw = dsn(("x@remote.test", "delayed", "4.4.1")).replace(b"Report.", f"Report {i}.".encode())
+        assert take(raw, cfg, store).exit_code == EX_OK
+    assert len(store.send_events(SEND)) == reports.MAX_EVENTS_PER_RECIPIENT
+    take(dsn(("y@remote.test", "failed", "5.1.1")), cfg, store)     # another recipient's line is its own
+    assert [e.recipient for e in store.send_events(SEND)][-1] == "y@remote.test"
