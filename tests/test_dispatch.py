@@ -218,3 +218,19 @@ def test_two_serves_on_one_store_post_each_event_once(request, tmp_path, backend
         if store is not None:
             store.close()
         receiver.stop()
+
+
+def test_a_retry_after_of_non_ascii_digits_is_retried_not_an_internal_error_for_ever(served, caplog):
+    # http.client reads headers as latin-1: "Retry-After: \xb2" is "²", which str.isdigit() takes and
+    # float() refuses. The ValueError escaped outcome(): a traceback, no outcome kept, and the event
+    # POSTed again at each lease's end for ever, never given up.
+    caplog.set_level(logging.INFO, logger="agentmx.serve.dispatch")
+    store, cfg, receiver = served["store"], served["cfg"], served["receiver"]
+    receiver.script = [(500, 0.0), (200, 0.0)]
+    receiver.answer_headers = {"retry-after": "\u00b2"}
+    rec = a_send(store)
+    event = kept(store, cfg, rec)
+    done = settled(store, rec, event.id, PostState.DELIVERED)
+    assert done.attempts == 2 and "internal error" not in caplog.text
+    first, _ = posts_of(receiver, event.id)
+    assert first.status == 500

@@ -53,7 +53,7 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value or len(value) > 64:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():      # not "²" (latin-1 header bytes): isdigit, yet no float
         return float(value)
     try:
         return parsedate_to_datetime(value).timestamp() - now
