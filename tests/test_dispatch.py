@@ -234,3 +234,50 @@ def test_a_retry_after_of_non_ascii_digits_is_retried_not_an_internal_error_for_
     assert done.attempts == 2 and "internal error" not in caplog.text
     first, _ = posts_of(receiver, event.id)
     assert first.status == 500
+
+
+def test_an_endpoint_that_drips_its_answer_holds_a_post_no_longer_than_its_deadline(tmp_path):
+    # Each read within the route's timeout, one byte at a time, for ever: the POST never ended, its
+    # lease (timeout + 60 s) ran out under it (another serve POSTs it again), and such a route's
+    # events held the dispatcher's 8 slots: every other route's events waited, and stop() hung.
+    import socket
+    import threading
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def drip(conn):
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not stop.wait(0.5):
+                    conn.sendall(b"x")
+            except OSError:
+                pass
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hooks/email"
+    cfg = parse_config(config_text(tmp_path / "data", url), tmp_path / "agentmx.toml")      # timeout = 3
+    store = open_store(cfg)
+    running = start(cfg)
+    try:
+        rec = a_send(store)
+        event = kept(store, cfg, rec)
+        started = time.time()
+        tried = wait_for(lambda: (lambda e: e if e.attempts >= 1 else None)(state_of(store, rec, event.id)),
+                         timeout=20, what="the dripping POST ended")
+        assert time.time() - started < 3 * 2 + 5
+        assert tried.state is PostState.PENDING and "no whole answer within" in tried.excerpt
+    finally:
+        stop.set()
+        listener.close()
+        running.stop()
+        store.close()

@@ -33,7 +33,7 @@ from typing import Callable
 
 from agentmx.deliver import control
 from agentmx.deliver.core import excerpt
-from agentmx.deliver.http import Response
+from agentmx.deliver.http import Response, post as http_post
 from agentmx.store import StoreError
 from agentmx.store.model import PostState, SendEvent
 
@@ -78,6 +78,12 @@ def outcome(event: SendEvent, resp: Response, now: float, first_retry: float,
     return PostState.PENDING, now + delay, f"{why}; retry in {delay:g}s"
 
 
+def post_within_lease(url: str, body: bytes, headers: dict, timeout: float) -> Response:
+    """deliver/http.post with a deadline for the whole exchange (timeout bounds each read only): a
+    POST ends before its lease (lease_for) and an endpoint that drips its answer holds no slot."""
+    return http_post(url, body, headers, timeout, deadline=timeout + min(timeout, LEASE_MARGIN / 2))
+
+
 def lease_for(routes) -> float:
     """How long one claim holds an event: past the longest POST any route may take."""
     return max((r.timeout for r in routes), default=10.0) + LEASE_MARGIN
@@ -89,7 +95,7 @@ class Dispatcher(Loop):
 
     def __init__(self, ctx, post: Callable[[str, bytes, dict, float], Response] | None = None):
         super().__init__(ctx)
-        self.post = post                  # deliver/http.post unless a test gives another
+        self.post = post or post_within_lease      # unless a test gives another
         self.posts: Counter = Counter()
         self.lease = lease_for(ctx.config.routes)
         self._inflight: set[asyncio.Task] = set()
