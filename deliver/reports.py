@@ -46,6 +46,7 @@ log = logging.getLogger("agentmx.deliver.reports")
 TYPES = {"delivered": SendEventType.DELIVERED, "relayed": SendEventType.DELIVERED,
          "expanded": SendEventType.DELIVERED, "delayed": SendEventType.DELAYED, "failed": SendEventType.BOUNCED,
          "complained": SendEventType.COMPLAINED}
+NO_COMPLAINT = ("not-spam", "auth-failure")    # feedback reports that say no one complained (RFC 6430, 6591)
 MAX_EVENTS_PER_RECIPIENT = 20     # a send's events about one recipient: what a report may add past it is dropped
 
 
@@ -96,6 +97,9 @@ def take(raw: bytes, env: Envelope, config: Config, store: Store, clock: Callabl
     if report is None or not report.recipients:
         log.info("%s: mail to %s about %s is no delivery report: not kept", qid, env.recipient, send.id)
         return Outcome(EX_OK, DeliveryState.DROPPED, reason=f"not a delivery report (about {send.id})")
+    if report.feedback_type in NO_COMPLAINT:
+        log.info("%s: a %s feedback report about %s: no complaint, not kept", qid, report.feedback_type, send.id)
+        return Outcome(EX_OK, DeliveryState.DROPPED, reason=f"{report.feedback_type} report (about {send.id})")
     now = clock()
     source = hashlib.sha256(raw).hexdigest()
     ours = {r.lower() for r in send.recipients}

@@ -182,3 +182,18 @@ def test_one_recipient_keeps_a_bounded_number_of_events_however_many_reports_com
     assert len(store.send_events(SEND)) == reports.MAX_EVENTS_PER_RECIPIENT
     take(dsn(("y@remote.test", "failed", "5.1.1")), cfg, store)     # another recipient's line is its own
     assert [e.recipient for e in store.send_events(SEND)][-1] == "y@remote.test"
+
+
+@pytest.mark.parametrize("feedback_type", ["not-spam", "auth-failure"])
+def test_a_feedback_report_that_is_no_complaint_suppresses_no_one(cfg, store, feedback_type):
+    # RFC 6430 not-spam: the recipient took the message OUT of the spam folder; RFC 6591
+    # auth-failure: a DMARC failure report about the message. Neither says the recipient complained.
+    raw = ARF_WITHOUT_TOKEN.format(rcpt="x@remote.test").replace(
+        "Feedback-Type: abuse\r\n", f"Feedback-Type: {feedback_type}\r\nOriginal-Mail-From: <{address()}>\r\n")
+    out = take(raw.encode(), cfg, store, "bounces@agentmx.test")
+    assert out.exit_code == EX_OK
+    assert store.send_events(SEND) == [] and store.suppressions() == []
+    take(ARF_WITHOUT_TOKEN.format(rcpt="x@remote.test").replace(     # the same with abuse: a complaint
+        "Feedback-Type: abuse\r\n", f"Feedback-Type: abuse\r\nOriginal-Mail-From: <{address()}>\r\n").encode(),
+        cfg, store, "bounces@agentmx.test")
+    assert [e.type for e in store.send_events(SEND)] == [SendEventType.COMPLAINED] and store.suppressions()
