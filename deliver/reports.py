@@ -105,7 +105,9 @@ def take(raw: bytes, env: Envelope, config: Config, store: Store, clock: Callabl
     ours = {r.lower() for r in send.recipients}
     domain = send.sender.rpartition("@")[2].lower()
     kept = []
-    counts = Counter(e.recipient for e in store.send_events(send.id))
+    before = store.send_events(send.id)
+    counts = Counter(e.recipient for e in before)
+    known = {e.id for e in before}
     for rs in report.recipients:
         type_ = TYPES.get(rs.action)
         # Original-Recipient is what we sent to when the remote expanded an alias (Final-Recipient
@@ -132,7 +134,9 @@ def take(raw: bytes, env: Envelope, config: Config, store: Store, clock: Callabl
                                 diagnosticCode=rs.diagnostic or None, remoteMta=rs.remote_mta or None,
                                 reportingMta=report.reporting_mta or None, feedbackType=report.feedback_type,
                                 suppressed=suppress)
-        if suppress:
+        # A report kept before suppresses nothing again: an operator who lifted the suppression
+        # since must not see a replay of the same report put it back.
+        if suppress and event.id not in known:
             reason = SuppressionReason.COMPLAINED if type_ is SendEventType.COMPLAINED else SuppressionReason.BOUNCED
             store.suppress(Suppression(domain, recipient, reason, now, event.id))
         new = store.put_send_event(event)

@@ -197,3 +197,11 @@ def test_a_feedback_report_that_is_no_complaint_suppresses_no_one(cfg, store, fe
         "Feedback-Type: abuse\r\n", f"Feedback-Type: abuse\r\nOriginal-Mail-From: <{address()}>\r\n").encode(),
         cfg, store, "bounces@agentmx.test")
     assert [e.type for e in store.send_events(SEND)] == [SendEventType.COMPLAINED] and store.suppressions()
+
+
+def test_a_report_replayed_after_the_suppression_was_lifted_does_not_put_it_back(cfg, store):
+    raw = dsn(("x@remote.test", "failed", "5.1.1"))
+    take(raw, cfg, store)
+    assert store.unsuppress("agentmx.test", "x@remote.test")      # the operator lifts it
+    assert take(raw, cfg, store).exit_code == EX_OK                 # the same report, replayed
+    assert store.suppressions() == [] and len(store.send_events(SEND)) == 1
