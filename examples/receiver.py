@@ -9,6 +9,8 @@
   (the route's timeout), and a slow answer means a retry.
 - Deduplicates on webhook-id: a retry of a message already taken is acknowledged, not redone.
 - Answers 406 to mail it will never want (here: bounces), so agentmx stops retrying and keeps it.
+- Notes the events about what it sent (email.sent, email.delivered, email.bounced ...: `type`
+  tells them from email.received) and acknowledges them.
 - Treats the message as untrusted: it looks at auth.dmarc before believing the From address.
 - With AGENTMX_API_KEY set, answers authenticated mail through `agentmx serve`'s send API
   (threaded, DKIM-signed by the milter, Auto-Submitted: auto-replied); AGENTMX_URL names the API
@@ -74,6 +76,11 @@ class Endpoint(BaseHTTPRequestHandler):
         event = json.loads(body)
         if event["id"] in SEEN:
             return self.answer(200, "duplicate")
+        if event.get("type") != "email.received":      # what became of what we sent: email.sent, .bounced...
+            SEEN.add(event["id"])
+            what = " ".join(str(v) for v in (event.get("type"), event.get("recipient"), event.get("status")) if v)
+            print(f"event {event['id']}: {what} (send {event.get('sendId')})", flush=True)
+            return self.answer(200, "noted")
         if event["autoSubmitted"] == "bounce":
             return self.answer(406, "not wanted")
         SEEN.add(event["id"])

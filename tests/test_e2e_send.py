@@ -269,6 +269,12 @@ def test_the_example_agent_answers_authenticated_mail(w):
         msg = email.message_from_bytes(raw_reply)
         assert msg["Subject"] == "Re: Printer" and msg["From"] == "helpdesk@rsa.agents.test"
         assert verdicts(our_results(raw_reply, "mx.remote.test")[0])["dkim"][0].result == "pass"
+        # what became of its reply reaches it too, and it tells that event from mail (type)
+        import select
+        noted = []
+        while not any("email.sent" in line for line in noted) and select.select([proc.stdout], [], [], 30)[0]:
+            noted.append(proc.stdout.readline())
+        assert any(f"email.sent (send {replied.split()[1]})" in line for line in noted), noted
     finally:
         proc.kill()
         proc.wait()

@@ -126,7 +126,7 @@ def inbound(inst, subject: str) -> dict:
     with smtplib.SMTP("127.0.0.1", inst["ix"].port, local_hostname="mail.remote.test", timeout=60,
                       source_address=("127.0.0.2", 0)) as s:
         s.sendmail("alice@remote.test", [f"agent@{DOMAIN}"], raw)
-    return wait_for(lambda: next((e for e in inst["receiver"].events() if e["subject"] == subject), None),
+    return wait_for(lambda: next((e for e in inst["receiver"].events() if e.get("subject") == subject), None),
                     timeout=60, what=f"the event\n{inst['ix'].log()[-3000:]}\n{_log(inst['base'], 'milter')}")
 
 

@@ -285,7 +285,7 @@ def test_s3_stopped_mid_run_everything_waits_and_arrives_once(w, key):
     pf, s3, serve = w["pf"], w["s3"], w["serve"]
     pid = serve.proc.pid
     send(pf.port, "alice@sender.test", [RECIPIENT], make_message(key, "ahead of the S3 fault"))
-    event = wait_for(lambda: [e for e in w["receiver"].events() if e["subject"] == "ahead of the S3 fault"], timeout=30,
+    event = wait_for(lambda: [e for e in w["receiver"].events() if e.get("subject") == "ahead of the S3 fault"], timeout=30,
                      what="a message before the fault")[0]
     blob = event["raw"]["url"].split(str(serve.port), 1)[1]           # its raw message, a signed URL of serve's
     assert serve.get(blob)[0] == 200
