@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import smtplib
 import time
 
+import jsonschema
 import pytest
+
+from conftest import ROOT
 
 from e2e_helpers import RsaKey, our_results, send, verdicts
 from support.arclist import authored, list_forward
@@ -23,6 +27,7 @@ from support.postfix import MilterProcess, PostfixInstance, agentmx_config
 from agentmx.deliver.authread import read_auth
 
 AUTHSERV = "mx.agentmx.test"
+AUTH_SCHEMA = json.loads((ROOT / "docs" / "email.received.v1.schema.json").read_text())["properties"]["auth"]
 SEEN = "spf=pass smtp.mailfrom=alice@author.test; dkim=pass header.d=author.test; dmarc=pass header.from=author.test"
 
 
@@ -85,7 +90,9 @@ def ours(path):
 def event_auth(path) -> dict:
     """The event's auth field, read from the delivered copy as `agentmx deliver` reads it."""
     msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
-    return read_auth([(k, str(v)) for k, v in msg.items()], AUTHSERV)
+    auth = read_auth([(k, str(v)) for k, v in msg.items()], AUTHSERV)
+    jsonschema.validate(auth, AUTH_SCHEMA)
+    return auth
 
 
 def test_a_trusted_lists_forward_is_not_rejected_and_says_why(mx, keys):
