@@ -179,11 +179,13 @@ def _chain(results: list) -> tuple[tuple[str, ...], str]:
     verified them (so they are the very fields the chain's seals cover)."""
     ordered = sorted((r for r in results if isinstance(r, dict) and isinstance(r.get("instance"), int)),
                      key=lambda r: r["instance"])
-    sealers = tuple(r.get("as-domain", b"").decode("ascii", "replace").strip().lower() for r in ordered)
-    first = ordered[0] if ordered and ordered[0]["instance"] == 1 else {}
-    aar = first.get("aar-value", b"")
-    aar = aar.decode("utf-8", "replace") if isinstance(aar, bytes) else ""
+    sealers = tuple(_text(r.get("as-domain")).strip().lower() for r in ordered)
+    aar = _text(ordered[0].get("aar-value")) if ordered and ordered[0]["instance"] == 1 else ""
     return sealers, aar if len(aar) <= MAX_AAR else ""
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
 
 
 _ARC_SEAL = re.compile(rb"^arc-seal[ \t]*:", re.I | re.M)
