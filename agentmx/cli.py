@@ -73,18 +73,22 @@ def cmd_auth(args) -> int:
     from agentmx.resolver import Resolver
 
     authserv_id, servers, timeout, budget, max_rsa = "agentmx.local", (), 2.0, 40, MilterConfig.max_rsa_verifications
+    sealers: tuple[str, ...] = ()
     path = _config_path(args.config)
     if args.config or path.exists():
         config = load_config(path, Service.APP)
         authserv_id, servers = config.authserv_id, config.dns.servers
         timeout, budget = config.dns.timeout, config.dns.lookup_budget
         max_rsa = config.milter.max_rsa_verifications
+        sealers = config.milter.arc_trusted_sealers
     if args.dns:
         servers = args.dns
     elif os.environ.get("AGENTMX_DNS"):
         servers = _parse_dns(os.environ["AGENTMX_DNS"])
     if args.timeout:
         timeout = args.timeout
+    if args.arc_trusted_sealer:
+        sealers = tuple(dict.fromkeys(sealers + tuple(args.arc_trusted_sealer)))
     try:
         message = Path(args.message).read_bytes() if args.message != "-" else sys.stdin.buffer.read()
     except OSError as exc:
@@ -94,18 +98,19 @@ def cmd_auth(args) -> int:
     env = Envelope(client_ip=args.client_ip, helo=args.helo, mail_from=args.mail_from,
                    receiver=authserv_id)
     lookups = Resolver(servers, timeout).session(budget)
-    res = authenticate(message, env, lookups, sample=args.sample, rsa_budget=RsaBudget(max_rsa))
+    res = authenticate(message, env, lookups, sample=args.sample, rsa_budget=RsaBudget(max_rsa),
+                       arc_trusted_sealers=sealers)
     header = arheader.render(authserv_id, res)
     if args.json:
         out = asdict(res)
         out["authenticationResults"] = header
         print(json.dumps(out, indent=2))
     else:
-        print(explain(res, header))
+        print(explain(res, header, sealers))
     return 0
 
 
-def explain(res, header: str) -> str:
+def explain(res, header: str, sealers: tuple[str, ...] = ()) -> str:
     """A postmaster's reading of the verdicts: each result with its reason."""
     def record_lines(dm) -> list[str]:
         if dm.record is None:
@@ -134,11 +139,33 @@ def explain(res, header: str) -> str:
             lines.extend("  " + line for line in record_lines(one))
     else:
         lines.extend(record_lines(dm))
+    lines.extend(_override_lines(res, sealers))
     for note in res.notes:
         lines.append(f"internal error: {note}")
     lines.append(f"DNS lookups: {res.dns_lookups}")
     lines.append(f"Authentication-Results: {header}")
     return "\n".join(lines)
+
+
+def _override_lines(res, sealers: tuple[str, ...]) -> list[str]:
+    """Whether a trusted ARC forwarder lifted the DMARC policy (milter/arc_override.py), and why not."""
+    from agentmx.milter import arc_override
+    o = res.dmarc.override
+    if o is not None:
+        return [f"  policy override: {o.type}: the ARC chain validates, every sealer is trusted "
+                f"(newest: {o.sealer}) and its earliest ARC-Authentication-Results saw dmarc=pass; "
+                f"the policy's {o.evaluated} is not applied (applies: none); the DMARC result stays fail"]
+    if sealers and res.dmarc.result == "fail" and res.arc.result != "none":
+        return [f"  no ARC override: {arc_override.check(res.dmarc, res.arc, sealers)[1]}"]
+    return []
+
+
+def _sealer_arg(text: str) -> str:
+    from .config import _sealers
+    try:
+        return _sealers([text])[0]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--arc-trusted-sealer wants a domain ({exc})") from None
 
 
 def cmd_deliver(args) -> int:
@@ -452,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dns", type=_parse_dns, help="DNS server as IP or IP:PORT (default: config, else system)")
     a.add_argument("--timeout", type=float, help="seconds per DNS lookup")
     a.add_argument("--sample", type=float, default=0.0, help="DMARC pct sample in [0,1) (default 0)")
+    a.add_argument("--arc-trusted-sealer", action="append", type=_sealer_arg, metavar="DOMAIN",
+                   help="trust this ARC sealer, as [milter] arc_trusted_sealers does (repeatable; "
+                        "added to the config's)")
     a.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     a.set_defaults(func=cmd_auth)
 

@@ -78,6 +78,7 @@ class MilterConfig:
     rspamd_url: str = ""           # rspamd's normal worker, e.g. http://127.0.0.1:11333; "" = no spam check
     rspamd_timeout: float = 2.0    # seconds; past it the verdict is unknown and the message goes on
     max_rsa_verifications: int = 20   # per message, DKIM and ARC together (milter/dkimcrypto.py)
+    arc_trusted_sealers: tuple[str, ...] = ()   # ARC sealers whose chain may lift a DMARC policy (milter/arc_override.py)
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -373,7 +374,9 @@ def _addresses(v: Any) -> tuple[str, ...]:
 
 MAX_BLOCK_SENDERS = 1000            # a route's block_senders (config); more belong in the API (/v1/blocks)
 MAX_SENDER = 254                    # characters of one blocked sender (an address or @domain)
-_SENDER = re.compile(r"^([^\s@<>()\[\],;:\\\"]{1,64})?@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_DOMAIN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
+_SENDER = re.compile(r"^([^\s@<>()\[\],;:\\\"]{1,64})?@" + _DOMAIN + "$")
+MAX_ARC_TRUSTED_SEALERS = 100       # [milter] arc_trusted_sealers: lists and forwarders, by hand
 
 
 def block_sender(v: Any) -> str:
@@ -384,6 +387,19 @@ def block_sender(v: Any) -> str:
     if not v or len(v) > MAX_SENDER or not v.isascii() or not _SENDER.match(v):
         raise ValueError("an address (spammer@example.net) or a domain (@bad.example)")
     return v
+
+
+def _sealers(v: Any) -> tuple[str, ...]:
+    """Domain names (ASCII, A-labels for IDNs), lower case, without a trailing dot, each once."""
+    if not isinstance(v, list) or len(v) > MAX_ARC_TRUSTED_SEALERS:
+        raise ValueError(f"not a list of at most {MAX_ARC_TRUSTED_SEALERS}")
+    out = []
+    for x in v:
+        d = x.strip().lower().rstrip(".") if isinstance(x, str) else ""
+        if len(d) > 253 or not d.isascii() or not re.fullmatch(_DOMAIN, d):
+            raise ValueError(f"{str(x)[:80]!r} is not a domain name")
+        out.append(d)
+    return tuple(dict.fromkeys(out))
 
 
 def _block_senders(v: Any) -> tuple[str, ...]:
@@ -726,6 +742,7 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
         rspamd_timeout=m.get("rspamd_timeout", MilterConfig.rspamd_timeout, _positive_number, "a number > 0"),
         max_rsa_verifications=m.get("max_rsa_verifications", MilterConfig.max_rsa_verifications, _positive_int,
                                     "a whole number > 0"),
+        arc_trusted_sealers=m.get("arc_trusted_sealers", (), _sealers, 'a list of domains like "lists.example.org"'),
     )
     policy_sec.finish()
     m.finish()

@@ -45,6 +45,20 @@ def read_spam(headers: list[tuple[str, str]], authserv_id: str) -> tuple[str, di
     return "unknown", None
 
 
+OVERRIDES = {"trusted_forwarder"}          # milter/arc_override.py (RFC 9990's PolicyOverrideType)
+DISPOSITIONS = {"none", "quarantine", "reject"}
+
+
+def _override(props: dict) -> dict | None:
+    """A policy override our milter wrote (policy.override-reason and its companions), or None."""
+    kind = str(props.get(("policy", "override-reason")) or "").lower()
+    if kind not in OVERRIDES:
+        return None
+    evaluated = str(props.get(("policy", "evaluated-disposition")) or "").lower()
+    return {"type": kind, "sealer": str(props.get(("policy", "arc-sealer")) or "")[:253].lower() or None,
+            "evaluatedDisposition": evaluated if evaluated in DISPOSITIONS else None}
+
+
 def read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
     out = _read_auth(headers, authserv_id)
     out["spam"], out["details"]["spam"] = read_spam(headers, authserv_id)
@@ -96,7 +110,9 @@ def _read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
             out["dmarc"] = _word(r.result)
             details["dmarc"] = {"result": out["dmarc"], "from": props.get(("header", "from")),
                                 "policy": props.get(("policy", "dmarc")), "disposition": dis,
-                                "reason": getattr(r, "reason", None)}
+                                "reason": getattr(r, "reason", None), "override": _override(props)}
+            if details["dmarc"]["override"]:
+                details["dmarc"]["disposition"] = "none"
     details["dkim"] = [d for d in dkims if d["domain"] or d["result"] != "none"]
     if details["dkim"]:
         out["dkim"] = "pass" if any(d["result"] == "pass" for d in details["dkim"]) else details["dkim"][0]["result"]

@@ -48,13 +48,25 @@ def render(authserv_id: str, res: AuthResults) -> str:
     comment = None
     if dm.record is not None:
         comment = f"p={dm.record.p} sp={dm.record.sp or dm.record.p} pct={dm.record.pct} dis={dm.disposition}"
+    if dm.override is not None:     # a trusted ARC forwarder lifted the policy (milter/arc_override.py)
+        comment = f"{comment or ''} override={dm.override.type} arc.sealer={dm.override.sealer}".strip()
     results.append(DMARCAuthenticationResult(
         result=dm.result, result_comment=_comment(comment or ""),
         reason=_reason(dm.reason) if dm.result not in ("pass",) else None,
         header_from=dm.from_domain or None,
         policy=dm.policy if dm.record is not None else None))
+    results[-1].properties.extend(_override(dm))
     header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
     return str(header).split(":", 1)[1].strip()
+
+
+def _override(dm) -> list[Prop]:
+    """authentication_milter's properties for an override (the event reads them back: authread)."""
+    o = dm.override
+    if o is None:
+        return []
+    return [Prop("policy", "override-reason", o.type), Prop("policy", "evaluated-disposition", o.evaluated),
+            Prop("policy", "arc-sealer", o.sealer)]
 
 
 def fold(value: str, width: int = 78) -> str:

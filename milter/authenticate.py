@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from agentmx import fromheader
 from agentmx.resolver import Lookups
 
-from . import dkim_check, dmarc_check, spf_check
+from . import arc_override, dkim_check, dmarc_check, spf_check
 from .dkimcrypto import RsaBudget
 from .results import ArcResult, AuthResults, DkimResult, DmarcResult, SpfResult
 
@@ -42,7 +42,7 @@ def from_header_values(message: bytes) -> list[str]:
 
 
 def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float = 0.0,
-                 rsa_budget: RsaBudget | None = None) -> AuthResults:
+                 rsa_budget: RsaBudget | None = None, arc_trusted_sealers: tuple[str, ...] = ()) -> AuthResults:
     notes = []
     rsa = rsa_budget if rsa_budget is not None else RsaBudget()     # DKIM and ARC share it
     helo = _guard("spf helo", notes, lambda: spf_check.check_helo(lookups, env.client_ip, env.helo, env.receiver),
@@ -57,6 +57,8 @@ def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float 
     dmarc = _guard("dmarc", notes,
                    lambda: dmarc_check.evaluate(lookups, from_header_values(message), mfrom, dkim, sample),
                    DmarcResult("temperror", reason="internal error"))
+    if arc_trusted_sealers:     # a trusted forwarder's ARC chain may lift the policy (arc_override.py)
+        dmarc = _guard("arc override", notes, lambda: arc_override.apply(dmarc, arc, arc_trusted_sealers), dmarc)
     return AuthResults(spf=mfrom, spf_helo=helo, dkim=dkim, arc=arc, dmarc=dmarc,
                        dns_lookups=lookups.count, notes=tuple(notes))
 

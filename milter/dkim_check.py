@@ -166,7 +166,26 @@ def verify_arc(message: bytes, lookups: Lookups, budget: RsaBudget | None = None
         # dkimpy says "none" when a seal carries cv=fail; RFC 8617 section 5.2 step 2 says fail
         # ("none" is for a message without ARC sets).
         word = "fail"
-    return ArcResult(word, instances=len(results or ()), reason=comment if isinstance(comment, str) else "")
+    sealers, earliest = _chain(results or ())
+    return ArcResult(word, instances=len(results or ()), reason=comment if isinstance(comment, str) else "",
+                     sealers=sealers, earliest_aar=earliest)
+
+
+MAX_AAR = 4096      # characters of the earliest ARC-Authentication-Results kept (arc_override reads it)
+
+
+def _chain(results: list) -> tuple[tuple[str, ...], str]:
+    """The sealers' d= (i=1 first) and the i=1 ARC-Authentication-Results value, as dkimpy
+    verified them (so they are the very fields the chain's seals cover)."""
+    ordered = sorted((r for r in results if isinstance(r, dict) and isinstance(r.get("instance"), int)),
+                     key=lambda r: r["instance"])
+    sealers = tuple(_text(r.get("as-domain")).strip().lower() for r in ordered)
+    aar = _text(ordered[0].get("aar-value")) if ordered and ordered[0]["instance"] == 1 else ""
+    return sealers, aar if len(aar) <= MAX_AAR else ""
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
 
 
 _ARC_SEAL = re.compile(rb"^arc-seal[ \t]*:", re.I | re.M)

@@ -1,7 +1,8 @@
 """What the milter answers for a verified message. Default: record only, never reject.
 
 Opt-in per config ([milter.policy], or per recipient domain):
-  reject_dmarc     550 5.7.1   DMARC fail whose disposition (after pct) is reject
+  reject_dmarc     550 5.7.1   DMARC fail whose disposition (after pct) is reject; never one whose
+                               policy a trusted ARC forwarder overrode (milter/arc_override.py)
   reject_spf_fail  550 5.7.23  SPF fail of the MAIL FROM identity (the sender's -all matched)
   defer_temperror  451 4.7.24  SPF or DMARC temperror (DNS): the client retries later
 A message on which one of our own checks broke (AuthResults.notes) is never rejected: at most
@@ -42,7 +43,8 @@ def combine(policies: Iterable[PolicyConfig]) -> PolicyConfig:
 
 def decide(res: AuthResults, policy: PolicyConfig) -> Decision:
     decision = ACCEPT
-    if policy.reject_dmarc and res.dmarc.result == "fail" and res.dmarc.disposition == "reject":
+    if (policy.reject_dmarc and res.dmarc.result == "fail" and res.dmarc.disposition == "reject"
+            and res.dmarc.override is None):
         decision = Decision("reject", "550", "5.7.1",
                             f"Message rejected per DMARC policy of {res.dmarc.record_domain}")
     elif policy.reject_spf_fail and res.spf.result == "fail":

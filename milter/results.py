@@ -31,6 +31,8 @@ class ArcResult:
     result: str                # pass, fail, none (temperror when DNS failed)
     instances: int = 0
     reason: str = ""
+    sealers: tuple[str, ...] = ()   # d= of each ARC-Seal checked, i=1 first (lower case)
+    earliest_aar: str = ""          # the ARC-Authentication-Results of i=1 as verified ("" if none)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,14 @@ class DmarcRecord:
 
 
 @dataclass(frozen=True)
+class PolicyOverride:
+    """Why the domain's policy was not applied (RFC 7489 6.7 / RFC 9990's PolicyOverrideType)."""
+    type: str                  # trusted_forwarder (milter/arc_override.py)
+    sealer: str                # the newest ARC sealer's domain, trusted by [milter] arc_trusted_sealers
+    evaluated: str             # the disposition the policy gave before the override: quarantine or reject
+
+
+@dataclass(frozen=True)
 class DmarcResult:
     result: str                # pass, fail, none, temperror, permerror
     from_domain: str = ""      # header.from
@@ -61,6 +71,8 @@ class DmarcResult:
     # When the From fields name several domains (or From is repeated): the verdict of each
     # domain checked (RFC 9989 11.5); the result above is the one that applies. Else empty.
     each: tuple["DmarcResult", ...] = ()
+    # Set when a local policy overrode the domain's (disposition is then none; result stays).
+    override: PolicyOverride | None = None
 
 
 @dataclass(frozen=True)
