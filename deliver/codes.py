@@ -44,7 +44,6 @@ _RUN = re.compile(
 
 # Labels. At one position the first alternative wins: other-number labels (d) come before code words
 # (c), so "promo code", "Gutscheincode" or "tracking code" are never read as "code".
-_W = r"(?<![^\W\d_])"           # a word starts here (CJK has no word breaks: no check there)
 _D = "|".join([
     # compounds and phrases with "code" that are not verification codes
     r"(?:promo(?:tional)?|discount|coupon|voucher|gift|referral|invite|tracking|postal|post|zip|area|"
@@ -106,13 +105,18 @@ _C_CJK = (r"認証コード|確認コード|認証番号|確認番号|暗証番�
 _WEAK = (r"verify|verification|confirm|confirmation|activate|sign[- ]?in|log[- ]?in|login|reset|"
          r"authenticate|bestätigen|anmelden|anmeldung|confirmer|connexion|confirmar|iniciar\s+sesión|"
          r"acceder|accedere|inloggen|bevestigen|ログイン|登录|認証|验证")
+# The fixed word start and first letter up front let the regex engine skip positions quickly.
 _LABEL = re.compile(
-    rf"{_W}(?P<d>(?:{_D})(?![^\W\d_]))|(?P<dj>{_D_CJK})|{_W}(?P<c>(?:{_C})(?![^\W\d_]))|(?P<cj>{_C_CJK})"
-    rf"|{_W}(?P<w>(?:{_WEAK})(?![^\W\d_]))", re.I)
+    rf"(?<![^\W\d_])(?=[^\W\d_#°º〒])(?:(?P<d>(?:{_D})(?![^\W\d_]))|(?P<c>(?:{_C})(?![^\W\d_]))"
+    rf"|(?P<w>(?:{_WEAK})(?![^\W\d_])))", re.I)
+_LABEL_CJK = re.compile(rf"(?P<d>{_D_CJK})|(?P<c>{_C_CJK})")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uff00-\uffef]")
 
 # A label binds the run right after it across at most this many characters.
 _BIND_OTHER = 30
 _BIND_CODE = 60
+# How far from a number its labels are sought (the longest reach below, and a label's length).
+_LOOK_BACK, _LOOK_AHEAD = 200, 80
 # Between a code word and its code: "is", ":", "lautet", "est", "は", "为" ...
 _CONNECTOR = re.compile(r"(?:\b(?:is|are|was|lautet|ist|est|es|é|è|is|ni|estas)\b|[:：=为是は])[\s*_\"'«»“”「」【】]*$",
                         re.I)
@@ -134,6 +138,7 @@ _CITY_AFTER = re.compile(r" (?:[A-Z]{2}\b|[A-Z\u00C0-\u00DD][a-z\u00DF-\u00FF]+)
 _STATE_BEFORE = re.compile(r"\b[A-Z]{2} $")
 _STANDALONE_JUNK = re.compile(r"^[\s*_#>|`~:·•()\[\]\"'«»“”「」【】-]*$")
 _YEAR = re.compile(r"(?:19|20)\d\d")
+_DIGIT = re.compile(r"\d")
 
 
 def codes(subject: str | None, text: str | None) -> list[str]:
@@ -146,6 +151,8 @@ def codes(subject: str | None, text: str | None) -> list[str]:
     lines_with_context = [(subject, [], 0.0)] + [
         (line, lines[max(0, i - 3):i], 2.0 if subject_says_code else 0.0) for i, line in enumerate(lines)]
     for line, previous, bonus in lines_with_context:
+        if not _DIGIT.search(line):
+            continue
         for score, code in _line_codes(_masked(line), previous, bonus):
             scored.append((score, len(scored), code))
     found: dict[str, str] = {}
@@ -159,30 +166,44 @@ def _masked(line: str) -> str:
     return _MASK.sub(lambda m: " " * len(m.group(0)), line)
 
 
-def _labels(line: str) -> list[tuple[int, int, str]]:
+def _labels(line: str, near: list[tuple[int, int]] | None = None) -> list[tuple[int, int, str]]:
+    """The labels of a line (code words "c", other-number words "d", weak words "w"); with `near`,
+    only those close enough to these spans to count (the scan is the costly part)."""
+    windows: list[list[int]] = []
+    for start, end in near if near is not None else [(0, len(line))]:
+        lo, hi = max(0, start - _LOOK_BACK), end + _LOOK_AHEAD
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], hi)
+        else:
+            windows.append([lo, hi])
+    patterns = (_LABEL, _LABEL_CJK) if _CJK.search(line) else (_LABEL,)
     out = []
-    for m in _LABEL.finditer(line):
-        kind = m.lastgroup or ""
-        out.append((m.start(), m.end(), kind[0]))
-    return out
+    for lo, hi in windows:
+        for pattern in patterns:
+            out.extend((m.start(), m.end(), m.lastgroup or "") for m in pattern.finditer(line, lo, hi))
+    return sorted(out) if len(patterns) > 1 else out
 
 
 def _line_codes(line: str, previous: list[str], bonus: float) -> list[tuple[float, str]]:
-    if not line.strip():
+    runs = [run for m in _RUN.finditer(line) for run in _split_run(m.group(0), m.start())]
+    if not any(value for _, _, value in runs):
         return []
-    events: list[tuple[int, int, str, str | None]] = [(s, e, k, None) for s, e, k in _labels(line)]
-    for m in _RUN.finditer(line):
-        for start, end, value in _split_run(m.group(0), m.start()):
+    labels = _labels(line, [(start, end) for start, end, value in runs if value])
+    events: list[tuple[int, int, str, str | None]] = [(s, e, k, None) for s, e, k in labels]
+    spans = iter(labels)
+    span = next(spans, None)
+    for start, end, value in runs:
+        while span is not None and span[1] <= start:
+            span = next(spans, None)
+        if span is None or end <= span[0]:              # a label ("2FA", "OTP") is not a number
             events.append((start, end, "r", value))
     events.sort(key=lambda ev: ev[0])
     out = []
     for i, (start, end, kind, value) in enumerate(events):
-        if kind != "r" or value is None:
-            continue
-        score = _score(line, events, i, previous) + bonus
-        score += _shape_penalty(line, start, end, value, events, i)
-        if score > -50:
-            out.append((score, value))
+        if kind == "r" and value is not None:
+            score = _score(line, events, i, previous) + bonus + _shape_penalty(line, start, end, value, events, i)
+            if score > -50:
+                out.append((score, value))
     return out
 
 
@@ -233,8 +254,7 @@ def _time_range(parts: list[str]) -> bool:
 
 def _score(line: str, events: list, i: int, previous: list[str]) -> float:
     start, end = events[i][0], events[i][1]
-    before = [ev for ev in events[:i] if ev[1] <= start]
-    prev = before[-1] if before else None
+    prev = events[i - 1] if i else None
     if prev is not None:
         gap = line[prev[1]:start]
         if prev[2] == "d" and len(gap) <= _BIND_OTHER:
@@ -243,22 +263,23 @@ def _score(line: str, events: list, i: int, previous: list[str]) -> float:
             return 10.0 + (1.0 if _CONNECTOR.search(gap) else 0.0) - len(gap) / 40
     score = 0.0
     # a code word further left in the same sentence ("passcode for transaction X at Y is Z")
-    for ev in reversed(before):
+    for j in range(i - 1, -1, -1):
+        ev = events[j]
         gap = line[ev[1]:start]
-        if _SENTENCE_END.search(gap) or len(gap) > 150:
+        if len(gap) > 150 or _SENTENCE_END.search(gap):
             break
         if ev[2] == "c":
-            score = 6.0 + (1.0 if _CONNECTOR.search(line[:start]) else 0.0)
+            score = 6.0 + (1.0 if _CONNECTOR.search(line[max(0, start - 20):start]) else 0.0)
             break
     # "482913 is your code", "Use 483920 to sign in"
-    after = [ev for ev in events[i + 1:] if ev[0] >= end]
-    if after and after[0][2] in "cw":
-        gap = line[end:after[0][0]]
+    nxt = events[i + 1] if i + 1 < len(events) else None
+    if nxt is not None and nxt[2] in "cw":
+        gap = line[end:nxt[0]]
         if len(gap) <= 40 and not _SENTENCE_END.search(gap):
-            score = max(score, 7.0 if after[0][2] == "c" else 4.0)
+            score = max(score, 7.0 if nxt[2] == "c" else 4.0)
     if prev is not None and prev[2] == "w" and len(line[prev[1]:start]) <= 40:
         score = max(score, 4.0)
-    if _STANDALONE_JUNK.match(line[:start]) and _STANDALONE_JUNK.match(line[end:]):
+    if len(line) <= 200 and _STANDALONE_JUNK.match(line[:start]) and _STANDALONE_JUNK.match(line[end:]):
         score = max(score, _standalone(previous))
     return score
 
