@@ -48,7 +48,8 @@ _D = "|".join([
     # compounds and phrases with "code" that are not verification codes
     r"(?:promo(?:tional)?|discount|coupon|voucher|gift|referral|invite|tracking|postal|post|zip|area|"
     r"country|sort|swift|bic|tax|error|exit|status|return|source|qr|bar|product|article|item|order|"
-    r"authori[sz]ation|auth\.?|reason|response|http|dial(?:ing)?|access point|to)[- ]?codes?\b",
+    r"authori[sz]ation|auth\.?|reason|response|http|dial(?:ing)?|access point|member(?:ship)?|customer|"
+    r"client|account|loyalty|reference|booking|reservation|course|class|group|to)[- ]?codes?\b",
     r"(?:gutschein|rabatt|aktions|promo|fehler|status|länder|steuer|post|bar|zip|qr-|korting|actie|"
     r"waarde|kado)s?codes?\b",
     r"code\s+(?:promo|postal|d'erreur|de\s+suivi|barre|client|article|ape|naf)\w*",
@@ -139,6 +140,8 @@ _STATE_BEFORE = re.compile(r"\b[A-Z]{2} $")
 _STANDALONE_JUNK = re.compile(r"^[\s*_#>|`~:·•()\[\]\"'«»“”「」【】-]*$")
 _YEAR = re.compile(r"(?:19|20)\d\d")
 _DIGIT = re.compile(r"\d")
+_PROMO = re.compile(r"\d\s?%\s?(?:off|de\s+(?:remise|réduction|descuento|desconto))|\b(?:discount|coupon|voucher|promo|"
+                    r"rabatt|gutschein|réduction|remise|descuento|sconto|korting|desconto)\b", re.I)
 
 
 def codes(subject: str | None, text: str | None) -> list[str]:
@@ -285,14 +288,15 @@ def _score(line: str, events: list, i: int, previous: list[str]) -> float:
 
 
 def _standalone(previous: list[str]) -> float:
-    """A code alone on its line: what the line(s) above it name."""
+    """A code alone on its line: what the line(s) above it name ("Order number:" is not a code's)."""
     for line in reversed([p for p in previous if p.strip()][-2:]):
-        labels = _labels(_masked(line))
+        masked = _masked(line)
+        labels = _labels(masked)
         if labels:
-            last = labels[-1][2]
-            if last == "d":
+            start, end, kind = labels[-1]
+            if kind == "d" and _STANDALONE_JUNK.match(masked[end:]):
                 return -100.0
-            if last == "c" or any(k == "c" for _, _, k in labels):
+            if any(k == "c" for _, _, k in labels):
                 return 8.0
             return 5.0
     return 3.0
@@ -308,6 +312,8 @@ def _shape_penalty(line: str, start: int, end: int, value: str, events: list, i:
             int(digits[:2]) < 24 and int(digits[2:]) < 60:
         return -100.0
     penalty = 0.0
+    if _PROMO.search(line, max(0, start - 200), end + 200):
+        penalty -= 6.0                                      # "use code 4821 for 10% off": a promotion
     if not digits.isdigit():
         penalty -= 2.0                                      # letters and digits: a model, a flight, a room
     if _YEAR.fullmatch(digits) and not tight_code:
