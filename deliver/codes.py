@@ -6,15 +6,16 @@ A code is a token of 4-8 digits ("583920", "583 920", "0 4 8 3 2 1" come out as 
 "OTP", "PIN", "TAN", "one-time", "verification code", "Bestätigungscode", "código", "codice",
 "認証コード", "验证码", ... A number tied to another label is not one: an order, booking, ticket,
 invoice, account, customer, tracking, phone, room or reference number, a promo, postal, error or
-tracking code, a price, an amount, a year, a time, a date, a postcode, a version, an IBAN.
+member code, a price, an amount, a year, a time, a date, a postcode, a version, an IBAN.
 
 How: each line is read as a sequence of labels (code words, other-number words, weak words such as
 "sign in" or "confirm") and number-like runs. A run whose nearest label on its left is another
 label (with nothing but a few characters between) is that label's number and never a code; one right
 after a code word scores highest; then one with a code word further left in its sentence, one followed
 by "... is your code", one alone on its line under a line that names a code, one near a weak word
-when the subject speaks of a code. Runs that score below a threshold are dropped; the rest come out
-best first (ties: earlier first). Pure and bounded: the subject's first 1,000 characters and the
+when the subject speaks of a code; less for letters among the digits, a year, a postcode or a
+promotion ("use code 4821 for 10% off"). Runs that score below a threshold are dropped; the rest come
+out best first (ties: earlier first). Pure and bounded: the subject's first 1,000 characters and the
 text's first 20,000; every pattern runs in linear time (no nested quantifiers that can backtrack).
 """
 from __future__ import annotations
@@ -119,7 +120,7 @@ _BIND_CODE = 60
 # How far from a number its labels are sought (the longest reach below, and a label's length).
 _LOOK_BACK, _LOOK_AHEAD = 200, 80
 # Between a code word and its code: "is", ":", "lautet", "est", "は", "为" ...
-_CONNECTOR = re.compile(r"(?:\b(?:is|are|was|lautet|ist|est|es|é|è|is|ni|estas)\b|[:：=为是は])[\s*_\"'«»“”「」【】]*$",
+_CONNECTOR = re.compile(r"(?:\b(?:is|are|was|lautet|ist|est|es|é|è|ni|estas)\b|[:：=为是は])[\s*_\"'«»“”「」【】]*$",
                         re.I)
 _SENTENCE_END = re.compile(r"[.!?](?:\s+[A-Z\u00C0-\u00DD]|\s*$)|[。！？]")
 # A quantity or an amount after the number: "1200 subscribers", "2500 USD", "3,980円".
@@ -151,11 +152,11 @@ def codes(subject: str | None, text: str | None) -> list[str]:
     subject_labels = _labels(_masked(subject))
     subject_says_code = any(kind == "c" for _, _, kind in subject_labels)
     scored: list[tuple[float, int, str]] = []
-    lines_with_context = [(subject, [], 0.0)] + [
-        (line, lines[max(0, i - 3):i], 2.0 if subject_says_code else 0.0) for i, line in enumerate(lines)]
-    for line, previous, bonus in lines_with_context:
+    for i, line in enumerate([subject] + lines):        # the subject first, then the text's lines
         if not _DIGIT.search(line):
             continue
+        previous = lines[max(0, i - 4):i - 1] if i else []
+        bonus = 2.0 if i and subject_says_code else 0.0
         for score, code in _line_codes(_masked(line), previous, bonus):
             scored.append((score, len(scored), code))
     found: dict[str, str] = {}
