@@ -104,7 +104,8 @@ _C = "|".join([
 ])
 _C_CJK = (r"認証コード|確認コード|認証番号|確認番号|暗証番号|ワンタイムパスワード|ログインコード|コード|パスワード|"
           r"验证码|校验码|动态码|动态密码|确认码|验证代码|安全码|登录码|口令|密码|驗證碼|認證碼")
-_WEAK = (r"verify|verification|confirm|confirmation|activate|sign[- ]?in|log[- ]?in|login|reset|"
+_WEAK = (r"verify|verification|confirm|confirmation|activate|sign[- ]?in|log[- ]?in|login|reset|enter|type|"
+         r"saisissez|introduce|inserisci|digite|insira|eingeben|入力|"
          r"authenticate|bestätigen|anmelden|anmeldung|confirmer|connexion|confirmar|iniciar\s+sesión|"
          r"acceder|accedere|inloggen|bevestigen|ログイン|登录|認証|验证")
 # The fixed word start and first letter up front let the regex engine skip positions quickly.
@@ -150,13 +151,14 @@ def codes(subject: str | None, text: str | None) -> list[str]:
     subject = (subject or "")[:SUBJECT_MAX]
     lines = (text or "")[:TEXT_MAX].splitlines()
     subject_labels = _labels(_masked(subject))
-    subject_says_code = any(kind == "c" for _, _, kind in subject_labels)
+    subject_kinds = {kind for _, _, kind in subject_labels}
+    subject_bonus = 2.0 if "c" in subject_kinds else 1.0 if "w" in subject_kinds else 0.0
     scored: list[tuple[float, int, str]] = []
     for i, line in enumerate([subject] + lines):        # the subject first, then the text's lines
         if not _DIGIT.search(line):
             continue
         previous = lines[max(0, i - 4):i - 1] if i else []
-        bonus = 2.0 if i and subject_says_code else 0.0
+        bonus = subject_bonus if i else 0.0
         for score, code in _line_codes(_masked(line), previous, bonus):
             scored.append((score, len(scored), code))
     found: dict[str, str] = {}
@@ -277,12 +279,13 @@ def _score(line: str, events: list, i: int, previous: list[str]) -> float:
             break
     # "482913 is your code", "Use 483920 to sign in"
     nxt = events[i + 1] if i + 1 < len(events) else None
-    if nxt is not None and nxt[2] in "cw":
-        gap = line[end:nxt[0]]
-        if len(gap) <= 40 and not _SENTENCE_END.search(gap):
-            score = max(score, 7.0 if nxt[2] == "c" else 4.0)
+    after = nxt is not None and nxt[2] in "cw" and len(line[end:nxt[0]]) <= 40 and \
+        not _SENTENCE_END.search(line[end:nxt[0]])
+    if after:
+        score = max(score, 7.0 if nxt[2] == "c" else 4.0)
     if prev is not None and prev[2] == "w" and len(line[prev[1]:start]) <= 40:
-        score = max(score, 4.0)
+        # a weak word before; "Enter 731842 to confirm": one on both sides
+        score = max(score, 5.0 if after and nxt[2] == "w" else 4.0)
     if len(line) <= 200 and _STANDALONE_JUNK.match(line[:start]) and _STANDALONE_JUNK.match(line[end:]):
         score = max(score, _standalone(previous))
     return score

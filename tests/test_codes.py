@@ -99,6 +99,8 @@ def test_no_code_in_the_corpus():
     ("Please confirm my booking", "Hi,\n\ncould you confirm booking 2211? My confirmation code is 583920.\n\nAlice\n",
      ["583920"]),
     ("Your code", "Your verification code is 4412.\n\nThe code 7790 we sent earlier has expired.", ["4412", "7790"]),
+    # no code word at all: "enter" before and "confirm" after, and a subject that speaks of confirming
+    ("Confirm your account", "Enter 731842 to confirm.", ["731842"]),
     ("Sign in", "Your sign-in code is 614 205.", ["614205"]),
     ("Sign in", "Verification code\n\n0 4 8 3 2 1", ["048321"]),
     ("Slack confirmation code: 824-113", "", ["824-113"]),
