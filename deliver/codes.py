@@ -104,7 +104,7 @@ _C = "|".join([
 ])
 _C_CJK = (r"認証コード|確認コード|認証番号|確認番号|暗証番号|ワンタイムパスワード|ログインコード|コード|パスワード|"
           r"验证码|校验码|动态码|动态密码|确认码|验证代码|安全码|登录码|口令|密码|驗證碼|認證碼")
-_WEAK = (r"verify|verification|confirm|confirmation|activate|sign[- ]?in|log[- ]?in|login|reset|enter|type|"
+_WEAK = (r"verify|verification|confirm|confirmation|activate|sign[- ]?in|log[- ]?in|login|reset|enter|"
          r"saisissez|introduce|inserisci|digite|insira|eingeben|入力|"
          r"authenticate|bestätigen|anmelden|anmeldung|confirmer|connexion|confirmar|iniciar\s+sesión|"
          r"acceder|accedere|inloggen|bevestigen|ログイン|登录|認証|验证")
