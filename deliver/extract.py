@@ -11,6 +11,7 @@ import re
 from email.utils import getaddresses, parsedate_to_datetime
 from html import unescape
 
+from .codes import codes as find_codes
 from .parse import Parsed
 
 # --- text ---------------------------------------------------------------------------------------
@@ -58,10 +59,6 @@ def _strip_attribution_tail(text: str) -> str:
 _URL = re.compile(r"""https?://[^\s<>"'\])]+""", re.I)
 _HREF = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))[^>]*>(.*?)</a>""", re.I | re.S)
 _VERIFY_WORDS = re.compile(r"verif|confirm|activat|magic|sign[-_ ]?in|log[-_ ]?in|token|reset|validate|auth", re.I)
-_CODE_CONTEXT = re.compile(
-    r"(?:code|passcode|pin|otp|one[- ]time|verification|verify|security|confirm|token|código|kode|"
-    r"Bestätigungscode|code de vérification|認証|验证码)", re.I)
-_CODE = re.compile(r"(?<![\w/#:.-])(?=[A-Z0-9-]*\d)([A-Z0-9]{3,4}-?[A-Z0-9]{3,4}|\d{4,8})(?![\w/-])")
 
 
 def links(text: str | None, html: str | None) -> list[dict]:
@@ -82,26 +79,8 @@ def links(text: str | None, html: str | None) -> list[dict]:
 
 
 def codes(subject: str | None, text: str | None) -> list[str]:
-    """Verification codes: a 4-8 digit (or short alphanumeric) token near a word like "code", in
-    the same paragraph, or anywhere in a short paragraph when the subject speaks of a code."""
-    found: list[str] = []
-    subject_says_code = bool(_CODE_CONTEXT.search(subject or ""))
-    for chunk in [subject or ""] + re.split(r"\n\s*\n", (text or "")[:20000]):
-        if not (_CODE_CONTEXT.search(chunk) or (subject_says_code and len(chunk) < 400)):
-            continue
-        for line in chunk.splitlines() or [chunk]:
-            window = line if _CODE_CONTEXT.search(line) or len(chunk) < 400 or subject_says_code else ""
-            for m in _CODE.finditer(_URL.sub(" ", window)):
-                code = m.group(1)
-                if _looks_like_year_or_date(code, line) or re.fullmatch(r"RFC\d+", code):
-                    continue
-                if code not in found:
-                    found.append(code)
-    return found[:10]
-
-
-def _looks_like_year_or_date(code: str, line: str) -> bool:
-    return bool(re.fullmatch(r"(19|20)\d\d", code)) and not re.search(r"code|otp|pin", line, re.I)
+    """Verification codes, the most likely first (see codes.py for what counts as one)."""
+    return find_codes(subject, text)
 
 
 # --- auto-submitted -----------------------------------------------------------------------------
