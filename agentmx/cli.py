@@ -134,6 +134,12 @@ def explain(res, header: str) -> str:
             lines.extend("  " + line for line in record_lines(one))
     else:
         lines.extend(record_lines(dm))
+    if res.iprev is not None:        # RFC 8601 section 3: does the client's PTR name map back to it?
+        ip = res.iprev
+        lines.append(f"iprev {ip.ip}: {ip.result}" + (f" (PTR {ip.confirmed} maps back to it)" if ip.confirmed
+                                                       else f" ({ip.reason})" if ip.reason else ""))
+        if ip.names:
+            lines.append(f"  PTR names checked: {', '.join(ip.names)}")
     for note in res.notes:
         lines.append(f"internal error: {note}")
     lines.append(f"DNS lookups: {res.dns_lookups}")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from agentmx import fromheader
 from agentmx.resolver import Lookups
 
-from . import dkim_check, dmarc_check, spf_check
+from . import dkim_check, dmarc_check, iprev_check, spf_check
 from .dkimcrypto import RsaBudget
-from .results import ArcResult, AuthResults, DkimResult, DmarcResult, SpfResult
+from .results import ArcResult, AuthResults, DkimResult, DmarcResult, IprevResult, SpfResult
 
 log = logging.getLogger("agentmx.milter.authenticate")
 
@@ -57,8 +57,11 @@ def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float 
     dmarc = _guard("dmarc", notes,
                    lambda: dmarc_check.evaluate(lookups, from_header_values(message), mfrom, dkim, sample),
                    DmarcResult("temperror", reason="internal error"))
+    # Last: its up to 11 lookups never take the budget from SPF, DKIM or DMARC.
+    iprev = _guard("iprev", notes, lambda: iprev_check.check(lookups, env.client_ip),
+                   IprevResult("temperror", env.client_ip, reason="internal error"))
     return AuthResults(spf=mfrom, spf_helo=helo, dkim=dkim, arc=arc, dmarc=dmarc,
-                       dns_lookups=lookups.count, notes=tuple(notes))
+                       dns_lookups=lookups.count, notes=tuple(notes), iprev=iprev)
 
 
 def _guard(stage: str, notes: list, run, fallback):
