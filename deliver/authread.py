@@ -33,7 +33,7 @@ _IPREV_NAMES = re.compile(r'(?:^|;)\s*iprev=[^;]*?policy\.iprev=(?:"[^"]*"|[^\s;
 
 def _iprev(r, header: str) -> dict:
     found = _IPREV_NAMES.search(header)
-    names = found.group(1).lower().split() if found else []
+    names = [n for n in found.group(1).lower().split() if len(n) <= 253][:10] if found else []
     result = _word(r.result)
     result = result if result in ("pass", "fail", "none", "temperror", "permerror") else "permerror"
     return {"result": result, "ip": getattr(r, "policy_iprev", None), "names": names,
