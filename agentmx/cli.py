@@ -140,6 +140,12 @@ def explain(res, header: str, sealers: tuple[str, ...] = ()) -> str:
     else:
         lines.extend(record_lines(dm))
     lines.extend(_override_lines(res, sealers))
+    if res.iprev is not None:        # RFC 8601 section 3: does the client's PTR name map back to it?
+        ip = res.iprev
+        lines.append(f"iprev {ip.ip}: {ip.result}" + (f" (PTR {ip.confirmed} maps back to it)" if ip.confirmed
+                                                       else f" ({ip.reason})" if ip.reason else ""))
+        if ip.names:
+            lines.append(f"  PTR names checked: {', '.join(ip.names)}")
     for note in res.notes:
         lines.append(f"internal error: {note}")
     lines.append(f"DNS lookups: {res.dns_lookups}")

@@ -19,6 +19,10 @@ class Record:
     what: str                 # for the reader: MX, SPF, DKIM <selector> (<alg>), DMARC
 
 
+HELO = "SPF HELO"
+HELO_SPF = "v=spf1 a -all"
+
+
 def _keys(config: Config, domain: str) -> tuple[list[dkimkeys.DkimKey], tuple[str, ...]]:
     """The domain's DKIM keys on disk, and, when this process may not read them (serve and
     deliver run as agentmx; the keys are the milter's: docs/operator.md, "Who may read what"),
@@ -36,6 +40,13 @@ def records(config: Config, domain: str) -> list[Record]:
     host = config.mail_host or config.authserv_id
     out = [Record(domain, "MX", f"10 {host}", "MX"),
            Record(domain, "TXT", f"v=spf1 mx a:{host} -all", "SPF")]
+    if host.lower() != domain:
+        # The HELO identity (RFC 7208 section 2.3): our SMTP client greets as the host, and
+        # receivers check SPF for that name too. `a`: the host's own A/AAAA records, the address
+        # the domain's SPF (a:host) already names for our outbound mail. The same record for every
+        # domain this host serves: publish it once. (A host named as the domain needs none: the
+        # domain's record covers it, and a second v=spf1 at one name is a permerror.)
+        out.append(Record(host.lower(), "TXT", HELO_SPF, HELO))
     keys, unreadable = _keys(config, domain)
     for key in keys:
         out.append(Record(key.dns_name, "TXT", key.txt, f"DKIM {key.selector} ({key.algorithm})"))
@@ -82,6 +93,22 @@ def _tag(txt: str, tag: str) -> str | None:
     return re.sub(r"\s+", "", m.group(1)) if m else None
 
 
+def _check_helo(host: str, txt) -> Finding:
+    """The host's own SPF record (the HELO identity): one v=spf1 that names the host's address."""
+    try:
+        spf = [t for t in txt(host) if t.lower().startswith("v=spf1")]
+    except DnsTempError as exc:
+        return Finding(HELO, "unknown", str(exc))
+    if not spf:
+        return Finding(HELO, "missing", f"no v=spf1 record at {host} (publish {HELO_SPF!r})")
+    if len(spf) > 1:
+        return Finding(HELO, "wrong", f"{len(spf)} SPF records at {host} (permerror for every receiver): "
+                                      f"keep one, {HELO_SPF!r}")
+    covers = re.search(rf"(^|\s)[+]?(a(?:/[\d/]*)?|a:{re.escape(host)}|include:\S+)(\s|$)", spf[0], re.I)
+    return Finding(HELO, "ok" if covers else "wrong",
+                   spf[0] if covers else f"{spf[0]!r} at {host} does not cover its own address (publish {HELO_SPF!r})")
+
+
 def check(config: Config, domain: str, lookups: Lookups) -> list[Finding]:
     """Record by record: is what we need published, and does it match?"""
     domain = domain.lower().rstrip(".")
@@ -109,6 +136,8 @@ def check(config: Config, domain: str, lookups: Lookups) -> list[Finding]:
                                spf[0] if covers else f"{spf[0]!r} does not cover {host} (add mx or a:{host})"))
     except DnsTempError as exc:
         out.append(Finding("SPF", "unknown", str(exc)))
+    if host != domain:
+        out.append(_check_helo(host, txt))
     keys, unreadable = _keys(config, domain)
     for selector in unreadable:
         name = f"{selector}._domainkey.{domain}"

@@ -7,6 +7,8 @@ says `none` for every method, never `pass`.
 """
 from __future__ import annotations
 
+import re
+
 from agentmx.authservid import authserv_id_of
 
 WORDS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
@@ -18,9 +20,24 @@ def _word(value) -> str:
 
 
 def empty(authserv_id: str, note: str) -> dict:
-    return {"spf": "none", "dkim": "none", "dmarc": "none", "arc": "none", "spam": "unknown",
+    return {"spf": "none", "dkim": "none", "dmarc": "none", "arc": "none", "spam": "unknown", "iprev": "none",
             "authservId": authserv_id,
-            "details": {"spf": None, "spfHelo": None, "dkim": [], "dmarc": None, "arc": None, "note": note}}
+            "details": {"spf": None, "spfHelo": None, "dkim": [], "dmarc": None, "arc": None, "iprev": None,
+                        "note": note}}
+
+
+# The comment after policy.iprev in our own header (authres does not keep it): the PTR names
+# checked, the confirmed one first (milter/arheader.py renders it; host names only).
+_IPREV_NAMES = re.compile(r'(?:^|;)\s*iprev=[^;]*?policy\.iprev=(?:"[^"]*"|[^\s;()]+)\s*\(([a-z0-9.\- ]*)\)', re.I)
+
+
+def _iprev(r, header: str) -> dict:
+    found = _IPREV_NAMES.search(header)
+    names = [n for n in found.group(1).lower().split() if len(n) <= 253][:10] if found else []
+    result = _word(r.result)
+    result = result if result in ("pass", "fail", "none", "temperror", "permerror") else "permerror"
+    return {"result": result, "ip": getattr(r, "policy_iprev", None), "names": names,
+            "confirmed": names[0] if result == "pass" and names else None, "reason": getattr(r, "reason", None)}
 
 
 def read_spam(headers: list[tuple[str, str]], authserv_id: str) -> tuple[str, dict | None]:
@@ -103,6 +120,9 @@ def _read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
         elif method == "arc":
             out["arc"] = _word(r.result)
             details["arc"] = {"result": out["arc"], "reason": getattr(r, "reason", None)}
+        elif method == "iprev":
+            details["iprev"] = _iprev(r, " ".join(ours.split()))
+            out["iprev"] = details["iprev"]["result"]
         elif method == "dmarc":
             props = {(p.type, p.name): p.value for p in r.properties}
             comment = r.result_comment or ""

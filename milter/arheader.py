@@ -25,6 +25,17 @@ def _comment(text: str) -> str | None:
     return text[:160] or None
 
 
+def _names(confirmed: str, names: tuple[str, ...]) -> str | None:
+    """iprev's comment: the PTR names checked, the confirmed one first; whole names, within
+    _comment's bound. Host names only (iprev_check keeps no other), so no quoting is needed."""
+    out = ""
+    for name in dict.fromkeys(((confirmed,) if confirmed else ()) + names):
+        if len(out) + 1 + len(name) > 160:
+            break
+        out = f"{out} {name}" if out else name
+    return out or None
+
+
 def render(authserv_id: str, res: AuthResults) -> str:
     """The value of our Authentication-Results header (without the field name)."""
     results = [
@@ -35,6 +46,11 @@ def render(authserv_id: str, res: AuthResults) -> str:
             result=res.spf_helo.result, smtp_helo=res.spf_helo.address or None,
             reason=_reason(res.spf_helo.reason) if res.spf_helo.result not in ("pass", "none") else None),
     ]
+    if res.iprev is not None:
+        results.append(authres.IPRevAuthenticationResult(
+            result=res.iprev.result, policy_iprev=res.iprev.ip or None,
+            policy_iprev_comment=_names(res.iprev.confirmed, res.iprev.names),
+            reason=_reason(res.iprev.reason) if res.iprev.result != "pass" else None))
     if not res.dkim:
         results.append(authres.DKIMAuthenticationResult(result="none", reason="no signature"))
     for d in res.dkim:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from agentmx import fromheader
 from agentmx.resolver import Lookups
 
-from . import arc_override, dkim_check, dmarc_check, spf_check
+from . import arc_override, dkim_check, dmarc_check, iprev_check, spf_check
 from .dkimcrypto import RsaBudget
-from .results import ArcResult, AuthResults, DkimResult, DmarcResult, SpfResult
+from .results import ArcResult, AuthResults, DkimResult, DmarcResult, IprevResult, SpfResult
 
 log = logging.getLogger("agentmx.milter.authenticate")
 
@@ -59,8 +59,11 @@ def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float 
                    DmarcResult("temperror", reason="internal error"))
     if arc_trusted_sealers:     # a trusted forwarder's ARC chain may lift the policy (arc_override.py)
         dmarc = _guard("arc override", notes, lambda: arc_override.apply(dmarc, arc, arc_trusted_sealers), dmarc)
+    # Last: its up to 11 lookups never take the budget from SPF, DKIM or DMARC.
+    iprev = _guard("iprev", notes, lambda: iprev_check.check(lookups, env.client_ip),
+                   IprevResult("temperror", env.client_ip, reason="internal error"))
     return AuthResults(spf=mfrom, spf_helo=helo, dkim=dkim, arc=arc, dmarc=dmarc,
-                       dns_lookups=lookups.count, notes=tuple(notes))
+                       dns_lookups=lookups.count, notes=tuple(notes), iprev=iprev)
 
 
 def _guard(stage: str, notes: list, run, fallback):

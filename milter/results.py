@@ -76,6 +76,15 @@ class DmarcResult:
 
 
 @dataclass(frozen=True)
+class IprevResult:
+    result: str                # pass, fail, temperror, permerror (RFC 8601 section 2.7.3)
+    ip: str                    # policy.iprev: the client address checked
+    names: tuple[str, ...] = ()   # the PTR names checked (valid host names, at most iprev_check.MAX_NAMES)
+    confirmed: str = ""        # the PTR name whose A/AAAA records include the address (pass only)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class AuthResults:
     spf: SpfResult
     spf_helo: SpfResult
@@ -84,6 +93,7 @@ class AuthResults:
     dmarc: DmarcResult
     dns_lookups: int = 0
     notes: tuple[str, ...] = field(default=())
+    iprev: IprevResult | None = None
 
     @property
     def dkim_summary(self) -> str:

@@ -137,13 +137,15 @@ submit = "unix:{install_submit(ours)}"
     print(f"   ours:          mx.agents.example on 127.0.0.1:{ours.port} (logs {ours.base / 'log'})")
 
     config = load_config(our_cfg)
-    zone = {"mx.agents.example": {"A": ["127.0.0.1"]}, "mx.sender.example": {"A": ["127.0.0.1"]},
+    # Each host's addresses: where it listens (127.0.0.1) and where its SMTP client leaves from
+    # (ours 127.0.0.2, the outside's 127.0.0.3), with the PTR names that map back (iprev).
+    zone = {"mx.agents.example": {"A": ["127.0.0.1", "127.0.0.2"]}, "mx.sender.example": {"A": ["127.0.0.1", "127.0.0.3"]},
+            "2.0.0.127.in-addr.arpa": {"PTR": ["mx.agents.example"]}, "3.0.0.127.in-addr.arpa": {"PTR": ["mx.sender.example"]},
             "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.3 -all"], "MX": [[10, "mx.sender.example"]]},
             "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]}}
     for key in dkimkeys.keys_of(key_dir, "sender.example"):
         zone[key.dns_name] = {"TXT": [key.txt]}
-    zone_from_records(dnsrecords.records(config, "agents.example"), zone)
-    zone["agents.example"]["TXT"] = ["v=spf1 ip4:127.0.0.2 -all"]      # where our SMTP client leaves from
+    zone_from_records(dnsrecords.records(config, "agents.example"), zone)      # exactly what `agentmx dns` prints
     dns.set_zone(zone)
     print("   published for agents.example (agentmx dns):")
     for line in dnsrecords.zone_lines(dnsrecords.records(config, "agents.example")).splitlines():
@@ -186,7 +188,7 @@ submit = "unix:{install_submit(ours)}"
     for field in ("id", "from", "subject", "threadId", "codes", "autoSubmitted"):
         print(f"   {field:14} {json.dumps(event[field], ensure_ascii=False)}")
     auth = event["auth"]
-    print(f"   {'auth':14} spf={auth['spf']} dkim={auth['dkim']} dmarc={auth['dmarc']} arc={auth['arc']} "
+    print(f"   {'auth':14} spf={auth['spf']} dkim={auth['dkim']} dmarc={auth['dmarc']} arc={auth['arc']} iprev={auth['iprev']} "
           f"(by {auth['authservId']})")
     print(f"   {'textReply':14} {json.dumps(event['textReply'])[:100]}")
 

@@ -65,6 +65,17 @@ def test_auth_json(zone):
     assert "dmarc=fail" in data["authenticationResults"]
 
 
+def test_auth_explains_iprev(zone):
+    out = _run_without_config(zone({**ZONE, "41.220.85.209.in-addr.arpa": {"PTR": ["mail-qk0-f41.google.com"]},
+                                    "mail-qk0-f41.google.com": {"A": ["209.85.220.41"]}}).port)
+    lines = out.stdout.splitlines()
+    assert "iprev 209.85.220.41: pass (PTR mail-qk0-f41.google.com maps back to it)" in lines
+    assert "  PTR names checked: mail-qk0-f41.google.com" in lines
+    assert "iprev=pass policy.iprev=209.85.220.41 (mail-qk0-f41.google.com)" in lines[-1]
+    out = _run_without_config(zone(ZONE).port)
+    assert "iprev 209.85.220.41: permerror (no PTR record for 209.85.220.41)" in out.stdout.splitlines()
+
+
 def test_auth_with_dns_down_says_temperror(zone, dns_server):
     zone(ZONE)
     dns_server.resolver.silent = True
@@ -72,6 +83,7 @@ def test_auth_with_dns_down_says_temperror(zone, dns_server):
     assert out.returncode == 0
     assert "DKIM d=googlemail.com s=20120113 a=rsa-sha256: temperror" in out.stdout
     assert "DMARC From googlemail.com: temperror" in out.stdout
+    assert "iprev 209.85.220.41: temperror (PTR lookup: " in out.stdout
 
 
 def test_auth_reads_a_second_from_in_obsolete_syntax(zone, tmp_path):

@@ -18,6 +18,10 @@ def test_demo_closes_the_loop_and_leaves_nothing_behind():
     assert '"583920"' in text                                  # the code, found for the agent
     assert "Subject:        Re: Please confirm my booking" in text
     assert "dkim=pass" in text.split("Verdicts:")[1] and "dmarc=pass" in text.split("Verdicts:")[1]
+    # the HELO name's SPF record (agentmx dns) and the reverse DNS of our client: issue 17
+    assert "spf=pass smtp.helo=mx.agents.example" in text.split("Verdicts:")[1]
+    assert "iprev=pass policy.iprev=127.0.0.2 (mx.agents.example)" in text.split("Verdicts:")[1]
+    assert "arc=none iprev=pass (by mx.agents.example)" in text
     assert "The loop is closed" in text
     assert set(glob.glob("/tmp/agentmx-demo*")) <= before       # every private instance removed
     masters = subprocess.run(["pgrep", "-af", "agentmx-demo"], capture_output=True, text=True).stdout

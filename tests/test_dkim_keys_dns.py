@@ -72,7 +72,7 @@ def test_check_all_ok(config, zone, lookups):
     zone(zone_from(dnsrecords.records(config, "agents.example")))
     findings = dnsrecords.check(config, "agents.example", lookups)
     assert [(f.record, f.status) for f in findings] == [
-        ("MX", "ok"), ("SPF", "ok"), ("DKIM s1 (rsa)", "ok"), ("DKIM s1e (ed25519)", "ok"), ("DMARC", "ok")]
+        ("MX", "ok"), ("SPF", "ok"), ("SPF HELO", "ok"), ("DKIM s1 (rsa)", "ok"), ("DKIM s1e (ed25519)", "ok"), ("DMARC", "ok")]
 
 
 def test_check_reports_exactly_the_wrong_record(config, zone, tmp_path):
@@ -95,6 +95,47 @@ def test_check_missing_dmarc_and_spf_not_covering_us(config, zone, lookups):
     zone(published)
     status = {f.record: f.status for f in dnsrecords.check(config, "agents.example", lookups)}
     assert status["DMARC"] == "missing" and status["SPF"] == "wrong" and status["MX"] == "ok"
+
+
+def test_the_helo_name_gets_its_own_spf_record(config, zone, resolver):
+    """Issue 17: our replies arrived judged spf=none for HELO mx.agents.example: `agentmx dns`
+    published no SPF record at the host name. Now it does, and the milter's own SPF check
+    passes for HELO from the host's address."""
+    from agentmx.milter.spf_check import check_helo
+    recs = dnsrecords.records(config, "agents.example")
+    assert dnsrecords.Record("mx.agents.example", "TXT", "v=spf1 a -all", "SPF HELO") in recs
+    assert 'mx.agents.example.\t3600\tIN\tTXT\t"v=spf1 a -all"' in dnsrecords.zone_lines(recs)
+    zone(zone_from(recs))
+    assert check_helo(resolver.session(20), "192.0.2.25", "mx.agents.example").result == "pass"
+    assert check_helo(resolver.session(20), "192.0.2.26", "mx.agents.example").result == "fail"
+
+
+@pytest.mark.parametrize("txt,status", [
+    (None, "missing"),
+    (["v=spf1 ip4:198.51.100.1 -all"], "wrong"),
+    (["v=spf1 a -all", "v=spf1 -all"], "wrong"),
+    (["v=spf1 a:mx.agents.example -all"], "ok"),
+    (["v=spf1 a/24 ~all"], "ok"),
+])
+def test_check_of_the_helo_record(config, zone, lookups, txt, status):
+    published = zone_from(dnsrecords.records(config, "agents.example"))
+    if txt is None:
+        del published["mx.agents.example"]["TXT"]
+    else:
+        published["mx.agents.example"]["TXT"] = txt
+    zone(published)
+    found = {f.record: f for f in dnsrecords.check(config, "agents.example", lookups)}
+    assert found["SPF HELO"].status == status and found["SPF"].status == "ok"
+    if status != "ok":
+        assert "v=spf1 a -all" in found["SPF HELO"].detail
+
+
+def test_a_host_named_as_the_domain_gets_no_second_spf_record(tmp_path, zone, lookups):
+    config = parse_config(f'[server]\nauthserv_id = "agents.example"\nkey_dir = "{tmp_path}"\n', tmp_path / "c.toml")
+    recs = dnsrecords.records(config, "agents.example")
+    assert [r.what for r in recs if r.what.startswith("SPF")] == ["SPF"]
+    zone(zone_from_records(recs))
+    assert "SPF HELO" not in {f.record for f in dnsrecords.check(config, "agents.example", lookups)}
 
 
 def test_keygen_and_dns_commands(tmp_path):
@@ -160,6 +201,6 @@ def test_check_as_serves_user_who_may_not_read_the_keys(config, zone):
         assert out.returncode == 0, out.stderr[-2000:]
         recs, found = json.loads(out.stdout)
         assert ["DKIM s1", ""] in recs and ["DKIM s1e", ""] in recs
-        assert dict(found) == {"MX": "ok", "SPF": "ok", "DKIM s1": "published", "DKIM s1e": "missing", "DMARC": "ok"}
+        assert dict(found) == {"MX": "ok", "SPF": "ok", "SPF HELO": "ok", "DKIM s1": "published", "DKIM s1e": "missing", "DMARC": "ok"}
     finally:
         shutil.rmtree(where)

@@ -48,6 +48,7 @@ def world(request, dns_server, key):
     dns_server.set_zone(zone := {
         "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
         "mail.sender.test": {"A": ["127.0.0.1"]},
+        "1.0.0.127.in-addr.arpa": {"PTR": ["mail.sender.test"]},
         "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject"]},
         "s1._domainkey.sender.test": {"TXT": [key.txt]},
         "_dmarc.bank.test": {"TXT": ["v=DMARC1; p=reject"]},
@@ -134,6 +135,9 @@ def test_signed_mail_arrives_as_a_verified_event_with_fetchable_attachments(w, k
     jsonschema.validate(event, SCHEMA)
     assert event["auth"]["spf"] == "pass" and event["auth"]["dkim"] == "pass" and event["auth"]["dmarc"] == "pass"
     assert event["auth"]["authservId"] == AUTHSERV
+    assert event["auth"]["iprev"] == "pass" and event["auth"]["details"]["iprev"] == {
+        "result": "pass", "ip": "127.0.0.1", "names": ["mail.sender.test"], "confirmed": "mail.sender.test",
+        "reason": None}
     assert event["recipient"] == "agent+orders@agentmx.test" and event["mailboxHash"] == "orders"
     assert event["envelope"]["clientIp"] == "127.0.0.1" and event["envelope"]["helo"] == "mail.sender.test"
     assert event["codes"] == ["551234"] and event["textReply"].startswith("Hi agent")

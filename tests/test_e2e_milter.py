@@ -32,6 +32,7 @@ def mx_zone(keys):
     return {
         "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"], "A": ["127.0.0.1"]},
         "mail.sender.test": {"A": ["127.0.0.1"], "TXT": ["v=spf1 a -all"]},
+        "1.0.0.127.in-addr.arpa": {"PTR": ["mail.sender.test"]},        # iprev: the client's name maps back
         "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject; rua=mailto:dmarc@sender.test"]},
         "rsa._domainkey.sender.test": {"TXT": [keys["rsa"].txt]},
         "ed._domainkey.sender.test": {"TXT": [keys["ed"].txt]},
@@ -91,6 +92,8 @@ def test_signed_message_passes_everything(mx, keys, selector):
     assert v["arc"][0].result == "none"
     assert v["dmarc"][0].result == "pass" and v["dmarc"][0].header_from == "sender.test"
     assert v["dmarc"][0].policy == "reject"
+    assert (v["iprev"][0].result, v["iprev"][0].policy_iprev) == ("pass", "127.0.0.1")
+    assert "iprev=pass policy.iprev=127.0.0.1 (mail.sender.test)" in " ".join(path.read_text().split())
 
 
 def test_forged_results_are_removed_and_foreign_ones_kept(mx, keys):
@@ -242,6 +245,7 @@ def test_dns_silent_gives_temperror_not_fail_and_no_crash(mx, keys, stack, dns_s
     assert v["spf"][0].result == "temperror"
     assert v["dkim"][0].result == "temperror" and v["dkim"][0].header_d == "sender.test"
     assert v["dmarc"][0].result == "temperror"
+    assert v["iprev"][0].result == "temperror"
     assert "fail" not in {r.result for rs in v.values() for r in rs}
     assert milter.proc.poll() is None, "the milter must survive"
     # and it verifies the next message normally

@@ -124,7 +124,9 @@ def zone_from_records(records, zone: dict | None = None) -> dict:
     zone = {} if zone is None else zone
     for r in records:
         value = r.value.split(" ", 1) if r.rtype == "MX" else r.value
-        zone.setdefault(r.name, {}).setdefault(r.rtype, []).append(value)
+        values = zone.setdefault(r.name, {}).setdefault(r.rtype, [])
+        if value not in values:          # the host's own SPF record is the same for every domain
+            values.append(value)
     return zone
 
 
