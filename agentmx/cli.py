@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import DEFAULT_PATH, ConfigError, MilterConfig, Service, load_config
+from .config import DEFAULT_PATH, ConfigError, DmarcMode, MilterConfig, Service, load_config
 
 
 def _config_path(arg: str | None) -> Path:
@@ -73,12 +73,16 @@ def cmd_auth(args) -> int:
     from agentmx.resolver import Resolver
 
     authserv_id, servers, timeout, budget, max_rsa = "agentmx.local", (), 2.0, 40, MilterConfig.max_rsa_verifications
+    dmarc_mode = MilterConfig.dmarc
     path = _config_path(args.config)
     if args.config or path.exists():
         config = load_config(path, Service.APP)
         authserv_id, servers = config.authserv_id, config.dns.servers
         timeout, budget = config.dns.timeout, config.dns.lookup_budget
         max_rsa = config.milter.max_rsa_verifications
+        dmarc_mode = config.milter.dmarc
+    if args.dmarc:
+        dmarc_mode = DmarcMode(args.dmarc)
     if args.dns:
         servers = args.dns
     elif os.environ.get("AGENTMX_DNS"):
@@ -94,7 +98,8 @@ def cmd_auth(args) -> int:
     env = Envelope(client_ip=args.client_ip, helo=args.helo, mail_from=args.mail_from,
                    receiver=authserv_id)
     lookups = Resolver(servers, timeout).session(budget)
-    res = authenticate(message, env, lookups, sample=args.sample, rsa_budget=RsaBudget(max_rsa))
+    res = authenticate(message, env, lookups, sample=args.sample, rsa_budget=RsaBudget(max_rsa),
+                       dmarc_mode=dmarc_mode)
     header = arheader.render(authserv_id, res)
     if args.json:
         out = asdict(res)
@@ -110,6 +115,14 @@ def explain(res, header: str) -> str:
     def record_lines(dm) -> list[str]:
         if dm.record is None:
             return []
+        if dm.mode == "rfc9989":      # RFC 9989: no pct; np, t and what the DNS Tree Walk found
+            rec = dm.record
+            return [f"  record at _dmarc.{dm.record_domain}: {rec.raw}",
+                    f"  policy {dm.policy} (p={rec.p} sp={rec.sp or '-'} np={rec.np or '-'} t={rec.t}"
+                    f" adkim={rec.adkim} aspf={rec.aspf}); applies to this message: {dm.disposition}",
+                    f"  tree walk: records at {', '.join(dm.walk) or 'no name above'}; Organizational Domain"
+                    f" {dm.org_domain or 'unknown (DNS)'}",
+                    f"  aligned: DKIM {dm.dkim_aligned or 'no'}, SPF {dm.spf_aligned or 'no'}"]
         return [f"  record at _dmarc.{dm.record_domain}: {dm.record.raw}",
                 f"  policy {dm.policy} (p={dm.record.p} sp={dm.record.sp or '-'} pct={dm.record.pct}"
                 f" adkim={dm.record.adkim} aspf={dm.record.aspf}); applies to this message: {dm.disposition}",
@@ -451,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mail-from", default="", help="the envelope sender (empty: null sender)")
     a.add_argument("--dns", type=_parse_dns, help="DNS server as IP or IP:PORT (default: config, else system)")
     a.add_argument("--timeout", type=float, help="seconds per DNS lookup")
-    a.add_argument("--sample", type=float, default=0.0, help="DMARC pct sample in [0,1) (default 0)")
+    a.add_argument("--sample", type=float, default=0.0, help="DMARC pct sample in [0,1) (default 0; rfc7489 only)")
+    a.add_argument("--dmarc", choices=[m.value for m in DmarcMode],
+                   help="verify DMARC per RFC 9989 or RFC 7489 (default: [milter] dmarc, else rfc9989)")
     a.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     a.set_defaults(func=cmd_auth)
 

@@ -93,10 +93,12 @@ def _read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
             props = {(p.type, p.name): p.value for p in r.properties}
             comment = r.result_comment or ""
             dis = next((part.split("=", 1)[1] for part in comment.split() if part.startswith("dis=")), None)
+            walk = dict(part.split("=", 1) for part in comment.split() if part.startswith(("record=", "org=")))
             out["dmarc"] = _word(r.result)
             details["dmarc"] = {"result": out["dmarc"], "from": props.get(("header", "from")),
                                 "policy": props.get(("policy", "dmarc")), "disposition": dis,
-                                "reason": getattr(r, "reason", None)}
+                                "reason": getattr(r, "reason", None),
+                                "recordDomain": walk.get("record"), "orgDomain": walk.get("org")}
     details["dkim"] = [d for d in dkims if d["domain"] or d["result"] != "none"]
     if details["dkim"]:
         out["dkim"] = "pass" if any(d["result"] == "pass" for d in details["dkim"]) else details["dkim"][0]["result"]

@@ -9,7 +9,7 @@ from authres.core import AuthenticationResultProperty as Prop
 from authres.dmarc import DMARCAuthenticationResult
 
 
-from .results import AuthResults
+from .results import AuthResults, DmarcResult
 
 _UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 
@@ -23,6 +23,24 @@ def _reason(text: str) -> str | None:
 def _comment(text: str) -> str | None:
     text = _UNSAFE.sub("?", " ".join((text or "").split())).replace("(", "[").replace(")", "]")
     return text[:160] or None
+
+
+COMMENT_MAX = 160
+
+
+def dmarc_comment(dm: DmarcResult) -> str:
+    """The DMARC result's comment: the record's policies and what applies to this message (dis=);
+    in rfc9989 mode also np and t when the record has them, and where the walk found the record
+    and the Organizational Domain (record=, org=), each only when the whole still fits."""
+    rec = dm.record
+    if dm.mode != "rfc9989":
+        return f"p={rec.p} sp={rec.sp or rec.p} pct={rec.pct} dis={dm.disposition}"
+    text = (f"p={rec.p} sp={rec.sp or rec.p}" + (f" np={rec.np}" if rec.np else "")
+            + (" t=y" if rec.t == "y" else "") + f" dis={dm.disposition}")
+    for key, value in (("record", dm.record_domain), ("org", dm.org_domain)):
+        if value and len(text) + len(key) + len(value) + 2 <= COMMENT_MAX:
+            text += f" {key}={value}"
+    return text
 
 
 def render(authserv_id: str, res: AuthResults) -> str:
@@ -47,7 +65,7 @@ def render(authserv_id: str, res: AuthResults) -> str:
     dm = res.dmarc
     comment = None
     if dm.record is not None:
-        comment = f"p={dm.record.p} sp={dm.record.sp or dm.record.p} pct={dm.record.pct} dis={dm.disposition}"
+        comment = dmarc_comment(dm)
     results.append(DMARCAuthenticationResult(
         result=dm.result, result_comment=_comment(comment or ""),
         reason=_reason(dm.reason) if dm.result not in ("pass",) else None,
@@ -57,6 +75,9 @@ def render(authserv_id: str, res: AuthResults) -> str:
     return str(header).split(":", 1)[1].strip()
 
 
+_WORDS = re.compile(r'(?:"[^"]*"|[^\s"])+')
+
+
 def fold(value: str, width: int = 78) -> str:
     """Fold an Authentication-Results value after its semicolons, for a header field with a
     leading space: ' value' with continuation lines starting with a tab."""
@@ -64,11 +85,13 @@ def fold(value: str, width: int = 78) -> str:
     lines, line = [], ""
     for i, part in enumerate(parts):
         piece = part + (";" if i < len(parts) - 1 else "")
-        if line and len(line) + 1 + len(piece) > width:
-            lines.append(line)
-            line = piece
-        else:
-            line = f"{line} {piece}" if line else piece
+        # a result longer than a line (DMARC's comment) also folds at its spaces, never in a quoted reason
+        for word in _WORDS.findall(piece) if len(piece) > width else [piece]:
+            if line and len(line) + 1 + len(word) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
     lines.append(line)
     return " " + "\n\t".join(lines)
 
