@@ -7,6 +7,8 @@ says `none` for every method, never `pass`.
 """
 from __future__ import annotations
 
+import re
+
 from agentmx.authservid import authserv_id_of
 
 WORDS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
@@ -43,6 +45,15 @@ def read_spam(headers: list[tuple[str, str]], authserv_id: str) -> tuple[str, di
             return verdict, {"verdict": verdict, "score": num("score"), "required": num("required"),
                              "action": fields.get("action"), "reason": fields.get("reason")}
     return "unknown", None
+
+
+_DMARC_COMMENT = re.compile(r";\s*dmarc\s*=\s*[a-z]+\s*(?:reason\s*=\s*\"\"\s*)?\(([^()]*)\)", re.I)
+
+
+def _dmarc_comment(value: str) -> str:
+    """The comment after our dmarc=<result> (dis=, record=, org=), outside quoted reasons."""
+    m = _DMARC_COMMENT.search(re.sub(r'"[^"]*"', '""', " ".join(value.split())))
+    return m.group(1) if m else ""
 
 
 def read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
@@ -91,7 +102,7 @@ def _read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
             details["arc"] = {"result": out["arc"], "reason": getattr(r, "reason", None)}
         elif method == "dmarc":
             props = {(p.type, p.name): p.value for p in r.properties}
-            comment = r.result_comment or ""
+            comment = r.result_comment or _dmarc_comment(ours)     # authres drops result comments
             dis = next((part.split("=", 1)[1] for part in comment.split() if part.startswith("dis=")), None)
             walk = dict(part.split("=", 1) for part in comment.split() if part.startswith(("record=", "org=")))
             out["dmarc"] = _word(r.result)

@@ -75,18 +75,33 @@ def render(authserv_id: str, res: AuthResults) -> str:
     return str(header).split(":", 1)[1].strip()
 
 
-_WORDS = re.compile(r'(?:"[^"]*"|[^\s"])+')
+def _pieces(value: str) -> list[list[str]]:
+    """The value's results, each as its words: split at spaces outside quoted strings, a result
+    ending at a word that ends in ';' outside one."""
+    pieces, words, word, quoted = [], [], "", False
+    for ch in value + " ":
+        if ch == '"':
+            quoted = not quoted
+        if ch != " " or quoted:
+            word += ch
+            continue
+        if word:
+            words.append(word)
+            if word.endswith(";") and not quoted:
+                pieces.append(words)
+                words = []
+        word = ""
+    return pieces + ([words] if words else [])
 
 
 def fold(value: str, width: int = 78) -> str:
     """Fold an Authentication-Results value after its semicolons, for a header field with a
-    leading space: ' value' with continuation lines starting with a tab."""
-    parts = [p.strip() for p in value.split("; ")]
+    leading space: ' value' with continuation lines starting with a tab. A result longer than a
+    line (DMARC's comment and reason) also folds at its spaces, never inside a quoted string."""
     lines, line = [], ""
-    for i, part in enumerate(parts):
-        piece = part + (";" if i < len(parts) - 1 else "")
-        # a result longer than a line (DMARC's comment) also folds at its spaces, never in a quoted reason
-        for word in _WORDS.findall(piece) if len(piece) > width else [piece]:
+    for words in _pieces(value):
+        piece = " ".join(words)
+        for word in words if len(piece) > width else [piece]:
             if line and len(line) + 1 + len(word) > width:
                 lines.append(line)
                 line = word
