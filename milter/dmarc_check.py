@@ -313,9 +313,10 @@ def _evaluate_domain(lookups: Lookups, from_domain: str, spf: SpfResult, dkim: l
         def check(domain: str, strictness: str) -> bool | None:
             return aligned(domain, from_domain, strictness)
 
-    dkim_checks = [(d, check(d.domain, rec.adkim)) for d in dkim if d.result in ("pass", "temperror")]
+    # SPF first, so that many DKIM signatures cannot use up the DNS budget its walk needs
     spf_check = check(spf.domain, rec.aspf) if spf.result in ("pass", "temperror") else False
-    dkim_ok = next((d.domain for d, ok in dkim_checks if d.result == "pass" and ok), None)
+    dkim_checks = [(d, check(d.domain, rec.adkim)) for d in dkim if d.result == "pass"]
+    dkim_ok = next((d.domain for d, ok in dkim_checks if ok), None)
     spf_ok = spf.domain if (spf.result == "pass" and spf_check) else None
     common = dict(from_domain=from_domain, record_domain=found.domain, record=rec, policy=policy,
                   dkim_aligned=dkim_ok, spf_aligned=spf_ok, mode=mode.value, org_domain=found.org,
@@ -326,6 +327,7 @@ def _evaluate_domain(lookups: Lookups, from_domain: str, spf: SpfResult, dkim: l
 
     # an identifier that could have aligned but was not checked (DNS), or whose alignment could
     # not be told (an RFC 9989 walk failed): temperror, not fail
+    dkim_checks += [(d, check(d.domain, rec.adkim)) for d in dkim if d.result == "temperror"]
     temp = [f"DKIM d={d.domain}" + (" (its Organizational Domain)" if ok is None else "")
             for d, ok in dkim_checks if (d.result == "temperror" and ok is not False) or ok is None]
     if (spf.result == "temperror" and spf_check is not False) or spf_check is None:
