@@ -220,8 +220,7 @@ class _Aligner:
     from its own walk (4.10.2), remembered per message. aligns() is None when DNS failed."""
 
     def __init__(self, lookups: Lookups, from_domain: str, found: Discovery):
-        self.lookups, self.from_domain = lookups, from_domain
-        self.org, self.org_error = found.org, found.org_error
+        self.lookups, self.from_domain, self.org = lookups, from_domain, found.org
         self.orgs: dict[str, str] = {}
 
     def aligns(self, domain: str, strictness: str) -> bool | None:
@@ -333,8 +332,8 @@ def _evaluate_domain(lookups: Lookups, from_domain: str, spf: SpfResult, dkim: l
     if (spf.result == "temperror" and spf_check is not False) or spf_check is None:
         temp.append(f"SPF {spf.domain}" + (" (its Organizational Domain)" if spf_check is None else ""))
     if temp:
-        return DmarcResult("temperror", disposition="none",
-                           reason="could not check " + ", ".join(temp), **common)
+        why = "could not check " + ", ".join(temp) + (f" ({found.org_error})" if found.org_error else "")
+        return DmarcResult("temperror", disposition="none", reason=why, **common)
 
     disposition = policy
     if not bis and sample * 100 >= rec.pct:          # not sampled: the next policy down (6.6.4)
