@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import DEFAULT_PATH, ConfigError, MilterConfig, Service, load_config
+from .config import DEFAULT_PATH, ConfigError, DmarcMode, MilterConfig, Service, load_config
 
 
 def _config_path(arg: str | None) -> Path:
@@ -74,6 +74,7 @@ def cmd_auth(args) -> int:
 
     authserv_id, servers, timeout, budget, max_rsa = "agentmx.local", (), 2.0, 40, MilterConfig.max_rsa_verifications
     sealers: tuple[str, ...] = ()
+    dmarc_mode = MilterConfig.dmarc
     path = _config_path(args.config)
     if args.config or path.exists():
         config = load_config(path, Service.APP)
@@ -81,6 +82,9 @@ def cmd_auth(args) -> int:
         timeout, budget = config.dns.timeout, config.dns.lookup_budget
         max_rsa = config.milter.max_rsa_verifications
         sealers = config.milter.arc_trusted_sealers
+        dmarc_mode = config.milter.dmarc
+    if args.dmarc:
+        dmarc_mode = DmarcMode(args.dmarc)
     if args.dns:
         servers = args.dns
     elif os.environ.get("AGENTMX_DNS"):
@@ -99,7 +103,7 @@ def cmd_auth(args) -> int:
                    receiver=authserv_id)
     lookups = Resolver(servers, timeout).session(budget)
     res = authenticate(message, env, lookups, sample=args.sample, rsa_budget=RsaBudget(max_rsa),
-                       arc_trusted_sealers=sealers)
+                       arc_trusted_sealers=sealers, dmarc_mode=dmarc_mode)
     header = arheader.render(authserv_id, res)
     if args.json:
         out = asdict(res)
@@ -115,6 +119,14 @@ def explain(res, header: str, sealers: tuple[str, ...] = ()) -> str:
     def record_lines(dm) -> list[str]:
         if dm.record is None:
             return []
+        if dm.mode == "rfc9989":      # RFC 9989: no pct; np, t and what the DNS Tree Walk found
+            rec = dm.record
+            return [f"  record at _dmarc.{dm.record_domain}: {rec.raw}",
+                    f"  policy {dm.policy} (p={rec.p} sp={rec.sp or '-'} np={rec.np or '-'} t={rec.t}"
+                    f" adkim={rec.adkim} aspf={rec.aspf}); applies to this message: {dm.disposition}",
+                    f"  tree walk: records at {', '.join(dm.walk) or 'no name above'}; Organizational Domain"
+                    f" {dm.org_domain or 'unknown (DNS)'}",
+                    f"  aligned: DKIM {dm.dkim_aligned or 'no'}, SPF {dm.spf_aligned or 'no'}"]
         return [f"  record at _dmarc.{dm.record_domain}: {dm.record.raw}",
                 f"  policy {dm.policy} (p={dm.record.p} sp={dm.record.sp or '-'} pct={dm.record.pct}"
                 f" adkim={dm.record.adkim} aspf={dm.record.aspf}); applies to this message: {dm.disposition}",
@@ -484,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mail-from", default="", help="the envelope sender (empty: null sender)")
     a.add_argument("--dns", type=_parse_dns, help="DNS server as IP or IP:PORT (default: config, else system)")
     a.add_argument("--timeout", type=float, help="seconds per DNS lookup")
-    a.add_argument("--sample", type=float, default=0.0, help="DMARC pct sample in [0,1) (default 0)")
+    a.add_argument("--sample", type=float, default=0.0, help="DMARC pct sample in [0,1) (default 0; rfc7489 only)")
+    a.add_argument("--dmarc", choices=[m.value for m in DmarcMode],
+                   help="verify DMARC per RFC 9989 or RFC 7489 (default: [milter] dmarc, else rfc9989)")
     a.add_argument("--arc-trusted-sealer", action="append", type=_sealer_arg, metavar="DOMAIN",
                    help="trust this ARC sealer, as [milter] arc_trusted_sealers does (repeatable; "
                         "added to the config's)")

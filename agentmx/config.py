@@ -65,6 +65,15 @@ class PolicyConfig:
         return not (self.reject_dmarc or self.reject_spf_fail or self.defer_temperror)
 
 
+class DmarcMode(enum.Enum):
+    """How the milter verifies DMARC ([milter] dmarc; milter/dmarc_check.py)."""
+    RFC9989 = "rfc9989"      # DMARCbis: DNS Tree Walk, psd, np, t; pct ignored (the default)
+    RFC7489 = "rfc7489"      # the public suffix list and pct, as before RFC 9989
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class MilterConfig:
     socket: Path = Path("/var/spool/postfix/agentmx/milter.sock")
@@ -79,6 +88,7 @@ class MilterConfig:
     rspamd_timeout: float = 2.0    # seconds; past it the verdict is unknown and the message goes on
     max_rsa_verifications: int = 20   # per message, DKIM and ARC together (milter/dkimcrypto.py)
     arc_trusted_sealers: tuple[str, ...] = ()   # ARC sealers whose chain may lift a DMARC policy (milter/arc_override.py)
+    dmarc: DmarcMode = DmarcMode.RFC9989
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -743,6 +753,7 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
         max_rsa_verifications=m.get("max_rsa_verifications", MilterConfig.max_rsa_verifications, _positive_int,
                                     "a whole number > 0"),
         arc_trusted_sealers=m.get("arc_trusted_sealers", (), _sealers, 'a list of domains like "lists.example.org"'),
+        dmarc=m.get("dmarc", MilterConfig.dmarc, DmarcMode, " or ".join(f'"{d}"' for d in DmarcMode)),
     )
     policy_sec.finish()
     m.finish()

@@ -76,6 +76,15 @@ def _override(props: dict) -> dict | None:
             "evaluatedDisposition": evaluated if evaluated in DISPOSITIONS else None}
 
 
+_DMARC_COMMENT = re.compile(r";\s*dmarc\s*=\s*[a-z]+\s*(?:reason\s*=\s*\"\"\s*)?\(([^()]*)\)", re.I)
+
+
+def _dmarc_comment(value: str) -> str:
+    """The comment after our dmarc=<result> (dis=, record=, org=), outside quoted reasons."""
+    m = _DMARC_COMMENT.search(re.sub(r'"[^"]*"', '""', " ".join(value.split())))
+    return m.group(1) if m else ""
+
+
 def read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
     out = _read_auth(headers, authserv_id)
     out["spam"], out["details"]["spam"] = read_spam(headers, authserv_id)
@@ -125,12 +134,14 @@ def _read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
             out["iprev"] = details["iprev"]["result"]
         elif method == "dmarc":
             props = {(p.type, p.name): p.value for p in r.properties}
-            comment = r.result_comment or ""
+            comment = r.result_comment or _dmarc_comment(ours)     # authres drops result comments
             dis = next((part.split("=", 1)[1] for part in comment.split() if part.startswith("dis=")), None)
+            walk = dict(part.split("=", 1) for part in comment.split() if part.startswith(("record=", "org=")))
             out["dmarc"] = _word(r.result)
             details["dmarc"] = {"result": out["dmarc"], "from": props.get(("header", "from")),
                                 "policy": props.get(("policy", "dmarc")), "disposition": dis,
-                                "reason": getattr(r, "reason", None), "override": _override(props)}
+                                "reason": getattr(r, "reason", None), "override": _override(props),
+                                "recordDomain": walk.get("record"), "orgDomain": walk.get("org")}
             if details["dmarc"]["override"]:
                 details["dmarc"]["disposition"] = "none"
     details["dkim"] = [d for d in dkims if d["domain"] or d["result"] != "none"]

@@ -9,7 +9,7 @@ from authres.core import AuthenticationResultProperty as Prop
 from authres.dmarc import DMARCAuthenticationResult
 
 
-from .results import AuthResults
+from .results import AuthResults, DmarcResult
 
 _UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 
@@ -34,6 +34,24 @@ def _names(confirmed: str, names: tuple[str, ...]) -> str | None:
             break
         out = f"{out} {name}" if out else name
     return out or None
+
+
+COMMENT_MAX = 160
+
+
+def dmarc_comment(dm: DmarcResult) -> str:
+    """The DMARC result's comment: the record's policies and what applies to this message (dis=);
+    in rfc9989 mode also np and t when the record has them, and where the walk found the record
+    and the Organizational Domain (record=, org=), each only when the whole still fits."""
+    rec = dm.record
+    if dm.mode != "rfc9989":
+        return f"p={rec.p} sp={rec.sp or rec.p} pct={rec.pct} dis={dm.disposition}"
+    text = (f"p={rec.p} sp={rec.sp or rec.p}" + (f" np={rec.np}" if rec.np else "")
+            + (" t=y" if rec.t == "y" else "") + f" dis={dm.disposition}")
+    for key, value in (("record", dm.record_domain), ("org", dm.org_domain)):
+        if value and len(text) + len(key) + len(value) + 2 <= COMMENT_MAX:
+            text += f" {key}={value}"
+    return text
 
 
 def render(authserv_id: str, res: AuthResults) -> str:
@@ -63,7 +81,7 @@ def render(authserv_id: str, res: AuthResults) -> str:
     dm = res.dmarc
     comment = None
     if dm.record is not None:
-        comment = f"p={dm.record.p} sp={dm.record.sp or dm.record.p} pct={dm.record.pct} dis={dm.disposition}"
+        comment = dmarc_comment(dm)
     if dm.override is not None:     # a trusted ARC forwarder lifted the policy (milter/arc_override.py)
         comment = f"{comment or ''} override={dm.override.type} arc.sealer={dm.override.sealer}".strip()
     results.append(DMARCAuthenticationResult(
@@ -85,18 +103,38 @@ def _override(dm) -> list[Prop]:
             Prop("policy", "arc-sealer", o.sealer)]
 
 
+def _pieces(value: str) -> list[list[str]]:
+    """The value's results, each as its words: split at spaces outside quoted strings, a result
+    ending at a word that ends in ';' outside one."""
+    pieces, words, word, quoted = [], [], "", False
+    for ch in value + " ":
+        if ch == '"':
+            quoted = not quoted
+        if ch != " " or quoted:
+            word += ch
+            continue
+        if word:
+            words.append(word)
+            if word.endswith(";") and not quoted:
+                pieces.append(words)
+                words = []
+        word = ""
+    return pieces + ([words] if words else [])
+
+
 def fold(value: str, width: int = 78) -> str:
     """Fold an Authentication-Results value after its semicolons, for a header field with a
-    leading space: ' value' with continuation lines starting with a tab."""
-    parts = [p.strip() for p in value.split("; ")]
+    leading space: ' value' with continuation lines starting with a tab. A result longer than a
+    line (DMARC's comment and reason) also folds at its spaces, never inside a quoted string."""
     lines, line = [], ""
-    for i, part in enumerate(parts):
-        piece = part + (";" if i < len(parts) - 1 else "")
-        if line and len(line) + 1 + len(piece) > width:
-            lines.append(line)
-            line = piece
-        else:
-            line = f"{line} {piece}" if line else piece
+    for words in _pieces(value):
+        piece = " ".join(words)
+        for word in words if len(piece) > width else [piece]:
+            if line and len(line) + 1 + len(word) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
     lines.append(line)
     return " " + "\n\t".join(lines)
 

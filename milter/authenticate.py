@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from agentmx import fromheader
+from agentmx.config import DmarcMode
 from agentmx.resolver import Lookups
 
 from . import arc_override, dkim_check, dmarc_check, iprev_check, spf_check
@@ -42,7 +43,8 @@ def from_header_values(message: bytes) -> list[str]:
 
 
 def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float = 0.0,
-                 rsa_budget: RsaBudget | None = None, arc_trusted_sealers: tuple[str, ...] = ()) -> AuthResults:
+                 rsa_budget: RsaBudget | None = None, arc_trusted_sealers: tuple[str, ...] = (),
+                 dmarc_mode: DmarcMode = DmarcMode.RFC9989) -> AuthResults:
     notes = []
     rsa = rsa_budget if rsa_budget is not None else RsaBudget()     # DKIM and ARC share it
     helo = _guard("spf helo", notes, lambda: spf_check.check_helo(lookups, env.client_ip, env.helo, env.receiver),
@@ -55,7 +57,8 @@ def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float 
     arc = _guard("arc", notes, lambda: dkim_check.verify_arc(message, lookups, rsa),
                  ArcResult("temperror", reason="internal error reading the ARC set"))
     dmarc = _guard("dmarc", notes,
-                   lambda: dmarc_check.evaluate(lookups, from_header_values(message), mfrom, dkim, sample),
+                   lambda: dmarc_check.evaluate(lookups, from_header_values(message), mfrom, dkim, sample,
+                                                dmarc_mode),
                    DmarcResult("temperror", reason="internal error"))
     if arc_trusted_sealers:     # a trusted forwarder's ARC chain may lift the policy (arc_override.py)
         dmarc = _guard("arc override", notes, lambda: arc_override.apply(dmarc, arc, arc_trusted_sealers), dmarc)

@@ -47,6 +47,9 @@ class DmarcRecord:
     ruf: str | None = None
     fo: str = "0"
     ri: int = 86400
+    np: str | None = None      # RFC 9989: policy for non-existent subdomains
+    psd: str = "u"             # RFC 9989: y (a public suffix domain), n (an Organizational Domain), u
+    t: str = "n"               # RFC 9989: y asks for the policy one step down (testing)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class DmarcResult:
     # When the From fields name several domains (or From is repeated): the verdict of each
     # domain checked (RFC 9989 11.5); the result above is the one that applies. Else empty.
     each: tuple["DmarcResult", ...] = ()
+    mode: str = "rfc9989"      # the DMARC rules applied: rfc9989 or rfc7489 ([milter] dmarc)
+    org_domain: str = ""       # the From domain's Organizational Domain (RFC 9989: from the walk)
+    walk: tuple[str, ...] = ()  # RFC 9989: where the walk found one record each, "name" or "name psd=y|n"
     # Set when a local policy overrode the domain's (disposition is then none; result stays).
     override: PolicyOverride | None = None
 

@@ -194,7 +194,8 @@ class AuthMilter(Milter.Base):
         lookups = self.resolver.session(self.config.dns.lookup_budget)
         res = authenticate(message, env, lookups, sample=self.rng.random(),
                            rsa_budget=RsaBudget(self.config.milter.max_rsa_verifications),
-                           arc_trusted_sealers=self.config.milter.arc_trusted_sealers)
+                           arc_trusted_sealers=self.config.milter.arc_trusted_sealers,
+                           dmarc_mode=self.config.milter.dmarc)
         # With header_leading_space negotiated, the value carries its own leading space.
         self.addheader(AR, arheader.fold(arheader.render(self.config.authserv_id, res)), 0)
         spam = spam_check.check(self.config.milter.rspamd_url, message, spam_check.SpamEnvelope(

@@ -1,12 +1,14 @@
 """Authentication-Results: our rendering parses back (authres), and forged ids are recognised."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import authres
 import pytest
 
 from agentmx.authservid import authserv_id_of
 from agentmx.authservid import claims_id as claims_our_id
-from agentmx.milter.arheader import fold, render
+from agentmx.milter.arheader import COMMENT_MAX, dmarc_comment, fold, render
 from agentmx.milter.results import ArcResult, AuthResults, DkimResult, DmarcRecord, DmarcResult, SpfResult
 
 
@@ -68,3 +70,30 @@ def test_fold_keeps_the_value_and_a_leading_space():
     assert folded.startswith(" mx.example.com;")
     assert all(len(line) <= 100 for line in folded.split("\n"))
     assert " ".join(folded.split()) == " ".join(value.split())
+
+
+def _dmarc_fail(from_domain: str, org: str, reason: str) -> AuthResults:
+    rec = DmarcRecord(raw="v=DMARC1; p=reject; np=quarantine; t=y", p="reject", np="quarantine", t="y")
+    return replace(sample(), dmarc=DmarcResult("fail", from_domain=from_domain, record_domain=org, record=rec,
+                                               policy="quarantine", disposition="quarantine", reason=reason,
+                                               org_domain=org))
+
+
+def test_rfc9989_comment_says_what_the_walk_found_and_folds_outside_quotes():
+    reason = "2 From header fields (a.test, bank.test); bank.test fails: DKIM d=a.test passed but is not aligned"
+    value = render("mx.example.com", _dmarc_fail("ghost.bank.test", "bank.test", reason))
+    folded = fold(value)
+    assert " ".join(folded.split()) == " ".join(value.split())
+    assert all(len(line) <= 79 for line in folded.split("\n") if "reason=" not in line)
+    dmarc = authres.all_features().parse(f"Authentication-Results:{folded}".replace("\n", "\r\n")).results[-1]
+    assert dmarc.reason == reason
+    assert "dmarc=fail (p=reject sp=reject np=quarantine t=y dis=quarantine record=bank.test org=bank.test)" in value
+
+
+def test_rfc9989_comment_is_bounded():
+    long = ".".join(["x" * 60] * 4)
+    comment = dmarc_comment(_dmarc_fail(long, long, "r").dmarc)
+    assert len(comment) <= COMMENT_MAX and comment.startswith("p=reject sp=reject np=quarantine t=y dis=quarantine")
+    assert "org=" not in comment      # what does not fit whole is left out, never cut
+    old = replace(_dmarc_fail("bank.test", "bank.test", "r").dmarc, mode="rfc7489")
+    assert dmarc_comment(old) == "p=reject sp=reject pct=100 dis=quarantine"

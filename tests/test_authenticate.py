@@ -5,7 +5,7 @@ import pytest
 
 from e2e_helpers import RsaKey, message, sign
 
-from agentmx.config import PolicyConfig
+from agentmx.config import DmarcMode, PolicyConfig
 from agentmx.milter import policy
 from agentmx.milter.authenticate import Envelope, authenticate
 
@@ -114,11 +114,14 @@ def test_the_strictest_failing_policy_applies(example_zone, lookups):
     res = authenticate(raw, spoof, lookups)
     assert (res.dmarc.result, res.dmarc.from_domain, res.dmarc.disposition) == ("fail", "bank.example", "reject")
     assert [d.result for d in res.dmarc.each] == ["fail", "fail", "none"]
-    # example.org asks reject for half (pct=50): unsampled, quarantine, as shop.example's; on a
-    # tie of what applies, the stricter policy asked wins
+    # rfc7489 mode: example.org asks reject for half (pct=50): unsampled, quarantine, as
+    # shop.example's; on a tie of what applies, the stricter policy asked wins
     raw = b"From: a@shop.example, b@example.org\r\nSubject: x\r\n\r\nbody\r\n"
-    res = authenticate(raw, spoof, lookups, sample=0.7)
+    res = authenticate(raw, spoof, lookups, sample=0.7, dmarc_mode=DmarcMode.RFC7489)
     assert (res.dmarc.from_domain, res.dmarc.policy, res.dmarc.disposition) == ("example.org", "reject", "quarantine")
+    # rfc9989 (the default) ignores pct: example.org's reject applies
+    res = authenticate(raw, spoof, lookups, sample=0.7)
+    assert (res.dmarc.from_domain, res.dmarc.policy, res.dmarc.disposition) == ("example.org", "reject", "reject")
 
 
 def test_author_domains_beyond_the_bound_are_not_checked(example_zone, lookups):
@@ -144,12 +147,15 @@ def test_dns_failure_for_one_author_domain(zone, lookups):
 
 
 def test_pct_sampling_and_subdomain_policy(example_zone, resolver):
+    """pct samples in rfc7489 mode only; rfc9989 (the default) ignores it (RFC 9989 A.6)."""
     spoof = message("Boss <boss@example.org>", "agent@agentmx.test")
     env = Envelope("198.51.100.1", "evil.test", "x@evil.test")
-    sampled = authenticate(spoof, env, resolver.session(40), sample=0.2)
+    sampled = authenticate(spoof, env, resolver.session(40), sample=0.2, dmarc_mode=DmarcMode.RFC7489)
     assert (sampled.dmarc.result, sampled.dmarc.disposition) == ("fail", "reject")
-    unsampled = authenticate(spoof, env, resolver.session(40), sample=0.7)
+    unsampled = authenticate(spoof, env, resolver.session(40), sample=0.7, dmarc_mode=DmarcMode.RFC7489)
     assert (unsampled.dmarc.result, unsampled.dmarc.disposition) == ("fail", "quarantine")
+    bis = authenticate(spoof, env, resolver.session(40), sample=0.7)
+    assert (bis.dmarc.result, bis.dmarc.disposition, bis.dmarc.mode) == ("fail", "reject", "rfc9989")
     sub = authenticate(message("x <x@mail.example.com>", "a@b.test"), env, resolver.session(40))
     assert (sub.dmarc.record_domain, sub.dmarc.policy) == ("example.com", "reject")
 

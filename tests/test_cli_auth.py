@@ -105,5 +105,18 @@ def test_auth_reads_a_second_from_in_obsolete_syntax(zone, tmp_path):
     assert "  2 From domain(s) checked; the result above is the one that applies:" in lines
     assert "  DMARC From sender.example: pass (aligned SPF sender.example)" in lines
     assert any(line.startswith("  DMARC From bank.example: fail (") for line in lines)
-    assert "    policy reject (p=reject sp=- pct=100 adkim=r aspf=r); applies to this message: reject" in lines
+    assert "    policy reject (p=reject sp=- np=- t=n adkim=r aspf=r); applies to this message: reject" in lines
+    assert "    tree walk: records at bank.example; Organizational Domain bank.example" in lines
     assert "dmarc=fail" in lines[-1] and "header.from=bank.example" in lines[-1]
+
+
+def test_auth_dmarc_mode_option(zone):
+    """--dmarc rfc7489 explains the RFC 7489 way (pct, no tree walk); the default is RFC 9989."""
+    port = zone(ZONE).port
+    old = _run_without_config(port, "--dmarc", "rfc7489").stdout.splitlines()
+    assert "  policy quarantine (p=quarantine sp=- pct=100 adkim=r aspf=r); applies to this message: quarantine" in old
+    assert not any("tree walk" in line for line in old)
+    assert "(p=quarantine sp=quarantine pct=100 dis=quarantine)" in old[-1]
+    new = _run_without_config(port).stdout.splitlines()
+    assert "  tree walk: records at googlemail.com; Organizational Domain googlemail.com" in new
+    assert "(p=quarantine sp=quarantine dis=quarantine record=googlemail.com org=googlemail.com)" in new[-1]

@@ -215,3 +215,11 @@ def test_a_plus_address_is_allowed_by_its_base_address_only():
     assert not allows(("agent@example.com",), "agent2+x@example.com")
     assert not allows(("agent@example.com",), "other+agent@example.com")
     assert not allows(("agent+a@example.com",), "agent+b@example.com")
+
+
+def test_milter_dmarc_mode_is_an_enum_defaulting_to_rfc9989():
+    from agentmx.config import DmarcMode
+    assert parse_config(MIN, P).milter.dmarc is DmarcMode.RFC9989
+    assert parse_config(MIN + '[milter]\ndmarc = "rfc7489"\n', P).milter.dmarc is DmarcMode.RFC7489
+    with pytest.raises(ConfigError, match=r'\[milter\] dmarc: must be "rfc9989" or "rfc7489"'):
+        parse_config(MIN + '[milter]\ndmarc = "dmarcbis"\n', P)

@@ -494,3 +494,19 @@ def test_the_fingerprint_reads_the_body_whatever_the_line_ends_and_headers():
     for size in (2, 3, 4, 7, 4096):                  # a CRLF split across pieces is still one line end
         assert b"".join(body_chunks(crlf, size)) == b"ab\n" * 1000 == body_of(crlf.replace(b"\r\n", b"\n")), size
     assert b"".join(body_chunks(b"S: x\n\nends in CR\r", 3)) == b"ends in CR\r"
+
+
+def test_dmarc_details_say_what_applies_and_what_the_walk_found(tmp_path, receiver):
+    """authres drops result comments: dis= (and the RFC 9989 record=, org=) were never read into
+    auth.details.dmarc, whose disposition was always null. A quoted reason cannot fake them."""
+    ar = (f"Authentication-Results: {AUTHSERV}; spf=fail smtp.mailfrom=alice@sender.test\r\n"
+          f"\treason=\"x; dmarc=pass (dis=none record=evil.test org=evil.test)\";\r\n"
+          f"\tdmarc=fail reason=\"no aligned pass\" (p=reject sp=reject np=quarantine t=y\r\n"
+          f"\tdis=quarantine record=sender.test org=sender.test) header.from=mail.sender.test\r\n"
+          f"\tpolicy.dmarc=quarantine\r\n")
+    deliver((ar + RECEIVED + BODY).encode("latin-1"), ENV, config(tmp_path, receiver.url))
+    (event,) = receiver.events()
+    jsonschema.validate(event, SCHEMA)
+    dmarc = event["auth"]["details"]["dmarc"]
+    assert (dmarc["result"], dmarc["policy"], dmarc["disposition"]) == ("fail", "quarantine", "quarantine")
+    assert (dmarc["recordDomain"], dmarc["orgDomain"]) == ("sender.test", "sender.test")
