@@ -66,7 +66,7 @@ def cmd_list(args, path) -> int:
     from agentmx import blocklist
     from agentmx.api.guard import printable
     from agentmx.store import open_store
-    from agentmx.suppression import rfc3339
+    from agentmx.times import rfc3339
     got = _setup(args, path, "list")
     if got is None:
         return EX_USAGE

@@ -26,9 +26,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime, timezone
 
 from agentmx.config import Config
+from agentmx.times import rfc3339
 from agentmx.routing import match
 from agentmx.store.model import PostState, SendEvent, SendEventType, SendRecord, SendState, base_address
 
@@ -40,9 +40,6 @@ def event_id(send_id: str, type_: SendEventType, recipient: str, source: str) ->
     digest = hashlib.sha256("\n".join((send_id, type_.value, recipient.lower(), source)).encode()).digest()
     return "evt_" + base64.b32encode(digest[:16]).decode().lower().rstrip("=")
 
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def body(event: dict) -> bytes:

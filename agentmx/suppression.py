@@ -14,11 +14,11 @@ address(), reason() and note() here, and show a suppression with view().
 from __future__ import annotations
 
 import re
-import time
 from typing import Iterable
 
 from agentmx.send import SendError
 from agentmx.store.model import Suppression, SuppressionReason
+from agentmx.times import rfc3339
 
 MAX_NOTE = 500          # characters of a note given by hand: one line
 SHOWN = 3               # suppressed recipients a refusal names (the rest are counted)
@@ -26,9 +26,6 @@ _ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\\\"]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[
                       r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 _LINE_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-
-def rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def domain_of(sender: str) -> str:

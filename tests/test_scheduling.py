@@ -13,6 +13,7 @@ from agentmx.api import scheduling
 from agentmx.api.context import Context
 from agentmx.config import parse_config
 from agentmx.store.model import SendState
+from agentmx.times import rfc3339
 
 KEY = "amx_scheduling_test_key_0123456789"
 
@@ -45,7 +46,7 @@ allow = ["agent@agents.test"]
 
 def request(ctx, **extra) -> dict:
     return {"from": "agent@agents.test", "to": "bob@remote.test", "text": "later",
-            "scheduledAt": scheduling.rfc3339(ctx.clock() + 60), **extra}
+            "scheduledAt": rfc3339(ctx.clock() + 60), **extra}
 
 
 def test_a_parked_send_keeps_its_attachments_as_uploads_not_in_the_request(ctx):
@@ -85,7 +86,7 @@ def test_a_send_whose_key_left_the_config_fails_at_its_time(ctx):
 
 @pytest.mark.parametrize("offset,ok", [(-301, False), (-200, True), (30 * 86400, True), (30 * 86400 + 1, False)])
 def test_the_schedule_window(ctx, offset, ok):
-    when = scheduling.rfc3339(ctx.clock() + offset)
+    when = rfc3339(ctx.clock() + offset)
     if ok:
         assert scheduling.park(ctx, ctx.config.api_keys[0], request(ctx, scheduledAt=when))["status"] == "scheduled"
     else:

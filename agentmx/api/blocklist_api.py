@@ -31,11 +31,12 @@ from agentmx.config import ApiKey, block_sender
 from agentmx.deliver.control import publish
 from agentmx.routing import match
 from agentmx.store.model import Block
+from agentmx.times import rfc3339
 
 from .context import Context
 from .deliveries import _json as json_object, readable_routes
 from .errors import ApiError
-from .inbox import _int, _rfc3339
+from .inbox import _int
 from .suppressions import cursor_of, read_cursor
 
 log = logging.getLogger("agentmx.api.blocks")
@@ -46,7 +47,7 @@ MAX_BLOCKS = 10_000      # blocks of one scope kept in the store (the config's n
 def view(b: Block) -> dict:
     source = blocklist.source_of(b)
     return {"sender": b.sender, "scope": b.scope, "source": source,
-            "createdAt": _rfc3339(b.created) if source != "config" else None,
+            "createdAt": rfc3339(b.created) if source != "config" else None,
             "eventId": b.event_id if source == "agent" else None,
             "key": b.event_id[4:] if source == "api" else None}
 

@@ -34,10 +34,10 @@ from agentmx.config import ApiKey, Route as RouteConfig
 from agentmx.deliver import route as routing
 from agentmx.store import StoreError
 from agentmx.store.model import InboxRow
+from agentmx.times import rfc3339
 
 from .context import Context
 from .errors import ApiError
-from .inbox import _rfc3339
 from .messages import MessageRoutes
 
 MAX_IDS = 50            # ids in one bulk call, and deliveries one call POSTs (after threads are expanded)
@@ -134,7 +134,7 @@ class DeliveryRoutes:
         delivery = self.ctx.store.delivery(delivery_id)
         attempts = list(reversed(self.ctx.store.attempts(delivery_id)))[:MAX_ATTEMPTS]
         return {"id": delivery_id, "status": delivery.state.value if delivery else None,
-                "attempts": [{"at": _rfc3339(a.at), "status": a.status, "durationMs": a.duration_ms,
+                "attempts": [{"at": rfc3339(a.at), "status": a.status, "durationMs": a.duration_ms,
                               "outcome": a.outcome.value, "excerpt": a.excerpt, "webhookId": a.webhook_id}
                              for a in attempts]}
 

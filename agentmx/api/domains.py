@@ -37,11 +37,11 @@ from agentmx.deliver.core import excerpt
 from agentmx.deliver.http import post as http_post
 from agentmx.resolver import Resolver
 from agentmx.webhook import sign_headers
+from agentmx.times import rfc3339
 
 from .context import Context
 from .deliveries import public_endpoint, readable_routes, route_id
 from .errors import ApiError
-from .inbox import _rfc3339
 
 CHECK_TTL = 60.0          # seconds a domain's DNS check answers GET /api/domains before it is done again
 LOOKUP_BUDGET = 50        # DNS queries one check may make (as `agentmx check`)
@@ -94,7 +94,7 @@ def domain_view(config: Config, domain: str, checked_at: float, findings: list[d
     status = ("verified" if states <= {"ok", "published"} else
               "pending" if states & {"missing", "wrong"} else "unknown")
     return {"id": domain, "name": domain, "status": status, "verified": status == "verified",
-            "records": records, "checkedAt": _rfc3339(checked_at)}
+            "records": records, "checkedAt": rfc3339(checked_at)}
 
 
 def key_domains(config: Config, key: ApiKey) -> list[str]:
@@ -134,7 +134,7 @@ class DomainRoutes:
     def _post_test(self, domain: str, route: RouteConfig) -> dict:
         now = self.ctx.clock()
         test_id = "whtest_" + secrets.token_hex(12)
-        event = {"id": test_id, "type": "webhook.test", "test": True, "createdAt": _rfc3339(now),
+        event = {"id": test_id, "type": "webhook.test", "test": True, "createdAt": rfc3339(now),
                  "domain": domain, "route": {"id": route_id(route), "match": route.match},
                  "note": "a test of this webhook from agentmx: not an email"}
         body = json.dumps(event, separators=(",", ":")).encode()

@@ -33,7 +33,7 @@ import json
 import logging
 import re
 from functools import partial
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import AsyncIterator
 
 from starlette.requests import Request
@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
 from agentmx.store.model import InboxRow, SendEvent, SendEventType, base_address
+from agentmx.times import rfc3339
 
 from . import timeline
 from .context import Context, last_send_seq
@@ -96,9 +97,6 @@ def merge(rows: list, sends: list, newest_first: bool, rows_full: bool = False, 
             j += 1
     return out
 
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _since(value: str | None) -> float | None:
@@ -171,7 +169,7 @@ class InboxRoutes:
         if raw is None:                       # removed by retention (agentmx gc)
             return None
         event = json.loads(raw)
-        event["inbox"] = {"state": row.state.value, "read": row.read, "receivedAt": _rfc3339(row.received)}
+        event["inbox"] = {"state": row.state.value, "read": row.read, "receivedAt": rfc3339(row.received)}
         return event
 
     def _row(self, key: ApiKey, event_id: str) -> InboxRow:

@@ -26,10 +26,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agentmx.config import ApiKey
+from agentmx.times import rfc3339
 
 from .context import Context
 from .errors import ApiError
-from .inbox import InboxRoutes, _rfc3339
+from .inbox import InboxRoutes
 
 TTL = 300                      # seconds a token stays valid
 MAX_TOKEN = 600                # characters: longer is not ours
@@ -82,7 +83,7 @@ class Realtime:
     async def token(self, request: Request):
         key = self.ctx.key(request)
         token, expires = mint(key, self.ctx.clock())
-        return JSONResponse({"token": token, "expiresAt": _rfc3339(expires),
+        return JSONResponse({"token": token, "expiresAt": rfc3339(expires),
                              "url": "/v1/realtime?token=" + urllib.parse.quote(token)},
                             headers={"cache-control": "no-store"})
 

@@ -20,12 +20,12 @@ import asyncio
 import json
 import logging
 from dataclasses import replace
-from datetime import datetime, timezone
 
 from agentmx import send, suppression
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
 from agentmx.store.model import SendRecord, SendState
+from agentmx.times import rfc3339
 
 log = logging.getLogger("agentmx.serve.scheduler")
 
@@ -34,9 +34,6 @@ LEASE = 180.0               # seconds one serve holds a claimed send (SMTP's own
 PAST_GRACE = 300.0          # a scheduledAt this far in the past is taken as now
 KEEP_AFTER_DUE = 7 * 86400  # a scheduled send's attachments are kept this long after it is due
 
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def check_window(ctx, when: float) -> None:

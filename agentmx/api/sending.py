@@ -28,6 +28,7 @@ from agentmx.address import split
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
 from agentmx.store.model import SendEvent, SendRecord, SendState
+from agentmx.times import rfc3339
 
 from . import attachments, idempotency, scheduling, timeline
 from .context import Context
@@ -118,8 +119,8 @@ def describe(rec: SendRecord, events: list[SendEvent] = ()) -> dict:
     `events`, and `timeline`, each recipient's events (api/timeline.py)."""
     out = {"id": rec.id, "status": rec.state.value, "from": rec.sender, "recipients": list(rec.recipients),
            "messageId": rec.message_id or None, "queueId": rec.queue_id, "threadId": rec.thread_id,
-           "inReplyTo": rec.in_reply_to, "createdAt": scheduling.rfc3339(rec.created),
-           "scheduledAt": scheduling.rfc3339(rec.scheduled_at) if rec.scheduled_at is not None else None}
+           "inReplyTo": rec.in_reply_to, "createdAt": rfc3339(rec.created),
+           "scheduledAt": rfc3339(rec.scheduled_at) if rec.scheduled_at is not None else None}
     if rec.error:
         out["error"] = rec.error
     out["events"] = [timeline.entry(e) for e in events]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from agentmx.ops import by_recipient
-from agentmx.sendevents import rfc3339
+from agentmx.times import rfc3339
 from agentmx.store.model import SendEvent, SendRecord
 
 # What a timeline entry and an `events` item carry of the event JSON, beside type and time.
