@@ -39,6 +39,7 @@ MAX_TEXT = 1024 * 1024            # characters of any text scanned with regexes
 MAX_LINE = 1000                   # characters of a line scanned
 MAX_FIELDS = 4000                 # DSN / ARF fields read
 MAX_RECIPIENTS = 100
+MAX_FAILED_HEADERS = 10       # X-Failed-Recipients fields read (Exim writes one)
 MAX_HEADER_BLOCK = 64 * 1024      # bytes of a returned header block parsed
 
 
@@ -620,10 +621,13 @@ def _bounce(msg: Message, parts, original: Message | None, report_part: bool = F
         near = " ".join([context] + [lines[i] for i in range(index, min(index + 6, len(lines)))])
         found[addr] = (_status_of(near), _text(context or _diagnostic_near(lines, index), 1000))
 
-    for value in _all_headers(msg, "x-failed-recipients"):
+    lowered = [line.lower() for line in lines[:2000]]      # once, not once per address
+    for value in _all_headers(msg, "x-failed-recipients")[:MAX_FAILED_HEADERS]:
         for addr in _addresses_in(_text(value, 4000)):
+            if len(found) >= MAX_RECIPIENTS:
+                break
             # the status and diagnostic: near where the text names it (Exim: "SMTP error ... 550 5.1.1")
-            index = next((i for i, line in enumerate(lines[:2000]) if addr in line.lower()), len(lines))
+            index = next((i for i, line in enumerate(lowered) if addr in line), len(lines))
             add(addr, index)
     if not found and any(line[:16].lower() == "final-recipient:" for line in lines):
         # the fields of a delivery-status part, pasted into the text (Amazon WorkMail, old sendmail)
