@@ -124,13 +124,6 @@ def source_of(block) -> str:
     return "operator" if block.event_id == OPERATOR else "agent"
 
 
-def scope_of(recipient: str, routes: tuple[Route, ...]) -> str | None:
-    """The scope a block must have to cover `recipient`: the match of the route that takes it
-    (None when no route does: nothing to block for)."""
-    found = match(recipient.strip().strip("<>"), routes)
-    return found.route.match if found else None
-
-
 class Snapshot:
     """The milter's view of the file: re-read when its identity (inode, size, mtime) changes,
     looked at with one stat per check. Fails open."""
@@ -175,9 +168,7 @@ class Snapshot:
             with self._lock:
                 self._load()
                 scopes = set().union(*(self._blocks.get(k, ()) for k in keys))
-            if not scopes:
-                return None
-            scope = scope_of(recipient, self.routes)
+            scope = found.route.match if found is not None else None      # the route matched above
             return scope if scope in scopes else None
         except Exception as exc:        # a bad file or a bug here must never refuse mail
             log.warning("%s: not usable, no sender blocked: %s", self.path, exc)

@@ -7,11 +7,11 @@ import logging
 import os
 import re
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from .times import rfc3339
 from .config import DEFAULT_PATH, ConfigError, DmarcMode, MilterConfig, Service, load_config
 
 
@@ -39,10 +39,6 @@ def _store(config):
         yield store
     finally:
         store.close()
-
-
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def cmd_milter(args) -> int:
@@ -386,14 +382,14 @@ def _send_status(config, send_id: str) -> int:
         print(f"agentmx status: {exc}", file=sys.stderr)
         return 1
     print(f"{rec.id}: {rec.state} from={rec.sender} key={rec.key} queue={rec.queue_id or '-'} "
-          f"created {_utc(rec.created)}{'  ' + rec.error if rec.error else ''}")
+          f"created {rfc3339(rec.created)}{'  ' + rec.error if rec.error else ''}")
     for recipient, events in lines.items():
         print(f"  {recipient or '(no recipient named)'}:")
         for e in events:
             detail = json.loads(e.body)       # a remote server's words: no control character reaches the terminal
             said = [f"{k}={''.join(c if c.isprintable() else '?' for c in str(detail[k]))[:300]}"
                     for k in ("status", "diagnosticCode", "feedbackType") if detail.get(k)]
-            print("    " + "  ".join([_utc(e.at), f"{e.type.value:16}", *said, f"(webhook {e.state}, {e.attempts} POSTs)"]))
+            print("    " + "  ".join([rfc3339(e.at), f"{e.type.value:16}", *said, f"(webhook {e.state}, {e.attempts} POSTs)"]))
         if not events:
             print("    nothing yet")
     return 0
@@ -408,7 +404,7 @@ def cmd_status(args) -> int:
     with _store(config) as store:
         rows = store.recent_deliveries(args.limit)
     for d in rows:
-        print(f"  {_utc(d.updated)}  {d.state:9} {d.event_id}  to={d.recipient}  queue={d.queue_id or '-'}  "
+        print(f"  {rfc3339(d.updated)}  {d.state:9} {d.event_id}  to={d.recipient}  queue={d.queue_id or '-'}  "
               f"attempts={d.attempts}  status={d.status if d.status is not None else '-'}  {d.reason}")
     if not rows:
         print("  none yet")

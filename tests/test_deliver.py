@@ -308,7 +308,7 @@ def test_block_sender_blocks_the_envelope_sender_for_the_route(tmp_path, receive
 def test_a_domain_block_holds_only_mail_its_route_takes(tmp_path, receiver):
     """A block taken through the catch-all route (@agentmx.test) holds the mail that route takes,
     not mail for agent@, which has a route (another agent) of its own: that agent never saw the
-    sender's mail, and the milter's rule is the same (blocklist.scope_of; found by review)."""
+    sender's mail, and the milter's rule is the same (blocklist.Snapshot.blocked: the route that takes it; found by review)."""
     cfg = config(tmp_path, receiver.url)
     store = EmbeddedStore(tmp_path / "data")
     store.migrate()

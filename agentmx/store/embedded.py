@@ -881,11 +881,9 @@ class EmbeddedStore(Store):
     # --- suppressions --------------------------------------------------------------------------------
 
     def suppress(self, suppression: Suppression) -> bool:
-        s = suppression
+        lowered = replace(suppression, domain=suppression.domain.lower(), address=suppression.address.lower())
         with self._tx() as db:
-            return db.execute(f"INSERT OR IGNORE INTO suppressions ({_SUPPRESSION}) VALUES (?, ?, ?, ?, ?, ?)",
-                              (s.domain.lower(), s.address.lower(), s.reason.value, s.created, s.event_id,
-                               s.note)).rowcount == 1
+            return _import_suppression(db, lowered) == 1
 
     def unsuppress(self, domain: str, address: str) -> bool:
         with self._tx() as db:

@@ -108,7 +108,8 @@ def test_a_forged_token_keeps_nothing(cfg, store, rcpt, caplog):
 
 
 def test_a_report_naming_someone_the_send_did_not_go_to_is_ignored(cfg, store):
-    take(dsn(("ceo@victim.test", "failed", "5.1.1")), cfg, store)
+    out = take(dsn(("ceo@victim.test", "failed", "5.1.1")), cfg, store)
+    assert out.exit_code == EX_OK and out.reason == f"report about {SEND}: nothing kept"    # read, matched, refused
     assert store.send_events(SEND) == [] and store.suppressions() == []
 
 
@@ -124,12 +125,14 @@ def test_a_send_gone_from_the_store_keeps_nothing(cfg, store):
     other = "snd_" + "b" * 26
     out = take(dsn(("x@remote.test", "failed", "5.1.1"), envid=other), cfg, store, address(other))
     assert out.exit_code == EX_OK and f"no send {other}" in out.reason
+    assert store.send_events(SEND) == [] and store.suppressions() == []
 
 
 def test_mail_that_is_no_report_is_taken_and_kept_nowhere(cfg, store):
     raw = b"From: someone@remote.test\r\nSubject: out of office\r\n\r\nI am away.\r\n"
-    assert take(raw, cfg, store).exit_code == EX_OK
-    assert store.send_events(SEND) == []
+    out = take(raw, cfg, store)
+    assert out.exit_code == EX_OK and out.reason == f"not a delivery report (about {SEND})"
+    assert store.send_events(SEND) == [] and store.suppressions() == []
 
 
 def test_a_store_that_cannot_keep_the_events_defers_the_report(cfg, store, monkeypatch):
