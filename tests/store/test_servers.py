@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from support.postfix import alive
+
 TESTS = Path(__file__).resolve().parent.parent
 
 INNER_CONFTEST = f"""
@@ -32,17 +34,6 @@ def test_hold(pg_server, s3_server, tmp_path_factory):
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:                                       # a zombie nobody reaped yet is gone for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_servers_are_stopped_when_the_run_is_killed(tmp_path):
     (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
     (tmp_path / "test_inner.py").write_text(INNER_TEST)
@@ -58,16 +49,16 @@ def test_servers_are_stopped_when_the_run_is_killed(tmp_path):
         time.sleep(0.2)
     time.sleep(0.2)
     info = json.loads(info_path.read_text())
-    assert _alive(info["pg_pid"]) and _alive(info["weed_pid"])
+    assert alive(info["pg_pid"]) and alive(info["weed_pid"])
     assert any(os.path.exists(s) for s in info["sockets"])
     # What `timeout` does: SIGTERM to the child, then to its whole process group.
     os.kill(proc.pid, signal.SIGTERM)
     os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     deadline = time.monotonic() + 10
-    while (_alive(info["pg_pid"]) or _alive(info["weed_pid"])) and time.monotonic() < deadline:
+    while (alive(info["pg_pid"]) or alive(info["weed_pid"])) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(info["pg_pid"]), out.decode()[-3000:]
-    assert not _alive(info["weed_pid"]), out.decode()[-3000:]
+    assert not alive(info["pg_pid"]), out.decode()[-3000:]
+    assert not alive(info["weed_pid"]), out.decode()[-3000:]
     assert not os.path.exists(info["pg"]) and not os.path.exists(info["s3"])
     assert not any(os.path.exists(s) for s in info["sockets"])
