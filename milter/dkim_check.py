@@ -228,8 +228,8 @@ def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
     parse are left out: dkimpy refuses them before hashing too."""
     try:
         headers, _ = dkim.rfc822_parse(head)
-    except dkim.DKIMException:
-        return set()
+    except (dkim.DKIMException, IndexError):    # IndexError: dkimpy on a first line that is folded
+        return set()                            # the verifier meets the same error and reports it
     values = [v for n, v in headers if n.lower() == b"dkim-signature"][:MAX_SIGNATURES]
     defaults = [b"simple/simple"] * len(values)
     per_instance: dict[tuple[int, bytes], list[bytes]] = {}

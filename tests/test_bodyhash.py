@@ -96,3 +96,38 @@ def test_digests_are_final():
 def test_unknown_canonicalization_is_refused():
     with pytest.raises(ValueError):
         BodyHasher({(b"nowsp", None)})
+
+
+# --- where the body starts, and which hashes the headers ask for (dkim_check) --------------------
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"A: b", b"\r\n", b"\n", b"\r", b" c", b"\tx", b"From x"]), max_size=14).map(b"".join))
+def test_the_body_starts_where_dkimpys_parse_says(message):
+    from agentmx.milter.dkim_check import body_wants, split_message
+    head, body = split_message(message)
+    assert head + body == message
+    try:
+        _, expected = dkim.rfc822_parse(message)
+    except (dkim.MessageFormatError, IndexError):      # IndexError: dkimpy on a folded first line
+        assert body_wants(head) == set()
+        return
+    assert dkim.rfc822_parse(head)[1] == b""
+    assert dkim.rfc822_parse(b"X: y\r\n\r\n" + body)[1] == expected
+
+
+def test_body_wants_reads_c_and_l_as_the_verifier_does():
+    from agentmx.milter.dkim_check import MAX_SIGNATURES, body_wants
+    head = (b"DKIM-Signature: v=1; c=relaxed/simple; l=10; bh=x; b=y\r\n"
+            b"DKIM-Signature: v=1; c=relaxed; bh=x; b=y\r\n"            # body: simple
+            b"DKIM-Signature: v=1; bh=x; b=y\r\n"                        # simple/simple
+            b"DKIM-Signature: v=1; c=nowsp/relaxed; l=3; bh=x; b=y\r\n"  # invalid c=: never hashed
+            b"DKIM-Signature: v=1; c=relaxed/relaxed; l=-3; bh=x\r\n"    # l= refused by dkimpy
+            b"ARC-Message-Signature: i=1; a=rsa-sha256; l=7; bh=x; b=y\r\n"   # ARC: relaxed by default
+            b"ARC-Message-Signature: i=2; c=simple/simple; bh=x; b=y\r\n"
+            b"ARC-Message-Signature: i=2; c=relaxed/relaxed; l=99; bh=x; b=y\r\n"   # duplicate i=2: refused
+            b"ARC-Message-Signature: i=51; c=simple/simple; l=5; bh=x; b=y\r\n"     # past RFC 8617's 50
+            b"ARC-Seal: i=1; cv=none; b=y\r\n"                                      # no bh=: no body hash
+            b"Subject: x\r\n\r\n")
+    assert body_wants(head) == {(b"simple", 10), (b"simple", None), (b"relaxed", 7)}
+    many = b"".join(b"DKIM-Signature: v=1; c=simple/relaxed; l=%d; bh=x\r\n" % i for i in range(20)) + b"\r\n"
+    assert body_wants(many) == {(b"relaxed", i) for i in range(MAX_SIGNATURES)}
