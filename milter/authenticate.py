@@ -52,8 +52,8 @@ def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float 
     rsa = rsa_budget if rsa_budget is not None else RsaBudget()     # DKIM and ARC share it
     head, body = dkim_check.split_message(message)
     if body_digests is None:        # dkimpy reads the header block only; the body is hashed once here
-        bodies = _guard("dkim body", notes, lambda: Bodies(bodyhash.digests(body, dkim_check.body_wants(head)), body),
-                        Bodies(body=body))
+        bodies = _guard("dkim body", notes,
+                        lambda: Bodies(bodyhash.digests(body, dkim_check.body_wants(head)), body), Bodies(body=body))
     else:
         bodies = Bodies(body_digests)
     helo = _guard("spf helo", notes, lambda: spf_check.check_helo(lookups, env.client_ip, env.helo, env.receiver),

@@ -4,11 +4,10 @@ Per message: collect the envelope and the headers (raw, with their leading space
 per chunk as it comes, for the DKIM and ARC signatures the headers carry (bodyhash.py: the body is
 not kept unless rspamd reads it); at end of message remove every Authentication-Results header
 that claims our authserv-id, verify, prepend one Authentication-Results header, and answer per
-policy. Mail we send (SASL logins,
-the send API's submission service, local submission, trusted networks: signscope.py) is not
-verified (forged headers are still removed); it is DKIM-signed with its From domain's keys
-(sign.py) only when that From address is allowed for whoever submitted it, else passed unsigned
-with the reason logged.
+policy. Mail we send (SASL logins, the send API's submission service, local submission, trusted
+networks: signscope.py) is not verified (forged headers are still removed); it is DKIM-signed
+with its From domain's keys (sign.py) only when that From address is allowed for whoever
+submitted it, else passed unsigned with the reason logged.
 
 Any unexpected exception in a callback answers TEMPFAIL (4xx), never 5xx; Postfix's
 milter_default_action = tempfail covers a milter that is not running.
@@ -225,9 +224,10 @@ class AuthMilter(Milter.Base):
                            dmarc_mode=self.config.milter.dmarc, body_digests=self.hasher.digests())
         # With header_leading_space negotiated, the value carries its own leading space.
         self.addheader(AR, arheader.fold(arheader.render(self.config.authserv_id, res)), 0)
-        spam = spam_check.check(self.config.milter.rspamd_url, self.head + self.body_buf.getvalue(), spam_check.SpamEnvelope(
-            self.client_ip, self.helo_name, self.client_name, self.mail_from, tuple(self.rcpts), qid),
-            self.config.milter.rspamd_timeout) if self.config.milter.rspamd_url else None
+        spam = spam_check.check(self.config.milter.rspamd_url, self.head + self.body_buf.getvalue(),
+                                spam_check.SpamEnvelope(self.client_ip, self.helo_name, self.client_name,
+                                                        self.mail_from, tuple(self.rcpts), qid),
+                                self.config.milter.rspamd_timeout) if self.config.milter.rspamd_url else None
         if spam is not None:
             self.addheader(spamheader.HEADER, " " + spamheader.render(self.config.authserv_id, spam), 0)
 
