@@ -230,8 +230,9 @@ def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
     per_instance: dict[tuple[int, bytes], list[bytes]] = {}
     for name, value in _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in _ARC_SIGNED]):
         m = dkim.ARC.INSTANCE_RE.search(value)
-        if m and 1 <= int(m.group(1)) <= ARC_MAX_INSTANCES:
-            per_instance.setdefault((int(m.group(1)), name), []).append(value)
+        instance = int(m.group(1)[-4:]) if m and not m.group(1)[:-4].strip(b"0") else 0   # i=0...07 is 7
+        if 1 <= instance <= ARC_MAX_INSTANCES:                  # (int() refuses over 4,300 digits)
+            per_instance.setdefault((instance, name), []).append(value)
     for (_, name), found in per_instance.items():
         if len(found) == 1:
             values.append(found[0])

@@ -96,7 +96,7 @@ class AuthMilter(Milter.Base):
         self.spam_headers = 0                # incoming X-Agentmx-Spam fields: all removed
         self.head: bytes | None = None       # the header block, CRLF, from the end of the headers on
         self.hasher: BodyHasher | None = None    # the body hashes, streamed per body chunk
-        self.body_buf: io.BytesIO | None = None  # the body itself: only kept for rspamd
+        self.body_buf: io.BytesIO | None = None  # the body itself: kept for rspamd only
         self.submitter = Submitter.OUTSIDE
         self.login = ""
         self.log = QueueIdAdapter(log, {"qid": None})
@@ -174,21 +174,27 @@ class AuthMilter(Milter.Base):
     def _start_body(self) -> None:
         """At the end of the headers: the body hashes this message needs, and whether the body is
         kept. Mail we verify: the hashes its DKIM and ARC signatures' c= and l= ask for; mail we
-        sign: relaxed, ours. The body is kept only for rspamd, which reads the whole message."""
+        sign: relaxed, ours. The body is kept only for rspamd, which reads the whole message (and,
+        should reading the signatures fail, to hash it at the end as before)."""
         if self.head is not None:
             return
         self.head = _assemble(self.headers, b"")
         if self.submitter.ours:
             self.hasher = BodyHasher([(RELAXED, None)] if self.signing_keys else [])
-        else:
+            return
+        try:
             self.hasher = BodyHasher(dkim_check.body_wants(self.head))
-            if self.config.milter.rspamd_url:
-                self.body_buf = io.BytesIO()
+        except Exception:       # a bug of ours: verify as before, from the whole body at the end
+            self.log.exception("the signatures' c= and l= could not be read; the body is kept")
+            self.hasher = None
+        if self.hasher is None or self.config.milter.rspamd_url:
+            self.body_buf = io.BytesIO()
 
     @_tempfail_on_error
     def body(self, chunk):
         self._start_body()
-        self.hasher.update(chunk)
+        if self.hasher is not None:
+            self.hasher.update(chunk)
         if self.body_buf is not None:
             self.body_buf.write(chunk)
         return Milter.CONTINUE
@@ -218,13 +224,15 @@ class AuthMilter(Milter.Base):
         env = Envelope(client_ip=self.client_ip, helo=self.helo_name, mail_from=self.mail_from,
                        receiver=self.config.authserv_id)
         lookups = self.resolver.session(self.config.dns.lookup_budget)
-        res = authenticate(self.head, env, lookups, sample=self.rng.random(),
+        message = self.head if self.body_buf is None else self.head + self.body_buf.getvalue()
+        res = authenticate(message, env, lookups, sample=self.rng.random(),
                            rsa_budget=RsaBudget(self.config.milter.max_rsa_verifications),
                            arc_trusted_sealers=self.config.milter.arc_trusted_sealers,
-                           dmarc_mode=self.config.milter.dmarc, body_digests=self.hasher.digests())
+                           dmarc_mode=self.config.milter.dmarc,
+                           body_digests=self.hasher.digests() if self.hasher is not None else None)
         # With header_leading_space negotiated, the value carries its own leading space.
         self.addheader(AR, arheader.fold(arheader.render(self.config.authserv_id, res)), 0)
-        spam = spam_check.check(self.config.milter.rspamd_url, self.head + self.body_buf.getvalue(),
+        spam = spam_check.check(self.config.milter.rspamd_url, message,
                                 spam_check.SpamEnvelope(self.client_ip, self.helo_name, self.client_name,
                                                         self.mail_from, tuple(self.rcpts), qid),
                                 self.config.milter.rspamd_timeout) if self.config.milter.rspamd_url else None

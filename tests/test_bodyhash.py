@@ -127,7 +127,9 @@ def test_body_wants_reads_c_and_l_as_the_verifier_does():
             b"ARC-Message-Signature: i=2; c=relaxed/relaxed; l=99; bh=x; b=y\r\n"   # duplicate i=2: refused
             b"ARC-Message-Signature: i=51; c=simple/simple; l=5; bh=x; b=y\r\n"     # past RFC 8617's 50
             b"ARC-Seal: i=1; cv=none; b=y\r\n"                                      # no bh=: no body hash
+            b"ARC-Message-Signature: i=" + b"9" * 5000 + b"; l=4; bh=x\r\n"          # int() refuses 5,000 digits
+            b"ARC-Seal: i=00000000003; cv=pass; l=11; bh=x; b=y\r\n"                  # i=3, with a bh=
             b"Subject: x\r\n\r\n")
-    assert body_wants(head) == {(b"simple", 10), (b"simple", None), (b"relaxed", 7)}
+    assert body_wants(head) == {(b"simple", 10), (b"simple", None), (b"relaxed", 7), (b"relaxed", 11)}
     many = b"".join(b"DKIM-Signature: v=1; c=simple/relaxed; l=%d; bh=x\r\n" % i for i in range(20)) + b"\r\n"
     assert body_wants(many) == {(b"relaxed", i) for i in range(MAX_SIGNATURES)}
