@@ -14,8 +14,8 @@ from agentmx import fromheader
 from agentmx.config import DmarcMode
 from agentmx.resolver import Lookups
 
-from . import arc_override, dkim_check, dmarc_check, iprev_check, spf_check
-from .dkimcrypto import RsaBudget
+from . import arc_override, bodyhash, dkim_check, dmarc_check, iprev_check, spf_check
+from .dkimcrypto import Bodies, RsaBudget
 from .results import ArcResult, AuthResults, DkimResult, DmarcResult, IprevResult, SpfResult
 
 log = logging.getLogger("agentmx.milter.authenticate")
@@ -44,20 +44,29 @@ def from_header_values(message: bytes) -> list[str]:
 
 def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float = 0.0,
                  rsa_budget: RsaBudget | None = None, arc_trusted_sealers: tuple[str, ...] = (),
-                 dmarc_mode: DmarcMode = DmarcMode.RFC9989) -> AuthResults:
+                 dmarc_mode: DmarcMode = DmarcMode.RFC9989, body_digests: dict | None = None) -> AuthResults:
+    """`body_digests`: the body hashes the signatures need (dkim_check.body_wants), streamed by the
+    milter as the body came (bodyhash.py); `message` is then the header block alone. Without
+    them, they are computed here from the message's body, with the same hasher, in one pass."""
     notes = []
     rsa = rsa_budget if rsa_budget is not None else RsaBudget()     # DKIM and ARC share it
+    head, body = dkim_check.split_message(message)
+    if body_digests is None:        # dkimpy reads the header block only; the body is hashed once here
+        bodies = _guard("dkim body", notes,
+                        lambda: Bodies(bodyhash.digests(body, dkim_check.body_wants(head)), body), Bodies(body=body))
+    else:
+        bodies = Bodies(body_digests)
     helo = _guard("spf helo", notes, lambda: spf_check.check_helo(lookups, env.client_ip, env.helo, env.receiver),
                   SpfResult("temperror", "helo", env.helo, env.helo, "internal error"))
     mfrom = _guard("spf mailfrom", notes,
                    lambda: spf_check.check_mailfrom(lookups, env.client_ip, env.mail_from, env.helo, helo, env.receiver),
                    SpfResult("temperror", "mailfrom", "", env.mail_from, "internal error"))
-    dkim = _guard("dkim", notes, lambda: dkim_check.verify_dkim(message, lookups, rsa),
+    dkim = _guard("dkim", notes, lambda: dkim_check.verify_dkim(head, lookups, rsa, bodies),
                   (DkimResult("temperror", reason="internal error reading the signatures"),))
-    arc = _guard("arc", notes, lambda: dkim_check.verify_arc(message, lookups, rsa),
+    arc = _guard("arc", notes, lambda: dkim_check.verify_arc(head, lookups, rsa, bodies),
                  ArcResult("temperror", reason="internal error reading the ARC set"))
     dmarc = _guard("dmarc", notes,
-                   lambda: dmarc_check.evaluate(lookups, from_header_values(message), mfrom, dkim, sample,
+                   lambda: dmarc_check.evaluate(lookups, from_header_values(head), mfrom, dkim, sample,
                                                 dmarc_mode),
                    DmarcResult("temperror", reason="internal error"))
     if arc_trusted_sealers:     # a trusted forwarder's ARC chain may lift the policy (arc_override.py)

@@ -57,11 +57,11 @@ class _Verifier:
     the key record parsed and judged by dkimcrypto before any arithmetic, dkimpy's own
     canonicalization, the signature checked by OpenSSL or libsodium against the message's budget."""
 
-    def __init__(self, message: bytes, budget: RsaBudget, timeout: float):
+    def __init__(self, message: bytes, budget: RsaBudget, timeout: float, bodies: Bodies | None = None):
         super().__init__(message, logger=_dkimpy_log, timeout=timeout)
         self.rsa_budget = budget
         self._fields: Headers | None = None
-        self._bodies = Bodies(self.body)
+        self._bodies = bodies if bodies is not None else Bodies(body=self.body)
 
     @property
     def fields(self) -> Headers:
@@ -97,9 +97,11 @@ class _ARC(_Verifier, dkim.ARC):
     pass
 
 
-def verify_dkim(message: bytes, lookups: Lookups, budget: RsaBudget | None = None) -> tuple[DkimResult, ...]:
-    """One result for every DKIM-Signature header of the message, in header order."""
-    d = _DKIM(message, budget if budget is not None else RsaBudget(), lookups.timeout)
+def verify_dkim(message: bytes, lookups: Lookups, budget: RsaBudget | None = None,
+                bodies: Bodies | None = None) -> tuple[DkimResult, ...]:
+    """One result for every DKIM-Signature header of the message, in header order. With `bodies`
+    (the body hashes, streamed: body_wants), `message` may be the header block alone."""
+    d = _DKIM(message, budget if budget is not None else RsaBudget(), lookups.timeout, bodies)
     count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
     results = []
     for idx in range(count):
@@ -144,14 +146,16 @@ def _result(d: dkim.DKIM, result: str, reason: str) -> DkimResult:
     )
 
 
-def verify_arc(message: bytes, lookups: Lookups, budget: RsaBudget | None = None) -> ArcResult:
-    """The ARC chain validation status (cv) of the message: pass, fail or none."""
-    if not _ARC_ANY.search(_head(message)):
+def verify_arc(message: bytes, lookups: Lookups, budget: RsaBudget | None = None,
+               bodies: Bodies | None = None) -> ArcResult:
+    """The ARC chain validation status (cv) of the message: pass, fail or none (`bodies` as for
+    verify_dkim)."""
+    if not _ARC_ANY.search(split_message(message)[0]):
         # No ARC header at all: none, without dkimpy splitting the whole message into lines
         # again (~30 ms for a 1 MB attachment, bench/pipeline).
         return ArcResult("none")
     try:
-        a = _ARC(message, budget if budget is not None else RsaBudget(), lookups.timeout)
+        a = _ARC(message, budget if budget is not None else RsaBudget(), lookups.timeout, bodies)
         cv, results, comment = a.verify(dnsfunc=_KeyFetcher(lookups))
     except DnsTempError as exc:
         return ArcResult("temperror", reason=f"key lookup failed: {exc}")
@@ -192,10 +196,55 @@ _ARC_SEAL = re.compile(rb"^arc-seal[ \t]*:", re.I | re.M)
 _ARC_ANY = re.compile(rb"^arc-(?:seal|message-signature|authentication-results)[ \t]*:", re.I | re.M)
 
 
-def _head(message: bytes) -> bytes:
-    ends = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
-    return message[:min(ends)] if ends else message
-
-
 def _has_arc_seal(message: bytes) -> bool:
-    return bool(_ARC_SEAL.search(_head(message)))
+    return bool(_ARC_SEAL.search(split_message(message)[0]))
+
+
+# --- what the body hashes will be needed for, known at the end of the headers -------------------
+
+ARC_MAX_INSTANCES = 50      # RFC 8617 4.2.1 (dkimpy's INSTANCE_LIMIT): no ARC set beyond i=50
+_ARC_SIGNED = {b"arc-message-signature", b"arc-seal"}
+_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")    # as dkimpy reads ARC fields
+_HEADER_END = re.compile(rb"(?:\A|\r?\n)\r?\n")
+
+
+def split_message(message: bytes) -> tuple[bytes, bytes]:
+    """(header block with its blank line, body), cut where dkimpy's rfc822_parse cuts: at the
+    first empty line, whatever mix of CRLF and LF ends the lines; no blank line: no body."""
+    m = _HEADER_END.search(message)
+    return (message[:m.end()], message[m.end():]) if m else (message, b"")
+
+
+def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
+    """The (body canonicalization, l=) pairs the verification of this header block can hash the
+    body for, read as dkimpy reads them for verify_sig: the first MAX_SIGNATURES DKIM-Signature
+    fields, and the ARC-Message-Signature (and, if it names bh=, ARC-Seal) of each ARC instance
+    1 to 50 that has one only (dkimpy refuses a duplicate before any hash). Fields that do not
+    parse are left out: dkimpy refuses them before hashing too."""
+    try:
+        headers, _ = dkim.rfc822_parse(head)
+    except (dkim.DKIMException, IndexError):    # IndexError: dkimpy on a first line that is folded
+        return set()                            # the verifier meets the same error and reports it
+    values = [v for n, v in headers if n.lower() == b"dkim-signature"][:MAX_SIGNATURES]
+    defaults = [b"simple/simple"] * len(values)
+    per_instance: dict[tuple[int, bytes], list[bytes]] = {}
+    for name, value in _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in _ARC_SIGNED]):
+        m = dkim.ARC.INSTANCE_RE.search(value)
+        instance = int(m.group(1)[-4:]) if m and not m.group(1)[:-4].strip(b"0") else 0   # i=0...07 is 7
+        if 1 <= instance <= ARC_MAX_INSTANCES:                  # (int() refuses over 4,300 digits)
+            per_instance.setdefault((instance, name), []).append(value)
+    for (_, name), found in per_instance.items():
+        if len(found) == 1:
+            values.append(found[0])
+            defaults.append(b"relaxed/relaxed")
+    wants = set()
+    for value, default in zip(values, defaults):
+        try:
+            tags = dkim.util.parse_tag_value(value)
+            canon = CanonicalizationPolicy.from_c_value(tags.get(b"c", default))
+            length = int(tags[b"l"]) if b"l" in tags else None
+        except (dkim.util.InvalidTagValueList, InvalidCanonicalizationPolicyError, ValueError):
+            continue
+        if b"bh" in tags and (length is None or length >= 0):
+            wants.add((canon.body_algorithm.name, length))
+    return wants

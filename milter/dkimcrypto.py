@@ -1,5 +1,6 @@
-"""DKIM's cryptography through C libraries: key records parsed and judged by us, hashes with
-dkimpy's canonicalization, RSA through OpenSSL (`cryptography`), ed25519 through libsodium (PyNaCl).
+"""DKIM's cryptography through C libraries: key records parsed and judged by us, header hashes with
+dkimpy's header canonicalization, body hashes streamed by bodyhash.py, RSA through OpenSSL
+(`cryptography`), ed25519 through libsodium (PyNaCl).
 
 dkimpy verifies RSA with Python integers and takes any modulus of 1024 bits or more and any
 exponent: one key record with a 16,384-bit modulus and exponent costs seconds of CPU per
@@ -27,6 +28,8 @@ from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from agentmx.config import MilterConfig
+
+from . import bodyhash
 
 RSA_MIN_BITS = 1024             # RFC 8301 3.2: verifiers MUST handle 1024 to 4096 bits
 RSA_MAX_BITS = 4096
@@ -161,25 +164,27 @@ class Headers:
 
 
 class Bodies:
-    """The canonical body, made once per body canonicalization and hashed per l= (a different l=
-    on each signature must not cost a canonicalization of the whole body each time)."""
+    """The body hashes of a message's signatures, by (body canonicalization, l=): streamed by the
+    milter as the body came (bodyhash.py), or computed here from the body when one was not, with
+    the same hasher. Without the body (the milter keeps none), a hash not streamed is Refused."""
 
-    def __init__(self, body: bytes):
+    def __init__(self, digests: dict | None = None, body: bytes | None = None):
+        self.digests = dict(digests or {})
         self.body = body
-        self._canonical: dict[bytes, bytes] = {}
 
     def hash(self, canon: CanonicalizationPolicy, length: int | None = None) -> bytes:
         """SHA-256 of the canonicalized body (truncated to l= octets when given)."""
-        name = canon.body_algorithm.name
-        if name not in self._canonical:
-            self._canonical[name] = canon.canonicalize_body(self.body)
-        canonical = self._canonical[name]
-        return hashlib.sha256(canonical if length is None else canonical[:length]).digest()
+        want = (canon.body_algorithm.name, length)
+        if want not in self.digests:
+            if self.body is None:
+                raise Refused("body hash not computed for this signature (body not kept)")
+            self.digests[want] = bodyhash.digests(self.body, [want])[want]
+        return self.digests[want]
 
 
 def body_hash(body: bytes, canon: CanonicalizationPolicy, length: int | None = None) -> bytes:
     """SHA-256 of the canonicalized body (truncated to l= octets when given): the signer's use."""
-    return Bodies(body).hash(canon, length)
+    return Bodies(body=body).hash(canon, length)
 
 
 def header_digest(headers: "Headers | list", canon: CanonicalizationPolicy, include_headers,

@@ -1,12 +1,13 @@
 """The milter process: pymilter callbacks around authenticate(). The only I/O edge of inbound checks.
 
-Per message: collect the envelope, the headers (raw, with their leading space) and the body; at
-end of message remove every Authentication-Results header that claims our authserv-id, verify,
-prepend one Authentication-Results header, and answer per policy. Mail we send (SASL logins,
-the send API's submission service, local submission, trusted networks: signscope.py) is not
-verified (forged headers are still removed); it is DKIM-signed with its From domain's keys
-(sign.py) only when that From address is allowed for whoever submitted it, else passed unsigned
-with the reason logged.
+Per message: collect the envelope and the headers (raw, with their leading space); hash the body
+per chunk as it comes, for the DKIM and ARC signatures the headers carry (bodyhash.py: the body is
+not kept unless rspamd reads it); at end of message remove every Authentication-Results header
+that claims our authserv-id, verify, prepend one Authentication-Results header, and answer per
+policy. Mail we send (SASL logins, the send API's submission service, local submission, trusted
+networks: signscope.py) is not verified (forged headers are still removed); it is DKIM-signed
+with its From domain's keys (sign.py) only when that From address is allowed for whoever
+submitted it, else passed unsigned with the reason logged.
 
 Any unexpected exception in a callback answers TEMPFAIL (4xx), never 5xx; Postfix's
 milter_default_action = tempfail covers a milter that is not running.
@@ -30,8 +31,9 @@ from agentmx.authservid import claims_id
 from agentmx.config import Config
 from agentmx.resolver import Resolver
 
-from . import arheader, policy, sign, spam_check
+from . import arheader, dkim_check, policy, sign, spam_check
 from .authenticate import Envelope, authenticate, from_header_values
+from .bodyhash import RELAXED, BodyHasher
 from .dkimcrypto import RsaBudget
 from .signscope import Client, Submitter, decide, describe, submitter
 from .stats import MilterStats
@@ -92,7 +94,9 @@ class AuthMilter(Milter.Base):
         self.forged: list[int] = []          # 1-based indexes among Authentication-Results fields
         self.ar_count = 0
         self.spam_headers = 0                # incoming X-Agentmx-Spam fields: all removed
-        self.body_buf = io.BytesIO()
+        self.head: bytes | None = None       # the header block, CRLF, from the end of the headers on
+        self.hasher: BodyHasher | None = None    # the body hashes, streamed per body chunk
+        self.body_buf: io.BytesIO | None = None  # the body itself: kept for rspamd only
         self.submitter = Submitter.OUTSIDE
         self.login = ""
         self.log = QueueIdAdapter(log, {"qid": None})
@@ -163,14 +167,43 @@ class AuthMilter(Milter.Base):
         return Milter.CONTINUE
 
     @_tempfail_on_error
+    def eoh(self):
+        self._start_body()
+        return Milter.CONTINUE
+
+    def _start_body(self) -> None:
+        """At the end of the headers: the body hashes this message needs, and whether the body is
+        kept. Mail we verify: the hashes its DKIM and ARC signatures' c= and l= ask for; mail we
+        sign: relaxed, ours. The body is kept only for rspamd, which reads the whole message (and,
+        should reading the signatures fail, to hash it at the end as before)."""
+        if self.head is not None:
+            return
+        self.head = _assemble(self.headers, b"")
+        if self.submitter.ours:
+            self.hasher = BodyHasher([(RELAXED, None)] if self.signing_keys else [])
+            return
+        try:
+            self.hasher = BodyHasher(dkim_check.body_wants(self.head))
+        except Exception:       # a bug of ours: verify as before, from the whole body at the end
+            self.log.exception("the signatures' c= and l= could not be read; the body is kept")
+            self.hasher = None
+        if self.hasher is None or self.config.milter.rspamd_url:
+            self.body_buf = io.BytesIO()
+
+    @_tempfail_on_error
     def body(self, chunk):
-        self.body_buf.write(chunk)
+        self._start_body()
+        if self.hasher is not None:
+            self.hasher.update(chunk)
+        if self.body_buf is not None:
+            self.body_buf.write(chunk)
         return Milter.CONTINUE
 
     @_tempfail_on_error
     def eom(self):
         qid = self.getsymval("i") or self.log.extra.get("qid")
         self.log.extra["qid"] = qid
+        self._start_body()
         for idx in reversed(self.forged):
             self.chgheader(AR, idx, "")          # an empty value deletes the field
         if self.forged:
@@ -188,19 +221,21 @@ class AuthMilter(Milter.Base):
             return Milter.ACCEPT
 
         started = time.monotonic()
-        message = _assemble(self.headers, self.body_buf.getvalue())
         env = Envelope(client_ip=self.client_ip, helo=self.helo_name, mail_from=self.mail_from,
                        receiver=self.config.authserv_id)
         lookups = self.resolver.session(self.config.dns.lookup_budget)
+        message = self.head if self.body_buf is None else self.head + self.body_buf.getvalue()
         res = authenticate(message, env, lookups, sample=self.rng.random(),
                            rsa_budget=RsaBudget(self.config.milter.max_rsa_verifications),
                            arc_trusted_sealers=self.config.milter.arc_trusted_sealers,
-                           dmarc_mode=self.config.milter.dmarc)
+                           dmarc_mode=self.config.milter.dmarc,
+                           body_digests=self.hasher.digests() if self.hasher is not None else None)
         # With header_leading_space negotiated, the value carries its own leading space.
         self.addheader(AR, arheader.fold(arheader.render(self.config.authserv_id, res)), 0)
-        spam = spam_check.check(self.config.milter.rspamd_url, message, spam_check.SpamEnvelope(
-            self.client_ip, self.helo_name, self.client_name, self.mail_from, tuple(self.rcpts), qid),
-            self.config.milter.rspamd_timeout) if self.config.milter.rspamd_url else None
+        spam = spam_check.check(self.config.milter.rspamd_url, message,
+                                spam_check.SpamEnvelope(self.client_ip, self.helo_name, self.client_name,
+                                                        self.mail_from, tuple(self.rcpts), qid),
+                                self.config.milter.rspamd_timeout) if self.config.milter.rspamd_url else None
         if spam is not None:
             self.addheader(spamheader.HEADER, " " + spamheader.render(self.config.authserv_id, spam), 0)
 
@@ -222,15 +257,14 @@ class AuthMilter(Milter.Base):
 
     def _sign(self) -> bool:
         """Our own mail: DKIM-sign it with its From domain's keys, if its submitter may send as it."""
-        message = _assemble(self.headers, self.body_buf.getvalue())
-        decision = decide(self.submitter, self.login, from_header_values(message), self.config,
+        decision = decide(self.submitter, self.login, from_header_values(self.head), self.config,
                           self.signing_keys.keys())
         if not decision.sign:
             self.log.info("not signed: %s", decision.reason)
             return False
         domain = decision.domain
         keys = self.signing_keys[domain]
-        for value in sign.sign(message, keys):
+        for value in sign.sign(self.head, keys, body_digest=self.hasher.digests()[RELAXED, None]):
             self.addheader("DKIM-Signature", value, 0)
         self.log.info("signed d=%s s=%s: %s", domain, ",".join(k.selector for k in keys), decision.reason)
         return True

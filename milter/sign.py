@@ -38,11 +38,14 @@ def include_headers(message: bytes) -> list[bytes]:
     return out
 
 
-def sign(message: bytes, keys: list[DkimKey], now: float | None = None) -> list[str]:
-    """Header values (without the field name, with a leading space, folded with LF + tab)."""
+def sign(message: bytes, keys: list[DkimKey], now: float | None = None,
+         body_digest: bytes | None = None) -> list[str]:
+    """Header values (without the field name, with a leading space, folded with LF + tab).
+    `body_digest`: the relaxed body hash, streamed by the milter (bodyhash.py); `message` is then
+    the header block alone."""
     headers, body = dkim.rfc822_parse(message)
     include = include_headers(message)
-    bh = base64.b64encode(dkimcrypto.body_hash(body, _RELAXED))
+    bh = base64.b64encode(body_digest if body_digest is not None else dkimcrypto.body_hash(body, _RELAXED))
     t = str(int(time.time() if now is None else now)).encode()
     return [_signature(headers, include, bh, t, key) for key in keys]
 

@@ -232,6 +232,22 @@ def test_rsa_never_goes_through_python_integers(outbound_keys, zone, lookups):
     assert not boom.called
 
 
+def test_a_long_run_of_white_space_costs_linear_time(zone, lookups, keys):
+    """A relaxed signature over a body of 150,000 spaces and no line end: dkimpy's relaxed body
+    canonicalization (its regex [\\t ]+\\r\\n tried at every space of the run) took ~17 s of
+    CPU for it, quadratic in the run; the streamed hasher reads it once."""
+    zone({"rsa._domainkey.example.org": {"TXT": [keys["rsa"].txt]}})
+    head = (b"From: News <news@example.org>\r\nTo: agent@agentmx.test\r\nSubject: spaces\r\n"
+            b"Message-ID: <spaces@example.org>\r\n\r\n")
+    signed = sign(head + b" x", "example.org", "rsa", keys["rsa"])     # relaxed: the same body hash
+    raw = signed[:-2] + b" " * 150_000 + b"x"
+    cpu = time.process_time()
+    res = authenticate(raw, ENV, lookups)
+    cpu = time.process_time() - cpu
+    assert [(r.result, r.domain) for r in res.dkim] == [("pass", "example.org")]
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU for one run of white space"
+
+
 def test_loaded_key_is_kept_for_signing(tmp_path):
     path = dkimkeys.write(tmp_path, dkimkeys.generate("agents.example", "s2", "rsa"))
     key = dkimkeys.load(path, "agents.example")
