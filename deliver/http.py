@@ -18,7 +18,7 @@ from typing import Callable
 from urllib.parse import SplitResult, urlsplit
 
 MAX_ANSWER = 65536               # bytes of an answer read: what is past it is not read at all
-MAX_IDLE = 8                     # idle connections kept per endpoint (one per concurrent delivery)
+MAX_IDLE = 32                    # idle connections kept per endpoint: one per delivery thread (LMTP, worker: 32)
 IDLE_FOR = 30.0                  # seconds an idle connection is kept (an endpoint closes its own sooner or later)
 # What a kept-alive connection the endpoint closed meanwhile gives before any answer.
 _CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
