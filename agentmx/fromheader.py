@@ -356,9 +356,12 @@ def _display_name(tokens: list[tuple[str, str]]) -> str | None:
     return unsurrogate(raw).strip() or None
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
 def unsurrogate(text: str) -> str:
     """8-bit bytes kept as surrogate escapes: UTF-8 if they are, else windows-1252."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+    if text.isascii() or not _SURROGATE.search(text):      # a C scan, not a Python loop per character
         return text
     raw = text.encode("utf-8", "surrogateescape")
     try:

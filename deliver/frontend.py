@@ -13,7 +13,8 @@ Here, once for all three:
                    outcome line with the Postfix queue id on it
     Current        the configuration (loaded on first use, or reloaded when its file changes,
                    keeping the last good one when an edit is broken) and the store, made by
-                   store_factory(config) once per process
+                   store_factory(config) once per process, and a resident's kept-alive
+                   connections to the endpoints (http.Connections), once per process too
     serve_unix()   N processes on one unix socket (the residents' prefork)
 
 Only light modules at import time: the pipe process imports this once per message.
@@ -203,6 +204,8 @@ class Current:
         self._stamp = self._stat() if self.watch else None
         self._store: Any = None
         self._store_key: tuple | None = None
+        self._connections: Any = None     # a resident's kept-alive connections to the endpoints
+        self._connections_pid: int | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -255,6 +258,19 @@ class Current:
                     self._store_key = key
         return config, self._store
 
+    def post(self) -> Callable | None:
+        """A resident's POST, on connections kept alive across messages (made once per process,
+        like the store); None for the pipe: its one POST opens and closes its own."""
+        if not self.watch:
+            return None
+        if self._connections_pid != os.getpid():
+            with self._lock:
+                if self._connections_pid != os.getpid():
+                    from .http import Connections
+                    self._connections = Connections()
+                    self._connections_pid = os.getpid()
+        return self._connections.post
+
 
 # --- one message ---------------------------------------------------------------------------------
 
@@ -268,7 +284,9 @@ def run(frontend: str, receive: Callable[[], tuple[Envelope, bytes]], current: C
         queue_id = env.queue_id
         config, store = current.get()
         from .core import deliver
-        result = from_outcome(queue_id, env.recipient, deliver(raw, env, config, store=store))
+        post = current.post()
+        outcome = deliver(raw, env, config, store=store, **({"post": post} if post else {}))
+        result = from_outcome(queue_id, env.recipient, outcome)
     except Exception as exc:              # a bug of ours must keep the message: Postfix retries
         return failure(queue_id, exc, frontend, logger)
     logger.info("%s", result.line)

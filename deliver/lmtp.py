@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import syntax
+from aiosmtpd.smtp import MISSING, syntax
 
 from agentmx.config import Config
 
@@ -51,6 +51,61 @@ class _Lmtp(LMTP):
                     else value
         self.session.xforward = fields
         await self.push("250 2.0.0 Ok")
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, read in runs up to each ".<CR><LF>" instead of a line at a time: its
+        loop cost ~1 µs of Python per line (20,000 lines in a 1 MB attachment). The same
+        transaction: the end is a line holding only a dot; a dot at the start of any other line
+        is removed (RFC 5321 4.5.2); a message above data_size_limit is read to its end and
+        refused (552) as aiosmtpd does. The reader's limit (line_length_limit) bounds a run
+        here, not a line: _Lmtp sets it to the largest message it takes."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = bytearray(b"\r\n")        # a line starts here: the first line is like any other
+        limit = self.data_size_limit
+        state = None                     # or the reply for a message not taken
+        while True:
+            try:
+                # A run ending in ".<CR><LF>" (never past it: what Postfix sends next stays unread).
+                data += await self._reader.readuntil(b".\r\n")
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                # A run longer than the reader's limit (line_length_limit: here the whole
+                # message's): a message too long, or with a line too long, for another limit.
+                data += await self._reader.read(exc.consumed)
+                state = state or ("552 Error: Too much mail data" if limit and len(data) - 2 > limit
+                                  else "500 Line too long (see RFC5321 4.5.3.1.6)")
+            end = data.endswith(b"\r\n.\r\n")      # the end: a line holding only the dot
+            if state is None and limit and len(data) - 2 - 3 * end > limit:
+                state = "552 Error: Too much mail data"
+            if end:
+                break
+            if state is not None:
+                del data[:-4]            # read on to the end, keeping only what could begin it
+        if state is not None:
+            await self.push(state)
+            self._set_post_data_state()
+            return
+        del data[-3:]                    # the dot line; the CRLF before it ends the last line
+        unstuffed = data.replace(b"\r\n.", b"\r\n")
+        del data
+        content = bytes(memoryview(unstuffed)[2:])
+        del unstuffed
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
 
 class Handler:

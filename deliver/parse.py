@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import email
 import email.header
+import email.headerregistry
 import email.parser
 import email.policy
 import email.utils
@@ -30,14 +31,14 @@ MAX_PARTS = 2000          # leaves beyond this are not listed (a defect says so)
 # stdlib parser costs ~1 ms per part with policy.default, so 50 MB of tiny parts would take
 # minutes. The raw message is stored and linked either way.
 MAX_BOUNDARY_LINES = 4 * MAX_PARTS
-_BOUNDARY_LINE = re.compile(rb"(?m)^--")
 # Base64 bodies this big are lifted out of the message before the stdlib parser sees it and
 # decoded straight from the raw bytes: the parser keeps a message as text lines (one Python
 # object per 76 bytes), which made a 25 MB attachment cost ~10x its size in memory.
 LIFT_MIN = 256 * 1024
-# One line at a time, runs merged in Python: a repeated group ({64,}) made the regex engine keep
-# state per line, ~200 bytes each (117 MB for a 25 MB attachment).
-_B64_LINE = re.compile(rb"(?m)^[A-Za-z0-9+/]{1,998}={0,2}\r?\n")
+# Up to 256 lines a match, runs merged in Python: an unbounded repeated group ({64,}) made the
+# regex engine keep state per line, ~200 bytes each (117 MB for a 25 MB attachment); one line a
+# match cost a Python iteration per 76 bytes (3 ms for a 1 MB attachment).
+_B64_LINES = re.compile(rb"(?m)^(?:[A-Za-z0-9+/]{1,998}={0,2}\r?\n){1,256}")
 
 _CHARSET_ALIASES = {
     "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "cp936": "gb18030", "euc-cn": "gb18030",
@@ -125,14 +126,65 @@ def _clean(text: str, defects: list[str], where: str) -> str:
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
+# --- policy.default, each header read once per message ------------------------------------------
+# The stdlib's header registry (policy.default) parses a header again at every read, and makes a
+# new class for it each time: the parser and get_body() read each part's Content-Type ~10 times,
+# which was a third of deliver's CPU for a 4 KB message. The same classes and parse, kept.
+
+_REGISTRY = email.headerregistry.HeaderRegistry()
+# Made once at import (a class per registered name, and one for every other name): read only.
+_CLASSES = {name: _REGISTRY[name] for name in _REGISTRY.registry}
+_UNSTRUCTURED = _REGISTRY["x-any-other-name"]
+_UNSTRUCTURED_NAMES = frozenset(name for name, cls in _REGISTRY.registry.items()
+                                if issubclass(cls, email.headerregistry.UnstructuredHeader))
+
+
+class _Registry(email.headerregistry.HeaderRegistry):
+    """policy.default's header factory, with its classes made once rather than per header."""
+
+    def __getitem__(self, name: str) -> type:
+        return _CLASSES.get(name.lower(), _UNSTRUCTURED)
+
+
+_FACTORY = _Registry()
+
+
+class _OnePolicy(email.policy.EmailPolicy):
+    """policy.default for one message: a header value read again is the object read before
+    (header objects are immutable strings), not a new parse. Made per message: the memo is
+    never shared between messages, and it holds only what was read."""
+
+    def __init__(self, **kw):
+        super().__init__(header_factory=_FACTORY, **kw)
+        object.__setattr__(self, "_read", {})
+
+    def header_fetch_parse(self, name, value):
+        if hasattr(value, "name"):
+            return value
+        key = (name, value)
+        header = self._read.get(key)
+        if header is None:
+            header = self._read[key] = super().header_fetch_parse(name, value)
+        return header
+
+
+def _unstructured(name: str) -> bool:
+    """A header the registry reads as unstructured text: with no encoded word in it, its value
+    as is (get_unstructured splits it into runs of text and white space and joins them again)."""
+    name = name.lower()
+    return name not in _CLASSES or name in _UNSTRUCTURED_NAMES
+
+
 def decode_header(name: str, raw_value: str, defects: list[str]) -> str:
     # Raw 8-bit bytes arrive as surrogate escapes: the header classes decode them inside encoded
     # words with the word's charset; what is left afterwards is read as UTF-8 or windows-1252.
     value = _FOLD.sub("", raw_value).replace("\r", "").replace("\n", "")
     if "=?" not in value:
         value = _unsurrogate(value)       # plain 8-bit text: UTF-8, else windows-1252
+        if _unstructured(name):
+            return _clean(value, defects, f"header {name}")
     try:
-        text = str(email.policy.default.header_factory(name, value))
+        text = str(_FACTORY(name, value))
     except Exception:    # header classes raise on odd input (groups in DSNs, CR/LF in addresses)
         try:
             text = str(email.header.make_header(email.header.decode_header(_unsurrogate(value))))
@@ -197,7 +249,7 @@ def _lift(raw: bytes, out: Parsed) -> bytes:
     if len(raw) < LIFT_MIN:
         return raw
     runs, start, end = [], -1, -1
-    for m in _B64_LINE.finditer(raw):
+    for m in _B64_LINES.finditer(raw):
         if m.start() == end:
             end = m.end()
             continue
@@ -263,13 +315,13 @@ def _parse(raw: bytes) -> Parsed:
     raw, changed = _repair_header_block(raw)
     if changed:
         out.defects.append(f"message: {changed} header line(s) with a space before the colon repaired")
-    boundaries = len(_BOUNDARY_LINE.findall(raw))
+    boundaries = raw.startswith(b"--") + raw.count(b"\n--")     # lines that begin with "--"
     if boundaries > MAX_BOUNDARY_LINES:
         out.defects.append(f"{boundaries} MIME boundary lines (more than {MAX_BOUNDARY_LINES}): "
                            f"body not split, headers only; raw kept")
         return _headers_only(raw, out)
     try:
-        msg = email.message_from_bytes(_lift(raw, out), policy=email.policy.default)
+        msg = email.message_from_bytes(_lift(raw, out), policy=_OnePolicy())
     except Exception as exc:         # RecursionError: MIME nested thousands deep
         out.defects.append(f"message could not be parsed ({exc.__class__.__name__}): headers only; raw kept")
         return _headers_only(raw, out)
@@ -299,7 +351,7 @@ def _parse(raw: bytes) -> Parsed:
 def _headers_only(raw: bytes, out: Parsed) -> Parsed:
     """The header block alone, when the body cannot (or should not) be split into parts."""
     try:
-        msg = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
+        msg = email.parser.BytesParser(policy=_OnePolicy()).parsebytes(raw, headersonly=True)
     except Exception as exc:
         out.defects.append(f"headers could not be parsed either ({exc.__class__.__name__})")
         return out

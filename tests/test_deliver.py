@@ -286,6 +286,30 @@ def test_drop_keeps_a_blob_another_event_shares(tmp_path, receiver):
     assert store.get_blob(shared) == b"%PDF-1.4\n"
 
 
+def test_a_blob_a_drop_deleted_before_the_event_was_kept_is_put_again(tmp_path, receiver):
+    """The race: a message's attachment is put, then another event that shares it is dropped
+    (its blobs deleted: nothing refers to them yet) before this event is kept. deliver puts
+    again what is gone once its event refers to it (before issue 18: every blob again)."""
+    cfg = config(tmp_path, receiver.url, ack="control")
+    store = EmbeddedStore(tmp_path / "data")
+    receiver.answer = OK
+    first = deliver(raw(), Envelope(**{**ENV.__dict__, "queue_id": "1AAA"}), cfg, store=store)
+    assert first.state is S.DELIVERED
+
+    class DropInBetween(EmbeddedStore):
+        def put_event(self, *args, **kw):         # the drop lands between build_event and put_event
+            assert self.drop_event(first.event_id)
+            return super().put_event(*args, **kw)
+    racing = DropInBetween(tmp_path / "data")
+    other = raw().replace(b"Hello agent", b"Hello again")            # another message, the same attachment
+    out = deliver(other, Envelope(**{**ENV.__dict__, "queue_id": "2BBB"}), cfg, store=racing)
+    assert out.state is S.DELIVERED
+    event = json.loads(store.get_event(out.event_id))
+    assert store.get_blob(event["attachments"][0]["sha256"]) == b"%PDF-1.4\n"
+    assert store.get_blob(event["raw"]["sha256"]) is not None
+    assert store.get_event(first.event_id) is None
+
+
 def test_block_sender_blocks_the_envelope_sender_for_the_route(tmp_path, receiver):
     """block-sender in control mode: kept in the store with its event, written to blocks.json for
     the milter, and the next message from that sender to the route is kept aside, not POSTed."""

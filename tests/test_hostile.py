@@ -140,3 +140,42 @@ def test_large_base64_parts_are_lifted_and_decoded_from_the_raw_bytes():
     # A sender cannot name a placeholder: each message gets its own.
     forged = raw.replace(b"see the attachments", b"AGENTMXLIFTED000000000000X0")
     assert parse(forged).text.strip() == "AGENTMXLIFTED000000000000X0"
+
+
+def test_lifting_finds_the_runs_a_line_at_a_time_would():
+    """parse._lift matches up to 256 base64 lines at once (issue 18: a Python iteration per 76
+    bytes cost 3 ms a megabyte): the runs lifted are those of the one-line-a-match reading."""
+    import base64
+    import re
+
+    from agentmx.deliver import parse as p
+    one = re.compile(rb"(?m)^[A-Za-z0-9+/]{1,998}={0,2}\r?\n")
+
+    def runs_one_at_a_time(raw: bytes) -> list[tuple[int, int]]:
+        out, start, end = [], -1, -1
+        for m in one.finditer(raw):
+            if m.start() == end:
+                end = m.end()
+                continue
+            if end - start >= p.LIFT_MIN:
+                out.append((start, end))
+            start, end = m.span()
+        if end - start >= p.LIFT_MIN:
+            out.append((start, end))
+        return out
+
+    b64 = base64.encodebytes(os.urandom(400_000))
+    shapes = [
+        b"Subject: x\r\n\r\n" + b64.replace(b"\n", b"\r\n"),                                   # CRLF
+        b"Subject: x\n\n" + b64 + b"not base64 here\n" + b64[:-1],                               # LF, no final EOL
+        b"Subject: x\n\n" + b64[: p.LIFT_MIN - 3] + b"\n" + b64,                                  # one just under
+        b"Subject: x\n\n" + b64.replace(b"\n", b"\n\n", 1) + b"--b\n" + b64 + b"=\n==\nA" * 3,  # blank line, padding
+        b"Subject: x\n\n" + (b"A" * 997 + b"\n") * 600 + b"A" * 999 + b"\n" + (b"B" * 998 + b"\r\n") * 300,
+    ]
+    for raw in shapes:
+        out = p.Parsed()
+        p._lift(raw, out)
+        assert sorted(out.lifted.values()) == runs_one_at_a_time(raw)
+    # And the boundary-line count (a C count, not a regex scan): the same number.
+    for raw in [*shapes, b"--a\n--b\r\n---\n x--\n\r--\n--", b"", b"-", b"\n--\n--\n"]:
+        assert raw.startswith(b"--") + raw.count(b"\n--") == len(re.findall(rb"(?m)^--", raw))

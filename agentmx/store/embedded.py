@@ -334,6 +334,15 @@ class EmbeddedStore(Store):
             raise self._unavailable(exc) from None
         return sha
 
+    def has_blob(self, sha256: str) -> bool:
+        path = self._blob_path(sha256)
+        try:
+            return path is not None and stat.S_ISREG(os.lstat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise self._unavailable(exc) from None
+
     def _write(self, path: Path, data: bytes, now: float) -> None:
         """Atomically, the data directory owner's, 0640 (ownership.write_atomically)."""
         write_atomically(path, data, self.data_dir, mtime=now)

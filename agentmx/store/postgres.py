@@ -179,6 +179,12 @@ class PostgresStore(Store):
     def get_blob(self, sha256: str) -> bytes | None:
         return self.blobs.get(sha256)
 
+    def has_blob(self, sha256: str) -> bool:
+        try:
+            return self.blobs.client.head(self.blobs.key(sha256)) is not None
+        except ValueError:                # not a sha256 digest
+            return False
+
     def open_blob(self, sha256: str) -> Blob | None:
         return self.blobs.open(sha256)
 

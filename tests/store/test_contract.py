@@ -68,6 +68,14 @@ def test_blobs_are_content_addressed(store):
     assert store.put_blob(b"") == hashlib.sha256(b"").hexdigest() and store.get_blob(hashlib.sha256(b"").hexdigest()) == b""
 
 
+def test_has_blob_says_whether_a_blob_is_kept(store):
+    sha = store.put_blob(b"kept bytes")
+    assert store.has_blob(sha) is True
+    assert store.has_blob("0" * 64) is False
+    for bad in ("../" * 10 + "etc/passwd", "A" * 64, "0" * 63, ""):
+        assert store.has_blob(bad) is False
+
+
 def test_missing_or_malformed_blob_names_are_none(store):
     assert store.get_blob("0" * 64) is None and store.open_blob("0" * 64) is None
     for bad in ("../" * 10 + "etc/passwd", "A" * 64, "0" * 63, "", "0" * 64 + "/"):

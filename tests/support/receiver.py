@@ -33,6 +33,8 @@ class Receiver:
         self.answer: bytes | None = None       # the body to answer with (default: {"ok":true})
         self.answer_headers: dict[str, str] = {}   # more headers to answer with (x-mailkite-ack)
         self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()     # connections kept alive (HTTP/1.1) by deliver
+        self.connections = 0                        # connections accepted, ever
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +42,17 @@ class Receiver:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with receiver._lock:
+                    receiver._open.add(self.connection)
+                    receiver.connections += 1
+
+            def finish(self):
+                with receiver._lock:
+                    receiver._open.discard(self.connection)
+                super().finish()
 
             def do_POST(self):
                 length = int(self.headers.get("content-length", "0"))
@@ -86,11 +99,19 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
-        """Stop listening: connections are refused, as for an endpoint that is down."""
+        """Stop listening: connections are refused, as for an endpoint that is down, and the
+        connections kept alive are closed."""
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        with self._lock:
+            kept, self._open = self._open, set()
+        for conn in kept:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def events(self) -> list[dict]:
         import json
