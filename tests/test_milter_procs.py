@@ -176,8 +176,9 @@ def test_a_killed_process_is_replaced_and_mail_goes_on(stack, rsa, milter):
 
 
 def test_a_process_stopped_alone_leaves_the_socket_to_the_others(stack, rsa, milter):
-    """libmilter unlinks its socket path when it stops: one process stopped with SIGTERM (by hand,
-    or by libmilter giving up) must not take the socket away from the others and its successor."""
+    """One process stopped with SIGTERM is replaced, and the socket stays. (As root libmilter never
+    unlinks its socket: the defect this guards against shows as the service's non-root user, in
+    test_install.py::test_a_milter_process_stopped_alone_leaves_the_socket_to_the_others.)"""
     pf, config, sock = stack
     _mail(pf, rsa, 2)
     victim = milter.children()[0]
