@@ -134,21 +134,10 @@ def _verifying_pids(m: MilterProcess) -> set[int]:
     return {int(p) for p in re.findall(r"agentmx\.milter\[(\d+)\]: INFO \w+: spf=pass", m.log())}
 
 
-def _session_pids(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == pid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
-
-
 def test_mail_is_verified_by_both_processes_and_metrics_sums_their_counters(stack, rsa, milter):
     from agentmx.config import load_config
-    from agentmx.ops import _milter_metrics
+    from agentmx.ops import metrics
+    from agentmx.store import open_store
     pf, config, sock = stack
     children = set(milter.children())
     sent = 0
@@ -157,10 +146,15 @@ def test_mail_is_verified_by_both_processes_and_metrics_sums_their_counters(stac
         sent += 4
     assert _verifying_pids(milter) == children, milter.log()[-3000:]
     milter.stop()                                                   # each process writes its file
-    stats = load_config(config).data_dir / "stats"
+    cfg = load_config(config)
+    stats = cfg.data_dir / "stats"
     per_process = [read(path_for(stats, slot))["messages"].get("accept", 0) for slot in (0, 1)]
     assert all(per_process) and sum(per_process) >= sent
-    text = "\n".join(_milter_metrics(stats))
+    store = open_store(cfg)
+    try:
+        text = metrics(cfg, store)
+    finally:
+        store.close()
     assert f'agentmx_milter_messages_total{{action="accept"}} {sum(per_process)}' in text
 
 
@@ -194,13 +188,13 @@ def test_sigterm_stops_the_supervisor_and_every_process_promptly(stack, rsa, mil
     non-blocking listening socket it slept in accept() until the next connection, and was killed."""
     pf, config, sock = stack
     _mail(pf, rsa, 6)                 # connections: the processes that lost the accept() race are in it
-    pids = _session_pids(milter.proc.pid)
+    pids = milter.session_pids()
     assert len(pids) == 3
     started = time.monotonic()
     os.kill(milter.proc.pid, signal.SIGTERM)
     assert milter.proc.wait(30) == 0
     took = time.monotonic() - started
-    assert _session_pids(milter.proc.pid) == []                    # no process left, no zombie
+    assert milter.session_pids() == []                    # no process left, no zombie
     assert not sock.exists()
     log = milter.log()
     assert log.count("exited with status 0") == 2 and "SIGKILL" not in log, log[-2000:]
