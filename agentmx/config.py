@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class MilterConfig:
     max_rsa_verifications: int = 20   # per message, DKIM and ARC together (milter/dkimcrypto.py)
     arc_trusted_sealers: tuple[str, ...] = ()   # ARC sealers whose chain may lift a DMARC policy (milter/arc_override.py)
     dmarc: DmarcMode = DmarcMode.RFC9989
+    processes: int = 1             # milter processes on the one socket (milter/procs.py); the file's default: default_processes()
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -366,6 +368,22 @@ def _positive_number(v: Any) -> float:
 
 def _positive_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError()
+    return v
+
+
+MAX_MILTER_PROCESSES = 64
+
+
+def default_processes() -> int:
+    """[milter] processes when the file says nothing: the CPUs this process may run on, at least 2
+    (a big message then never holds up the others behind one GIL, even on one CPU) and at most 4
+    (each process costs its own memory, DNS cache and big-message buffers). docs/decisions.md."""
+    return max(2, min(len(os.sched_getaffinity(0)), 4))
+
+
+def _milter_processes(v: Any) -> int:
+    if _positive_int(v) > MAX_MILTER_PROCESSES:
         raise ValueError()
     return v
 
@@ -754,6 +772,7 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
                                     "a whole number > 0"),
         arc_trusted_sealers=m.get("arc_trusted_sealers", (), _sealers, 'a list of domains like "lists.example.org"'),
         dmarc=m.get("dmarc", MilterConfig.dmarc, DmarcMode, " or ".join(f'"{d}"' for d in DmarcMode)),
+        processes=m.get("processes", default_processes(), _milter_processes, f"a whole number from 1 to {MAX_MILTER_PROCESSES}"),
     )
     policy_sec.finish()
     m.finish()

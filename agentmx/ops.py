@@ -132,13 +132,14 @@ def metrics(config: Config, store: Store, status_posts: dict | None = None) -> s
                   "to routes, by outcome.", "# TYPE agentmx_status_posts_total counter"]
         lines += [f'agentmx_status_posts_total{{outcome="{o}"}} {status_posts.get(o, 0)}'
                   for o in ("delivered", "refused", "retry", "failed", "kept")]
-    lines += _milter_metrics(Path(config.data_dir) / "stats" / "milter.json")
+    lines += _milter_metrics(Path(config.data_dir) / "stats")
     return "\n".join(lines) + "\n"
 
 
-def _milter_metrics(path: Path) -> list[str]:
-    from agentmx.milter.stats import LATENCY_BUCKETS_MS, read
-    data = read(path)
+def _milter_metrics(stats_dir: Path) -> list[str]:
+    """The counters of every milter process, summed (milter/stats.py)."""
+    from agentmx.milter.stats import LATENCY_BUCKETS_MS, total
+    data = total(stats_dir)
     if not data:
         return []
     lines = ["# HELP agentmx_milter_messages_total Messages the milter answered, by what it did.",

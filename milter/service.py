@@ -25,18 +25,19 @@ import time
 from pathlib import Path
 
 import Milter
+import milter as libmilter
 
 from agentmx import blocklist, spamheader
 from agentmx.authservid import claims_id
 from agentmx.config import Config
 from agentmx.resolver import Resolver
 
-from . import arheader, dkim_check, policy, sign, spam_check
+from . import arheader, dkim_check, policy, procs, sign, spam_check
 from .authenticate import Envelope, authenticate, from_header_values
 from .bodyhash import RELAXED, BodyHasher
 from .dkimcrypto import RsaBudget
 from .signscope import Client, Submitter, decide, describe, submitter
-from .stats import MilterStats
+from .stats import MilterStats, path_for
 
 log = logging.getLogger("agentmx.milter")
 
@@ -305,24 +306,48 @@ def signing_keys(config: Config) -> dict[str, list]:
 
 
 def run(config: Config) -> None:
-    """Serve on the configured unix socket until stopped."""
+    """Serve on the configured unix socket until stopped: in this process ([milter] processes = 1),
+    else in that many children of this one (milter/procs.py), each with its own resolver (and so
+    its own DNS cache), random numbers, counters file and block list."""
     sock = config.milter.socket
     sock.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        sock.unlink()                        # a stale socket from a previous run
-    except FileNotFoundError:
-        pass
-    resolver = Resolver.from_config(config.dns)
-    rng = random.Random()
-    keys = signing_keys(config)
-    stats = MilterStats(Path(config.data_dir) / "stats" / "milter.json")
-    blocks = blocklist.Snapshot(blocklist.path_in(config.data_dir), config.routes)
-    Milter.factory = lambda: AuthMilter(config, resolver, rng, keys, stats, blocks)
+    keys = signing_keys(config)              # once, before any fork: a bad key stops the start
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     os.umask(0o777 & ~config.milter.socket_mode)
-    log.info("listening on unix:%s (authserv-id %s)", sock, config.authserv_id)
+    n = config.milter.processes
+    if n == 1:
+        try:
+            sock.unlink()                    # a stale socket from a previous run
+        except FileNotFoundError:
+            pass
+        log.info("listening on unix:%s (authserv-id %s)", sock, config.authserv_id)
+        _serve(config, keys, f"unix:{sock}", 0)
+        log.info("stopped")
+        return
+
+    def open_socket(path: str) -> None:          # what Milter.runmilter does before smfi_main
+        libmilter.setconn(f"unix:{path}")
+        libmilter.register("agentmx")
+        libmilter.opensocket(True)
+
+    tmp, ident = procs.bind(sock, open_socket)
+    conn = f"unix:{tmp}"                     # the children's runmilter finds it open already
+    log.info("listening on unix:%s with %d processes (authserv-id %s)", sock, n, config.authserv_id)
     try:
-        Milter.runmilter("agentmx", f"unix:{sock}", config.milter.timeout)
+        procs.supervise(n, lambda slot: _serve(config, keys, conn, slot))
+    finally:
+        procs.unbind(sock, ident)
+    log.info("stopped")
+
+
+def _serve(config: Config, keys: dict[str, list], conn: str, slot: int) -> None:
+    """One milter process's accept loop (libmilter's threads), with its own per-process state."""
+    resolver = Resolver.from_config(config.dns)
+    rng = random.Random()                    # seeded here, after the fork: each process its own
+    stats = MilterStats(path_for(Path(config.data_dir) / "stats", slot))
+    blocks = blocklist.Snapshot(blocklist.path_in(config.data_dir), config.routes)
+    Milter.factory = lambda: AuthMilter(config, resolver, rng, keys, stats, blocks)
+    try:
+        Milter.runmilter("agentmx", conn, config.milter.timeout)
     finally:
         stats.flush()
-    log.info("stopped")

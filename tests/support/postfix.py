@@ -317,6 +317,30 @@ class MilterProcess:
             return ""
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system, every thread) the milter process has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time (user + system, every thread) the milter has used so far: with [milter] processes
+        > 1, its supervisor and every milter process, those still running and those it reaped."""
+        ticks = 0
+        for pid, fields in self._session():
+            ticks += int(fields[11]) + int(fields[12])
+            if pid == self.proc.pid:
+                ticks += int(fields[13]) + int(fields[14])        # children it reaped
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def session_pids(self) -> list[int]:
+        """Every process of its session still running (not a zombie): the milter and its children."""
+        return [pid for pid, fields in self._session() if fields[0] != "Z"]
+
+    def _session(self):
+        """(pid, /proc/<pid>/stat fields after the command) of each process in its session."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue                                 # gone meanwhile
+            if int(fields[3]) == self.proc.pid:          # start_new_session: its pid is the session's
+                yield int(stat.parent.name), fields
+
+    def children(self) -> list[int]:
+        """The pids of the milter processes under the supervisor (none with processes = 1)."""
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()]
