@@ -334,10 +334,17 @@ def run(config: Config) -> None:
     conn = f"unix:{tmp}"                     # the children's runmilter finds it open already
     log.info("listening on unix:%s with %d processes (authserv-id %s)", sock, n, config.authserv_id)
     try:
-        procs.supervise(n, lambda slot: _serve(config, keys, conn, slot))
+        procs.supervise(n, lambda slot: _serve(config, keys, conn, slot), wake=lambda: _knock(sock))
     finally:
         procs.unbind(sock, ident)
     log.info("stopped")
+
+
+def _knock(sock: Path) -> None:
+    """A connection to the milter socket, closed at once: wakes the processes' accept loops."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        s.connect(str(sock))
 
 
 def _serve(config: Config, keys: dict[str, list], conn: str, slot: int) -> None:
