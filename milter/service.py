@@ -65,6 +65,24 @@ def _tempfail_on_error(callback):
     return wrapper
 
 
+def _tempfail_at_eom(callback):
+    """For the callbacks Postfix does not wait on (header, eoh, body: @Milter.noreply, no reply a
+    header, which saves a round trip per header field): a bug of ours is logged and the message
+    answered TEMPFAIL at its end (eom), never a 5xx; the rest of the message is not looked at."""
+    @functools.wraps(callback)
+    def wrapper(self, *args):
+        if self.broken:
+            return Milter.CONTINUE
+        try:
+            return callback(self, *args)
+        except Exception:
+            self.log.exception("internal error in %s; answering tempfail at the end of the message",
+                               callback.__name__)
+            self.broken = callback.__name__
+            return Milter.CONTINUE
+    return wrapper
+
+
 @Milter.header_leading_space
 class AuthMilter(Milter.Base):
     """One instance per SMTP connection (pymilter's factory); never shared between threads."""
@@ -100,6 +118,7 @@ class AuthMilter(Milter.Base):
         self.body_buf: io.BytesIO | None = None  # the body itself: kept for rspamd only
         self.submitter = Submitter.OUTSIDE
         self.login = ""
+        self.broken = ""                     # the callback a bug of ours broke: tempfail at eom
         self.log = QueueIdAdapter(log, {"qid": None})
 
     # --- SMTP stages ----------------------------------------------------------------------------
@@ -150,8 +169,17 @@ class AuthMilter(Milter.Base):
         self.rcpt_domains.append(rcpt.rpartition("@")[2].lower())
         return Milter.CONTINUE
 
+    @Milter.nocallback
+    def data(self):
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def unknown(self, cmd):
+        return Milter.CONTINUE
+
+    @Milter.noreply
     @Milter.decode("bytes")
-    @_tempfail_on_error
+    @_tempfail_at_eom
     def header(self, name, value):
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
@@ -167,7 +195,8 @@ class AuthMilter(Milter.Base):
         self.headers.append(name.encode("ascii", "replace") + b":" + value)
         return Milter.CONTINUE
 
-    @_tempfail_on_error
+    @Milter.noreply
+    @_tempfail_at_eom
     def eoh(self):
         self._start_body()
         return Milter.CONTINUE
@@ -191,7 +220,8 @@ class AuthMilter(Milter.Base):
         if self.hasher is None or self.config.milter.rspamd_url:
             self.body_buf = io.BytesIO()
 
-    @_tempfail_on_error
+    @Milter.noreply
+    @_tempfail_at_eom
     def body(self, chunk):
         self._start_body()
         if self.hasher is not None:
@@ -204,6 +234,8 @@ class AuthMilter(Milter.Base):
     def eom(self):
         qid = self.getsymval("i") or self.log.extra.get("qid")
         self.log.extra["qid"] = qid
+        if self.broken:
+            raise RuntimeError(f"{self.broken} failed on this message (logged above)")
         self._start_body()
         for idx in reversed(self.forged):
             self.chgheader(AR, idx, "")          # an empty value deletes the field

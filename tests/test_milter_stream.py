@@ -46,6 +46,7 @@ class Recorded(service.AuthMilter):
 
     def __init__(self, *args):
         super().__init__(*args)
+        self._setctx(None)          # what libmilter's connect does first: no protocol options
         self.added: list[tuple[str, str]] = []
 
     def getsymval(self, name):
@@ -109,3 +110,27 @@ def test_if_the_signatures_cannot_be_read_the_body_is_kept_and_verified_at_the_e
     ar = run(m, signed(key, "Hello  there\n\n", b"relaxed", False), [5, 9])
     assert "dkim=pass" in ar
     assert "the body is kept" in caplog.text and m.body_buf is not None
+
+
+def test_a_bug_in_a_callback_postfix_does_not_wait_on_is_a_tempfail_at_the_end(sender_zone, dns_server, key,
+                                                                                monkeypatch, caplog):
+    """header, eoh and body send no reply (@Milter.noreply: one round trip less per header field):
+    a bug of ours there is logged once and answered 451 at the end of the message, never a 5xx."""
+    m = Recorded(config(dns_server.port), Resolver(dns_server.servers, timeout=1.0), random.Random(1))
+    replies = []
+    m.setreply = lambda *args: replies.append(args)
+    monkeypatch.setattr(service, "claims_id", lambda *a: 1 / 0)
+    raw = b"Authentication-Results: mx.agentmx.test; spf=pass\r\n" + signed(key, "Hi\n", b"relaxed", False)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    m.connect("mail.sender.test", 2, ("192.0.2.10", 40000))
+    m.envfrom("<alice@sender.test>")
+    for field in head.split(b"\r\n"):
+        name, _, value = field.partition(b":")
+        assert m.header(name, value) == Milter.CONTINUE
+    assert m.eoh() == Milter.CONTINUE and m.body(body) == Milter.CONTINUE
+    assert m.eom() == Milter.TEMPFAIL
+    assert replies == [("451", "4.3.0", "Temporary local problem, try again later")]
+    assert caplog.text.count("ZeroDivisionError") >= 1 and "in header" in caplog.text
+    assert not m.added, "nothing was added to a message we did not check"
+    assert service.AuthMilter.protocol_mask() & Milter.P_NR_HDR == 0, "header asks for no reply"
+    assert service.AuthMilter.protocol_mask() & Milter.P_NODATA == 0, "the DATA callback is not asked for"
