@@ -154,6 +154,9 @@ def verify_arc(message: bytes, lookups: Lookups, budget: RsaBudget | None = None
         # No ARC header at all: none, without dkimpy splitting the whole message into lines
         # again (~30 ms for a 1 MB attachment, bench/pipeline).
         return ArcResult("none")
+    if _past_the_limit(split_message(message)[0]):
+        # fail on every path: the milter streams no body hash for such a set, a whole message would
+        return ArcResult("fail", reason=f"an ARC set beyond i={ARC_MAX_INSTANCES} (RFC 8617 4.2.1)")
     try:
         a = _ARC(message, budget if budget is not None else RsaBudget(), lookups.timeout, bodies)
         cv, results, comment = a.verify(dnsfunc=_KeyFetcher(lookups))
@@ -215,6 +218,26 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
     return (message[:m.end()], message[m.end():]) if m else (message, b"")
 
 
+def _instance(value: bytes) -> int:
+    """The i= of an ARC field's (relaxed) value as dkimpy reads it: i=0...07 is 7; 0 when there is
+    none, and past 4 digits (int() refuses over 4,300 of them) a number over the limit."""
+    m = dkim.ARC.INSTANCE_RE.search(value)
+    if not m:
+        return 0
+    return int(m.group(1)[-4:]) if not m.group(1)[:-4].strip(b"0") else ARC_MAX_INSTANCES + 1
+
+
+def _past_the_limit(head: bytes) -> bool:
+    """Whether an ARC field names an instance over i=50 (RFC 8617 4.2.1), which dkimpy verifies
+    anyway (its limit is for sealing only)."""
+    try:
+        headers, _ = dkim.rfc822_parse(head)
+    except (dkim.DKIMException, IndexError):
+        return False                             # the verifier meets the same error and reports it
+    arc = [h for h in headers if h[0].lower() in _ARC_SIGNED]
+    return any(_instance(v) > ARC_MAX_INSTANCES for _, v in _RELAXED.canonicalize_headers(arc))
+
+
 def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
     """The (body canonicalization, l=) pairs the verification of this header block can hash the
     body for, read as dkimpy reads them for verify_sig: the first MAX_SIGNATURES DKIM-Signature
@@ -229,9 +252,8 @@ def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
     defaults = [b"simple/simple"] * len(values)
     per_instance: dict[tuple[int, bytes], list[bytes]] = {}
     for name, value in _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in _ARC_SIGNED]):
-        m = dkim.ARC.INSTANCE_RE.search(value)
-        instance = int(m.group(1)[-4:]) if m and not m.group(1)[:-4].strip(b"0") else 0   # i=0...07 is 7
-        if 1 <= instance <= ARC_MAX_INSTANCES:                  # (int() refuses over 4,300 digits)
+        instance = _instance(value)
+        if 1 <= instance <= ARC_MAX_INSTANCES:
             per_instance.setdefault((instance, name), []).append(value)
     for (_, name), found in per_instance.items():
         if len(found) == 1:

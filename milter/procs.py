@@ -48,7 +48,12 @@ def restart_delay(young_deaths: int) -> float:
 
 def describe(status: int) -> str:
     if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:               # a real-time signal: Python names only SIGRTMIN and SIGRTMAX
+            name = f"signal {number}"
+        return f"was killed by {name}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 

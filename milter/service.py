@@ -366,14 +366,18 @@ def run(config: Config) -> None:
     conn = f"unix:{tmp}"                     # the children's runmilter finds it open already
     log.info("listening on unix:%s with %d processes (authserv-id %s)", sock, n, config.authserv_id)
     try:
-        procs.supervise(n, lambda slot: _serve(config, keys, conn, slot), wake=lambda: _knock(sock))
+        procs.supervise(n, lambda slot: _serve(config, keys, conn, slot), wake=lambda: _knock(sock, ident))
     finally:
         procs.unbind(sock, ident)
     log.info("stopped")
 
 
-def _knock(sock: Path) -> None:
-    """A connection to the milter socket, closed at once: wakes the processes' accept loops."""
+def _knock(sock: Path, ident: tuple[int, int]) -> None:
+    """A connection to the milter socket, closed at once: wakes the processes' accept loops. Only
+    while the path is still our socket (not a newer milter's, renamed onto it since)."""
+    st = os.stat(sock)
+    if (st.st_dev, st.st_ino) != ident:
+        return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         s.connect(str(sock))

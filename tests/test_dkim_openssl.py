@@ -115,6 +115,20 @@ def arc_seal(raw: bytes, key: RsaKey, selector: str = "arc") -> bytes:
     return b"".join(dkim.arc_sign(raw, selector.encode(), b"example.net", key.private, b"lists.example.net")) + raw
 
 
+def test_an_arc_set_beyond_i_50_fails_on_every_path(zone, resolver, keys):
+    """RFC 8617 4.2.1: no ARC set beyond i=50. dkimpy verifies one anyway (its limit is for
+    sealing); the milter, which streams body hashes for i=1..50 only, said fail with a misleading
+    reason while a whole message (`agentmx auth`) could verify: both now fail, saying why."""
+    zone({"arc._domainkey.example.net": {"TXT": [keys["arc"].txt]}})
+    raw = arc_seal(message("News <news@example.org>", "agent@agentmx.test"), keys["arc"])
+    assert verify_arc(raw, resolver.session(20)).result == "pass"
+    head, body = raw.split(b"\r\n\r\n", 1)
+    past = re.sub(rb"(?m)^(ARC-[A-Za-z-]+: ?i=)1;", rb"\g<1>51;", head) + b"\r\n\r\n" + body
+    assert past.count(b"i=51;") == 3
+    res = verify_arc(past, resolver.session(20))
+    assert (res.result, res.reason) == ("fail", "an ARC set beyond i=50 (RFC 8617 4.2.1)")
+
+
 def test_an_arc_set_with_a_refused_key_fails_with_the_reason(zone, resolver, keys):
     raw = arc_seal(message("News <news@example.org>", "agent@agentmx.test"), keys["arc"])
     zone({"arc._domainkey.example.net": {"TXT": [keys["arc"].txt]}})

@@ -54,6 +54,15 @@ def test_a_slot_dying_young_waits_longer_each_time_up_to_a_bound():
 
 
 @pytest.mark.unit
+def test_a_child_killed_by_any_signal_is_described_not_a_crash_of_the_supervisor():
+    """A real-time signal has no name in Python's signal.Signals: describing such a death raised
+    ValueError out of the supervisor's loop, which then stopped every process (found by review)."""
+    assert procs.describe(signal.SIGKILL) == "was killed by SIGKILL"
+    assert procs.describe(35) == "was killed by signal 35"
+    assert procs.describe(3 << 8) == "exited with status 3"
+
+
+@pytest.mark.unit
 def test_counters_are_summed_over_the_processes_files(tmp_path):
     a, b = MilterStats(path_for(tmp_path, 0), interval=0), MilterStats(path_for(tmp_path, 1), interval=0)
     a.count("accept", {"spf": "pass"}, 3.0)
