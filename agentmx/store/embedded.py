@@ -80,14 +80,23 @@ class _Turns:
             me = threading.Lock()
             me.acquire()
             self._waiting.append(me)
-        if me.acquire(timeout=timeout):
-            return True                   # handed over by release()
+        try:
+            if me.acquire(timeout=timeout):
+                return True               # handed over by release()
+        except BaseException:             # interrupted (KeyboardInterrupt): no longer waiting
+            if not self._withdraw(me):
+                self.release()            # handed over meanwhile: passed on
+            raise
+        return not self._withdraw(me)     # (handed over between the timeout and here: ours)
+
+    def _withdraw(self, me: threading.Lock) -> bool:
+        """Leave the queue; False if the turn was handed to `me` already."""
         with self._mutex:
             try:
                 self._waiting.remove(me)
-            except ValueError:            # handed over between the timeout and here: ours
-                return True
-            return False
+            except ValueError:
+                return False
+            return True
 
     def release(self) -> None:
         with self._mutex:

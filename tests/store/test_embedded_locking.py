@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 import time
 
-from agentmx.store import embedded
+import pytest
+
+from agentmx.store import StoreUnavailable, embedded
 from agentmx.store.embedded import EmbeddedStore
 
 
@@ -50,3 +52,33 @@ def test_a_writer_gets_its_turn_among_a_stream_of_others(tmp_path, monkeypatch):
         store.close()
     assert not errors, errors
     assert max(waits) < 1.0, waits                  # ~6 x 5 ms in turn; it was the whole busy timeout
+
+
+def test_a_writer_behind_a_stuck_one_gives_up_at_the_busy_timeout(tmp_path, monkeypatch):
+    """Waiting for a turn is bounded like SQLite's own wait: a write behind one that does not end
+    is StoreUnavailable after the busy timeout (the delivery deferred, not hung), and the turns
+    go on once the stuck one ends."""
+    monkeypatch.setattr(embedded, "BUSY_TIMEOUT", 0.3)
+    store = EmbeddedStore(tmp_path / "data")
+    store.migrate()
+    inside, finish = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with store._tx():
+            inside.set()
+            finish.wait(10)
+
+    t = threading.Thread(target=stuck, daemon=True)
+    t.start()
+    try:
+        assert inside.wait(10)
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            store.put_transcript("msg_1", {})
+        assert 0.25 < time.monotonic() - t0 < 2.0
+    finally:
+        finish.set()
+        t.join(10)
+    store.put_transcript("msg_1", {"after": True})
+    assert store.get_transcript("msg_1") == {"after": True}
+    store.close()
