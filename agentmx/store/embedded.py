@@ -5,8 +5,12 @@
 
 One connection per thread (serve calls from a thread pool, deliver from one thread, the LMTP
 front-end from a pool), opened on first use; every method one short transaction, BEGIN IMMEDIATE
-where it writes. A process that forks gets new connections in the child; the parent's are left
-alone there, never closed (their locks belong to the parent).
+where it writes. A process's writers take turns in the order they came (_Turns) before SQLite's
+write lock: SQLite's own wait (the busy timeout) polls with sleeps growing to 100 ms, so among
+many writers one that has waited long checks least often and every newcomer passes it (seen:
+`agentmx worker`'s threads under load, a few writes a run waiting out all 20 s). A process that
+forks gets new connections in the child; the parent's are left alone there, never closed (their
+locks belong to the parent).
 
 Lessons kept from the per-file stores of earlier versions:
 - The database file is created 0640 and the data directory owner's BEFORE SQLite opens it (SQLite
@@ -21,6 +25,7 @@ Nothing in a path comes from a message: only hex digests.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import json
@@ -58,6 +63,49 @@ _INBOX_COLUMNS = ("e.seq, e.id, e.address, e.recipient, e.sender, e.subject, e.t
                   "e.read")
 
 
+class _Turns:
+    """A lock that threads get in the order they asked for it (threading.Lock promises no
+    order), handed from one to the next on release; each waits at most `timeout`."""
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        self._waiting: collections.deque[threading.Lock] = collections.deque()
+        self._held = False
+
+    def acquire(self, timeout: float) -> bool:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            me = threading.Lock()
+            me.acquire()
+            self._waiting.append(me)
+        try:
+            if me.acquire(timeout=timeout):
+                return True               # handed over by release()
+        except BaseException:             # interrupted (KeyboardInterrupt): no longer waiting
+            if not self._withdraw(me):
+                self.release()            # handed over meanwhile: passed on
+            raise
+        return not self._withdraw(me)     # (handed over between the timeout and here: ours)
+
+    def _withdraw(self, me: threading.Lock) -> bool:
+        """Leave the queue; False if the turn was handed to `me` already."""
+        with self._mutex:
+            try:
+                self._waiting.remove(me)
+            except ValueError:
+                return False
+            return True
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiting:
+                self._waiting.popleft().release()
+            else:
+                self._held = False
+
+
 class EmbeddedStore(Store):
     def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time):
         self.data_dir = Path(data_dir)
@@ -65,6 +113,7 @@ class EmbeddedStore(Store):
         self.blobs = self.data_dir / "blobs"
         self.clock = clock
         self._lock = threading.Lock()
+        self._turns = _Turns()            # this process's writers, in turn (see the module's doc)
         self._local = threading.local()
         self._conns: dict[threading.Thread, sqlite3.Connection] = {}
         self._abandoned: list[sqlite3.Connection] = []     # a parent's, inherited by a fork: never closed
@@ -112,7 +161,7 @@ class EmbeddedStore(Store):
         """In a forked child: the parent's connections (and lock) are not ours. They are kept,
         never closed: closing would release locks that are the parent's business."""
         if self._pid != os.getpid():
-            self._lock = threading.Lock()
+            self._lock, self._turns = threading.Lock(), _Turns()
             self._abandoned += self._conns.values()
             self._conns, self._local, self._pid = {}, threading.local(), os.getpid()
 
@@ -170,8 +219,13 @@ class EmbeddedStore(Store):
 
     @contextmanager
     def _tx(self, write: bool = True):
-        """One transaction (BEGIN IMMEDIATE to write); errors of the database become StoreUnavailable."""
+        """One transaction (BEGIN IMMEDIATE to write, after this process's earlier writers); errors
+        of the database become StoreUnavailable."""
         db = self._db()
+        turn = write and not db.in_transaction     # (a nested one fails at BEGIN, as it always did)
+        if turn and not self._turns.acquire(BUSY_TIMEOUT):
+            raise StoreUnavailable(f"data directory {self.data_dir}: database is locked (waited {BUSY_TIMEOUT:g} s "
+                                   "behind this process's other writers)")
         try:
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -183,6 +237,9 @@ class EmbeddedStore(Store):
                 raise
         except (sqlite3.Error, OSError) as exc:
             raise self._unavailable(exc) from None
+        finally:
+            if turn:
+                self._turns.release()
 
     def _one(self, sql: str, args: tuple = ()):
         try:
