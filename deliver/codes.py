@@ -20,12 +20,32 @@ text's first 20,000; every pattern runs in linear time (no nested quantifiers th
 """
 from __future__ import annotations
 
+import functools
 import re
+from typing import Callable
 
 SUBJECT_MAX = 1_000
 TEXT_MAX = 20_000
 MAX_CODES = 10
 _THRESHOLD = 5.0
+
+
+class _Lazy:
+    """A pattern compiled at its first use, not at import. The pipe program (`agentmx deliver`, a
+    process per message) imports this module for every message, and compiling these took ~5.5 ms
+    of its start-up (python -X importtime; _LABEL alone ~3 ms); a message without a code-shaped
+    number (most mail) never needs the labels, the scores or the penalties."""
+    __slots__ = ("_args", "_compiled")
+
+    def __init__(self, *args):
+        self._args = args
+        self._compiled = None
+
+    def __getattr__(self, name: str):
+        if self._compiled is None:         # two threads may both compile: the same pattern
+            self._compiled = re.compile(*self._args)
+        return getattr(self._compiled, name)
+
 
 # Not codes, masked before anything else: links, addresses, IPv4 addresses, IBANs, dates, times,
 # amounts with a currency sign, versions (1.2.3), numbers with decimals or thousands separators.
@@ -109,11 +129,11 @@ _WEAK = (r"verify|verification|confirm|confirmation|activate|sign[- ]?in|log[- ]
          r"authenticate|bestätigen|anmelden|anmeldung|confirmer|connexion|confirmar|iniciar\s+sesión|"
          r"acceder|accedere|inloggen|bevestigen|ログイン|登录|認証|验证")
 # The fixed word start and first letter up front let the regex engine skip positions quickly.
-_LABEL = re.compile(
+_LABEL = _Lazy(
     rf"(?<![^\W\d_])(?=[^\W\d_#°º〒])(?:(?P<d>(?:{_D})(?![^\W\d_]))|(?P<c>(?:{_C})(?![^\W\d_]))"
     rf"|(?P<w>(?:{_WEAK})(?![^\W\d_])))", re.I)
-_LABEL_CJK = re.compile(rf"(?P<d>{_D_CJK})|(?P<c>{_C_CJK})")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uff00-\uffef]")
+_LABEL_CJK = _Lazy(rf"(?P<d>{_D_CJK})|(?P<c>{_C_CJK})")
+_CJK = _Lazy(r"[\u3040-\u30ff\u3400-\u9fff\uff00-\uffef]")
 
 # A label binds the run right after it across at most this many characters.
 _BIND_OTHER = 30
@@ -121,11 +141,11 @@ _BIND_CODE = 60
 # How far from a number its labels are sought (the longest reach below, and a label's length).
 _LOOK_BACK, _LOOK_AHEAD = 200, 80
 # Between a code word and its code: "is", ":", "lautet", "est", "は", "为" ...
-_CONNECTOR = re.compile(r"(?:\b(?:is|are|was|lautet|ist|est|es|é|è|ni|estas)\b|[:：=为是は])[\s*_\"'«»“”「」【】]*$",
+_CONNECTOR = _Lazy(r"(?:\b(?:is|are|was|lautet|ist|est|es|é|è|ni|estas)\b|[:：=为是は])[\s*_\"'«»“”「」【】]*$",
                         re.I)
-_SENTENCE_END = re.compile(r"[.!?](?:\s+[A-Z\u00C0-\u00DD]|\s*$)|[。！？]")
+_SENTENCE_END = _Lazy(r"[.!?](?:\s+[A-Z\u00C0-\u00DD]|\s*$)|[。！？]")
 # A quantity or an amount after the number: "1200 subscribers", "2500 USD", "3,980円".
-_UNIT_AFTER = re.compile(
+_UNIT_AFTER = _Lazy(
     r"\s?(?:[%€$£¥円元件名人個分日年月次]|(?:eur|euros?|usd|gbp|chf|jpy|cny|rmb|dollars?|pounds?|yen|"
     r"units?|items?|pieces?|pcs|people|persons?|personas?|personnes?|persone|personen|guests?|members?|"
     r"users?|subscribers?|customers?|developers?|articles?|artículos|products?|seconds?|secs?|minutes?|"
@@ -133,16 +153,16 @@ _UNIT_AFTER = re.compile(
     r"pages?|points?|votes?|views?|downloads?|times|copies|bugs?|requests?|commits?|files?|emails?|"
     r"messages?|stück|minuten|stunden|tage|nutzer|kunden|minutos|horas|días|heures|jours|pezzi|minuti|"
     r"ore|giorni|stuks|uur|dagen|uhr|h)\b)", re.I)
-_UNIT_BEFORE = re.compile(r"(?:[$€£¥]|\b(?:eur|usd|gbp|chf|r\$|rmb|us\$))\s?$", re.I)
-_TIME_BEFORE = re.compile(r"\b(?:at|um|om|alle|à|a\s+las|from|until|till|by|before|after|ab|bis|von|dès)\s+$", re.I)
+_UNIT_BEFORE = _Lazy(r"(?:[$€£¥]|\b(?:eur|usd|gbp|chf|r\$|rmb|us\$))\s?$", re.I)
+_TIME_BEFORE = _Lazy(r"\b(?:at|um|om|alle|à|a\s+las|from|until|till|by|before|after|ab|bis|von|dès)\s+$", re.I)
 # An address: a postcode before a city ("10115 Berlin", "1015 CJ"), a US state before a ZIP,
 # a house number before a street name ("1600 Amphitheatre").
-_CITY_AFTER = re.compile(r" (?:[A-Z]{2}\b|[A-Z\u00C0-\u00DD][a-z\u00DF-\u00FF]+)")
-_STATE_BEFORE = re.compile(r"\b[A-Z]{2} $")
-_STANDALONE_JUNK = re.compile(r"^[\s*_#>|`~:·•()\[\]\"'«»“”「」【】-]*$")
-_YEAR = re.compile(r"(?:19|20)\d\d")
+_CITY_AFTER = _Lazy(r" (?:[A-Z]{2}\b|[A-Z\u00C0-\u00DD][a-z\u00DF-\u00FF]+)")
+_STATE_BEFORE = _Lazy(r"\b[A-Z]{2} $")
+_STANDALONE_JUNK = _Lazy(r"^[\s*_#>|`~:·•()\[\]\"'«»“”「」【】-]*$")
+_YEAR = _Lazy(r"(?:19|20)\d\d")
 _DIGIT = re.compile(r"\d")
-_PROMO = re.compile(r"\d\s?%\s?(?:off|de\s+(?:remise|réduction|descuento|desconto))|\b(?:discount|coupon|voucher|promo|"
+_PROMO = _Lazy(r"\d\s?%\s?(?:off|de\s+(?:remise|réduction|descuento|desconto))|\b(?:discount|coupon|voucher|promo|"
                     r"rabatt|gutschein|réduction|remise|descuento|sconto|korting|desconto)\b", re.I)
 
 
@@ -150,15 +170,14 @@ def codes(subject: str | None, text: str | None) -> list[str]:
     """The verification codes of a message, the most likely first (at most MAX_CODES)."""
     subject = (subject or "")[:SUBJECT_MAX]
     lines = (text or "")[:TEXT_MAX].splitlines()
-    subject_labels = _labels(_masked(subject))
-    subject_kinds = {kind for _, _, kind in subject_labels}
-    subject_bonus = 2.0 if "c" in subject_kinds else 1.0 if "w" in subject_kinds else 0.0
+    # Read only when a line of the text holds a code-shaped run (its labels need _LABEL: _Lazy).
+    subject_bonus = functools.cache(lambda: _subject_bonus(subject))
     scored: list[tuple[float, int, str]] = []
     for i, line in enumerate([subject] + lines):        # the subject first, then the text's lines
         if not _DIGIT.search(line):
             continue
         previous = lines[max(0, i - 4):i - 1] if i else []
-        bonus = subject_bonus if i else 0.0
+        bonus = subject_bonus if i else _no_bonus
         for score, code in _line_codes(_masked(line), previous, bonus):
             scored.append((score, len(scored), code))
     found: dict[str, str] = {}
@@ -166,6 +185,15 @@ def codes(subject: str | None, text: str | None) -> list[str]:
         if score >= _THRESHOLD:
             found.setdefault(code.replace("-", ""), code)
     return list(found.values())[:MAX_CODES]
+
+
+def _subject_bonus(subject: str) -> float:
+    kinds = {kind for _, _, kind in _labels(_masked(subject))}
+    return 2.0 if "c" in kinds else 1.0 if "w" in kinds else 0.0
+
+
+def _no_bonus() -> float:
+    return 0.0
 
 
 def _masked(line: str) -> str:
@@ -190,10 +218,11 @@ def _labels(line: str, near: list[tuple[int, int]] | None = None) -> list[tuple[
     return sorted(out) if len(patterns) > 1 else out
 
 
-def _line_codes(line: str, previous: list[str], bonus: float) -> list[tuple[float, str]]:
+def _line_codes(line: str, previous: list[str], bonus_of: Callable[[], float]) -> list[tuple[float, str]]:
     runs = [run for m in _RUN.finditer(line) for run in _split_run(m.group(0), m.start())]
     if not any(value for _, _, value in runs):
         return []
+    bonus = bonus_of()
     labels = _labels(line, [(start, end) for start, end, value in runs if value])
     events: list[tuple[int, int, str, str | None]] = [(s, e, k, None) for s, e, k in labels]
     spans = iter(labels)
