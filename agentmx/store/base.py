@@ -70,15 +70,9 @@ class Store(abc.ABC):
     def open_blob(self, sha256: str) -> Blob | None:
         """The blob as chunks (serve streams a 25 MB attachment without holding it)."""
 
+    @abc.abstractmethod
     def has_blob(self, sha256: str) -> bool:
         """Whether the blob is kept (without reading it: each backend answers from its metadata)."""
-        blob = self.open_blob(sha256)
-        if blob is None:
-            return False
-        close = getattr(blob.chunks, "close", None)
-        if close is not None:
-            close()
-        return True
 
     # --- events, with their inbox row: one write --------------------------------------------------
 
