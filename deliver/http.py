@@ -33,6 +33,14 @@ class Response:
     ack: str | None = None       # the x-mailkite-ack header (MailKite's ack without a body), cut short
 
 
+# What a POST fails with short of an answer (a refused connection, a reset, TLS, a bad status line).
+_ERRORS = (OSError, http.client.HTTPException, ssl.SSLError)
+
+
+def _failed(exc: BaseException) -> Response:
+    return Response(0, error=f"{exc.__class__.__name__}: {exc}")
+
+
 def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
     """The deadline: shut the connection's socket, which ends a read blocked in another thread."""
     cut.set()
@@ -90,7 +98,7 @@ def _exchange(conn: http.client.HTTPConnection, path: str, body: bytes, headers:
     except (socket.timeout, TimeoutError):
         return (Response(0, error=f"no whole answer within {deadline:g}s" if cut.is_set()
                          else f"no answer within {timeout:g}s"), False, False)
-    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+    except _ERRORS as exc:
         closed = isinstance(exc, _CLOSED) and not answered and not cut.is_set()
         return (Response(0, error=f"no whole answer within {deadline:g}s" if cut.is_set()
                          else f"{exc.__class__.__name__}: {exc}"), False, closed)
@@ -116,8 +124,8 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float, deadlin
     parts, path = _target(url)
     try:
         conn = _connection(parts, timeout, ssl.create_default_context)
-    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-        return Response(0, error=f"{exc.__class__.__name__}: {exc}")
+    except _ERRORS as exc:
+        return _failed(exc)
     try:
         return _exchange(conn, path, body, headers, timeout, deadline)[0]
     finally:
@@ -190,15 +198,15 @@ class Connections:
             else:
                 conn.timeout = timeout
                 conn.sock.settimeout(timeout)
-        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-            return Response(0, error=f"{exc.__class__.__name__}: {exc}")
+        except _ERRORS as exc:
+            return _failed(exc)
         resp, again, closed = _exchange(conn, path, body, headers, timeout, deadline)
         if closed and kept:              # closed by the endpoint while it sat idle: once more, fresh
             conn.close()
             try:
                 conn = self._open(parts, timeout)
-            except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-                return Response(0, error=f"{exc.__class__.__name__}: {exc}")
+            except _ERRORS as exc:
+                return _failed(exc)
             resp, again, _ = _exchange(conn, path, body, headers, timeout, deadline)
         if again:
             self._give(key, conn)
