@@ -24,7 +24,7 @@ from conftest import ROOT
 
 from e2e_helpers import RsaKey, our_results, send, verdicts
 from support.arclist import authored, list_forward
-from support.postfix import MilterProcess, PostfixInstance, agentmx_config
+from support.postfix import PostfixInstance, agentmx_config, running_with_milter
 
 from agentmx.deliver.authread import read_auth
 
@@ -62,11 +62,8 @@ def stack(dns_server, zone_data):
                                   server=f'data_dir = "{pf.base / "data-agentmx"}"\nurl_secret = "e2e-arc-url-secret-0001"',
                                   milter='trusted_networks = []\narc_trusted_sealers = ["lists.test"]',
                                   rest='[domains."strict.agentmx.test"]\nreject_dmarc = true\n')
-    milter = MilterProcess(config, sock, pf.base / "milter.log").start()
-    pf.start()
-    yield pf, milter
-    milter.stop()
-    pf.stop()
+    with running_with_milter(pf, config, sock) as milter:
+        yield pf, milter
 
 
 @pytest.fixture

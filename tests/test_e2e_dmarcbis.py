@@ -8,7 +8,7 @@ import email
 import pytest
 
 from e2e_helpers import message, our_results, send, verdicts
-from support.postfix import MilterProcess, PostfixInstance, agentmx_config
+from support.postfix import PostfixInstance, agentmx_config, running_with_milter
 
 from agentmx.deliver.authread import read_auth
 
@@ -29,11 +29,8 @@ def stack(request, dns_server, tmp_path_factory):
                          main={"transport_maps": "inline:{ agentmx.test=sink: }"})
     config, sock = agentmx_config(pf, AUTHSERV, dns_server.port, dns_timeout=0.5,
                                   milter=f'trusted_networks = []\ndmarc = "{mode}"')
-    milter = MilterProcess(config, sock, pf.base / "milter.log").start()
-    pf.start()
-    yield mode, pf
-    milter.stop()
-    pf.stop()
+    with running_with_milter(pf, config, sock):
+        yield mode, pf
 
 
 def test_the_mode_decides_np_t_pct_and_what_the_header_says(stack, dns_server):

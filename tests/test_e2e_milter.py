@@ -19,7 +19,7 @@ import pytest
 from conftest import report
 from e2e_helpers import Ed25519Key, RsaKey, message, our_results, send, sign, verdicts
 from support.hostile import dkim_costly_key
-from support.postfix import MilterProcess, PostfixInstance, agentmx_config
+from support.postfix import PostfixInstance, agentmx_config, running_with_milter
 
 AUTHSERV = "mx.agentmx.test"
 
@@ -57,11 +57,8 @@ def stack(dns_server, mx_zone, tmp_path_factory):
                                        # the routes a block's scope names (blocks.json): agent@ and the rest
                                        '[[routes]]\nmatch = "agent@agentmx.test"\nmode = "pull"\n'
                                        '[[routes]]\nmatch = "@agentmx.test"\nmode = "pull"\n')
-    milter = MilterProcess(config, sock, pf.base / "milter.log").start()
-    pf.start()
-    yield pf, milter
-    milter.stop()
-    pf.stop()
+    with running_with_milter(pf, config, sock) as milter:
+        yield pf, milter
 
 
 @pytest.fixture

@@ -181,6 +181,13 @@ def test_serve_cannot_read_a_private_key_and_the_milter_no_app_secret(inst):
     wait_for(lambda: list(stats.glob("milter-*.json")), timeout=30, what="the milter's counters")
     for path in stats.glob("milter-*.json"):
         assert serve.run_as(["cat", str(path)]).returncode == 0
+    # and read as /metrics reads them, as serve's user: a glob of the directory (which cat does not
+    # need: a stats directory serve can enter but not list shows no milter counters at all); -I:
+    # not the worktree's agentmx/ folder (the cwd) instead of the installed package
+    read = serve.run_as([sys.executable, "-I", "-c", "import pathlib, sys; from agentmx.ops import _milter_metrics; "
+                                                     "print('\\n'.join(_milter_metrics(pathlib.Path(sys.argv[1]))))",
+                         str(stats)])
+    assert read.returncode == 0 and 'agentmx_milter_messages_total{action="accept"} ' in read.stdout, read
     for unit_name in ("agent", "worker", "lmtp", "gc"):
         other = Unit.read(UNITS / f"agentmx-{unit_name}.service")
         assert other.run_as(["cat", str(keys[0])]).returncode != 0, unit_name

@@ -15,6 +15,7 @@ import pytest
 
 from agentmx.config import Service, load_config
 from agentmx.deliver import frontend
+from agentmx.deliver import http as http_module
 from agentmx.deliver.http import MAX_ANSWER, Connections, post
 from support.receiver import Receiver
 from test_cli_deliver import MESSAGE
@@ -56,7 +57,12 @@ def test_the_pipe_closes_its_one_connection(tmp_path, receiver):
     assert not receiver._open          # closed by us after each answer
 
 
-def test_an_idle_connection_the_endpoint_closed_is_not_used(receiver):
+def test_an_idle_connection_the_endpoint_closed_is_not_used(receiver, monkeypatch):
+    """Found closed before use: no POST is tried on it (with it used, the POST failed there and
+    went again on a fresh connection: the same requests and connections seen, one exchange more)."""
+    exchanges = []
+    real = http_module._exchange
+    monkeypatch.setattr(http_module, "_exchange", lambda conn, *a, **kw: exchanges.append(conn) or real(conn, *a, **kw))
     c = Connections()
     assert _post(c, receiver.url, 1).status == 200
     receiver.stop()                    # closes the kept connection too
@@ -65,6 +71,7 @@ def test_an_idle_connection_the_endpoint_closed_is_not_used(receiver):
     assert _post(c, receiver.url, 2).status == 200
     assert [json.loads(r.body)["n"] for r in receiver.requests] == [1, 2]      # no second copy
     assert c.opened == 2
+    assert len(exchanges) == 2 and exchanges[0] is not exchanges[1], "a POST was tried on the closed connection"
 
 
 def test_a_kept_connection_closed_without_an_answer_is_retried_once_fresh(receiver):

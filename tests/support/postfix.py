@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import reaper
@@ -344,3 +345,16 @@ class MilterProcess:
         """The pids of the milter processes under the supervisor (none with processes = 1)."""
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         return [int(p) for p in path.read_text().split()]
+
+
+@contextmanager
+def running_with_milter(pf: PostfixInstance, config: Path, sock: Path):
+    """A module's stack: the real milter on `config` (log pf.base/milter.log), then `pf`, both running;
+    yields the milter, stops the milter then Postfix (which removes its directory) on the way out."""
+    milter = MilterProcess(config, sock, pf.base / "milter.log").start()
+    try:
+        pf.start()
+        yield milter
+    finally:
+        milter.stop()
+        pf.stop()
