@@ -8,6 +8,8 @@ import socketserver
 import threading
 import time
 
+from support.postfix import wait_for
+
 from agentmx.deliver import worker
 
 
@@ -38,7 +40,13 @@ def ask(path: str) -> bytes:
 def test_one_message_after_another_is_served_by_one_thread(tmp_path):
     server, path, seen = start(tmp_path, 32)
     try:
-        assert [ask(path) for _ in range(6)] == [b"0 ok\n"] * 6
+        answers = []
+        for _ in range(6):
+            answers.append(ask(path))
+            # the answer is sent before the thread counts itself idle again: wait for that (an
+            # event, not a sleep), else a quick next connection rightly gets a second thread
+            wait_for(lambda: server._idle == 1, timeout=5, what="the thread idle again")
+        assert answers == [b"0 ok\n"] * 6
         assert len(seen) == 6 and len(set(seen)) == 1
     finally:
         server.shutdown()
