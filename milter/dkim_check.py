@@ -224,15 +224,25 @@ def _instance(value: bytes) -> int:
     return int(m.group(1)[-4:]) if not m.group(1)[:-4].strip(b"0") else ARC_MAX_INSTANCES + 1
 
 
+def _parse(head: bytes) -> list | None:
+    """The header fields as dkimpy reads them; None when dkimpy refuses the block (the verifier
+    meets the same error and reports it)."""
+    try:
+        return dkim.rfc822_parse(head)[0]
+    except (dkim.DKIMException, IndexError):    # IndexError: dkimpy on a first line that is folded
+        return None
+
+
+def _arc_fields(headers: list) -> list:
+    """The ARC-Message-Signature and ARC-Seal fields, (relaxed) canonicalized as dkimpy reads them."""
+    return _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in _ARC_SIGNED])
+
+
 def _past_the_limit(head: bytes) -> bool:
     """Whether an ARC field names an instance over i=50 (RFC 8617 4.2.1), which dkimpy verifies
     anyway (its limit is for sealing only)."""
-    try:
-        headers, _ = dkim.rfc822_parse(head)
-    except (dkim.DKIMException, IndexError):
-        return False                             # the verifier meets the same error and reports it
-    arc = [h for h in headers if h[0].lower() in _ARC_SIGNED]
-    return any(_instance(v) > ARC_MAX_INSTANCES for _, v in _RELAXED.canonicalize_headers(arc))
+    headers = _parse(head)
+    return headers is not None and any(_instance(v) > ARC_MAX_INSTANCES for _, v in _arc_fields(headers))
 
 
 def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
@@ -241,14 +251,13 @@ def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
     fields, and the ARC-Message-Signature (and, if it names bh=, ARC-Seal) of each ARC instance
     1 to 50 that has one only (dkimpy refuses a duplicate before any hash). Fields that do not
     parse are left out: dkimpy refuses them before hashing too."""
-    try:
-        headers, _ = dkim.rfc822_parse(head)
-    except (dkim.DKIMException, IndexError):    # IndexError: dkimpy on a first line that is folded
-        return set()                            # the verifier meets the same error and reports it
+    headers = _parse(head)
+    if headers is None:
+        return set()
     values = [v for n, v in headers if n.lower() == b"dkim-signature"][:MAX_SIGNATURES]
     defaults = [b"simple/simple"] * len(values)
     per_instance: dict[tuple[int, bytes], list[bytes]] = {}
-    for name, value in _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in _ARC_SIGNED]):
+    for name, value in _arc_fields(headers):
         instance = _instance(value)
         if 1 <= instance <= ARC_MAX_INSTANCES:
             per_instance.setdefault((instance, name), []).append(value)
