@@ -378,8 +378,7 @@ def run(config: Config) -> None:
 def _knock(sock: Path, ident: tuple[int, int]) -> None:
     """A connection to the milter socket, closed at once: wakes the processes' accept loops. Only
     while the path is still our socket (not a newer milter's, renamed onto it since)."""
-    st = os.stat(sock)
-    if (st.st_dev, st.st_ino) != ident:
+    if procs.identity(sock) != ident:
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
