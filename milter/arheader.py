@@ -13,16 +13,18 @@ from .results import AuthResults, DmarcResult
 
 _UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 
+COMMENT_MAX = 160       # characters of one comment (and of one reason)
+
 
 def _reason(text: str) -> str | None:
     """A reason fit for a quoted-string: printable ASCII, no quotes or backslashes, short."""
     text = _UNSAFE.sub("?", " ".join((text or "").split()))
-    return text[:160] or None
+    return text[:COMMENT_MAX] or None
 
 
 def _comment(text: str) -> str | None:
     text = _UNSAFE.sub("?", " ".join((text or "").split())).replace("(", "[").replace(")", "]")
-    return text[:160] or None
+    return text[:COMMENT_MAX] or None
 
 
 def _names(confirmed: str, names: tuple[str, ...]) -> str | None:
@@ -30,13 +32,10 @@ def _names(confirmed: str, names: tuple[str, ...]) -> str | None:
     _comment's bound. Host names only (iprev_check keeps no other), so no quoting is needed."""
     out = ""
     for name in dict.fromkeys(((confirmed,) if confirmed else ()) + names):
-        if len(out) + 1 + len(name) > 160:
+        if len(out) + 1 + len(name) > COMMENT_MAX:
             break
         out = f"{out} {name}" if out else name
     return out or None
-
-
-COMMENT_MAX = 160
 
 
 def dmarc_comment(dm: DmarcResult) -> str:

@@ -150,11 +150,12 @@ def verify_arc(message: bytes, lookups: Lookups, budget: RsaBudget | None = None
                bodies: Bodies | None = None) -> ArcResult:
     """The ARC chain validation status (cv) of the message: pass, fail or none (`bodies` as for
     verify_dkim)."""
-    if not _ARC_ANY.search(split_message(message)[0]):
+    head = split_message(message)[0]
+    if not _ARC_ANY.search(head):
         # No ARC header at all: none, without dkimpy splitting the whole message into lines
         # again (~30 ms for a 1 MB attachment, bench/pipeline).
         return ArcResult("none")
-    if _past_the_limit(split_message(message)[0]):
+    if _past_the_limit(head):
         # fail on every path: the milter streams no body hash for such a set, a whole message would
         return ArcResult("fail", reason=f"an ARC set beyond i={ARC_MAX_INSTANCES} (RFC 8617 4.2.1)")
     try:
@@ -169,7 +170,7 @@ def verify_arc(message: bytes, lookups: Lookups, budget: RsaBudget | None = None
     except Exception as exc:   # hostile ARC headers must not crash the milter
         return ArcResult("fail", reason=f"malformed ARC set ({exc.__class__.__name__})")
     word = (cv.decode("ascii", "replace").lower() if isinstance(cv, bytes) else str(cv).lower()) or "none"
-    if word == "none" and _has_arc_seal(message):
+    if word == "none" and _ARC_SEAL.search(head):
         # dkimpy says "none" when a seal carries cv=fail; RFC 8617 section 5.2 step 2 says fail
         # ("none" is for a message without ARC sets).
         word = "fail"
@@ -199,10 +200,6 @@ _ARC_SEAL = re.compile(rb"^arc-seal[ \t]*:", re.I | re.M)
 _ARC_ANY = re.compile(rb"^arc-(?:seal|message-signature|authentication-results)[ \t]*:", re.I | re.M)
 
 
-def _has_arc_seal(message: bytes) -> bool:
-    return bool(_ARC_SEAL.search(split_message(message)[0]))
-
-
 # --- what the body hashes will be needed for, known at the end of the headers -------------------
 
 ARC_MAX_INSTANCES = 50      # RFC 8617 4.2.1 (dkimpy's INSTANCE_LIMIT): no ARC set beyond i=50
@@ -227,15 +224,25 @@ def _instance(value: bytes) -> int:
     return int(m.group(1)[-4:]) if not m.group(1)[:-4].strip(b"0") else ARC_MAX_INSTANCES + 1
 
 
+def _parse(head: bytes) -> list | None:
+    """The header fields as dkimpy reads them; None when dkimpy refuses the block (the verifier
+    meets the same error and reports it)."""
+    try:
+        return dkim.rfc822_parse(head)[0]
+    except (dkim.DKIMException, IndexError):    # IndexError: dkimpy on a first line that is folded
+        return None
+
+
+def _arc_fields(headers: list) -> list:
+    """The ARC-Message-Signature and ARC-Seal fields, (relaxed) canonicalized as dkimpy reads them."""
+    return _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in _ARC_SIGNED])
+
+
 def _past_the_limit(head: bytes) -> bool:
     """Whether an ARC field names an instance over i=50 (RFC 8617 4.2.1), which dkimpy verifies
     anyway (its limit is for sealing only)."""
-    try:
-        headers, _ = dkim.rfc822_parse(head)
-    except (dkim.DKIMException, IndexError):
-        return False                             # the verifier meets the same error and reports it
-    arc = [h for h in headers if h[0].lower() in _ARC_SIGNED]
-    return any(_instance(v) > ARC_MAX_INSTANCES for _, v in _RELAXED.canonicalize_headers(arc))
+    headers = _parse(head)
+    return headers is not None and any(_instance(v) > ARC_MAX_INSTANCES for _, v in _arc_fields(headers))
 
 
 def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
@@ -244,14 +251,13 @@ def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
     fields, and the ARC-Message-Signature (and, if it names bh=, ARC-Seal) of each ARC instance
     1 to 50 that has one only (dkimpy refuses a duplicate before any hash). Fields that do not
     parse are left out: dkimpy refuses them before hashing too."""
-    try:
-        headers, _ = dkim.rfc822_parse(head)
-    except (dkim.DKIMException, IndexError):    # IndexError: dkimpy on a first line that is folded
-        return set()                            # the verifier meets the same error and reports it
+    headers = _parse(head)
+    if headers is None:
+        return set()
     values = [v for n, v in headers if n.lower() == b"dkim-signature"][:MAX_SIGNATURES]
     defaults = [b"simple/simple"] * len(values)
     per_instance: dict[tuple[int, bytes], list[bytes]] = {}
-    for name, value in _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in _ARC_SIGNED]):
+    for name, value in _arc_fields(headers):
         instance = _instance(value)
         if 1 <= instance <= ARC_MAX_INSTANCES:
             per_instance.setdefault((instance, name), []).append(value)

@@ -182,11 +182,6 @@ class Bodies:
         return self.digests[want]
 
 
-def body_hash(body: bytes, canon: CanonicalizationPolicy, length: int | None = None) -> bytes:
-    """SHA-256 of the canonicalized body (truncated to l= octets when given): the signer's use."""
-    return Bodies(body=body).hash(canon, length)
-
-
 def header_digest(headers: "Headers | list", canon: CanonicalizationPolicy, include_headers,
                   sig_header: tuple) -> bytes:
     """SHA-256 over the signed header fields and the signature header with an empty b=, as

@@ -57,6 +57,13 @@ def describe(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
+def identity(path: Path) -> tuple[int, int]:
+    """The (st_dev, st_ino) of what `path` names now: tells our socket from a newer milter's
+    renamed onto the same path (FileNotFoundError when nothing is there)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def bind(sock: Path, open_socket: Callable[[str], None]) -> tuple[Path, tuple[int, int]]:
     """Bind the milter socket at `sock` through libmilter (`open_socket(temporary path)`), renamed
     into place, its listening descriptor non-blocking. Returns the temporary path (libmilter's name
@@ -77,15 +84,13 @@ def bind(sock: Path, open_socket: Callable[[str], None]) -> tuple[Path, tuple[in
     else:
         raise RuntimeError(f"libmilter's listening socket on {tmp} was not found")
     os.replace(tmp, sock)
-    st = os.stat(sock)
-    return tmp, (st.st_dev, st.st_ino)
+    return tmp, identity(sock)
 
 
 def unbind(sock: Path, ident: tuple[int, int]) -> None:
     """Remove the socket path if it is still ours (not a newer milter's)."""
     try:
-        st = os.stat(sock)
-        if (st.st_dev, st.st_ino) == ident:
+        if identity(sock) == ident:
             sock.unlink()
     except FileNotFoundError:
         pass

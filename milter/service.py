@@ -42,6 +42,8 @@ from .stats import MilterStats, path_for
 log = logging.getLogger("agentmx.milter")
 
 AR = "Authentication-Results"
+_AR_LOWER = AR.lower()                      # header() runs per field: lowered once here
+_SPAM_LOWER = spamheader.HEADER.lower()
 
 
 class QueueIdAdapter(logging.LoggerAdapter):
@@ -183,12 +185,13 @@ class AuthMilter(Milter.Base):
     def header(self, name, value):
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
-        if name.lower() == AR.lower():
+        lower = name.lower()
+        if lower == _AR_LOWER:
             self.ar_count += 1
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
             if claims_id(text, self.config.authserv_id):
                 self.forged.append(self.ar_count)
-        elif name.lower() == spamheader.HEADER.lower():
+        elif lower == _SPAM_LOWER:
             self.spam_headers += 1
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
@@ -375,8 +378,7 @@ def run(config: Config) -> None:
 def _knock(sock: Path, ident: tuple[int, int]) -> None:
     """A connection to the milter socket, closed at once: wakes the processes' accept loops. Only
     while the path is still our socket (not a newer milter's, renamed onto it since)."""
-    st = os.stat(sock)
-    if (st.st_dev, st.st_ino) != ident:
+    if procs.identity(sock) != ident:
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)

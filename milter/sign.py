@@ -18,7 +18,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from agentmx.dkimkeys import DkimKey
 
-from . import dkimcrypto
+from . import bodyhash, dkimcrypto
 
 SIGNED = ("from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to",
           "references", "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
@@ -45,12 +45,15 @@ def sign(message: bytes, keys: list[DkimKey], now: float | None = None,
     the header block alone."""
     headers, body = dkim.rfc822_parse(message)
     include = include_headers(message)
-    bh = base64.b64encode(body_digest if body_digest is not None else dkimcrypto.body_hash(body, _RELAXED))
+    if body_digest is None:
+        body_digest = bodyhash.digests(body, [_RELAXED_BODY])[_RELAXED_BODY]
+    bh = base64.b64encode(body_digest)
     t = str(int(time.time() if now is None else now)).encode()
     return [_signature(headers, include, bh, t, key) for key in keys]
 
 
 _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+_RELAXED_BODY = (bodyhash.RELAXED, None)      # the body hash we sign: relaxed, whole body (no l=)
 _NAME_LEN = len(b"DKIM-Signature")
 
 
