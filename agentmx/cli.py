@@ -408,7 +408,7 @@ def cmd_status(args) -> int:
               f"attempts={d.attempts}  status={d.status if d.status is not None else '-'}  {d.reason}")
     if not rows:
         print("  none yet")
-    waiting = ops.waiting_for_agents(config, ops.postfix_queue(args.postfix_config))
+    waiting = ops.waiting_for_agents(config, ops.postfix_queue(args.postfix_config or config.postfix_config or None))
     print(f"waiting in Postfix's queue for agentmx routes: {len(waiting)}")
     for qid, queue, rcpt, reason in waiting:
         print(f"  {qid} ({queue}) to={rcpt}: {reason or 'in delivery'}")
@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("send_id", nargs="?", help="a send's id (snd_...): its status timeline")
     st.add_argument("--limit", type=int, default=20)
     st.add_argument("--postfix-config", default=os.environ.get("MAIL_CONFIG"),
-                    help="Postfix config directory (default $MAIL_CONFIG, else the system's)")
+                    help="Postfix config directory (default $MAIL_CONFIG, else [server] postfix_config, else the system's)")
     st.set_defaults(func=cmd_status)
 
     rp = sub.add_parser("replay", help="POST a stored event again, with its original webhook-id")

@@ -287,6 +287,7 @@ class Config:
     limits: ServerLimits = ServerLimits()
     metrics_token: str = field(default="", repr=False)  # Bearer token for GET /metrics ("" : /metrics is off)
     admin_key: str = field(default="", repr=False)     # signs in to the web console with every key's view ("" : none)
+    postfix_config: str = ""                        # Postfix's config dir for postqueue -c ("" : Postfix's default)
     service: Service = Service.ALL                  # who loaded it: which secrets and keys were read
     url_secret: str = field(default="", repr=False)  # HMAC key of signed attachment URLs
     url_ttl: int = 7 * 24 * 3600                    # seconds an attachment URL stays valid
@@ -709,6 +710,8 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
     retention_days = server.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0")
     metrics_token = _secret(server, "metrics_token", min_len=16) or ""
     admin_key = _secret(server, "admin_key", min_len=24) or ""
+    postfix_config = server.get("postfix_config", Config.postfix_config, lambda v: str(Path(_nonempty_str(v))),
+                                "a path (Postfix's config directory)")
     status_first_retry = server.get("status_first_retry", Config.status_first_retry, _positive_number,
                                     "a number of seconds > 0")
     status_retry_hours = server.get("status_retry_hours", Config.status_retry_hours, _positive_number,
@@ -908,6 +911,7 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
 
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
                   listen=listen, limits=limits, metrics_token=metrics_token, admin_key=admin_key,
+                  postfix_config=postfix_config,
                   url_secret=url_secret or "", url_ttl=url_ttl, key_dir=key_dir, service=service,
                   mail_host=mail_host, retention_days=retention_days, status_first_retry=status_first_retry,
                   status_retry_hours=status_retry_hours, dns=dns, milter=milter,

@@ -3,8 +3,11 @@ the store (and a clock), printing nothing itself; the CLI prints what they retur
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
@@ -12,20 +15,79 @@ from .store import Store
 from .store.model import Attempt, DeliveryState, GcReport, SendEvent, SendEventType, SendRecord
 
 
-def postfix_queue(config_dir: str | None = None) -> list[dict]:
-    """Messages waiting in Postfix's queue (postqueue -j), with each recipient's delay reason."""
-    cmd = ["postqueue", "-j"] + (["-c", config_dir] if config_dir else [])
+QUEUE_TIMEOUT = 10.0            # seconds postqueue -j may take
+QUEUE_MAX_BYTES = 8 * 1024 * 1024   # of its output read (the rest is not: the answer says so)
+
+
+@dataclass(frozen=True)
+class QueueRead:
+    """What postqueue -j gave: its entries (one JSON object each), or why there are none
+    (`error`: Postfix absent, not allowed, no answer); `truncated` when the output was cut."""
+    items: list = field(default_factory=list)
+    error: str = ""
+    truncated: bool = False
+
+
+def read_queue(config_dir: str | None = None, timeout: float = QUEUE_TIMEOUT,
+               max_bytes: int = QUEUE_MAX_BYTES) -> QueueRead:
+    """Postfix's queue (postqueue -j [-c config_dir]): at most `max_bytes` of output read, within
+    `timeout` seconds (then postqueue is killed). Never raises for Postfix's failures: they are
+    the answer's `error`, in words an operator acts on."""
+    cmd = ["postqueue", "-j"] + (["-c", str(config_dir)] if config_dir else [])
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        return QueueRead(error="postqueue is not installed here (is Postfix?)")
+    except OSError as exc:
+        return QueueRead(error=f"postqueue could not be started: {exc.strerror or exc}")
+    out, err, truncated, timed_out = bytearray(), bytearray(), False, False
+    deadline = time.monotonic() + timeout
+    with proc, selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for sk, _ in sel.select(left):
+                chunk = os.read(sk.fd, 65536)
+                if not chunk:
+                    sel.unregister(sk.fileobj)
+                    continue
+                buf = sk.data
+                room = (max_bytes if buf is out else 4096) - len(buf)
+                buf += chunk[:max(room, 0)]
+                if buf is out and len(chunk) > room:
+                    truncated = True
+            if truncated:
+                break
+        if timed_out or truncated:
+            proc.kill()
+        code = proc.wait()
+    if timed_out:
+        return QueueRead(error=f"postqueue did not answer within {timeout:g} seconds")
+    lines = bytes(out).splitlines()
+    if truncated:
+        lines = lines[:-1]                 # the last line may be cut
     items = []
-    for line in out.stdout.splitlines():
+    for line in lines:
         try:
-            items.append(json.loads(line))
+            item = json.loads(line)
         except ValueError:
             continue
-    return items
+        if isinstance(item, dict):
+            items.append(item)
+    if code != 0 and not truncated:
+        said = bytes(err).decode("utf-8", "replace").strip().splitlines()
+        return QueueRead(items, error=f"postqueue failed (exit {code}): " + (said[-1][:300] if said else "no reason given"))
+    return QueueRead(items, truncated=truncated)
+
+
+def postfix_queue(config_dir: str | None = None) -> list[dict]:
+    """Messages waiting in Postfix's queue (postqueue -j), with each recipient's delay reason
+    (none when postqueue cannot be run: `agentmx status` says what it found)."""
+    return read_queue(config_dir, timeout=30).items
 
 
 def waiting_for_agents(config: Config, queue: list[dict]) -> list[tuple[str, str, str, str]]:

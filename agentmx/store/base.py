@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 from typing import Callable, Iterable
 
-from .model import (Attempt, Blob, Block, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
+from .model import (Activity, Attempt, Blob, Block, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
                     PostState, RecordKind, SendEvent, SendEventType, SendRecord, Suppression, Upload)
 
 
@@ -262,6 +262,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def metrics(self) -> Metrics:
         """From counters kept as records are written: cheap per scrape."""
+
+    @abc.abstractmethod
+    def activity(self, addresses: tuple[str, ...], since: float, until: float, width: float) -> Activity:
+        """What happened in scope (`addresses`: base addresses and @domains, as inbox_query's) from
+        `since` to `until`, counted per bucket of `width` seconds by grouped queries (the rows are
+        never read): inbound events by bucket of their arrival, the current state of their delivery
+        and their dmarc result; send events (email.sent, .delivered, .bounced...) of the scope's
+        senders by bucket of their time and type. Only non-zero counts are given."""
 
     @abc.abstractmethod
     def gc(self, older_than: float, dry_run: bool = False) -> GcReport:

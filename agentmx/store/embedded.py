@@ -46,7 +46,7 @@ from agentmx.ownership import NotOurs, hand_over, no_other_access, refuse_links,
 
 from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Block, Delivery, DeliveryState, GcReport,
+from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryState, GcReport,
                     InboxRow, Job, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
                     SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
                     Upload, base_address, delivered_at, export_after, stored_events)
@@ -792,6 +792,23 @@ class EmbeddedStore(Store):
                        attempts=int(c.get(("attempts", ""), 0)), verdicts=verdicts, latency_buckets=tuple(buckets),
                        latency_sum=float(c.get(("latency_sum", ""), 0.0)),
                        latency_count=int(c.get(("latency_count", ""), 0)))
+
+    def activity(self, addresses: tuple[str, ...], since: float, until: float, width: float) -> Activity:
+        scope, args = _scope("e.address", addresses)
+        sends_scope, sends_args = _scope("address", addresses)
+        if not scope:
+            return Activity((), ())
+        bucket = "CAST((e.received - ?) / ? AS INTEGER)"
+        inbound = self._all(
+            f"SELECT {bucket} AS b, d.state, e.dmarc, COUNT(*) FROM events e JOIN deliveries d ON d.event_id = e.id "
+            f"WHERE {scope} AND e.received >= ? AND e.received < ? GROUP BY b, d.state, e.dmarc",
+            (since, width, *args, since, until))
+        sends = self._all(
+            f"SELECT CAST((at - ?) / ? AS INTEGER) AS b, type, COUNT(*) FROM send_events "
+            f"WHERE {sends_scope} AND at >= ? AND at < ? GROUP BY b, type",
+            (since, width, *sends_args, since, until))
+        return Activity(tuple((int(b), st, dm, int(n)) for b, st, dm, n in inbound),
+                        tuple((int(b), t, int(n)) for b, t, n in sends))
 
     def gc(self, older_than: float, dry_run: bool = False) -> GcReport:
         """Records in one transaction; then every blob file older than `older_than` that no

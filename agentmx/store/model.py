@@ -233,6 +233,14 @@ class Metrics:
     latency_count: int
 
 
+@dataclass(frozen=True)
+class Activity:
+    """Counts of a scope's records per time bucket (Store.activity): the console's stats page.
+    Bucket i is [since + i * width, since + (i + 1) * width)."""
+    inbound: tuple[tuple[int, str, str, int], ...]    # (bucket, delivery state, dmarc result, events)
+    sends: tuple[tuple[int, str, int], ...]           # (bucket, send event type, events)
+
+
 # The delivery latency histogram's bounds (seconds, acceptance by Postfix -> the agent's 2xx),
 # shared by both backends' counters and by /metrics.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)

@@ -37,7 +37,7 @@ from psycopg import errors as pgerrors
 
 from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Attempt, Blob, Block, Delivery, DeliveryState, GcReport,
+from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryState, GcReport,
                     InboxRow, Job, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
                     SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
                     Upload, delivered_at, export_after, stored_events)
@@ -590,6 +590,22 @@ class PostgresStore(Store):
                        attempts=int(values.get(("attempts", ""), 0)), verdicts=verdicts,
                        latency_buckets=tuple(buckets), latency_sum=float(values.get(("latency_sum", ""), 0.0)),
                        latency_count=int(values.get(("latency_count", ""), 0)))
+
+    def activity(self, addresses: tuple[str, ...], since: float, until: float, width: float) -> Activity:
+        scope, args = _scope(addresses, domain="i.domain")
+        if not scope:
+            return Activity((), ())
+        sends_scope, sends_args = _scope(addresses, domain="split_part(address, '@', 2)")
+        inbound = self._all(
+            "SELECT floor((i.received - %s) / %s)::bigint AS b, i.state, e.dmarc, COUNT(*) FROM inbox i "
+            f"JOIN events e ON e.id = i.id WHERE {scope} AND i.received >= %s AND i.received < %s "
+            "GROUP BY b, i.state, e.dmarc", (since, width, *args, since, until))
+        sends = self._all(
+            "SELECT floor((at - %s) / %s)::bigint AS b, type, COUNT(*) FROM send_events "
+            f"WHERE {sends_scope} AND at >= %s AND at < %s GROUP BY b, type",
+            (since, width, *sends_args, since, until))
+        return Activity(tuple((int(b), st, dm, int(n)) for b, st, dm, n in inbound),
+                        tuple((int(b), t, int(n)) for b, t, n in sends))
 
     def gc(self, older_than: float, dry_run: bool = False) -> GcReport:
         other: dict[str, int] = {}

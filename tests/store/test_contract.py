@@ -542,6 +542,38 @@ def test_metrics_count_every_state_attempts_verdicts_and_latency(store, clock):
     assert store.metrics().by_state[DeliveryState.STORED] == 2      # a state it was in already
 
 
+def test_activity_counts_a_scope_per_bucket_by_state_verdict_and_send_event_type(store, clock):
+    start = clock.now
+    since, width = start - 3600, 600.0                  # six buckets of ten minutes, ending now + 1 h
+    clock.advance(-3500)                                # bucket 0
+    put(store, 1, state=DeliveryState.STORED)           # dmarc pass (event()'s default)
+    put(store, 2, state=DeliveryState.STORED, auth={"spf": "none", "dkim": "none", "dmarc": "fail", "arc": "none"})
+    clock.advance(1300)                                 # bucket 2
+    e = put(store, 3, recipient="other+tag@agents.test")
+    store.record_attempt(e, attempt(store, DeliveryState.DELIVERED), "ok")
+    put(store, 4, recipient="x@elsewhere.test", route="@elsewhere.test")        # out of scope below
+    clock.advance(-3000)
+    put(store, 5)                                       # before `since`: not counted
+    clock.now = start + 3600
+    put(store, 6)                                       # at `until`: not counted
+    for name, type_, at, address in (("s1", SendEventType.SENT, start - 3000, "agent@agents.test"),
+                                     ("s2", SendEventType.SENT, start - 2990, "agent@agents.test"),
+                                     ("s3", SendEventType.BOUNCED, start - 100, "agent@agents.test"),
+                                     ("s4", SendEventType.SENT, start - 100, "x@elsewhere.test"),
+                                     ("s5", SendEventType.SENT, start - 7200, "agent@agents.test")):
+        assert store.put_send_event(send_event(name, type_=type_, address=address, at=at))
+    got = store.activity(("@agents.test",), since, start + 3600, width)
+    assert sorted(got.inbound) == [(0, "stored", "fail", 1), (0, "stored", "pass", 1), (2, "delivered", "pass", 1)]
+    assert sorted(got.sends) == [(1, "email.sent", 2), (5, "email.bounced", 1)]
+    # an address scope: its own and its plus addresses only; another domain's; none at all
+    got = store.activity(("other@agents.test",), since, start + 3600, width)
+    assert got.inbound == ((2, "delivered", "pass", 1),) and got.sends == ()
+    got = store.activity(("@elsewhere.test",), since, start + 3600, width)
+    assert got.inbound == ((2, "received", "pass", 1),) and got.sends == ((5, "email.sent", 1),)
+    assert store.activity((), since, start + 3600, width) == store.activity(("@nowhere.test",), since, start, width)
+    assert store.activity((), since, start + 3600, width).inbound == ()
+
+
 def test_latency_from_acceptance_to_the_first_2xx(store, clock):
     from datetime import datetime, timezone
     accepted = clock.now - 7
