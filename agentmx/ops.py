@@ -90,16 +90,28 @@ def postfix_queue(config_dir: str | None = None) -> list[dict]:
     return read_queue(config_dir, timeout=30).items
 
 
-def waiting_for_agents(config: Config, queue: list[dict]) -> list[tuple[str, str, str, str]]:
-    """(queue id, queue name, recipient, reason) for queued mail to a routed address or domain."""
+def queued_for(config: Config, queue: list[dict], readable=lambda address: True) -> list[dict]:
+    """The queue's entries with only their recipients that a route takes and `readable(address)`
+    allows (a console viewer's scope), entries left with none dropped; each
+    {queue_id, queue_name, arrival_time, sender, size, recipients: [{address, delay_reason}]}."""
     from agentmx.deliver.route import match
     out = []
     for item in queue:
-        for rcpt in item.get("recipients", []):
-            if match(rcpt.get("address", ""), config.routes):
-                out.append((item.get("queue_id", ""), item.get("queue_name", ""), rcpt.get("address", ""),
-                            rcpt.get("delay_reason", "")))
+        rcpts = [r for r in item.get("recipients") or () if isinstance(r, dict) and isinstance(r.get("address"), str)
+                 and match(r["address"], config.routes) and readable(r["address"])]
+        if rcpts:
+            out.append({"queue_id": str(item.get("queue_id", "")), "queue_name": str(item.get("queue_name", "")),
+                        "arrival_time": item.get("arrival_time"), "sender": str(item.get("sender", "")),
+                        "size": item.get("message_size"),
+                        "recipients": [{"address": r["address"], "delay_reason": str(r.get("delay_reason") or "")}
+                                       for r in rcpts]})
     return out
+
+
+def waiting_for_agents(config: Config, queue: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(queue id, queue name, recipient, reason) for queued mail to a routed address or domain."""
+    return [(item["queue_id"], item["queue_name"], r["address"], r["delay_reason"])
+            for item in queued_for(config, queue) for r in item["recipients"]]
 
 
 def by_recipient(rec: SendRecord, events: list[SendEvent]) -> dict[str, list[SendEvent]]:

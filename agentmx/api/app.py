@@ -101,6 +101,7 @@ class Metrics:
 def create_app(ctx: Context):
     inbox = InboxRoutes(ctx)
     mcp = Mcp(ctx, inbox)
+    domain_routes = domains.DomainRoutes(ctx)     # its DNS checks shared by the API and the console
 
     async def healthz(request: Request):
         return PlainTextResponse("ok\n")
@@ -144,10 +145,10 @@ def create_app(ctx: Context):
         Route("/metrics", Metrics(ctx, dispatcher=dispatcher).handle),
         *realtime.routes(ctx, inbox),
         *mailkite.routes(ctx),
-        *messages.routes(ctx), *deliveries.routes(ctx), *domains.routes(ctx),
+        *messages.routes(ctx), *deliveries.routes(ctx), *domains.routes(ctx, domain_routes),
         *mcp.routes(),
         *suppressions.routes(ctx), *blocklist_api.routes(ctx),      # issue 16: suppressions and blocks
-        *console.mount(ctx, inbox),           # issue 19: the web console, /console (console/)
+        *console.mount(ctx, inbox, domains=domain_routes),           # issue 19: the web console, /console (console/)
         *mailkite.not_offered_routes(ctx),    # last: never in front of a path another route serves
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={

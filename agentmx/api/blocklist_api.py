@@ -102,7 +102,7 @@ class BlockRoutes:
         key = self.ctx.key(request)
         return JSONResponse(await self.ctx.run(self.page, key, request.query_params))
 
-    def _add(self, key: ApiKey, body: dict) -> dict:
+    def add_one(self, key: ApiKey, body: dict) -> dict:
         unknown = sorted(set(body) - {"sender", "scope"})
         if unknown:
             raise ApiError(400, "bad_field", f"unknown field {unknown[0][:50]!r}")
@@ -119,9 +119,9 @@ class BlockRoutes:
     async def add(self, request: Request):
         key = self.ctx.key(request)
         body = await json_object(request)
-        return JSONResponse(await self.ctx.run(self._add, key, body))
+        return JSONResponse(await self.ctx.run(self.add_one, key, body))
 
-    def _remove(self, key: ApiKey, sender: str, scope) -> dict:
+    def remove_one(self, key: ApiKey, sender: str, scope) -> dict:
         sender, scope = _sender(sender), self._scope(key, scope)
         route = next(r for r in self.ctx.config.routes if r.match == scope)
         if sender in route.block_senders:
@@ -134,7 +134,7 @@ class BlockRoutes:
 
     async def remove(self, request: Request):
         key = self.ctx.key(request)
-        return JSONResponse(await self.ctx.run(self._remove, key, request.path_params["sender"],
+        return JSONResponse(await self.ctx.run(self.remove_one, key, request.path_params["sender"],
                                                request.query_params.get("scope")))
 
 

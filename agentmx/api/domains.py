@@ -108,28 +108,28 @@ class DomainRoutes:
         self.ctx = ctx
         self.checks = checks or DnsChecks(ctx.config, ctx.run, wall=ctx.clock)
 
-    def _domain(self, key: ApiKey, name: str) -> str:
+    def domain(self, key: ApiKey, name: str) -> str:
         name = name.lower().rstrip(".")
         if name not in key_domains(self.ctx.config, key):
             raise ApiError(404, "unknown_domain", f"no domain {name[:100]} for this key")
         return name
 
-    async def _view(self, domain: str, fresh: bool = False) -> dict:
+    async def view(self, domain: str, fresh: bool = False) -> dict:
         at, findings = await self.checks.get(domain, fresh)
         return domain_view(self.ctx.config, domain, at, findings)
 
     async def list(self, request: Request):
         key = self.ctx.key(request)
         domains = key_domains(self.ctx.config, key)
-        return JSONResponse({"domains": list(await asyncio.gather(*(self._view(d) for d in domains)))})
+        return JSONResponse({"domains": list(await asyncio.gather(*(self.view(d) for d in domains)))})
 
     async def get(self, request: Request):
         key = self.ctx.key(request)
-        return JSONResponse(await self._view(self._domain(key, request.path_params["id"])))
+        return JSONResponse(await self.view(self.domain(key, request.path_params["id"])))
 
     async def verify(self, request: Request):
         key = self.ctx.key(request)
-        return JSONResponse(await self._view(self._domain(key, request.path_params["id"]), fresh=True))
+        return JSONResponse(await self.view(self.domain(key, request.path_params["id"]), fresh=True))
 
     def _post_test(self, domain: str, route: RouteConfig) -> dict:
         now = self.ctx.clock()
@@ -147,7 +147,7 @@ class DomainRoutes:
 
     async def test_webhook(self, request: Request):
         key = self.ctx.key(request)
-        domain = self._domain(key, request.path_params["id"])
+        domain = self.domain(key, request.path_params["id"])
         targets = [r for r in readable_routes(self.ctx.config, key)
                    if r.pushes and r.match.rpartition("@")[2].lower() == domain]
         if not targets:
@@ -156,8 +156,9 @@ class DomainRoutes:
         return JSONResponse({"domain": domain, "results": list(results)})
 
 
-def routes(ctx: Context) -> list[Route]:
-    d = DomainRoutes(ctx)
+def routes(ctx: Context, d: DomainRoutes | None = None) -> list[Route]:
+    """The routes; `d` shared with the console's domains page (one cache of checks for both)."""
+    d = d or DomainRoutes(ctx)
     return [Route("/api/domains", d.list),
             Route("/api/domains/{id:str}", d.get),
             Route("/api/domains/{id:str}/verify", d.verify, methods=["POST"]),

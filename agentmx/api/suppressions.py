@@ -92,7 +92,7 @@ class SuppressionRoutes:
         key = self.ctx.key(request)
         return JSONResponse(await self.ctx.run(self.page, key, request.query_params))
 
-    def _add(self, key: ApiKey, body: dict) -> dict:
+    def add_one(self, key: ApiKey, body: dict) -> dict:
         unknown = sorted(set(body) - {"email", "reason", "note", "domain"})
         if unknown:
             raise ApiError(400, "bad_field", f"unknown field {unknown[0][:50]!r}")
@@ -119,16 +119,16 @@ class SuppressionRoutes:
     async def add(self, request: Request):
         key = self.ctx.key(request)
         body = await json_object(request)
-        return JSONResponse(await self.ctx.run(self._add, key, body))
+        return JSONResponse(await self.ctx.run(self.add_one, key, body))
 
-    def _remove(self, key: ApiKey, email: str, domain) -> dict:
+    def remove_one(self, key: ApiKey, email: str, domain) -> dict:
         address = _address(email)
         lifted = [d for d in _domains(key, domain) if self.ctx.store.unsuppress(d, address)]
         return {"email": address, "removed": bool(lifted), "domains": lifted}
 
     async def remove(self, request: Request):
         key = self.ctx.key(request)
-        return JSONResponse(await self.ctx.run(self._remove, key, request.path_params["email"],
+        return JSONResponse(await self.ctx.run(self.remove_one, key, request.path_params["email"],
                                                request.query_params.get("domain")))
 
 

@@ -7,6 +7,11 @@ updates, and every page works without it. Each page module gives its routes; thi
     /console/signin, /console/signout                 signin.py (session.py: cookie, CSRF, limit)
     /console/inbox, /console/live                     inbox.py
     /console/messages/{id}[/html|/raw|/attachments/n] message.py
+    /console/suppressions[/remove]                    suppressions.py
+    /console/blocks[/remove]                          blocks.py
+    /console/domains, /console/domains/check          domains.py
+    /console/queue                                    queue.py (postqueue -j)
+    /console/stats                                    stats.py (counts, an SVG chart)
     /console/static/...                               CSS and the live-update script
 """
 from __future__ import annotations
@@ -16,19 +21,23 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..context import Context
+from ..domains import DomainRoutes
 from ..inbox import InboxRoutes
-from . import inbox, message, signin
+from . import blocks, domains as domain_pages, inbox, message, queue, signin, stats, suppressions
 from .core import PREFIX, Console
 from .render import HERE
 
 
-def mount(ctx: Context, inbox_routes: InboxRoutes) -> list:
+def mount(ctx: Context, inbox_routes: InboxRoutes, domains: DomainRoutes | None = None) -> list:
     console = Console(ctx)
+    domains = domains or DomainRoutes(ctx)
 
     async def home(request):
         return RedirectResponse(PREFIX + "/inbox", 303)
 
     pages = [*signin.routes(console), *inbox.routes(console, inbox_routes),
-             *message.routes(console, inbox_routes)]
+             *message.routes(console, inbox_routes),
+             *suppressions.routes(console), *blocks.routes(console), *domain_pages.routes(console, domains),
+             *queue.routes(console), *stats.routes(console)]
     return [Route(PREFIX, home), Route(PREFIX + "/", home),
             Mount(PREFIX, routes=[*pages, Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")])]
