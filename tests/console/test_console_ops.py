@@ -10,6 +10,7 @@ import re
 import smtplib
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -299,6 +300,27 @@ def test_postqueue_as_serves_unit_user(held_postfix):
     assert error == "" and len(ids) == 2
     error, ids = as_agentmx()                   # without the unit's SupplementaryGroups: said, not raised
     assert ids == [] and "postqueue failed" in error
+
+
+def test_postqueue_is_bounded_in_output_and_time(held_postfix, tmp_path, monkeypatch):
+    """ops.read_queue reads at most max_bytes (the cut line dropped, `truncated` said) and waits at
+    most `timeout` (then postqueue is killed); a missing postqueue is said, not raised."""
+    from agentmx import ops
+    whole = ops.read_queue(str(held_postfix.etc))
+    assert len(whole.items) == 2 and not whole.truncated and whole.error == ""
+    first = len(subprocess.run(["postqueue", "-c", str(held_postfix.etc), "-j"], capture_output=True).stdout.split(b"\n")[0])
+    cut = ops.read_queue(str(held_postfix.etc), max_bytes=first + 10)
+    assert cut.truncated and len(cut.items) == 1 and cut.error == ""
+    hung = tmp_path / "bin"                    # a Postfix whose showq never answers: a postqueue that sleeps
+    hung.mkdir()
+    (hung / "postqueue").write_text("#!/bin/sh\nexec /bin/sleep 30\n")
+    (hung / "postqueue").chmod(0o755)
+    monkeypatch.setenv("PATH", str(hung))
+    t0 = time.monotonic()
+    got = ops.read_queue(None, timeout=0.5)
+    assert got.error == "postqueue did not answer within 0.5 seconds" and time.monotonic() - t0 < 5
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert ops.read_queue(None).error == "postqueue is not installed here (is Postfix?)"
 
 
 # --- stats -------------------------------------------------------------------------------------------
