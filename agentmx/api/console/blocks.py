@@ -28,7 +28,7 @@ def routes(console: Console) -> list[Route]:
         return console.render(request, viewer, "blocks.html", title="Blocks", rows=found["blocks"],
                               next_cursor=found["nextCursor"],
                               scopes=[r.match for r in readable_routes(ctx.config, viewer.key)],
-                              done=q.get("done", ""), what=q.get("what", ""), unpublished=bool(q.get("unpublished")))
+                              done=q.get("done", ""), what=q.get("what", "")[:254], unpublished=bool(q.get("unpublished")))
 
     async def add(request: Request, viewer: session.Viewer):
         form = await console.form(request, viewer)

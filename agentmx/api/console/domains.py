@@ -25,7 +25,7 @@ def routes(console: Console, checks: DomainRoutes) -> list[Route]:
         views = await asyncio.gather(*(checks.view(d) for d in names))
         q = request.query_params
         return console.render(request, viewer, "domains.html", title="Domains", domains=list(views),
-                              done=q.get("done", ""), what=q.get("what", ""))
+                              done=q.get("done", ""), what=q.get("what", "")[:254])
 
     async def check(request: Request, viewer: session.Viewer):
         form = await console.form(request, viewer)

@@ -30,7 +30,7 @@ def routes(console: Console) -> list[Route]:
         return console.render(request, viewer, "suppressions.html", title="Suppressions",
                               rows=found["suppressions"], next_cursor=found["nextCursor"],
                               domains=key_domains(viewer.key), reasons=REASONS,
-                              done=q.get("done", ""), what=q.get("what", ""))
+                              done=q.get("done", ""), what=q.get("what", "")[:254])
 
     async def add(request: Request, viewer: session.Viewer):
         form = await console.form(request, viewer)
