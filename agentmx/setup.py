@@ -152,6 +152,8 @@ key_dir = "{plan.agentmx_dir / 'keys'}"
 url_secret_file = "{plan.agentmx_dir / 'url.secret'}"
 # Signs in to the web console (<public_url>/console) with every key's view.
 admin_key_file = "{plan.agentmx_dir / 'admin.key'}"
+# Postfix's config directory: the console's queue page and `agentmx status` run postqueue -c with it.
+postfix_config = "{plan.postfix_dir}"
 
 [milter]
 socket = "{plan.socket}"
