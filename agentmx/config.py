@@ -393,6 +393,7 @@ def _error(path: Path, section: str, key: str | None, message: str) -> ConfigErr
 
 
 E = TypeVar("E", bound=Choice)
+T = TypeVar("T")
 
 
 class _Section:
@@ -438,6 +439,11 @@ class _Section:
         if unknown:
             raise self.error(unknown[0], "unknown key")
 
+    def done(self, value: T) -> T:
+        """`value`, read from this table, once no key of it is left unread (finish)."""
+        self.finish()
+        return value
+
 
 def _server(sec: _Section) -> Config:
     """[server]: the Config's own keys, every other section at its default (parse_config fills them)."""
@@ -446,7 +452,7 @@ def _server(sec: _Section) -> Config:
         raise sec.error("authserv_id", "is required (the host name in our Authentication-Results)")
     authserv_id = sec.get("authserv_id", None, _hostname, "a host name")
     _retired_mcp_listen(sec)
-    config = Config(
+    return sec.done(Config(
         path=sec.path, service=sec.service, authserv_id=authserv_id,
         data_dir=sec.get("data_dir", Config.data_dir, _path, "a path"),
         public_url=sec.get("public_url", Config.public_url, _endpoint, "an http:// or https:// URL").rstrip("/"),
@@ -462,9 +468,7 @@ def _server(sec: _Section) -> Config:
                                    "a number of seconds > 0"),
         status_retry_hours=sec.get("status_retry_hours", Config.status_retry_hours, _positive_number,
                                    "a number of hours > 0"),
-        limits=_limits(sec))
-    sec.finish()
-    return config
+        limits=_limits(sec)))
 
 
 def _limits(sec: _Section) -> ServerLimits:
@@ -492,7 +496,7 @@ def _retired_mcp_listen(server: _Section) -> None:
 
 def _agent(sec: _Section) -> AgentConfig:
     """[agent]: the model behind action = "agent" routes (required by them: _check_across)."""
-    agent = AgentConfig(
+    return sec.done(AgentConfig(
         base_url=sec.get("base_url", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
         model=sec.get("model", "", _nonempty_str, "a model name"),
         api_key=_secret(sec, "api_key", min_len=1) or "",
@@ -500,31 +504,25 @@ def _agent(sec: _Section) -> AgentConfig:
         max_rounds=sec.get("max_rounds", AgentConfig.max_rounds, _positive_int, "a whole number > 0"),
         max_attempts=sec.get("max_attempts", AgentConfig.max_attempts, _positive_int, "a whole number > 0"),
         retry_base=sec.get("retry_base", AgentConfig.retry_base, _positive_number, "a number of seconds > 0"),
-        lease=sec.get("lease", AgentConfig.lease, _positive_number, "a number of seconds > 0"))
-    sec.finish()
-    return agent
+        lease=sec.get("lease", AgentConfig.lease, _positive_number, "a number of seconds > 0")))
 
 
 def _worker(sec: _Section) -> WorkerConfig:
     """[worker]: `agentmx worker` and `agentmx lmtp`."""
-    worker = WorkerConfig(
+    return sec.done(WorkerConfig(
         socket=sec.get("socket", WorkerConfig.socket, _path, "a path"),
         lmtp_socket=sec.get("lmtp_socket", WorkerConfig.lmtp_socket, _path, "a path"),
         socket_mode=sec.get("socket_mode", WorkerConfig.socket_mode, _mode, 'an octal mode like "0660"'),
-        processes=sec.get("processes", WorkerConfig.processes, _positive_int, "a whole number > 0"))
-    sec.finish()
-    return worker
+        processes=sec.get("processes", WorkerConfig.processes, _positive_int, "a whole number > 0")))
 
 
 def _dns(sec: _Section) -> DnsConfig:
     """[dns]: the resolver every check uses."""
-    dns = DnsConfig(
+    return sec.done(DnsConfig(
         servers=sec.get("servers", (), dns_servers, 'a list of "IP" or "IP:PORT" strings'),
         timeout=sec.get("timeout", DnsConfig.timeout, _positive_number, "a number > 0"),
         lookup_budget=sec.get("lookup_budget", DnsConfig.lookup_budget, _positive_int, "a whole number > 0"),
-        cache_size=sec.get("cache_size", DnsConfig.cache_size, _non_negative_int, "a whole number >= 0"))
-    sec.finish()
-    return dns
+        cache_size=sec.get("cache_size", DnsConfig.cache_size, _non_negative_int, "a whole number >= 0")))
 
 
 def _milter(sec: _Section) -> MilterConfig:
@@ -548,8 +546,7 @@ def _milter(sec: _Section) -> MilterConfig:
         processes=sec.get("processes", default_processes(), _milter_processes,
                           f"a whole number from 1 to {MAX_MILTER_PROCESSES}"))
     policy.finish()
-    sec.finish()
-    return milter
+    return sec.done(milter)
 
 
 def _policy(sec: _Section, default: PolicyConfig) -> PolicyConfig:
@@ -572,13 +569,11 @@ def _domain(sec: _Section, name: str, key_dir: Path, default: PolicyConfig) -> D
     selectors = sec.get("dkim_selectors", (), _selectors, "a list of selector names")
     if sec.service.checks_keys:
         _keys_present(sec, key_dir / name, selectors)
-    domain = DomainConfig(
+    return sec.done(DomainConfig(
         name=name, dkim_selectors=selectors, mta_sts=sec.choice("mta_sts", None, MtaStsMode),
         tls_rpt=sec.get("tls_rpt", None, lambda v: v if isinstance(v, str) and _TLS_RPT.match(v) else _raise(),
                         "a mailto: or https: URI"),
-        policy=_policy(sec, default))
-    sec.finish()
-    return domain
+        policy=_policy(sec, default)))
 
 
 _TLS_RPT = re.compile(r"^(mailto:\S+@\S+|https://\S+)$")
@@ -616,7 +611,7 @@ def _route(sec: _Section) -> Route:
             raise sec.error(key, "is required" + (f' with mode = "{mode}"' if key == "endpoint" else ""))
     if not pushes and "endpoint" in sec.table:
         raise sec.error("endpoint", 'is not used with mode = "pull" (use mode = "both" to POST too)')
-    route = Route(
+    return sec.done(Route(
         match=sec.get("match", None, _match, "an address or @domain"),
         endpoint=sec.get("endpoint", None, _endpoint, "a URL") if pushes else None,
         secret=_secret(sec, "secret", min_len=16, whsec=True,
@@ -634,9 +629,7 @@ def _route(sec: _Section) -> Route:
         ack=sec.choice("ack", Route.ack, AckMode),
         trust=sec.choice("trust", Route.trust, TrustPolicy),
         block_senders=sec.get("block_senders", (), _block_senders, f"a list of at most {MAX_BLOCK_SENDERS} "
-                              'envelope senders ("spammer@example.net") or domains ("@bad.example")'))
-    sec.finish()
-    return route
+                              'envelope senders ("spammer@example.net") or domains ("@bad.example")')))
 
 
 def _send(sec: _Section) -> SendConfig:
@@ -648,7 +641,7 @@ def _send(sec: _Section) -> SendConfig:
                             'postfix/master.cf.submit.fragment to master.cf, and set submit = '
                             f'"{DEFAULT_SUBMIT}" (the default) or "host:port"')
     count, size = "a whole number > 0", "a whole number of bytes > 0"
-    send = SendConfig(
+    return sec.done(SendConfig(
         submit=sec.get("submit", DEFAULT_SUBMIT, _submit_target, '"unix:/path/to/socket" or "host:port"'),
         auto_submitted=sec.get("auto_submitted", True, _bool, "true or false"),
         per_correspondent_per_hour=sec.get("per_correspondent_per_hour", SendConfig.per_correspondent_per_hour,
@@ -665,9 +658,7 @@ def _send(sec: _Section) -> SendConfig:
         fetch_timeout=sec.get("fetch_timeout", SendConfig.fetch_timeout, _positive_number, "a number of seconds > 0"),
         verp=sec.get("verp", True, _bool, "true or false"),
         bounce_local=sec.get("bounce_local", SendConfig.bounce_local, _bounce_local,
-                             "a local part of 1 to 20 letters, digits, '.', '_' or '-'"))
-    sec.finish()
-    return send
+                             "a local part of 1 to 20 letters, digits, '.', '_' or '-'")))
 
 
 def _bounce_local(v: Any) -> str:
@@ -696,8 +687,7 @@ def _api_key(sec: _Section, i: int) -> ApiKey:
                     'a list of addresses ("agent@example.com") or domains ("@example.com")')
     if not allow:
         raise sec.error("allow", "is required: the addresses or @domains this key may send as")
-    sec.finish()
-    return ApiKey(name=name, key=key or "", allow=allow)
+    return sec.done(ApiKey(name=name, key=key or "", allow=allow))
 
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
@@ -720,8 +710,7 @@ def _signing(sec: _Section) -> SigningConfig:
         if any(x.login == signer.login for x in sasl):
             raise _error(sec.path, f"signing.sasl[{i}]", "login", f"{signer.login!r} is listed twice")
         sasl.append(signer)
-    sec.finish()
-    return SigningConfig(local_from=local_from, api_service=api_service, sasl=tuple(sasl))
+    return sec.done(SigningConfig(local_from=local_from, api_service=api_service, sasl=tuple(sasl)))
 
 
 def _sasl_signer(sec: _Section) -> SaslSigner:
@@ -733,8 +722,7 @@ def _sasl_signer(sec: _Section) -> SaslSigner:
                     and v.isprintable() else _raise(), "the SASL login, as Postfix logs it (sasl_username)")
     allow = sec.get("allow", None, lambda v: _allow_list(v) or _raise(),
                     'a non-empty list of addresses ("alice@example.com") or domains ("@example.com")')
-    sec.finish()
-    return SaslSigner(login, allow)
+    return sec.done(SaslSigner(login, allow))
 
 
 def _store(sec: _Section) -> StoreConfig:
@@ -761,7 +749,7 @@ def _store(sec: _Section) -> StoreConfig:
 
 
 def _s3(sec: _Section) -> S3Config:
-    s3 = S3Config(
+    return sec.done(S3Config(
         endpoint=sec.get("endpoint", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
         bucket=sec.get("bucket", "", lambda v: v if isinstance(v, str) and re.fullmatch(
             r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v) else _raise(), "an S3 bucket name"),
@@ -769,10 +757,7 @@ def _s3(sec: _Section) -> S3Config:
         access_key=_secret(sec, "access_key", min_len=1) or "",
         secret_key=_secret(sec, "secret_key", min_len=1) or "",
         prefix=sec.get("prefix", "", lambda v: v if isinstance(v, str) and re.fullmatch(
-            r"((?!\.\.?/)[A-Za-z0-9._-]+/)*", v) else _raise(), 'a key prefix ending in "/" (letters, digits, . _ -)'),
-    )
-    sec.finish()
-    return s3
+            r"((?!\.\.?/)[A-Za-z0-9._-]+/)*", v) else _raise(), 'a key prefix ending in "/" (letters, digits, . _ -)')))
 
 
 def _check_across(config: Config, server: dict) -> None:
