@@ -115,7 +115,7 @@ def explain(res, header: str, sealers: tuple[str, ...] = ()) -> str:
     def record_lines(dm) -> list[str]:
         if dm.record is None:
             return []
-        if dm.mode == "rfc9989":      # RFC 9989: no pct; np, t and what the DNS Tree Walk found
+        if dm.mode == DmarcMode.RFC9989.value:      # RFC 9989: no pct; np, t and what the DNS Tree Walk found
             rec = dm.record
             return [f"  record at _dmarc.{dm.record_domain}: {rec.raw}",
                     f"  policy {dm.policy} (p={rec.p} sp={rec.sp or '-'} np={rec.np or '-'} t={rec.t}"
