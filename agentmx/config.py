@@ -430,6 +430,11 @@ class _Section:
         return self.get(key, default, lambda v: members[v] if isinstance(v, str) and v in members else _raise(),
                         " or ".join(f'"{m}"' for m in kind))
 
+    def require(self, key: str, message: str = "is required") -> None:
+        self.used.add(key)
+        if key not in self.table:
+            raise self.error(key, message)
+
     def sub(self, key: str) -> "_Section":
         self.used.add(key)
         return _Section(self.path, f"{self.name}.{key}", self.table.get(key, {}), self.service)
@@ -447,9 +452,7 @@ class _Section:
 
 def _server(sec: _Section) -> Config:
     """[server]: the Config's own keys, every other section at its default (parse_config fills them)."""
-    sec.used.add("authserv_id")
-    if "authserv_id" not in sec.table:
-        raise sec.error("authserv_id", "is required (the host name in our Authentication-Results)")
+    sec.require("authserv_id", "is required (the host name in our Authentication-Results)")
     authserv_id = sec.get("authserv_id", None, _hostname, "a host name")
     _retired_mcp_listen(sec)
     return sec.done(Config(
@@ -602,14 +605,12 @@ def _route(sec: _Section) -> Route:
     agent = action is RouteAction.AGENT
     if agent:
         mode = RouteMode.PULL
-        if "prompt" not in sec.table:
-            raise sec.error("prompt", 'is required with action = "agent"')
+        sec.require("prompt", 'is required with action = "agent"')
     pushes = mode is not RouteMode.PULL
-    sec.used.update({"match", "endpoint"})
-    for key in ("match",) + (("endpoint",) if pushes else ()):
-        if key not in sec.table:
-            raise sec.error(key, "is required" + (f' with mode = "{mode}"' if key == "endpoint" else ""))
-    if not pushes and "endpoint" in sec.table:
+    sec.require("match")
+    if pushes:
+        sec.require("endpoint", f'is required with mode = "{mode}"')
+    elif "endpoint" in sec.table:
         raise sec.error("endpoint", 'is not used with mode = "pull" (use mode = "both" to POST too)')
     return sec.done(Route(
         match=sec.get("match", None, _match, "an address or @domain"),
@@ -714,10 +715,8 @@ def _signing(sec: _Section) -> SigningConfig:
 
 
 def _sasl_signer(sec: _Section) -> SaslSigner:
-    sec.used.update({"login", "allow"})
-    for key in ("login", "allow"):
-        if key not in sec.table:
-            raise sec.error(key, "is required")
+    sec.require("login")
+    sec.require("allow")
     login = sec.get("login", None, lambda v: v if isinstance(v, str) and v and v == v.strip()
                     and v.isprintable() else _raise(), "the SASL login, as Postfix logs it (sasl_username)")
     allow = sec.get("allow", None, lambda v: _allow_list(v) or _raise(),
