@@ -33,7 +33,7 @@ from email.utils import formatdate, make_msgid
 from typing import Callable
 
 from . import replies, send, sendevents, suppression, untrusted
-from .config import AgentConfig, Config, Route
+from .config import AgentConfig, Config, Route, RouteAction
 from .store import Store, StoreError, StoreUnavailable, open_store
 from .store.model import JobState
 
@@ -290,7 +290,7 @@ def _job_input(config: Config, store: Store, job_id: str) -> tuple[dict, Route]:
         raise _Unrunnable("the stored event is gone")
     event = json.loads(raw)
     match = routing.match(event["recipient"], config.routes)
-    if match is None or match.route.action != "agent":
+    if match is None or match.route.action is not RouteAction.AGENT:
         raise _Unrunnable(f"no agent route for {event['recipient']} any more")
     return event, match.route
 

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .times import rfc3339
-from .config import DEFAULT_PATH, ConfigError, DmarcMode, MilterConfig, Service, load_config
+from .config import (DEFAULT_PATH, ConfigError, DmarcMode, MilterConfig, Service, arc_sealers, dns_servers,
+                     load_config)
 
 
 def _config_path(arg: str | None) -> Path:
@@ -55,9 +56,8 @@ def cmd_check_config(args) -> int:
 
 
 def _parse_dns(text: str) -> tuple[tuple[str, int], ...]:
-    from .config import _dns_servers
     try:
-        return _dns_servers([text])
+        return dns_servers([text])
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"--dns wants IP or IP:PORT ({exc})") from None
 
@@ -115,7 +115,7 @@ def explain(res, header: str, sealers: tuple[str, ...] = ()) -> str:
     def record_lines(dm) -> list[str]:
         if dm.record is None:
             return []
-        if dm.mode == "rfc9989":      # RFC 9989: no pct; np, t and what the DNS Tree Walk found
+        if dm.mode == DmarcMode.RFC9989.value:      # RFC 9989: no pct; np, t and what the DNS Tree Walk found
             rec = dm.record
             return [f"  record at _dmarc.{dm.record_domain}: {rec.raw}",
                     f"  policy {dm.policy} (p={rec.p} sp={rec.sp or '-'} np={rec.np or '-'} t={rec.t}"
@@ -175,9 +175,8 @@ def _override_lines(res, sealers: tuple[str, ...]) -> list[str]:
 
 
 def _sealer_arg(text: str) -> str:
-    from .config import _sealers
     try:
-        return _sealers([text])[0]
+        return arc_sealers([text])[0]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--arc-trusted-sealer wants a domain ({exc})") from None
 
