@@ -4,6 +4,7 @@ tmp_path), Postfix replaced by a submit function that keeps what it is given. Th
 shown to go through it: the same refusal with the same code, the same record."""
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
@@ -15,10 +16,10 @@ import pytest
 from agentmx import client, send, sendpath
 from agentmx.agentloop import run_job, send_effects
 from agentmx.api import batch, mcp, scheduling, sending
-from agentmx.api.context import Context
-from agentmx.config import AgentConfig, parse_config
+from agentmx.config import AgentConfig
 from agentmx.store.model import DeliveryState, SendEventType, SendState, Suppression, SuppressionReason
 from agentmx.times import rfc3339
+from test_scheduling import unit_context
 
 pytestmark = pytest.mark.unit
 
@@ -27,14 +28,6 @@ DOMAIN = "agents.test"
 AGENT = f"support@{DOMAIN}"
 HUMAN = "human@remote.test"
 BOB = "bob@remote.test"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_800_000_000.0
-
-    def __call__(self):
-        return self.now
 
 
 class Postfix:
@@ -53,13 +46,7 @@ class Postfix:
 
 @pytest.fixture
 def ctx(tmp_path):
-    config = parse_config(f"""[server]
-authserv_id = "mx.{DOMAIN}"
-data_dir = "{tmp_path / 'data'}"
-url_secret = "sendpath-test-url-secret"
-[send]
-submit = "unix:{tmp_path / 'no-postfix-here'}"
-per_correspondent_per_hour = 3
+    c = unit_context(tmp_path, KEY, f"@{DOMAIN}", f"""per_correspondent_per_hour = 3
 per_thread_per_hour = 2
 [agent]
 base_url = "http://127.0.0.1:9/v1"
@@ -69,13 +56,7 @@ match = "{AGENT}"
 action = "agent"
 prompt = "p"
 forward_to = ["{HUMAN}"]
-sends_per_hour = 5
-[[api_keys]]
-name = "app"
-key = "{KEY}"
-allow = ["@{DOMAIN}"]
-""", tmp_path / "agentmx.toml")
-    c = Context.for_config(config, Clock())
+sends_per_hour = 5""")
     c.submit = Postfix()
     yield c
     c.store.close()
@@ -130,7 +111,7 @@ def test_a_send_is_built_counted_submitted_and_recorded_with_its_sent_event(ctx)
     assert out is sent.out and sent.queue_id == "QID1" and out.recipients == (BOB,)
     assert out.envid == sent.send_id and out.envelope_from != AGENT     # its own return path
     rec = ctx.store.get_send(sent.send_id)
-    assert (rec.key, rec.sender, rec.state, rec.queue_id, rec.created) == ("app", AGENT, SendState.QUEUED, "QID1",
+    assert (rec.key, rec.sender, rec.state, rec.queue_id, rec.created) == ("agent", AGENT, SendState.QUEUED, "QID1",
                                                                           ctx.clock())
     (event,) = ctx.store.send_events(sent.send_id)
     assert event.type is SendEventType.SENT
@@ -301,7 +282,7 @@ def test_every_door_sends_through_the_path_and_records_the_send(ctx, door):
     rec = ctx.store.get_send(out.envid)
     assert rec is not None and rec.message_id == out.message_id and rec.queue_id == "QID1"
     assert [e.type for e in ctx.store.send_events(rec.id)] == [SendEventType.SENT]
-    assert rec.key == ("app" if door in ("send", "mcp") else f"agent:{AGENT}")
+    assert rec.key == ("agent" if door in ("send", "mcp") else f"agent:{AGENT}")
 
 
 def test_the_agents_forward_is_built_by_the_path_with_the_original_attached(ctx):
@@ -317,7 +298,9 @@ def test_the_agents_forward_is_built_by_the_path_with_the_original_attached(ctx)
     body, attached = list(msg.iter_parts())
     assert body.get_content().replace("\r\n", "\n").startswith("have a look\n\nForwarded by agentmx")
     assert attached.get_content_type() == "message/rfc822" and attached.get_filename() == "original.eml"
-    assert b"the original" in attached.as_bytes()
+    assert attached["Content-Transfer-Encoding"] == "base64"               # as the hand-built forward had it
+    (built,) = out.message.iter_attachments()
+    assert base64.b64decode(built.get_payload()) == raw
 
 
 def test_the_agents_route_cap_is_the_paths_limit_and_the_model_is_told(ctx):
