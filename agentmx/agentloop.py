@@ -201,7 +201,8 @@ def _tool(name, args, event, route: Route, effects: Effects, actions: list[str],
 
 # --- the effects, through the one send path (sendpath.py) ------------------------------------------
 
-def send_effects(config: Config, store: Store, submit=send.submit, clock=time.time) -> Effects:
+def send_effects(config: Config, store: Store, submit: Callable[[send.Outgoing, Config], str] = send.submit,
+                 clock: Callable[[], float] = time.time) -> Effects:
     """The tools' effects: each a SendRequest from the tool's arguments, sent by the one send path
     as the route's Caller (its address, its forward_to, its sends_per_hour); `submit`: the way to
     Postfix (a test gives its own)."""
