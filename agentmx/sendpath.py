@@ -10,7 +10,7 @@ into a SendRequest, and SendError into their own answer.
       (mcpserver.py, a client of the API)        tool names the one address (replies.reply_address)
     the agent's reply and forward (agentloop)    the tool's arguments -> SendRequest; 429 of its
                                                  route -> route_rate_limited; SendError -> "error: not sent"
-    `agentmx send` (cli.py)                      a client of POST /v1/send
+    `agentmx send` (cli/sending.py)              a client of POST /v1/send
 
 In one place and in this order (prepare() is the part up to the suppressions: what a scheduled
 send is checked against when it is parked, and again, whole, when it is due):

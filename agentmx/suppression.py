@@ -8,7 +8,7 @@ recipient of a batch, a scheduled send when it is parked and when it is due, MCP
 reply, the agent's replies and forwards. The domain is the sender address's (the From address of
 the send), lower case: what a suppression is kept under.
 
-The API (api/suppressions.py) and the CLI (suppressionscli.py) read what people give them with
+The API (api/suppressions.py) and the CLI (cli/suppressions.py) read what people give them with
 address(), reason() and note() here, and show a suppression with view().
 """
 from __future__ import annotations

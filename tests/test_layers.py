@@ -22,8 +22,8 @@ LAYERS = {
     "agentmx.sendpath": 2.5,                           # the one send path every door calls (api, agentloop)
     "agentmx.ops": 3, "agentmx.mcpserver": 3,          # MCP tools on a Mailbox: HTTP (stdio) or serve in process (api/mcp.py)
     "agentmx.api": 4, "agentmx.agentloop": 4,
-    "agentmx.storecli": 5, "agentmx.setup": 5, "agentmx.suppressionscli": 5, "agentmx.blockscli": 5,
-    "agentmx.cli": 6,
+    "agentmx.setup": 5,
+    "agentmx.cli": 6,                                  # the command groups (agentmx/cli/*.py): one unit
     "agentmx.__main__": 7,
 }
 
