@@ -39,16 +39,17 @@ def add_blocks(sub) -> None:
     rm = commands.add_parser("remove", help="take SENDER's mail for a route's addresses again")
     rm.add_argument("sender")
     rm.add_argument("--scope", help="the route's match (default: the config's only route)")
-    for parser, run in ((ls, cmd_list), (ad, cmd_change), (rm, cmd_change)):
-        parser.set_defaults(func=lambda args, run=run: run(args, config_path(args.config)))
+    ls.set_defaults(func=cmd_list)
+    ad.set_defaults(func=cmd_change)
+    rm.set_defaults(func=cmd_change)
 
 
 COMMANDS = {"blocks": add_blocks}
 
 
-def _setup(args, path, what: str):
+def _setup(args, what: str):
     """(config, sender or None, the route) for add and remove; None (said) for bad input."""
-    config = load_config(path, Service.APP)
+    config = load_config(config_path(args.config), Service.APP)
     try:
         sender = block_sender(args.sender) if what != "list" else None
     except ValueError as exc:
@@ -70,11 +71,11 @@ def _publish(store, config) -> None:
         print(f"the milter's block list written ({blocklist.path_in(config.data_dir)})")
 
 
-def cmd_list(args, path) -> int:
+def cmd_list(args) -> int:
     from agentmx import blocklist
     from agentmx.api.guard import printable
     from agentmx.store import open_store
-    got = _setup(args, path, "list")
+    got = _setup(args, "list")
     if got is None:
         return EX_USAGE
     config, _, route = got
@@ -89,12 +90,12 @@ def cmd_list(args, path) -> int:
     return 0
 
 
-def cmd_change(args, path) -> int:
+def cmd_change(args) -> int:
     """add or remove (args.blocks_command) one sender for one route, then publish the block list."""
     from agentmx import blocklist
     from agentmx.store import open_store
     what = args.blocks_command
-    got = _setup(args, path, what)
+    got = _setup(args, what)
     if got is None:
         return EX_USAGE
     config, sender, route = got

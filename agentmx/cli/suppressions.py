@@ -41,15 +41,16 @@ def add_suppressions(sub) -> None:
     rm = commands.add_parser("remove", help="let agents send to ADDRESS from a sending domain again")
     rm.add_argument("address")
     rm.add_argument("--domain", help="the sending domain (default: the config's only [domains] entry)")
-    for parser, run in ((ls, cmd_list), (ad, cmd_change), (rm, cmd_change)):
-        parser.set_defaults(func=lambda args, run=run: run(args, config_path(args.config)))
+    ls.set_defaults(func=cmd_list)
+    ad.set_defaults(func=cmd_change)
+    rm.set_defaults(func=cmd_change)
 
 
 COMMANDS = {"suppressions": add_suppressions}
 
 
-def _config(path):
-    return load_config(path, Service.APP)
+def _config(args):
+    return load_config(config_path(args.config), Service.APP)
 
 
 def _domain(config, given: str | None) -> str | None:
@@ -63,11 +64,11 @@ def _domain(config, given: str | None) -> str | None:
     return None
 
 
-def cmd_list(args, path) -> int:
+def cmd_list(args) -> int:
     from agentmx import suppression
     from agentmx.api.guard import printable
     from agentmx.store import open_store
-    config = _config(path)
+    config = _config(args)
     domains = (args.domain.strip().lower().rstrip("."),) if args.domain else None
     left, after = max(1, args.limit), None
     with closing(open_store(config)) as store:
@@ -87,13 +88,13 @@ def cmd_list(args, path) -> int:
     return 0
 
 
-def cmd_change(args, path) -> int:
+def cmd_change(args) -> int:
     """add or remove (args.suppressions_command) one address for one sending domain."""
     from agentmx import suppression
     from agentmx.store import open_store
     from agentmx.store.model import Suppression
     what = args.suppressions_command
-    config = _config(path)
+    config = _config(args)
     try:
         address = suppression.address(args.address)
         if what == "add":
