@@ -25,6 +25,7 @@ from agentmx import headerblock
 
 WINDOW = 7 * 86400.0          # seconds: longer than the 5 days senders and backup MXs keep retrying
 
+
 def body_chunks(raw: bytes, size: int = 1 << 16) -> Iterator[bytes]:
     """The body after the header block (the first empty line), line ends as LF, in pieces of
     about `size` bytes: a 50 MB message is hashed without a copy of its body. Nothing without

@@ -207,6 +207,7 @@ ARC_MAX_INSTANCES = 50      # RFC 8617 4.2.1 (dkimpy's INSTANCE_LIMIT): no ARC s
 _ARC_SIGNED = {b"arc-message-signature", b"arc-seal"}
 _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")    # as dkimpy reads ARC fields
 
+
 def _instance(value: bytes) -> int:
     """The i= of an ARC field's (relaxed) value as dkimpy reads it: i=0...07 is 7; 0 when there is
     none, and past 4 digits (int() refuses over 4,300 of them) a number over the limit."""
