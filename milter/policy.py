@@ -27,7 +27,7 @@ class Decision:
     text: str = ""
 
     @classmethod
-    def answer(cls, action: str, reply: smtpreplies.Reply, **values: object) -> "Decision":
+    def answer(cls, action: str, reply: smtpreplies.Reply, **values: object) -> Decision:
         return cls(action, *reply.args(**values))
 
 
