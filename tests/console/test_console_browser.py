@@ -13,9 +13,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formatdate, make_msgid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -23,6 +20,7 @@ from selenium.common.exceptions import NoSuchElementException, NoSuchFrameExcept
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
+from e2e_helpers import message
 from support.install import api_key
 from support.postfix import wait_for
 
@@ -165,15 +163,8 @@ HOSTILE = """<html><head><title>Invoice</title></head><body>
 
 
 def _hostile_message(subject: str, port: int, tag: str) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = "Alice <alice@remote.test>"
-    msg["To"] = AGENT
-    msg["Subject"] = subject
-    msg["Date"] = formatdate()
-    msg["Message-ID"] = make_msgid(domain="remote.test")
-    msg.set_content("Hello from the hostile message (text part).\n")
-    msg.add_alternative(HOSTILE.format(port=port, tag=tag), subtype="html")
-    return msg.as_bytes(policy=SMTP)
+    return message("Alice <alice@remote.test>", AGENT, subject=subject, html=HOSTILE.format(port=port, tag=tag),
+                   body="Hello from the hostile message (text part).\n")
 
 
 def _no_script_ran(driver) -> list[str]:
