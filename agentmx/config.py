@@ -286,6 +286,7 @@ class Config:
     listen: tuple[str, int] = ("127.0.0.1", 8025)  # where `agentmx serve` listens
     limits: ServerLimits = ServerLimits()
     metrics_token: str = field(default="", repr=False)  # Bearer token for GET /metrics ("" : /metrics is off)
+    admin_key: str = field(default="", repr=False)     # signs in to the web console with every key's view ("" : none)
     service: Service = Service.ALL                  # who loaded it: which secrets and keys were read
     url_secret: str = field(default="", repr=False)  # HMAC key of signed attachment URLs
     url_ttl: int = 7 * 24 * 3600                    # seconds an attachment URL stays valid
@@ -707,6 +708,7 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
     mail_host = server.get("mail_host", authserv_id, _hostname, "a host name")
     retention_days = server.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0")
     metrics_token = _secret(server, "metrics_token", min_len=16) or ""
+    admin_key = _secret(server, "admin_key", min_len=24) or ""
     status_first_retry = server.get("status_first_retry", Config.status_first_retry, _positive_number,
                                     "a number of seconds > 0")
     status_retry_hours = server.get("status_retry_hours", Config.status_retry_hours, _positive_number,
@@ -898,11 +900,14 @@ def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Confi
         k.finish()
     if service.reads_secrets and len({k.key for k in api_keys}) != len(api_keys):
         raise ConfigError(f"{path}: [[api_keys]]: two keys are the same")
+    if admin_key and any(k.key == admin_key for k in api_keys):
+        raise ConfigError(f"{path}: [server] admin_key: the same as an [[api_keys]] key: give the console's "
+                          "admin key its own value")
 
     signing = _signing(_Section(path, "signing", doc.get("signing", {}), service))
 
     return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
-                  listen=listen, limits=limits, metrics_token=metrics_token,
+                  listen=listen, limits=limits, metrics_token=metrics_token, admin_key=admin_key,
                   url_secret=url_secret or "", url_ttl=url_ttl, key_dir=key_dir, service=service,
                   mail_host=mail_host, retention_days=retention_days, status_first_retry=status_first_retry,
                   status_retry_hours=status_retry_hours, dns=dns, milter=milter,

@@ -142,6 +142,7 @@ def write_config(plan: Plan) -> Path:
     _secret_file(plan.agentmx_dir / "webhook.secret", "whsec_" + base64.b64encode(os.urandom(32)).decode())
     _secret_file(plan.agentmx_dir / "url.secret", base64.b64encode(os.urandom(32)).decode())
     _secret_file(plan.agentmx_dir / "api.key", "amx_" + base64.b32encode(os.urandom(20)).decode().lower())
+    _secret_file(plan.agentmx_dir / "admin.key", "amxadm_" + base64.b32encode(os.urandom(20)).decode().lower())
     host = _postconf("-c", str(plan.postfix_dir), "-h", "myhostname").strip()
     cfg.write_text(f"""# Written by `agentmx setup` on {time.strftime('%Y-%m-%d')}; every key: config/agentmx.toml in the docs.
 [server]
@@ -149,6 +150,8 @@ authserv_id = "{host}"
 data_dir = "{plan.data_dir}"
 key_dir = "{plan.agentmx_dir / 'keys'}"
 url_secret_file = "{plan.agentmx_dir / 'url.secret'}"
+# Signs in to the web console (<public_url>/console) with every key's view.
+admin_key_file = "{plan.agentmx_dir / 'admin.key'}"
 
 [milter]
 socket = "{plan.socket}"
@@ -222,7 +225,7 @@ def layout(plan: Plan, app, milter) -> list[Owned]:
            Owned(keys, 0, milter.pw_gid, 0o750),
            Owned(plan.socket.parent, milter.pw_uid, _gid("postfix"), 0o750)]
     out += [Owned(etc / name, app.pw_uid, app.pw_gid, 0o400)
-            for name in ("webhook.secret", "url.secret", "api.key") if (etc / name).exists()]
+            for name in ("webhook.secret", "url.secret", "api.key", "admin.key") if (etc / name).exists()]
     for d in sorted(p for p in keys.iterdir() if p.is_dir()):
         out.append(Owned(d, 0, milter.pw_gid, 0o750))
         out += [Owned(f, 0, milter.pw_gid, 0o640) for f in sorted(d.iterdir()) if f.is_file()]

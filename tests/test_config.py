@@ -223,3 +223,15 @@ def test_milter_dmarc_mode_is_an_enum_defaulting_to_rfc9989():
     assert parse_config(MIN + '[milter]\ndmarc = "rfc7489"\n', P).milter.dmarc is DmarcMode.RFC7489
     with pytest.raises(ConfigError, match=r'\[milter\] dmarc: must be "rfc9989" or "rfc7489"'):
         parse_config(MIN + '[milter]\ndmarc = "dmarcbis"\n', P)
+
+
+@pytest.mark.unit
+def test_the_console_admin_key_is_a_secret_of_its_own():
+    key = "console-key-0123456789abcdef"
+    ok = parse_config(MIN + f'admin_key = "{"a" * 24}"\n', Path("c.toml"))
+    assert ok.admin_key == "a" * 24 and "a" * 24 not in repr(ok)
+    with pytest.raises(ConfigError, match=r"\[server\] admin_key: must be at least 24 characters"):
+        parse_config(MIN + 'admin_key = "short"\n', Path("c.toml"))
+    with pytest.raises(ConfigError, match=r"\[server\] admin_key: the same as an \[\[api_keys\]\] key"):
+        parse_config(MIN + f'admin_key = "{key}"\n[[api_keys]]\nname = "a"\nkey = "{key}"\nallow = ["@x.test"]\n',
+                     Path("c.toml"))

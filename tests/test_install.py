@@ -87,7 +87,7 @@ def test_serve_cannot_read_a_private_key_and_the_milter_no_app_secret(inst):
         denied = serve.run_as(["cat", str(key)])
         assert denied.returncode != 0 and "Permission denied" in denied.stderr
         assert milter.run_as(["cat", str(key)]).returncode == 0
-    for secret in ("webhook.secret", "url.secret", "api.key"):
+    for secret in ("webhook.secret", "url.secret", "api.key", "admin.key"):
         denied = milter.run_as(["cat", str(inst["etc"] / secret)])
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, secret
         assert serve.run_as(["cat", str(inst["etc"] / secret)]).returncode == 0
@@ -136,7 +136,7 @@ def test_every_file_setup_made_has_the_documented_owner_and_mode(inst):
         return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)
     assert owner(etc) == ("root", "agentmx", 0o750)
     assert owner(etc / "agentmx.toml") == ("root", "agentmx", 0o640)
-    for secret in ("webhook.secret", "url.secret", "api.key"):
+    for secret in ("webhook.secret", "url.secret", "api.key", "admin.key"):
         assert owner(etc / secret) == ("agentmx", "agentmx", 0o400)
     assert owner(etc / "keys") == ("root", "agentmx-milter", 0o750)
     assert owner(etc / "keys" / DOMAIN) == ("root", "agentmx-milter", 0o750)

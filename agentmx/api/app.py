@@ -12,6 +12,7 @@
     the rest of MailKite's SDK paths                501 not_supported, with why (mailkite.py; last)
     GET  /v1/blobs/{sha256}?exp=&type=&name=&sig=   a stored raw message or attachment (blobs.py)
     GET  /metrics                                   Prometheus, with [server] metrics_token as Bearer
+    /console/...                                    the web console: HTML pages, a session cookie (console/)
     GET  /healthz                                   200 "ok"
 
 Every failure is JSON: {"error": "<message>", "code": "<code>"}; a store that cannot be reached is
@@ -34,7 +35,7 @@ from starlette.routing import Route
 
 from agentmx.store import StoreError
 
-from . import blocklist_api, deliveries, domains, mailkite, messages, realtime, suppressions
+from . import blocklist_api, console, deliveries, domains, mailkite, messages, realtime, suppressions
 from .blobs import blob_route
 from .blocks import refresh as refresh_blocks
 from .context import Context
@@ -146,6 +147,7 @@ def create_app(ctx: Context):
         *messages.routes(ctx), *deliveries.routes(ctx), *domains.routes(ctx),
         *mcp.routes(),
         *suppressions.routes(ctx), *blocklist_api.routes(ctx),      # issue 16: suppressions and blocks
+        *console.mount(ctx, inbox),           # issue 19: the web console, /console (console/)
         *mailkite.not_offered_routes(ctx),    # last: never in front of a path another route serves
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={

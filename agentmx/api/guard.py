@@ -25,7 +25,7 @@ log = logging.getLogger("agentmx.serve")
 
 # Long requests that hold a stream slot (streams.py) instead of a request slot; /v1/events only as a
 # stream (Accept: text/event-stream): its JSON list is an ordinary request.
-STREAM_PATHS = ("/v1/events", "/v1/messages/wait", "/v1/realtime")
+STREAM_PATHS = ("/v1/events", "/v1/messages/wait", "/v1/realtime", "/console/live")
 RELEASE = "agentmx.release"     # scope key: gives the request's slot back (a long wait holds a stream slot instead)
 SEND_PATHS = ("/v1/send", "/v1/send/batch")
 UPLOAD_PATH = "/v1/attachments"
