@@ -11,7 +11,10 @@
   serve as their units say, serve as its unprivileged user) with a second API key, OWNER_KEY, whose
   allow is OWNER only. One per module: a module's sign-in failures (the rate limit) stay its own.
 - `console`: a Console on that install with a fresh browser session (cookies cleared);
-  `signed_in`: the same, signed in with the agent's key (setup's, which allows @agents.test).
+  `signed_in`: the same, signed in with the agent's key (setup's, which allows @agents.test), on
+  the inbox. serve counts every sign-in, good or bad, against a limit (10 per address per 5
+  minutes): signed_in and Console.resume(key) reuse the module's session for a key, so only the
+  tests about signing in use the form.
 - `shot(name)`: a PNG of the current page into the artifacts folder ($AGENTMX_ARTIFACTS, default
   tests/artifacts/; gitignored). A failed test that used the browser leaves
   FAILED-<test>.png and .html (the page source) there.
@@ -56,9 +59,26 @@ def console_install(dns_server):
 class Console:
     """The console of one install, seen through the browser."""
 
-    def __init__(self, inst: dict, browser: Browser):
+    def __init__(self, inst: dict, browser: Browser, sessions: dict):
         self.inst, self.browser, self.driver = inst, browser, browser.driver
         self.base = inst["api"]
+        self.sessions = sessions          # key -> its session cookie, for this module's install
+
+    def resume(self, key: str) -> None:
+        """Signed in with `key`, on the inbox: this module's session for that key when there is one
+        (serve counts every sign-in against the limit, LIMIT a window: a user stays signed in),
+        else by the sign-in form."""
+        self.driver.delete_all_cookies()
+        if (cookie := self.sessions.get(key)) is not None:
+            self.driver.add_cookie(cookie)
+            self.open("/console/inbox")
+            if self.path() == "/console/inbox":
+                return
+            self.driver.delete_all_cookies()
+        self.sign_in(key)
+        assert self.path() == "/console/inbox", self.driver.page_source[:2000]
+        cookie = self.session_cookie()
+        self.sessions[key] = {k: v for k, v in cookie.items() if k != "domain"}     # the page's host
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -67,9 +87,20 @@ class Console:
         self.driver.get(self.url(path))
 
     def path(self) -> str:
-        """The current page's path (and query)."""
-        url = self.driver.current_url
+        """The current page's path, without its query (/console/signin?next=... is /console/signin)."""
+        url = self.driver.current_url.partition("#")[0].partition("?")[0]
         return url[len(self.base):] if url.startswith(self.base) else url
+
+    def status(self) -> int | None:
+        """The HTTP status of the page the browser shows (its Navigation Timing entry)."""
+        return self.driver.execute_script(
+            "const e = performance.getEntriesByType('navigation')[0]; return e ? e.responseStatus : null;")
+
+    def built(self, path: str) -> bool:
+        """Whether serve has a page at `path` (a list page: it answers 404 only when it does not
+        exist). Opens it."""
+        self.open(path)
+        return self.status() != 404
 
     def find(self, css: str):
         return self.driver.find_element(By.CSS_SELECTOR, css)
@@ -127,17 +158,21 @@ def inst(console_install, dns_server):
     return console_install
 
 
+@pytest.fixture(scope="module")
+def _sessions(console_install) -> dict:
+    return {}
+
+
 @pytest.fixture
-def console(inst, browser) -> Console:
+def console(inst, browser, _sessions) -> Console:
     browser.driver.get(inst["api"] + "/console/signin")    # cookies are per site: clear this one's
     browser.driver.delete_all_cookies()
-    return Console(inst, browser)
+    return Console(inst, browser, _sessions)
 
 
 @pytest.fixture
 def signed_in(console) -> Console:
-    console.sign_in(api_key(console.inst))
-    assert console.path() == "/console/inbox", console.driver.page_source[:2000]
+    console.resume(api_key(console.inst))
     return console
 
 
