@@ -43,6 +43,8 @@ SECOND_KEY = f'[[api_keys]]\nname = "owner"\nkey = "{OWNER_KEY}"\nallow = ["{OWN
 
 @pytest.fixture(scope="session")
 def browser():
+    for stale in (*ARTIFACTS.glob("FAILED-*.png"), *ARTIFACTS.glob("FAILED-*.html")):   # an earlier run's
+        stale.unlink()
     b = Browser(ARTIFACTS).start()
     try:
         yield b

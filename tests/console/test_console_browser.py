@@ -206,6 +206,7 @@ def test_hostile_html_runs_no_script_and_loads_no_remote_image_until_asked(signe
         driver.switch_to.default_content()
     assert _no_script_ran(driver) == [] and driver.title != "PWNED"
     assert pixel.hits == [], pixel.hits
+    driver.execute_script("document.getElementById('html').scrollIntoView()")
     shot("message-hostile")
 
     # the user asks for remote images: now (and only now) the tracker is fetched; scripts still not
@@ -218,6 +219,7 @@ def test_hostile_html_runs_no_script_and_loads_no_remote_image_until_asked(signe
     finally:
         driver.switch_to.default_content()
     assert _no_script_ran(driver) == [] and driver.title != "PWNED"
+    driver.execute_script("document.getElementById('html').scrollIntoView()")
     shot("message-hostile-remote-images")
 
 
@@ -242,6 +244,17 @@ def test_another_keys_messages_are_invisible(console, shot):
     console.resume(api_key(console.inst))
     console.wait_for_row(agents["id"])
     assert console.row(owners["id"]) is not None
+
+
+def test_the_admin_key_sees_every_keys_messages(console, shot):
+    """[server] admin_key_file (setup writes admin.key): the mail of every key, the owner's too."""
+    agents = console.receive(_subject("Agent's, for the admin"))
+    owners = console.receive(_subject("Owner's, for the admin"), to=OWNER)
+    console.resume((console.inst["etc"] / "admin.key").read_text().strip())
+    assert "admin" in console.find("#nav ~ form .who, .who").text
+    console.wait_for_row(agents["id"])
+    console.wait_for_row(owners["id"])
+    shot("inbox-admin")
 
 
 # --- keyboard and labels ----------------------------------------------------------------------------
