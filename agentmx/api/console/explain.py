@@ -13,6 +13,10 @@ class Explained:
     line: str            # as `agentmx auth` prints it: "DKIM d=x s=y a=rsa-sha256: pass"
     meaning: str         # what it means, in a sentence
 
+    @property
+    def badge(self) -> str:
+        return "not verified" if self.method == "note" else f"{self.method}={self.result}"
+
 
 MEANING = {
     "spf": {"pass": "The sending server is one {domain} lists as allowed to send its mail.",
@@ -52,8 +56,8 @@ MEANING = {
 
 
 def _meaning(method: str, result: str, domain: str | None) -> str:
-    text = MEANING.get(method, {}).get(result) or f"Result {result}."
-    return text.format(domain=domain or "the domain")
+    text = (MEANING.get(method, {}).get(result) or f"Result {result}.").format(domain=domain or "the domain")
+    return text[:1].upper() + text[1:]
 
 
 def _reason(d: dict | None) -> str:
@@ -63,6 +67,10 @@ def _reason(d: dict | None) -> str:
 
 def explain(auth: dict) -> list[Explained]:
     details = auth.get("details") or {}
+    if details.get("note"):         # no header of ours (or unreadable): nothing was verified
+        return [Explained("note", "none", f"note: {details['note']}",
+                          "Our milter did not verify this message: SPF, DKIM and DMARC all say none. "
+                          "Do not believe its From address.")]
     out = []
     spf = details.get("spf") or {}
     spf_result = auth.get("spf", "none")
@@ -103,6 +111,4 @@ def explain(auth: dict) -> list[Explained]:
     sd = details.get("spam") or {}
     score = f" (score {sd.get('score')} of {sd.get('required')})" if sd.get("score") is not None else ""
     out.append(Explained("spam", spam, f"spam: {spam}{score}", _meaning("spam", spam, None)))
-    if details.get("note"):
-        out.append(Explained("note", "none", f"note: {details['note']}", "The message was not verified by our milter."))
     return out
