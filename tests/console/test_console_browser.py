@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -200,7 +199,10 @@ def test_hostile_html_runs_no_script_and_loads_no_remote_image_until_asked(signe
     try:
         wait_for(lambda: "Hello from the hostile message" in driver.page_source, timeout=15,
                  what="the message's HTML in the frame")
-        time.sleep(1.5)          # the image would have been requested by now (it is on loopback)
+        # "complete": every image of the frame loaded or failed: a fetched tracker would be counted
+        # by now (the server records the request before it answers it)
+        wait_for(lambda: driver.execute_script("return document.readyState") == "complete", timeout=15,
+                 what="the frame's images")
         assert _no_script_ran(driver) == []
     finally:
         driver.switch_to.default_content()

@@ -55,9 +55,12 @@ def ensure_user(name: str = USER) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--home-dir", "/nonexistent", "--no-create-home",
-                        "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
-        return pwd.getpwnam(name)
+        made = subprocess.run(["useradd", "--system", "--user-group", "--home-dir", "/nonexistent",
+                               "--no-create-home", "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True)
+        try:
+            return pwd.getpwnam(name)          # made, or by another test run at the same moment
+        except KeyError:
+            raise RuntimeError(f"useradd {name}: {made.stderr}") from None
 
 
 def _stat(pid: int) -> tuple[int, int, int] | None:
