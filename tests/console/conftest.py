@@ -6,7 +6,7 @@
         row = signed_in.wait_for_row(event["id"])     # the inbox reloaded until its row is there
         shot("inbox")                                  # artifacts/inbox.png
 
-- `browser` (session): one headless Chromium, unprivileged, sandboxed (tests/support/browser.py).
+- `browser` (this package): one headless Chromium, unprivileged, sandboxed (tests/support/browser.py).
 - `console_install` (module): a whole install (tests/support/install.py: setup, the milter and
   serve as their units say, serve as its unprivileged user) with a second API key, OWNER_KEY, whose
   allow is OWNER only. One per module: a module's sign-in failures (the rate limit) stay its own.
@@ -41,7 +41,7 @@ OWNER_KEY = "amx_owner_" + secrets.token_hex(16)
 SECOND_KEY = f'[[api_keys]]\nname = "owner"\nkey = "{OWNER_KEY}"\nallow = ["{OWNER}"]\n'
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")        # tests/console/: stopped once its last test is done
 def browser():
     for stale in (*ARTIFACTS.glob("FAILED-*.png"), *ARTIFACTS.glob("FAILED-*.html")):   # an earlier run's
         stale.unlink()
