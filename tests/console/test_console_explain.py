@@ -50,3 +50,10 @@ def test_an_unverified_message_says_so_once_and_nothing_else():
 def test_hostile_shapes_do_not_break_it():
     for auth in ({}, {"details": None}, {"details": {"dkim": [{}], "dmarc": {}, "spf": {}}}, {"dmarc": "weird"}):
         assert explain(auth)
+
+
+def test_the_helo_check_is_explained_as_the_helo_name_not_the_envelope_sender():
+    auth = {**AUTH, "details": {**AUTH["details"], "spfHelo": {"result": "none", "reason": None, "helo": "mail.remote.test"}}}
+    helo = next(e for e in explain(auth) if e.method == "spf-helo")
+    assert helo.line == "SPF  HELO mail.remote.test: none"
+    assert "HELO name mail.remote.test" in helo.meaning and "envelope sender" not in helo.meaning

@@ -27,6 +27,10 @@ MEANING = {
             "temperror": "DNS did not answer in time: SPF could not be checked (a temporary error, not a failure).",
             "permerror": "{domain}'s SPF record is broken, so it cannot be evaluated.",
             "policy": "Not evaluated, by local policy."},
+    "spf-helo": {"pass": "The server's HELO name {domain} lists this server as allowed to use it.",
+                 "fail": "{domain}'s SPF record says this server may NOT use that HELO name.",
+                 "none": "No SPF record for the HELO name {domain} (common; the MAIL FROM check above is the one DMARC uses).",
+                 "temperror": "DNS did not answer in time: the HELO name was not checked (temporary)."},
     "dkim": {"pass": "The signature verifies: {domain} vouches for this message's content and the signed headers.",
              "fail": "The signature by {domain} does not verify: the message was altered, or the signature is forged.",
              "neutral": "The signature by {domain} could not be used.",
@@ -80,7 +84,8 @@ def explain(auth: dict) -> list[Explained]:
     if helo:
         out.append(Explained("spf-helo", helo.get("result", "none"),
                              f"SPF  HELO {helo.get('helo') or '-'}: {helo.get('result', 'none')}{_reason(helo)}",
-                             _meaning("spf", helo.get("result", "none"), helo.get("helo"))))
+                             _meaning("spf-helo" if helo.get("result", "none") in MEANING["spf-helo"] else "spf",
+                                      helo.get("result", "none"), helo.get("helo"))))
     sigs = details.get("dkim") or []
     if not sigs:
         out.append(Explained("dkim", "none", "DKIM: none (the message has no DKIM-Signature)",
