@@ -28,7 +28,7 @@ class QueueRead:
     truncated: bool = False
 
 
-def read_queue(config_dir: str | None = None, timeout: float = QUEUE_TIMEOUT,
+def read_queue(config_dir: str | Path | None = None, timeout: float = QUEUE_TIMEOUT,
                max_bytes: int = QUEUE_MAX_BYTES) -> QueueRead:
     """Postfix's queue (postqueue -j [-c config_dir]): at most `max_bytes` of output read, within
     `timeout` seconds (then postqueue is killed). Never raises for Postfix's failures: they are
@@ -84,7 +84,7 @@ def read_queue(config_dir: str | None = None, timeout: float = QUEUE_TIMEOUT,
     return QueueRead(items, truncated=truncated)
 
 
-def postfix_queue(config_dir: str | None = None) -> list[dict]:
+def postfix_queue(config_dir: str | Path | None = None) -> list[dict]:
     """Messages waiting in Postfix's queue (postqueue -j), with each recipient's delay reason
     (none when postqueue cannot be run: `agentmx status` says what it found)."""
     return read_queue(config_dir, timeout=30).items

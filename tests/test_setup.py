@@ -77,7 +77,7 @@ def test_setup_dry_run_apply_idempotent_undo(instance):
             from agentmx.config import load_config
             config = load_config(cfg)
             assert str(config.send.submit) == f"unix:{pf.base / 'spool' / 'public' / 'agentmx-submit'}"
-            assert config.postfix_config == str(pf.etc)       # the console's queue page asks this Postfix
+            assert config.postfix_config == pf.etc       # the console's queue page asks this Postfix
             req = send_path.parse_request({"from": "agent@agents.test", "to": "agent@agents.test", "text": "hi"})
             assert send_path.submit(send_path.build(req, None, config), config)
             wait_for(lambda: len(receiver.requests) == 2, timeout=30, what=f"the second event\n{pf.log()[-2000:]}")

@@ -90,7 +90,7 @@ def cmd_status(args) -> int:
               f"attempts={d.attempts}  status={d.status if d.status is not None else '-'}  {d.reason}")
     if not rows:
         print("  none yet")
-    waiting = ops.waiting_for_agents(config, ops.postfix_queue(args.postfix_config or config.postfix_config or None))
+    waiting = ops.waiting_for_agents(config, ops.postfix_queue(args.postfix_config or config.postfix_config))
     print(f"waiting in Postfix's queue for agentmx routes: {len(waiting)}")
     for qid, queue, rcpt, reason in waiting:
         print(f"  {qid} ({queue}) to={rcpt}: {reason or 'in delivery'}")

@@ -31,7 +31,7 @@ def routes(console: Console) -> list[Route]:
     slots = asyncio.Semaphore(RUNNING)
 
     def read(viewer: session.Viewer) -> tuple[list[dict], ops.QueueRead]:
-        got = ops.read_queue(ctx.config.postfix_config or None)
+        got = ops.read_queue(ctx.config.postfix_config)
         mine = ops.queued_for(ctx.config, got.items, lambda a: viewer.key.may_send_as(base_address(a)))
         return mine, got
 
