@@ -131,7 +131,11 @@ class Console:
                 old.tag_name
                 return False
             except StaleElementReferenceException:
-                return self.driver.execute_script("return document.readyState") == "complete"
+                pass
+            except WebDriverException as exc:    # Chromium's word for a node of a document since replaced
+                if "does not belong to the document" not in str(exc):
+                    raise
+            return self.driver.execute_script("return document.readyState") == "complete"
         wait_for(loaded, timeout=30, interval=0.1, what=f"the next page (at {self.driver.current_url})")
 
     def session_cookie(self):
