@@ -7,6 +7,9 @@ updates, and every page works without it. Each page module gives its routes; thi
     /console/signin, /console/signout                 signin.py (session.py: cookie, CSRF, limit)
     /console/inbox, /console/live                     inbox.py
     /console/messages/{id}[/html|/raw|/attachments/n] message.py
+    /console/deliveries[/{id}[/retry]]                deliveries.py
+    /console/sends[/{id}]                             sends.py
+    /console/agent[/{event id}]                       agent.py
     /console/static/...                               CSS and the live-update script
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..context import Context
 from ..inbox import InboxRoutes
-from . import inbox, message, signin
+from . import agent, deliveries, inbox, message, sends, signin
 from .core import PREFIX, Console
 from .render import HERE
 
@@ -29,6 +32,7 @@ def mount(ctx: Context, inbox_routes: InboxRoutes) -> list:
         return RedirectResponse(PREFIX + "/inbox", 303)
 
     pages = [*signin.routes(console), *inbox.routes(console, inbox_routes),
-             *message.routes(console, inbox_routes)]
+             *message.routes(console, inbox_routes), *sends.routes(console), *deliveries.routes(console),
+             *agent.routes(console)]
     return [Route(PREFIX, home), Route(PREFIX + "/", home),
             Mount(PREFIX, routes=[*pages, Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")])]

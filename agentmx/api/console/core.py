@@ -25,7 +25,7 @@ log = logging.getLogger("agentmx.serve.console")
 
 PREFIX = "/console"
 # The navigation, in order: (label, path). A page not yet built is not listed.
-NAV = [("Inbox", "/inbox")]
+NAV = [("Inbox", "/inbox"), ("Sends", "/sends"), ("Deliveries", "/deliveries"), ("Agent", "/agent")]
 MAX_FORM = 65536
 
 
