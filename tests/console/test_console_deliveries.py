@@ -294,3 +294,26 @@ def test_agent_jobs_and_a_transcript_escaped_and_bounded(world):
     assert b.get(f"{w['url']}/console/agent/{done}", timeout=5).status_code == 404
     pulled = put(w, "not a job", "agent@pull.test", "Q3")
     assert s.get(f"{w['url']}/console/agent/{pulled}", timeout=5).status_code == 404
+
+
+# --- paging -------------------------------------------------------------------------------------------
+
+def test_each_list_pages_by_its_cursor(world, monkeypatch):
+    from agentmx.api.console import agent, deliveries, sends
+    w = world
+    for module in (agent, deliveries, sends):
+        monkeypatch.setattr(module, "PAGE", 2)                 # serve runs in this process
+    events = [put(w, f"pull {n}", "agent@pull.test", f"Q{n}") for n in range(3)]
+    jobs = [put(w, f"job {n}", "agent@agent.test", f"J{n}") for n in range(3)]
+    sent = [a_send(w, n, "agent@push.test", ("bob@remote.test",)) for n in ("d", "dd", "ddd")]
+    s = signed_in(w, KEY_A)
+    for path, table, newest_first in (("deliveries?state=stored", "deliveries", events[::-1]),
+                                      ("agent", "jobs", jobs[::-1]), ("sends", "sends", [r.id for r in sent[::-1]])):
+        page = s.get(f"{w['url']}/console/{path}", timeout=5)
+        assert re.findall(r'<tr data-id="([^"]+)"', page.text) == newest_first[:2], path
+        older = re.search(r'<a id="older" href="([^"]+)"', page.text).group(1).replace("&amp;", "&")
+        rest = s.get(f"{w['url']}{older}", timeout=5)
+        assert re.findall(r'<tr data-id="([^"]+)"', rest.text) == newest_first[2:], path
+        assert 'id="older"' not in rest.text
+        bad = s.get(f"{w['url']}/console/{path.partition('?')[0]}?before=12x", timeout=5)
+        assert bad.status_code == 400 and "before" in bad.text and "Traceback" not in bad.text
