@@ -4,10 +4,10 @@
     GET /console/agent/{event id}         the job, and its transcript (agentmx/agentloop.py's record:
                                           each attempt's model turns and tool calls, or its error)
 
-Scope: the jobs of the agent routes whose whole match the viewer's key may read (api/deliveries.py's
-readable_routes; store.list_jobs). Another route's job is a 404. The transcript is the model's
-output and the message's text: data, printed escaped, each text cut at MAX_TEXT characters, at most
-MAX_TURNS turns per attempt and the newest MAX_RUNS attempts.
+Scope: the jobs of the routes whose whole match the viewer's key may read (api/deliveries.py's
+readable_routes; store.list_jobs: only an agent route's events have jobs). Another route's job is a
+404. The transcript is the model's output and the message's text: data, printed escaped, each text
+cut at MAX_TEXT characters, at most MAX_TURNS turns per attempt and the newest MAX_RUNS attempts.
 """
 from __future__ import annotations
 
@@ -101,11 +101,12 @@ def runs(record: dict | None) -> tuple[list[Run], int]:
 def routes(console: Console) -> list[Route]:
     ctx = console.ctx
 
-    def agent_routes(viewer: session.Viewer) -> tuple[str, ...]:
-        return tuple(r.match for r in readable_routes(ctx.config, viewer.key) if r.action == "agent")
+    def route_matches(viewer: session.Viewer) -> tuple[str, ...]:
+        """The matches of the routes the viewer may read: only an agent route's events have jobs."""
+        return tuple(r.match for r in readable_routes(ctx.config, viewer.key))
 
     def listing(viewer: session.Viewer, state: JobState | None, before: int | None):
-        rows = ctx.store.list_jobs(agent_routes(viewer), state=state, before_seq=before, limit=PAGE + 1)
+        rows = ctx.store.list_jobs(route_matches(viewer), state=state, before_seq=before, limit=PAGE + 1)
         more = len(rows) > PAGE
         rows = rows[:PAGE]
         return rows, (rows[-1].seq if more and rows else None)
@@ -118,12 +119,12 @@ def routes(console: Console) -> list[Route]:
         rows, next_before = await ctx.run(listing, viewer, JobState(state) if state else None,
                                           cursor(params.get("before")))
         return console.render(request, viewer, "agent.html", title="Agent", rows=rows, state=state, states=STATES,
-                              next_before=next_before, routes=agent_routes(viewer))
+                              next_before=next_before)
 
     def detail(viewer: session.Viewer, event_id: str):
         job = ctx.store.job(valid_id(event_id, "msg_", "job"))
         delivery = ctx.store.delivery(event_id) if job else None
-        if job is None or delivery is None or delivery.route not in agent_routes(viewer):
+        if job is None or delivery is None or delivery.route not in route_matches(viewer):
             raise ApiError(404, "unknown_job", "no such agent job (or not one of your routes')")
         return job, delivery, ctx.store.inbox_row(event_id), runs(ctx.store.get_transcript(event_id))
 
