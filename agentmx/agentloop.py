@@ -5,7 +5,7 @@ as instructions and the email as DATA: its metadata from agentmx (auth verdicts,
 in a fence whose tag is random per message (agentmx/untrusted.py), labelled as written by a
 stranger. It may call three tools:
 
-  reply(text)          answer the sender through the send path: threaded, DKIM-signed, from the
+  reply(text)          answer the sender through the one send path (sendpath.py): threaded, DKIM-signed, from the
                        address the mail was sent to, to ONE address (replies.reply_address: the
                        From address, and only when it is authenticated: DMARC pass, or an aligned
                        SPF or DKIM pass); refused for bounces and auto-replies (loops); once per message
@@ -28,12 +28,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from typing import Callable
 
-from . import replies, send, sendevents, suppression, untrusted
-from .config import AgentConfig, Config, Route
+from . import replies, send, sendpath, untrusted
+from .address import split
+from .config import AgentConfig, Config, Route, RouteAction
+from .sendpath import route_key, route_limit
 from .store import Store, StoreError, StoreUnavailable, open_store
 from .store.model import JobState
 
@@ -199,81 +199,54 @@ def _tool(name, args, event, route: Route, effects: Effects, actions: list[str],
     return f"error: there is no tool {name!r}"
 
 
-# --- the effects, through the send path ---------------------------------------------------------
+# --- the effects, through the one send path (sendpath.py) ------------------------------------------
 
-def route_key(route: Route) -> str:
-    """The store's counter of a route's sends_per_hour, shared by every agent worker."""
-    return f"agent:{route.match}"
-
-
-def send_effects(config: Config, store: Store) -> Effects:
-    from agentmx.address import split
+def send_effects(config: Config, store: Store, submit: Callable[[send.Outgoing, Config], str] = send.submit,
+                 clock: Callable[[], float] = time.time) -> Effects:
+    """The tools' effects: each a SendRequest from the tool's arguments, sent by the one send path
+    as the route's Caller (its address, its forward_to, its sends_per_hour); `submit`: the way to
+    Postfix (a test gives its own)."""
+    box = sendpath.Outbox(config, store, clock, submit)
     reserved: set[str] = set()
 
     def from_address(event: dict) -> str:          # agent+tag@ answers as agent@
         return split(event["recipient"])[0]
 
-    def counted(event: dict, route: Route, action: str, out: send.Outgoing, thread: str | None) -> str:
-        """Submit `out` as one of the route's sends_per_hour (the job's reserved one first, then
-        more) and under the send limits every sender shares; returns Postfix's queue id."""
-        suppression.check(store, from_address(event), out.recipients)     # 422 suppressed: nothing taken yet
-        own = event["id"] in reserved
-        reserved.discard(event["id"])
-        cap = () if own else ((route_key(route), route.sends_per_hour),)
+    def sent(event: dict, route: Route, req: send.SendRequest) -> send.Outgoing:
+        """Through the path as one of the route's sends_per_hour: the job's reserved one first
+        (handed over when the path counts the send), then more."""
+        def prepaid() -> tuple[str, ...]:
+            if event["id"] not in reserved:
+                return ()
+            reserved.discard(event["id"])
+            return (route_key(route),)
         try:
-            taken = send.take_limits(store, config, out.correspondents, thread, cap)
+            return sendpath.send_message(box, sendpath.Caller.agent(route, prepaid), req).out
         except send.RateLimited as exc:
-            if own:
-                store.give_back([route_key(route)])
             if exc.key == route_key(route):
                 raise send.SendError(429, "route_rate_limited", f"this address has sent {exc.limit} messages in the "
                                      "last hour (its sends_per_hour); nothing more is sent now", exc.retry_after) from None
             raise
-        except BaseException:
-            if own:
-                store.give_back([route_key(route)])
-            raise
-        send_id = send.new_send_id()
-        out = send.with_return_path(out, send_id, config)
-        try:
-            queue_id = send.submit(out, config)
-        except BaseException:
-            store.give_back(taken + ([route_key(route)] if own else []))
-            raise
-        try:                  # kept like the API's sends: its reports come back to the route (email.bounced...)
-            sendevents.record_send(store, config, send_id, route_key(route), from_address(event), out, queue_id, event["id"],
-                        time.time())
-        except StoreError as exc:
-            log.warning("%s: sent as %s (%s) but not recorded: %s", event["id"], send_id, queue_id, exc)
-        return queue_id
 
     def reply(event: dict, route: Route, text: str) -> str:
         to = replies.reply_address(event)               # ONE address, never one the mail chose
-        req = send.SendRequest(sender=send.Mailbox(from_address(event)), to=(to,), text=text, in_reply_to=event["id"])
-        out = send.build(req, event, config)            # 409 loop_risk for bounces and auto-replies
-        queue_id = counted(event, route, "replied", out, out.thread_id)
-        log.info("%s: replied to %s as %s (queue id %s)", event["id"], to.address, out.message_id, queue_id)
+        out = sent(event, route, send.SendRequest(sender=send.Mailbox(from_address(event)), to=(to,), text=text,
+                                                  in_reply_to=event["id"]))     # 409 loop_risk: bounces, auto-replies
+        log.info("%s: replied to %s as %s", event["id"], to.address, out.message_id)
         return out.message_id
 
     def forward(event: dict, route: Route, to: str, note: str) -> str:
-        msg = EmailMessage()
-        sender = from_address(event)
-        msg["From"] = sender
-        msg["To"] = to
-        msg["Subject"] = "Fwd: " + send.one_line(event.get("subject"))
-        msg["Date"] = formatdate()
-        message_id = make_msgid(domain=sender.rpartition("@")[2])
-        msg["Message-ID"] = message_id
-        msg["Auto-Submitted"] = "auto-generated"
-        msg.set_content((note + "\n\n" if note else "") + "Forwarded by agentmx; the original is attached.\n")
         raw_sha = (event.get("raw") or {}).get("sha256")
         raw = (store.get_blob(raw_sha) or b"") if raw_sha else b""
-        if raw:
-            msg.add_attachment(raw, maintype="message", subtype="rfc822", filename="original.eml")
-        out = send.Outgoing(msg, sender, (to,), message_id, message_id, None, (to,))
-        queue_id = counted(event, route, f"forwarded:{to}", out, None)
-        log.info("%s: forwarded to %s as %s (queue id %s)", event["id"], to, message_id, queue_id)
-        return message_id
+        req = send.SendRequest(
+            sender=send.Mailbox(from_address(event)), to=(send.Mailbox(to),),
+            subject="Fwd: " + send.one_line(event.get("subject")),
+            text=(note + "\n\n" if note else "") + "Forwarded by agentmx; the original is attached.\n",
+            attachments=(send.Attachment("original.eml", "message/rfc822", raw),) if raw else (),
+            auto_submitted="auto-generated")
+        out = sent(event, route, req)
+        log.info("%s: forwarded to %s as %s", event["id"], to, out.message_id)
+        return out.message_id
     return Effects(reply, forward, reserved)
 
 
@@ -290,7 +263,7 @@ def _job_input(config: Config, store: Store, job_id: str) -> tuple[dict, Route]:
         raise _Unrunnable("the stored event is gone")
     event = json.loads(raw)
     match = routing.match(event["recipient"], config.routes)
-    if match is None or match.route.action != "agent":
+    if match is None or match.route.action is not RouteAction.AGENT:
         raise _Unrunnable(f"no agent route for {event['recipient']} any more")
     return event, match.route
 
@@ -310,7 +283,7 @@ def process_one(config: Config, store: Store, chat: ChatFn, effects: Effects, cl
     try:
         record = store.get_transcript(job.id) or record
         event, route = _job_input(config, store, job.id)
-        full = store.take([(route_key(route), route.sends_per_hour)], 3600)
+        full = store.take([route_limit(route)], send.HOUR)
         if full is not None:
             store.job_postpone(job.id, clock() + full[1])
             log.warning("%s: %s has used its sends_per_hour (%d); the job waits until %s", job.id, route.match,
@@ -394,5 +367,4 @@ def serve(config: Config, once: bool = False, poll: float = 1.0, store: Store | 
 
 def _base(recipient: str) -> str:
     """agent@ for agent+tag@: the tag is the sender's choice, never part of the instructions."""
-    from agentmx.address import split
     return split(recipient)[0] if recipient else ""

@@ -1,8 +1,12 @@
-"""The authserv-id an Authentication-Results header claims: shared by the milter (which removes
-forged headers) and deliver (which trusts only ours). Stdlib only, cheap to import."""
+"""What the milter and deliver share of the Authentication-Results header: the authserv-id it
+claims (the milter removes forged headers, deliver trusts only ours) and the RFC 8601 result words
+(the milter writes them, deliver reads them back). Stdlib only, cheap to import."""
 from __future__ import annotations
 
 import re
+
+# RFC 8601 section 2.7 words used by agentmx (policy is DMARC's "policy" for local overrides).
+RESULT_WORDS = frozenset(("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"))
 
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 

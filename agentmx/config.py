@@ -12,11 +12,12 @@ import logging
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, overload
 
 from .address import split
+from .webhook import key_of
 
 log = logging.getLogger("agentmx.config")
 
@@ -27,7 +28,16 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file and the key."""
 
 
-class Service(enum.Enum):
+class Choice(enum.Enum):
+    """A word the file chooses from a fixed set (a mode, an action, a policy): loaded into a member
+    (`_Section.choice`), compared by identity where it is used, never as a string; str() is the word
+    as the file spells it (messages, records, JSON)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Service(Choice):
     """Who loads the config, and so which files it may read (docs/operator.md, "Who may read what").
 
     Each service reads only its own secrets: the milter (user agentmx-milter) the DKIM keys and
@@ -66,13 +76,10 @@ class PolicyConfig:
         return not (self.reject_dmarc or self.reject_spf_fail or self.defer_temperror)
 
 
-class DmarcMode(enum.Enum):
+class DmarcMode(Choice):
     """How the milter verifies DMARC ([milter] dmarc; milter/dmarc_check.py)."""
     RFC9989 = "rfc9989"      # DMARCbis: DNS Tree Walk, psd, np, t; pct ignored (the default)
     RFC7489 = "rfc7489"      # the public suffix list and pct, as before RFC 9989
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -100,29 +107,52 @@ class MilterConfig:
         return any(addr in net for net in self.trusted_networks)
 
 
+class MtaStsMode(Choice):
+    """The MTA-STS mode `agentmx dns` publishes for a domain ([domains."..."] mta_sts; RFC 8461)."""
+    TESTING = "testing"
+    ENFORCE = "enforce"
+
+
 @dataclass(frozen=True)
 class DomainConfig:
     name: str
     policy: PolicyConfig           # the inbound policy for mail to this domain
     dkim_selectors: tuple[str, ...] = ()   # keys that sign mail from this domain (rotation: edit the list)
-    mta_sts: str | None = None             # MTA-STS mode to publish: testing or enforce (`agentmx dns`)
+    mta_sts: MtaStsMode | None = None      # MTA-STS mode to publish (`agentmx dns`); None: no MTA-STS record
     tls_rpt: str | None = None             # TLS-RPT report address (mailto: or https:)
 
 
-TRUST_POLICIES = ("deliver", "require-dmarc", "flag")
-ATTACHMENT_MODES = ("url", "inline")
-ROUTE_MODES = ("push", "pull", "both")
-ROUTE_ACTIONS = ("post", "agent")   # POST to the endpoint; keep for GET /v1/messages; both
+class TrustPolicy(Choice):
+    """What a route does with a message by its DMARC verdict ([[routes]] trust; deliver/core.py)."""
+    DELIVER = "deliver"              # every message goes to the agent
+    REQUIRE_DMARC = "require-dmarc"  # only a DMARC pass; the others are kept aside (held), not sent
+    FLAG = "flag"                    # every message, flagged in the event unless DMARC passed
 
 
-class AckMode(enum.Enum):
+class AttachmentMode(Choice):
+    """How a route's events carry attachments ([[routes]] attachments)."""
+    URL = "url"                      # signed links to GET
+    INLINE = "inline"                # base64 in the event, each up to inline_max_bytes (else a link)
+
+
+class RouteMode(Choice):
+    """Whether a route POSTs its events ([[routes]] mode)."""
+    PUSH = "push"                    # POST to the endpoint
+    PULL = "pull"                    # kept for GET /v1/messages only
+    BOTH = "both"                    # POST, and kept for GET /v1/messages
+
+
+class RouteAction(Choice):
+    """Who handles a route's mail ([[routes]] action)."""
+    POST = "post"                    # the agent at the endpoint, as mode says
+    AGENT = "agent"                  # agentmx runs the model loop itself (`agentmx agent`); mode is then pull
+
+
+class AckMode(Choice):
     """What an endpoint's 2xx answer must say (MailKite's ackMode; docs/agent-developer.md)."""
     LENIENT = "lenient"      # any 2xx is delivered; the body is not read
     ACK = "ack"              # delivered only for {"status": "ok"} (or x-mailkite-ack: ok); else retried
     CONTROL = "control"      # the body decides: ok, drop, spam, and the block-sender action
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -131,13 +161,13 @@ class Route:
     endpoint: str | None           # None only for mode = "pull"
     secret: str = field(repr=False)
     timeout: float = 10.0
-    attachments: str = "url"       # url: signed links; inline: base64 in the event up to inline_max_bytes
+    attachments: AttachmentMode = AttachmentMode.URL
     inline_max_bytes: int = 1_000_000
     mailkite_signature: bool = True    # x-mailkite-signature beside the Standard Webhooks headers
     ack: AckMode = AckMode.LENIENT
-    trust: str = "deliver"         # deliver, require-dmarc (others kept aside, not sent), flag
-    mode: str = "push"             # push (POST), pull (kept for the inbox API only), both
-    action: str = "post"           # post (as mode says), agent (agentmx runs the model loop itself)
+    trust: TrustPolicy = TrustPolicy.DELIVER
+    mode: RouteMode = RouteMode.PUSH
+    action: RouteAction = RouteAction.POST
     prompt: str = ""               # action = "agent": the instructions for this address
     forward_to: tuple[str, ...] = ()   # action = "agent": the only addresses the forward tool may use
     sends_per_hour: int = 30           # action = "agent": replies and forwards in any hour, counted in the job queue
@@ -145,7 +175,7 @@ class Route:
 
     @property
     def pushes(self) -> bool:
-        return self.action == "post" and self.mode in ("push", "both")
+        return self.action is RouteAction.POST and self.mode is not RouteMode.PULL
 
 
 @dataclass(frozen=True)
@@ -167,7 +197,7 @@ def allows(allow: tuple[str, ...], address: str) -> bool:
             or split(address)[0] in allow)
 
 
-class SubmitVia(enum.Enum):
+class SubmitVia(Choice):
     UNIX = "unix"        # a unix-domain smtpd service (postfix/master.cf.submit.fragment)
     TCP = "tcp"          # an smtpd service on host:port
 
@@ -235,7 +265,7 @@ class AgentConfig:
     lease: float = 600.0                 # a job a dead worker held is taken up again after this
 
 
-class StoreBackend(enum.Enum):
+class StoreBackend(Choice):
     EMBEDDED = "embedded"     # SQLite + a blob folder in data_dir: one host
     POSTGRES = "postgres"     # PostgreSQL + an S3-compatible bucket: several MX hosts
 
@@ -320,20 +350,64 @@ class Config:
 
 
 # --- loading -----------------------------------------------------------------------------------
+#
+# parse_config reads each section with a function of its own (below it, in the file's order), each
+# returning that section's frozen dataclass; the rules that span sections are _check_across's. A
+# word from a fixed set becomes its Choice member here, so no code after the loader compares
+# strings. Files are read only where the Service that loads the config can and must read them
+# (Service.reads_secrets, Service.checks_keys); a file it must read and cannot is an error naming
+# the key, never a silent skip.
+
+SECTIONS = ("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker", "agent", "signing",
+            "store")
+
+
+def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Config:
+    """Validate the TOML text of a configuration file; `path` is only used in error messages."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _Section(path, "top level", doc, service).finish(*SECTIONS)
+
+    def table(name: str, what: str = "a table") -> _Section:
+        return _Section(path, name, doc.get(name, {}), service, what)
+
+    server = _server(table("server"))
+    milter = _milter(table("milter"))
+    config = replace(
+        server, agent=_agent(table("agent")), worker=_worker(table("worker")), dns=_dns(table("dns")),
+        milter=milter,
+        domains=_domains(table("domains", "a table of domain names"), server.key_dir, milter.policy),
+        routes=tuple(_route(r) for r in _array_of_tables(doc, path, "routes", service)),
+        store=_store(table("store")), send=_send(table("send")),
+        api_keys=_api_keys(_array_of_tables(doc, path, "api_keys", service)),
+        signing=_signing(table("signing")))
+    _check_across(config, doc.get("server", {}))
+    return config
+
+
+def _error(path: Path, section: str, key: str | None, message: str) -> ConfigError:
+    where = f"[{section}]" if key is None else f"[{section}] {key}"
+    return ConfigError(f"{path}: {where}: {message}")
+
+
+E = TypeVar("E", bound=Choice)
+T = TypeVar("T")
+
 
 class _Section:
     """Reads one TOML table, remembering which keys were used so that unknown ones are errors."""
 
-    def __init__(self, path: Path, name: str, table: Any, service: Service = Service.ALL):
+    def __init__(self, path: Path, name: str, table: Any, service: Service = Service.ALL, what: str = "a table"):
         self.path, self.name, self.service = path, name, service
         if not isinstance(table, dict):
-            raise self.error(None, "must be a table")
+            raise self.error(None, f"must be {what}")
         self.table = table
         self.used: set[str] = set()
 
     def error(self, key: str | None, message: str) -> ConfigError:
-        where = f"[{self.name}]" if key is None else f"[{self.name}] {key}"
-        return ConfigError(f"{self.path}: {where}: {message}")
+        return _error(self.path, self.name, key, message)
 
     def get(self, key: str, default: Any, check: Callable[[Any], Any], what: str) -> Any:
         self.used.add(key)
@@ -345,6 +419,22 @@ class _Section:
             detail = f" ({exc})" if str(exc) else ""
             raise self.error(key, f"must be {what}{detail}") from None
 
+    @overload
+    def choice(self, key: str, default: E, kind: type[E]) -> E: ...
+    @overload
+    def choice(self, key: str, default: None, kind: type[E]) -> E | None: ...
+
+    def choice(self, key: str, default: E | None, kind: type[E]) -> E | None:
+        """One of `kind`'s words, as its member (`must be "a" or "b"` otherwise)."""
+        members = {m.value: m for m in kind}
+        return self.get(key, default, lambda v: members[v] if isinstance(v, str) and v in members else _raise(),
+                        " or ".join(f'"{m}"' for m in kind))
+
+    def require(self, key: str, message: str = "is required") -> None:
+        self.used.add(key)
+        if key not in self.table:
+            raise self.error(key, message)
+
     def sub(self, key: str) -> "_Section":
         self.used.add(key)
         return _Section(self.path, f"{self.name}.{key}", self.table.get(key, {}), self.service)
@@ -354,6 +444,344 @@ class _Section:
         if unknown:
             raise self.error(unknown[0], "unknown key")
 
+    def done(self, value: T) -> T:
+        """`value`, read from this table, once no key of it is left unread (finish)."""
+        self.finish()
+        return value
+
+
+def _server(sec: _Section) -> Config:
+    """[server]: the Config's own keys, every other section at its default (parse_config fills them)."""
+    sec.require("authserv_id", "is required (the host name in our Authentication-Results)")
+    authserv_id = sec.get("authserv_id", None, _hostname, "a host name")
+    _retired_mcp_listen(sec)
+    return sec.done(Config(
+        path=sec.path, service=sec.service, authserv_id=authserv_id,
+        data_dir=sec.get("data_dir", Config.data_dir, _path, "a path"),
+        public_url=sec.get("public_url", Config.public_url, _endpoint, "an http:// or https:// URL").rstrip("/"),
+        listen=sec.get("listen", Config.listen, _listen, '"IP:PORT"'),
+        url_ttl=sec.get("url_ttl", Config.url_ttl, _positive_int, "a whole number of seconds > 0"),
+        url_secret=_secret(sec, "url_secret", min_len=16) or "",
+        key_dir=sec.get("key_dir", Config.key_dir, _path, "a path"),
+        mail_host=sec.get("mail_host", authserv_id, _hostname, "a host name"),
+        retention_days=sec.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0"),
+        metrics_token=_secret(sec, "metrics_token", min_len=16) or "",
+        admin_key=_secret(sec, "admin_key", min_len=24) or "",
+        status_first_retry=sec.get("status_first_retry", Config.status_first_retry, _positive_number,
+                                   "a number of seconds > 0"),
+        status_retry_hours=sec.get("status_retry_hours", Config.status_retry_hours, _positive_number,
+                                   "a number of hours > 0"),
+        limits=_limits(sec)))
+
+
+def _limits(sec: _Section) -> ServerLimits:
+    """[server]'s limits on what one client may hold of `agentmx serve`."""
+    seconds, count = "a number of seconds > 0", "a whole number > 0"
+    return ServerLimits(
+        read_timeout=sec.get("read_timeout", ServerLimits.read_timeout, _positive_number, seconds),
+        request_timeout=sec.get("request_timeout", ServerLimits.request_timeout, _positive_number, seconds),
+        write_timeout=sec.get("write_timeout", ServerLimits.write_timeout, _positive_number, seconds),
+        max_requests=sec.get("max_requests", ServerLimits.max_requests, _positive_int, count),
+        max_streams=sec.get("max_streams", ServerLimits.max_streams, _positive_int, count),
+        max_streams_per_key=sec.get("max_streams_per_key", ServerLimits.max_streams_per_key, _positive_int, count))
+
+
+def _retired_mcp_listen(server: _Section) -> None:
+    """[server] mcp_listen was MCP's own port until issue 15; MCP is now at /mcp on [server] listen.
+    An old file still loads (a service must not fail to start over a key that no longer does
+    anything); a value other than "" (off) is a warning naming the file, since clients of that
+    port must move."""
+    value = server.get("mcp_listen", "", lambda v: v if isinstance(v, str) else _raise(), '"IP:PORT" or ""')
+    if value:
+        log.warning("%s: [server] mcp_listen is no longer used: MCP is now served at /mcp on [server] listen "
+                    "(the API's own port); remove the key and point MCP clients there", server.path)
+
+
+def _agent(sec: _Section) -> AgentConfig:
+    """[agent]: the model behind action = "agent" routes (required by them: _check_across)."""
+    return sec.done(AgentConfig(
+        base_url=sec.get("base_url", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
+        model=sec.get("model", "", _nonempty_str, "a model name"),
+        api_key=_secret(sec, "api_key", min_len=1) or "",
+        timeout=sec.get("timeout", AgentConfig.timeout, _positive_number, "a number of seconds > 0"),
+        max_rounds=sec.get("max_rounds", AgentConfig.max_rounds, _positive_int, "a whole number > 0"),
+        max_attempts=sec.get("max_attempts", AgentConfig.max_attempts, _positive_int, "a whole number > 0"),
+        retry_base=sec.get("retry_base", AgentConfig.retry_base, _positive_number, "a number of seconds > 0"),
+        lease=sec.get("lease", AgentConfig.lease, _positive_number, "a number of seconds > 0")))
+
+
+def _worker(sec: _Section) -> WorkerConfig:
+    """[worker]: `agentmx worker` and `agentmx lmtp`."""
+    return sec.done(WorkerConfig(
+        socket=sec.get("socket", WorkerConfig.socket, _path, "a path"),
+        lmtp_socket=sec.get("lmtp_socket", WorkerConfig.lmtp_socket, _path, "a path"),
+        socket_mode=sec.get("socket_mode", WorkerConfig.socket_mode, _mode, 'an octal mode like "0660"'),
+        processes=sec.get("processes", WorkerConfig.processes, _positive_int, "a whole number > 0")))
+
+
+def _dns(sec: _Section) -> DnsConfig:
+    """[dns]: the resolver every check uses."""
+    return sec.done(DnsConfig(
+        servers=sec.get("servers", (), dns_servers, 'a list of "IP" or "IP:PORT" strings'),
+        timeout=sec.get("timeout", DnsConfig.timeout, _positive_number, "a number > 0"),
+        lookup_budget=sec.get("lookup_budget", DnsConfig.lookup_budget, _positive_int, "a whole number > 0"),
+        cache_size=sec.get("cache_size", DnsConfig.cache_size, _non_negative_int, "a whole number >= 0")))
+
+
+def _milter(sec: _Section) -> MilterConfig:
+    """[milter] and [milter.policy] (the inbound policy of every domain without its own)."""
+    policy = sec.sub("policy")
+    milter = MilterConfig(
+        socket=sec.get("socket", MilterConfig.socket, _path, "a path"),
+        socket_mode=sec.get("socket_mode", MilterConfig.socket_mode, _mode, 'an octal mode like "0660"'),
+        trusted_networks=sec.get("trusted_networks", MilterConfig.trusted_networks, _networks,
+                                 "a list of networks like 192.0.2.0/24"),
+        timeout=sec.get("timeout", MilterConfig.timeout, _positive_int, "a whole number > 0"),
+        policy=_policy(policy, PolicyConfig()),
+        rspamd_url=sec.get("rspamd_url", "", lambda v: v if v == "" else _endpoint(v).rstrip("/"),
+                           'an http:// URL, or "" for none'),
+        rspamd_timeout=sec.get("rspamd_timeout", MilterConfig.rspamd_timeout, _positive_number, "a number > 0"),
+        max_rsa_verifications=sec.get("max_rsa_verifications", MilterConfig.max_rsa_verifications, _positive_int,
+                                      "a whole number > 0"),
+        arc_trusted_sealers=sec.get("arc_trusted_sealers", (), arc_sealers,
+                                    'a list of domains like "lists.example.org"'),
+        dmarc=sec.choice("dmarc", MilterConfig.dmarc, DmarcMode),
+        processes=sec.get("processes", default_processes(), _milter_processes,
+                          f"a whole number from 1 to {MAX_MILTER_PROCESSES}"))
+    policy.finish()
+    return sec.done(milter)
+
+
+def _policy(sec: _Section, default: PolicyConfig) -> PolicyConfig:
+    """An inbound policy: [milter.policy], or a domain's keys over it."""
+    return PolicyConfig(
+        reject_dmarc=sec.get("reject_dmarc", default.reject_dmarc, _bool, "true or false"),
+        reject_spf_fail=sec.get("reject_spf_fail", default.reject_spf_fail, _bool, "true or false"),
+        defer_temperror=sec.get("defer_temperror", default.defer_temperror, _bool, "true or false"),
+    )
+
+
+def _domains(sec: _Section, key_dir: Path, policy: PolicyConfig) -> tuple[DomainConfig, ...]:
+    """[domains."example.com"] tables, each over the default inbound policy."""
+    return tuple(_domain(_Section(sec.path, f'domains."{name}"', table, sec.service), name, key_dir, policy)
+                 for name, table in sec.table.items())
+
+
+def _domain(sec: _Section, name: str, key_dir: Path, default: PolicyConfig) -> DomainConfig:
+    name = name.lower().rstrip(".")
+    selectors = sec.get("dkim_selectors", (), _selectors, "a list of selector names")
+    if sec.service.checks_keys:
+        _keys_present(sec, key_dir / name, selectors)
+    return sec.done(DomainConfig(
+        name=name, dkim_selectors=selectors, mta_sts=sec.choice("mta_sts", None, MtaStsMode),
+        tls_rpt=sec.get("tls_rpt", None, lambda v: v if isinstance(v, str) and _TLS_RPT.match(v) else _raise(),
+                        "a mailto: or https: URI"),
+        policy=_policy(sec, default)))
+
+
+_TLS_RPT = re.compile(r"^(mailto:\S+@\S+|https://\S+)$")
+
+
+def _keys_present(sec: _Section, folder: Path, selectors: tuple[str, ...]) -> None:
+    """Each selector's key is in <key_dir>/<domain>. Only a service that signs checks it
+    (Service.checks_keys: the milter, and the operator's ALL); one that cannot read the folder says
+    so, naming it (the keys are the milter user's alone: docs/operator.md), and never skips."""
+    for sel in selectors:
+        try:
+            present = (folder / f"{sel}.rsa.pem").exists() or (folder / f"{sel}.ed25519").exists()
+        except PermissionError:
+            raise sec.error("dkim_selectors", f"{folder}: not readable by this user "
+                                              "(the keys are for the milter's user: docs/operator.md)") from None
+        if not present:
+            raise sec.error("dkim_selectors", f"no key for selector {sel!r} in {folder} "
+                                              f"(make one: agentmx keygen {folder.name} --selector {sel})")
+
+
+def _route(sec: _Section) -> Route:
+    """One [[routes]] table. action = "agent" makes it a pull route (agentmx runs the agent; the
+    event is in the inbox API too) with a prompt; a pull route has no endpoint and needs no secret."""
+    action = sec.choice("action", Route.action, RouteAction)
+    mode = sec.choice("mode", Route.mode, RouteMode)
+    agent = action is RouteAction.AGENT
+    if agent:
+        mode = RouteMode.PULL
+        sec.require("prompt", 'is required with action = "agent"')
+    pushes = mode is not RouteMode.PULL
+    sec.require("match")
+    if pushes:
+        sec.require("endpoint", f'is required with mode = "{mode}"')
+    elif "endpoint" in sec.table:
+        raise sec.error("endpoint", 'is not used with mode = "pull" (use mode = "both" to POST too)')
+    return sec.done(Route(
+        match=sec.get("match", None, _match, "an address or @domain"),
+        endpoint=sec.get("endpoint", None, _endpoint, "a URL") if pushes else None,
+        secret=_secret(sec, "secret", min_len=16, whsec=True,
+                       required="give exactly one of secret or secret_file" if pushes else None) or "",
+        mode=mode, action=action,
+        prompt=sec.get("prompt", "", _nonempty_str, "a string") if agent else "",
+        forward_to=sec.get("forward_to", (), _addresses, "a list of addresses") if agent else (),
+        sends_per_hour=sec.get("sends_per_hour", Route.sends_per_hour, _positive_int, "a whole number > 0")
+        if agent else Route.sends_per_hour,
+        timeout=sec.get("timeout", Route.timeout, _positive_number, "a number of seconds > 0"),
+        attachments=sec.choice("attachments", Route.attachments, AttachmentMode),
+        inline_max_bytes=sec.get("inline_max_bytes", Route.inline_max_bytes, _positive_int,
+                                 "a whole number of bytes > 0"),
+        mailkite_signature=sec.get("mailkite_signature", Route.mailkite_signature, _bool, "true or false"),
+        ack=sec.choice("ack", Route.ack, AckMode),
+        trust=sec.choice("trust", Route.trust, TrustPolicy),
+        block_senders=sec.get("block_senders", (), _block_senders, f"a list of at most {MAX_BLOCK_SENDERS} "
+                              'envelope senders ("spammer@example.net") or domains ("@bad.example")')))
+
+
+def _send(sec: _Section) -> SendConfig:
+    """[send]: the send API's submission service, its limits and what it may fetch."""
+    for old in ("smtp_host", "smtp_port"):
+        if old in sec.table:
+            raise sec.error(old, 'is replaced by submit, the send API\'s own submission service (the milter '
+                            'signs only what comes through it): remove smtp_host and smtp_port, add '
+                            'postfix/master.cf.submit.fragment to master.cf, and set submit = '
+                            f'"{DEFAULT_SUBMIT}" (the default) or "host:port"')
+    count, size = "a whole number > 0", "a whole number of bytes > 0"
+    return sec.done(SendConfig(
+        submit=sec.get("submit", DEFAULT_SUBMIT, _submit_target, '"unix:/path/to/socket" or "host:port"'),
+        auto_submitted=sec.get("auto_submitted", True, _bool, "true or false"),
+        per_correspondent_per_hour=sec.get("per_correspondent_per_hour", SendConfig.per_correspondent_per_hour,
+                                           _positive_int, count),
+        per_thread_per_hour=sec.get("per_thread_per_hour", SendConfig.per_thread_per_hour, _positive_int, count),
+        max_request_bytes=sec.get("max_request_bytes", SendConfig.max_request_bytes, _positive_int, size),
+        max_upload_bytes=sec.get("max_upload_bytes", SendConfig.max_upload_bytes, _positive_int, size),
+        max_schedule_days=sec.get("max_schedule_days", SendConfig.max_schedule_days,
+                                  lambda v: v if _positive_int(v) <= 365 else _raise(),
+                                  "a whole number of days, 1 to 365"),
+        fetch_allow_http=sec.get("fetch_allow_http", False, _bool, "true or false"),
+        fetch_allow_networks=sec.get("fetch_allow_networks", (), _networks, "a list of networks like 192.0.2.0/24"),
+        fetch_max_bytes=sec.get("fetch_max_bytes", SendConfig.fetch_max_bytes, _positive_int, size),
+        fetch_timeout=sec.get("fetch_timeout", SendConfig.fetch_timeout, _positive_number, "a number of seconds > 0"),
+        verp=sec.get("verp", True, _bool, "true or false"),
+        bounce_local=sec.get("bounce_local", SendConfig.bounce_local, _bounce_local,
+                             "a local part of 1 to 20 letters, digits, '.', '_' or '-'")))
+
+
+def _bounce_local(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,19}", v):
+        raise ValueError()
+    return v.lower()
+
+
+def _given(table: dict, key: str) -> bool:
+    """A secret is given as `key` or as `key_file` (whether or not this service reads it)."""
+    return table.get(key) is not None or table.get(f"{key}_file") is not None
+
+
+def _api_keys(tables: list[_Section]) -> tuple[ApiKey, ...]:
+    """[[api_keys]]: each key once (compared only where this service reads them)."""
+    keys = tuple(_api_key(sec, i) for i, sec in enumerate(tables))
+    if tables and tables[0].service.reads_secrets and len({k.key for k in keys}) != len(keys):
+        raise _error(tables[0].path, "[api_keys]", None, "two keys are the same")
+    return keys
+
+
+def _api_key(sec: _Section, i: int) -> ApiKey:
+    name = sec.get("name", f"key{i}", _nonempty_str, "a string")
+    key = _secret(sec, "key", min_len=24, required="give key or key_file (24 characters or more)")
+    allow = sec.get("allow", (), lambda v: tuple(_match(x) for x in v) if isinstance(v, list) and v else _raise(),
+                    'a list of addresses ("agent@example.com") or domains ("@example.com")')
+    if not allow:
+        raise sec.error("allow", "is required: the addresses or @domains this key may send as")
+    return sec.done(ApiKey(name=name, key=key or "", allow=allow))
+
+
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
+
+
+def _signing(sec: _Section) -> SigningConfig:
+    """[signing] and its [[signing.sasl]] tables: whose mail the milter signs."""
+    local_from = sec.get("local_from", (), _allow_list, 'a list of addresses ("noreply@example.com") '
+                         'or domains ("@example.com")')
+    api_service = sec.get("api_service", SigningConfig.api_service,
+                          lambda v: v if isinstance(v, str) and _SERVICE_NAME.fullmatch(v) else _raise(),
+                          "a Postfix service name (milter_macro_daemon_name)")
+    items = sec.table.get("sasl", [])
+    sec.used.add("sasl")
+    if not isinstance(items, list):
+        raise sec.error("sasl", "must be an array of tables: [[signing.sasl]]")
+    sasl: list[SaslSigner] = []
+    for i, table in enumerate(items):
+        signer = _sasl_signer(_Section(sec.path, f"signing.sasl[{i}]", table, sec.service))
+        if any(x.login == signer.login for x in sasl):
+            raise _error(sec.path, f"signing.sasl[{i}]", "login", f"{signer.login!r} is listed twice")
+        sasl.append(signer)
+    return sec.done(SigningConfig(local_from=local_from, api_service=api_service, sasl=tuple(sasl)))
+
+
+def _sasl_signer(sec: _Section) -> SaslSigner:
+    sec.require("login")
+    sec.require("allow")
+    login = sec.get("login", None, lambda v: v if isinstance(v, str) and v and v == v.strip()
+                    and v.isprintable() else _raise(), "the SASL login, as Postfix logs it (sasl_username)")
+    allow = sec.get("allow", None, lambda v: _allow_list(v) or _raise(),
+                    'a non-empty list of addresses ("alice@example.com") or domains ("@example.com")')
+    return sec.done(SaslSigner(login, allow))
+
+
+def _store(sec: _Section) -> StoreConfig:
+    """[store] and [store.s3]: which backend keeps everything, and where (secrets by file, read
+    only by the services that use the store)."""
+    backend = sec.choice("backend", StoreBackend.EMBEDDED, StoreBackend)
+    database_url = _secret(sec, "database_url", min_len=1)
+    s3_sec = sec.sub("s3")
+    s3 = _s3(s3_sec)
+    sec.finish("s3")
+    if backend is StoreBackend.POSTGRES:
+        if database_url is None:
+            raise sec.error("database_url", 'is required with backend = "postgres": give database_url_file '
+                            "(or database_url)")
+        if database_url and not database_url.startswith(("postgresql://", "postgres://")):
+            raise sec.error("database_url", "must be a postgresql:// URL")
+        for key in ("endpoint", "bucket"):
+            if not getattr(s3, key):
+                raise s3_sec.error(key, 'is required with backend = "postgres" (blobs go to the S3 bucket)')
+        for key in ("access_key", "secret_key"):
+            if not _given(s3_sec.table, key):
+                raise s3_sec.error(key, f'is required with backend = "postgres": give {key}_file (or {key})')
+    return StoreConfig(backend=backend, database_url=database_url or "", s3=s3)
+
+
+def _s3(sec: _Section) -> S3Config:
+    return sec.done(S3Config(
+        endpoint=sec.get("endpoint", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
+        bucket=sec.get("bucket", "", lambda v: v if isinstance(v, str) and re.fullmatch(
+            r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v) else _raise(), "an S3 bucket name"),
+        region=sec.get("region", S3Config.region, _nonempty_str, "a region name"),
+        access_key=_secret(sec, "access_key", min_len=1) or "",
+        secret_key=_secret(sec, "secret_key", min_len=1) or "",
+        prefix=sec.get("prefix", "", lambda v: v if isinstance(v, str) and re.fullmatch(
+            r"((?!\.\.?/)[A-Za-z0-9._-]+/)*", v) else _raise(), 'a key prefix ending in "/" (letters, digits, . _ -)')))
+
+
+def _check_across(config: Config, server: dict) -> None:
+    """The rules that span sections, on the loaded values; `server` is the [server] table (to tell
+    a url_secret not given from one this service does not read)."""
+    path = config.path
+    if any(r.action is RouteAction.AGENT for r in config.routes):
+        for key in ("base_url", "model"):
+            if not getattr(config.agent, key):
+                raise _error(path, "agent", key, 'is required when a route has action = "agent"')
+    if config.routes and not _given(server, "url_secret"):
+        raise _error(path, "server", "url_secret", "is required with routes (it signs the raw-message and "
+                     "attachment URLs in events): give url_secret or url_secret_file")
+    bounces = config.send.bounce_local
+    for r in config.routes:
+        if r.match.partition("@")[0] == bounces:
+            raise _error(path, "send", "bounce_local", f"{bounces}@ is where delivery reports to what agents send "
+                         f"arrive, and route {r.match!r} takes that address: choose another bounce_local or "
+                         "another address for the route")
+    if config.admin_key and any(k.key == config.admin_key for k in config.api_keys):
+        raise _error(path, "server", "admin_key", "the same as an [[api_keys]] key: give the console's "
+                     "admin key its own value")
+
+
+# --- values: each check takes the TOML value and returns it typed, or raises ValueError/TypeError
 
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
@@ -418,8 +846,8 @@ def block_sender(v: Any) -> str:
     return v
 
 
-def _sealers(v: Any) -> tuple[str, ...]:
-    """Domain names (ASCII, A-labels for IDNs), lower case, without a trailing dot, each once."""
+def arc_sealers(v: Any) -> tuple[str, ...]:
+    """[milter] arc_trusted_sealers (also `agentmx auth --arc-trusted-sealer`): domain names (ASCII, A-labels for IDNs), lower case, without a trailing dot, each once."""
     if not isinstance(v, list) or len(v) > MAX_ARC_TRUSTED_SEALERS:
         raise ValueError(f"not a list of at most {MAX_ARC_TRUSTED_SEALERS}")
     out = []
@@ -449,6 +877,10 @@ def _nonempty_str(v: Any) -> str:
     return v.strip()
 
 
+def _path(v: Any) -> Path:
+    return Path(_nonempty_str(v))
+
+
 def _hostname(v: Any) -> str:
     v = _nonempty_str(v)
     if any(c.isspace() or c in ';()"\\' for c in v):
@@ -456,7 +888,8 @@ def _hostname(v: Any) -> str:
     return v
 
 
-def _dns_servers(v: Any) -> tuple[tuple[str, int], ...]:
+def dns_servers(v: Any) -> tuple[tuple[str, int], ...]:
+    """[dns] servers: "IP", "IP:PORT" or "[IPv6]:PORT" strings (also `agentmx auth --dns`)."""
     if not isinstance(v, list):
         raise TypeError()
     out = []
@@ -528,14 +961,6 @@ def _selectors(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _one_of(allowed: tuple[str, ...]):
-    def check(v: Any) -> str:
-        if v not in allowed:
-            raise ValueError()
-        return v
-    return check
-
-
 def _listen(v: Any) -> tuple[str, int]:
     """"127.0.0.1:8025" or "[::1]:8025" (an IPv6 address in brackets)."""
     host, _, port = _nonempty_str(v).rpartition(":")
@@ -553,13 +978,18 @@ def _listen(v: Any) -> tuple[str, int]:
     return host, int(port)
 
 
-def _secret(sec: _Section, key: str, min_len: int, whsec: bool = False) -> str | None:
-    """`key = "..."` or `key_file = "/path"` (one of them): the value; None when neither is
-    given; "" when the file is not this service's to read (Service.reads_secrets)."""
+def _secret(sec: _Section, key: str, min_len: int, whsec: bool = False, required: str | None = None) -> str | None:
+    """The one reader of secrets: `key = "..."` or `key_file = "/path"` (one of them). The value;
+    None when neither is given (an error saying `required`, when given); "" when the file is not
+    this service's to read (Service.reads_secrets: the milter reads none of the application's)."""
     value = sec.get(key, None, _nonempty_str, "a string")
     path = sec.get(f"{key}_file", None, _nonempty_str, "a file path")
     if value is not None and path is not None:
         raise sec.error(key, f"give {key} or {key}_file, not both")
+    if value is None and path is None:
+        if required is not None:
+            raise sec.error(key, required)
+        return None
     where = key if path is None else f"{key}_file"
     if path is not None:
         if not sec.service.reads_secrets:
@@ -567,11 +997,9 @@ def _secret(sec: _Section, key: str, min_len: int, whsec: bool = False) -> str |
         try:
             value = Path(path).read_text().strip()
         except OSError as exc:
-            raise sec.error(f"{key}_file", f"{path}: cannot be read ({exc.strerror})") from None
-    if value is None:
-        return None
+            raise sec.error(where, f"{path}: cannot be read ({exc.strerror})") from None
+    assert value is not None
     if whsec:
-        from agentmx.webhook import key_of
         try:
             key_of(value)
         except ValueError as exc:
@@ -580,21 +1008,6 @@ def _secret(sec: _Section, key: str, min_len: int, whsec: bool = False) -> str |
     if len(value) < min_len:
         raise sec.error(where, f"must be at least {min_len} characters")
     return value
-
-
-def _policy(sec: _Section, default: PolicyConfig) -> PolicyConfig:
-    return PolicyConfig(
-        reject_dmarc=sec.get("reject_dmarc", default.reject_dmarc, _bool, "true or false"),
-        reject_spf_fail=sec.get("reject_spf_fail", default.reject_spf_fail, _bool, "true or false"),
-        defer_temperror=sec.get("defer_temperror", default.defer_temperror, _bool, "true or false"),
-    )
-
-
-def _route_secret(r: _Section, required: bool) -> str:
-    secret = _secret(r, "secret", min_len=16, whsec=True)
-    if secret is None and required:
-        raise r.error("secret", "give exactly one of secret or secret_file")
-    return secret or ""
 
 
 def _allow_list(v: Any) -> tuple[str, ...]:
@@ -614,316 +1027,6 @@ def _submit_target(v: Any) -> SubmitTarget:
     if port == 0:
         raise ValueError("port 0")
     return SubmitTarget(SubmitVia.TCP, host=host, port=port)
-
-
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
-
-
-def _signing(sec: _Section) -> SigningConfig:
-    local_from = sec.get("local_from", (), _allow_list, 'a list of addresses ("noreply@example.com") '
-                         'or domains ("@example.com")')
-    api_service = sec.get("api_service", SigningConfig.api_service,
-                          lambda v: v if isinstance(v, str) and _SERVICE_NAME.fullmatch(v) else _raise(),
-                          "a Postfix service name (milter_macro_daemon_name)")
-    items = sec.table.get("sasl", [])
-    sec.used.add("sasl")
-    if not isinstance(items, list):
-        raise sec.error("sasl", "must be an array of tables: [[signing.sasl]]")
-    sasl = []
-    for i, table in enumerate(items):
-        s = _Section(sec.path, f"signing.sasl[{i}]", table, sec.service)
-        s.used.update({"login", "allow"})
-        for key in ("login", "allow"):
-            if key not in s.table:
-                raise s.error(key, "is required")
-        login = s.get("login", None, lambda v: v if isinstance(v, str) and v and v == v.strip()
-                      and v.isprintable() else _raise(), "the SASL login, as Postfix logs it (sasl_username)")
-        if any(x.login == login for x in sasl):
-            raise s.error("login", f"{login!r} is listed twice")
-        allow = s.get("allow", None, lambda v: _allow_list(v) or _raise(),
-                      'a non-empty list of addresses ("alice@example.com") or domains ("@example.com")')
-        sasl.append(SaslSigner(login, allow))
-        s.finish()
-    sec.finish()
-    return SigningConfig(local_from=local_from, api_service=api_service, sasl=tuple(sasl))
-
-
-def _store(sec: _Section) -> StoreConfig:
-    """[store] and [store.s3]: which backend keeps everything, and where (secrets by file, read
-    only by the services that use the store)."""
-    backend = sec.get("backend", StoreBackend.EMBEDDED, lambda v: StoreBackend(v),
-                      " or ".join(f'"{b.value}"' for b in StoreBackend))
-    database_url = _secret(sec, "database_url", min_len=1)
-    s3_sec = sec.sub("s3")
-    s3 = S3Config(
-        endpoint=s3_sec.get("endpoint", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
-        bucket=s3_sec.get("bucket", "", lambda v: v if isinstance(v, str) and re.fullmatch(
-            r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v) else _raise(), "an S3 bucket name"),
-        region=s3_sec.get("region", S3Config.region, _nonempty_str, "a region name"),
-        access_key=_secret(s3_sec, "access_key", min_len=1) or "",
-        secret_key=_secret(s3_sec, "secret_key", min_len=1) or "",
-        prefix=s3_sec.get("prefix", "", lambda v: v if isinstance(v, str) and re.fullmatch(
-            r"((?!\.\.?/)[A-Za-z0-9._-]+/)*", v) else _raise(), 'a key prefix ending in "/" (letters, digits, . _ -)'),
-    )
-    s3_sec.finish()
-    sec.finish("s3")
-    if backend is StoreBackend.POSTGRES:
-        if database_url is None:
-            raise sec.error("database_url", 'is required with backend = "postgres": give database_url_file '
-                            "(or database_url)")
-        if database_url and not database_url.startswith(("postgresql://", "postgres://")):
-            raise sec.error("database_url", "must be a postgresql:// URL")
-        for key in ("endpoint", "bucket"):
-            if not getattr(s3, key):
-                raise s3_sec.error(key, 'is required with backend = "postgres" (blobs go to the S3 bucket)')
-        for key in ("access_key", "secret_key"):
-            if s3_sec.table.get(key) is None and s3_sec.table.get(f"{key}_file") is None:
-                raise s3_sec.error(key, f'is required with backend = "postgres": give {key}_file (or {key})')
-    return StoreConfig(backend=backend, database_url=database_url or "", s3=s3)
-
-
-def parse_config(text: str, path: Path, service: Service = Service.ALL) -> Config:
-    """Validate the TOML text of a configuration file; `path` is only used in error messages."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-
-    top = _Section(path, "top level", doc, service)
-    top.finish("server", "dns", "milter", "domains", "routes", "send", "api_keys", "worker", "agent", "signing",
-               "store")
-
-    server = _Section(path, "server", doc.get("server", {}), service)
-    server.used.add("authserv_id")
-    if "authserv_id" not in server.table:
-        raise server.error("authserv_id", "is required (the host name in our Authentication-Results)")
-    authserv_id = server.get("authserv_id", None, _hostname, "a host name")
-    data_dir = server.get("data_dir", Config.data_dir, lambda v: Path(_nonempty_str(v)), "a path")
-    public_url = server.get("public_url", Config.public_url, _endpoint, "an http:// or https:// URL").rstrip("/")
-    listen = server.get("listen", Config.listen, _listen, '"IP:PORT"')
-    _retired_mcp_listen(server)
-    url_ttl = server.get("url_ttl", Config.url_ttl, _positive_int, "a whole number of seconds > 0")
-    url_secret = _secret(server, "url_secret", min_len=16)
-    key_dir = server.get("key_dir", Config.key_dir, lambda v: Path(_nonempty_str(v)), "a path")
-    mail_host = server.get("mail_host", authserv_id, _hostname, "a host name")
-    retention_days = server.get("retention_days", Config.retention_days, _positive_int, "a whole number of days > 0")
-    metrics_token = _secret(server, "metrics_token", min_len=16) or ""
-    admin_key = _secret(server, "admin_key", min_len=24) or ""
-    status_first_retry = server.get("status_first_retry", Config.status_first_retry, _positive_number,
-                                    "a number of seconds > 0")
-    status_retry_hours = server.get("status_retry_hours", Config.status_retry_hours, _positive_number,
-                                    "a number of hours > 0")
-    limits = ServerLimits(
-        read_timeout=server.get("read_timeout", ServerLimits.read_timeout, _positive_number, "a number of seconds > 0"),
-        request_timeout=server.get("request_timeout", ServerLimits.request_timeout, _positive_number,
-                                   "a number of seconds > 0"),
-        write_timeout=server.get("write_timeout", ServerLimits.write_timeout, _positive_number,
-                                 "a number of seconds > 0"),
-        max_requests=server.get("max_requests", ServerLimits.max_requests, _positive_int, "a whole number > 0"),
-        max_streams=server.get("max_streams", ServerLimits.max_streams, _positive_int, "a whole number > 0"),
-        max_streams_per_key=server.get("max_streams_per_key", ServerLimits.max_streams_per_key, _positive_int,
-                                       "a whole number > 0"),
-    )
-    server.finish()
-
-    ag = _Section(path, "agent", doc.get("agent", {}), service)
-    agent = AgentConfig(
-        base_url=ag.get("base_url", "", lambda v: _endpoint(v).rstrip("/"), "an http:// or https:// URL"),
-        model=ag.get("model", "", _nonempty_str, "a model name"),
-        api_key=_secret(ag, "api_key", min_len=1) or "",
-        timeout=ag.get("timeout", AgentConfig.timeout, _positive_number, "a number of seconds > 0"),
-        max_rounds=ag.get("max_rounds", AgentConfig.max_rounds, _positive_int, "a whole number > 0"),
-        max_attempts=ag.get("max_attempts", AgentConfig.max_attempts, _positive_int, "a whole number > 0"),
-        retry_base=ag.get("retry_base", AgentConfig.retry_base, _positive_number, "a number of seconds > 0"),
-        lease=ag.get("lease", AgentConfig.lease, _positive_number, "a number of seconds > 0"),
-    )
-    ag.finish()
-
-    w = _Section(path, "worker", doc.get("worker", {}), service)
-    worker = WorkerConfig(
-        socket=w.get("socket", WorkerConfig.socket, lambda v: Path(_nonempty_str(v)), "a path"),
-        lmtp_socket=w.get("lmtp_socket", WorkerConfig.lmtp_socket, lambda v: Path(_nonempty_str(v)), "a path"),
-        socket_mode=w.get("socket_mode", WorkerConfig.socket_mode, _mode, 'an octal mode like "0660"'),
-        processes=w.get("processes", WorkerConfig.processes, _positive_int, "a whole number > 0"),
-    )
-    w.finish()
-
-    dns_sec = _Section(path, "dns", doc.get("dns", {}), service)
-    dns = DnsConfig(
-        servers=dns_sec.get("servers", (), _dns_servers, 'a list of "IP" or "IP:PORT" strings'),
-        timeout=dns_sec.get("timeout", DnsConfig.timeout, _positive_number, "a number > 0"),
-        lookup_budget=dns_sec.get("lookup_budget", DnsConfig.lookup_budget, _positive_int,
-                                  "a whole number > 0"),
-        cache_size=dns_sec.get("cache_size", DnsConfig.cache_size, _non_negative_int, "a whole number >= 0"),
-    )
-    dns_sec.finish()
-
-    m = _Section(path, "milter", doc.get("milter", {}), service)
-    policy_sec = m.sub("policy")
-    milter = MilterConfig(
-        socket=m.get("socket", MilterConfig.socket, lambda v: Path(_nonempty_str(v)), "a path"),
-        socket_mode=m.get("socket_mode", MilterConfig.socket_mode, _mode, 'an octal mode like "0660"'),
-        trusted_networks=m.get("trusted_networks", MilterConfig.trusted_networks, _networks,
-                               "a list of networks like 192.0.2.0/24"),
-        timeout=m.get("timeout", MilterConfig.timeout, _positive_int, "a whole number > 0"),
-        policy=_policy(policy_sec, PolicyConfig()),
-        rspamd_url=m.get("rspamd_url", "", lambda v: v if v == "" else _endpoint(v).rstrip("/"),
-                         'an http:// URL, or "" for none'),
-        rspamd_timeout=m.get("rspamd_timeout", MilterConfig.rspamd_timeout, _positive_number, "a number > 0"),
-        max_rsa_verifications=m.get("max_rsa_verifications", MilterConfig.max_rsa_verifications, _positive_int,
-                                    "a whole number > 0"),
-        arc_trusted_sealers=m.get("arc_trusted_sealers", (), _sealers, 'a list of domains like "lists.example.org"'),
-        dmarc=m.get("dmarc", MilterConfig.dmarc, DmarcMode, " or ".join(f'"{d}"' for d in DmarcMode)),
-        processes=m.get("processes", default_processes(), _milter_processes, f"a whole number from 1 to {MAX_MILTER_PROCESSES}"),
-    )
-    policy_sec.finish()
-    m.finish()
-
-    domains = []
-    dom_table = doc.get("domains", {})
-    if not isinstance(dom_table, dict):
-        raise ConfigError(f"{path}: [domains]: must be a table of domain names")
-    for name, table in dom_table.items():
-        d = _Section(path, f'domains."{name}"', table, service)
-        selectors = d.get("dkim_selectors", (), _selectors, "a list of selector names")
-        domain = name.lower().rstrip(".")
-        for sel in selectors if service.checks_keys else ():   # the keys are the milter's alone
-            base = key_dir / domain / sel
-            try:
-                present = Path(f"{base}.rsa.pem").exists() or Path(f"{base}.ed25519").exists()
-            except PermissionError:
-                raise d.error("dkim_selectors", f"{key_dir / domain}: not readable by this user "
-                                                "(the keys are for the milter's user: docs/operator.md)") from None
-            if not present:
-                raise d.error("dkim_selectors", f"no key for selector {sel!r} in {key_dir / domain} "
-                                                f"(make one: agentmx keygen {domain} --selector {sel})")
-        mta_sts = d.get("mta_sts", None, _one_of(("testing", "enforce")), "testing or enforce")
-        tls_rpt = d.get("tls_rpt", None, lambda v: v if isinstance(v, str) and re.match(r"^(mailto:\S+@\S+|https://\S+)$", v)
-                        else _raise(), "a mailto: or https: URI")
-        domains.append(DomainConfig(name=domain, policy=_policy(d, milter.policy), dkim_selectors=selectors,
-                                    mta_sts=mta_sts, tls_rpt=tls_rpt))
-        d.finish()
-
-    routes = []
-    for r in _array_of_tables(doc, path, "routes", service):
-        action = r.get("action", Route.action, _one_of(ROUTE_ACTIONS), " or ".join(ROUTE_ACTIONS))
-        mode = r.get("mode", Route.mode, _one_of(ROUTE_MODES), " or ".join(ROUTE_MODES))
-        if action == "agent":
-            mode = "pull"           # agentmx runs the agent; the event is in the inbox API too
-            if "prompt" not in r.table:
-                raise r.error("prompt", 'is required with action = "agent"')
-        r.used.update({"match", "endpoint"})
-        for key in ("match",) + (("endpoint",) if mode != "pull" else ()):
-            if key not in r.table:
-                raise r.error(key, "is required" + (f" with mode = \"{mode}\"" if key == "endpoint" else ""))
-        if mode == "pull" and "endpoint" in r.table:
-            raise r.error("endpoint", 'is not used with mode = "pull" (use mode = "both" to POST too)')
-        routes.append(Route(
-            match=r.get("match", None, _match, "an address or @domain"),
-            endpoint=r.get("endpoint", None, _endpoint, "a URL") if mode != "pull" else None,
-            secret=_route_secret(r, required=mode != "pull"),
-            mode=mode, action=action,
-            prompt=r.get("prompt", "", _nonempty_str, "a string") if action == "agent" else "",
-            forward_to=r.get("forward_to", (), _addresses, "a list of addresses") if action == "agent" else (),
-            sends_per_hour=r.get("sends_per_hour", Route.sends_per_hour, _positive_int, "a whole number > 0")
-            if action == "agent" else Route.sends_per_hour,
-            timeout=r.get("timeout", Route.timeout, _positive_number, "a number of seconds > 0"),
-            attachments=r.get("attachments", Route.attachments, _one_of(ATTACHMENT_MODES),
-                              " or ".join(ATTACHMENT_MODES)),
-            inline_max_bytes=r.get("inline_max_bytes", Route.inline_max_bytes, _positive_int,
-                                   "a whole number of bytes > 0"),
-            mailkite_signature=r.get("mailkite_signature", Route.mailkite_signature, _bool, "true or false"),
-            ack=r.get("ack", Route.ack, AckMode, " or ".join(f'"{m}"' for m in AckMode)),
-            trust=r.get("trust", Route.trust, _one_of(TRUST_POLICIES), ", ".join(TRUST_POLICIES)),
-            block_senders=r.get("block_senders", (), _block_senders, f"a list of at most {MAX_BLOCK_SENDERS} "
-                                'envelope senders ("spammer@example.net") or domains ("@bad.example")'),
-        ))
-        r.finish()
-    if any(r.action == "agent" for r in routes):
-        for key in ("base_url", "model"):
-            if not getattr(agent, key):
-                raise ag.error(key, 'is required when a route has action = "agent"')
-    if routes and url_secret is None:
-        raise server.error("url_secret", "is required with routes (it signs the raw-message and "
-                           "attachment URLs in events): give url_secret or url_secret_file")
-
-    store = _store(_Section(path, "store", doc.get("store", {}), service))
-
-    sd = _Section(path, "send", doc.get("send", {}), service)
-    for old in ("smtp_host", "smtp_port"):
-        if old in sd.table:
-            raise sd.error(old, 'is replaced by submit, the send API\'s own submission service (the milter '
-                           'signs only what comes through it): remove smtp_host and smtp_port, add '
-                           'postfix/master.cf.submit.fragment to master.cf, and set submit = '
-                           f'"{DEFAULT_SUBMIT}" (the default) or "host:port"')
-    send = SendConfig(
-        submit=sd.get("submit", DEFAULT_SUBMIT, _submit_target, '"unix:/path/to/socket" or "host:port"'),
-        auto_submitted=sd.get("auto_submitted", True, _bool, "true or false"),
-        per_correspondent_per_hour=sd.get("per_correspondent_per_hour", SendConfig.per_correspondent_per_hour,
-                                          _positive_int, "a whole number > 0"),
-        per_thread_per_hour=sd.get("per_thread_per_hour", SendConfig.per_thread_per_hour, _positive_int,
-                                   "a whole number > 0"),
-        max_request_bytes=sd.get("max_request_bytes", SendConfig.max_request_bytes, _positive_int,
-                                 "a whole number of bytes > 0"),
-        max_upload_bytes=sd.get("max_upload_bytes", SendConfig.max_upload_bytes, _positive_int,
-                                "a whole number of bytes > 0"),
-        max_schedule_days=sd.get("max_schedule_days", SendConfig.max_schedule_days,
-                                 lambda v: v if _positive_int(v) <= 365 else _raise(), "a whole number of days, 1 to 365"),
-        fetch_allow_http=sd.get("fetch_allow_http", False, _bool, "true or false"),
-        fetch_allow_networks=sd.get("fetch_allow_networks", (), _networks, "a list of networks like 192.0.2.0/24"),
-        fetch_max_bytes=sd.get("fetch_max_bytes", SendConfig.fetch_max_bytes, _positive_int,
-                               "a whole number of bytes > 0"),
-        fetch_timeout=sd.get("fetch_timeout", SendConfig.fetch_timeout, _positive_number, "a number of seconds > 0"),
-        verp=sd.get("verp", True, _bool, "true or false"),
-        bounce_local=sd.get("bounce_local", SendConfig.bounce_local,
-                            lambda v: v.lower() if isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,19}", v)
-                            and "+" not in v else _raise(), "a local part of 1 to 20 letters, digits, '.', '_' or '-'"),
-    )
-    sd.finish()
-    for r in routes:
-        if r.match.partition("@")[0] == send.bounce_local:
-            raise sd.error("bounce_local", f"{send.bounce_local}@ is where delivery reports to what agents send "
-                           f"arrive, and route {r.match!r} takes that address: choose another bounce_local or "
-                           "another address for the route")
-
-    api_keys = []
-    for i, k in enumerate(_array_of_tables(doc, path, "api_keys", service)):
-        name = k.get("name", f"key{i}", _nonempty_str, "a string")
-        key = _secret(k, "key", min_len=24)
-        if key is None:
-            raise k.error("key", "give key or key_file (24 characters or more)")
-        allow = k.get("allow", (), lambda v: tuple(_match(x) for x in v) if isinstance(v, list) and v else _raise(),
-                      'a list of addresses ("agent@example.com") or domains ("@example.com")')
-        if not allow:
-            raise k.error("allow", "is required: the addresses or @domains this key may send as")
-        api_keys.append(ApiKey(name=name, key=key, allow=allow))
-        k.finish()
-    if service.reads_secrets and len({k.key for k in api_keys}) != len(api_keys):
-        raise ConfigError(f"{path}: [[api_keys]]: two keys are the same")
-    if admin_key and any(k.key == admin_key for k in api_keys):
-        raise ConfigError(f"{path}: [server] admin_key: the same as an [[api_keys]] key: give the console's "
-                          "admin key its own value")
-
-    signing = _signing(_Section(path, "signing", doc.get("signing", {}), service))
-
-    return Config(path=path, authserv_id=authserv_id, data_dir=data_dir, public_url=public_url,
-                  listen=listen, limits=limits, metrics_token=metrics_token, admin_key=admin_key,
-                  url_secret=url_secret or "", url_ttl=url_ttl, key_dir=key_dir, service=service,
-                  mail_host=mail_host, retention_days=retention_days, status_first_retry=status_first_retry,
-                  status_retry_hours=status_retry_hours, dns=dns, milter=milter,
-                  domains=tuple(domains), routes=tuple(routes), send=send, api_keys=tuple(api_keys),
-                  worker=worker, agent=agent, signing=signing, store=store)
-
-
-def _retired_mcp_listen(server: _Section) -> None:
-    """[server] mcp_listen was MCP's own port until issue 15; MCP is now at /mcp on [server] listen.
-    An old file still loads (a service must not fail to start over a key that no longer does
-    anything); a value other than "" (off) is a warning naming the file, since clients of that
-    port must move."""
-    value = server.get("mcp_listen", "", lambda v: v if isinstance(v, str) else _raise(), '"IP:PORT" or ""')
-    if value:
-        log.warning("%s: [server] mcp_listen is no longer used: MCP is now served at /mcp on [server] listen "
-                    "(the API's own port); remove the key and point MCP clients there", server.path)
 
 
 def load_config(path: str | Path = DEFAULT_PATH, service: Service = Service.ALL) -> Config:

@@ -1,9 +1,9 @@
-"""POST /v1/send: what an agent sends becomes one well-formed, threaded message, handed to the
-local Postfix over SMTP (where the milter DKIM-signs it). Stages, each its own function:
+"""The send path's stages, each its own function; the path that runs them in order for every door
+(the API, a batch, a scheduled send, MCP, the agent) is agentmx/sendpath.py.
 
     authorize(config, header)            -> ApiKey            401
     parse_request(json)                  -> SendRequest       400 (bad field, header injection)
-    check_sender(key, request)                                403 (not this key's address)
+    check_request(request)                                    400 (what every request must be, however made)
     build(request, original, config)     -> Outgoing          409 (reply to an auto-submitted event),
                                                               400 (more than 10 recipients derived)
     take_limits(store, config, ...)      -> keys taken        429 (per correspondent, per thread: shared
@@ -72,6 +72,8 @@ class SendRequest:
     in_reply_to: str | None = None          # an event id (msg_...) or a Message-ID (<...>)
     force: bool = False
     scheduled_at: float | None = None       # unix seconds: park it until then (api/scheduling.py)
+    auto_submitted: str | None = None       # RFC 3834's keyword for what a program of ours sends on its own
+                                            # (the agent's forward: auto-generated); never from JSON
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,6 @@ def authorize(config: Config, authorization: str | None) -> ApiKey:
         if token and hmac.compare_digest(token.encode(), key.key.encode()):
             return key
     raise SendError(401, "unauthorized", "send an API key from the config as: Authorization: Bearer <key>")
-
-
-def check_sender(key: ApiKey, req: SendRequest) -> None:
-    """The key's address, or a plus address of it (config.allows: agent+tag@ is agent@'s)."""
-    if not key.may_send_as(req.sender.address):
-        raise SendError(403, "forbidden_sender",
-                        f"API key {key.name!r} may not send as {req.sender.address} "
-                        f"(allowed: {', '.join(key.allow)})")
 
 
 # --- parse ----------------------------------------------------------------------------------------
@@ -244,8 +238,28 @@ def parse_request(data) -> SendRequest:
         attachments=tuple(attachments), headers=tuple(headers), in_reply_to=in_reply_to,
         force=bool(data.get("force", False)), scheduled_at=scheduled_time(data.get("scheduledAt")),
     )
+    return check_request(req)
+
+
+def check_request(req: SendRequest) -> SendRequest:
+    """What every request must be, however it was made: from JSON (parse_request) or by a door of
+    ours from its own values (the agent's reply, whose text a model wrote). A body, text that is
+    valid Unicode (a lone surrogate cannot be mailed), header values on one line, addresses that
+    are addresses; SendError 400 otherwise. `req` when it is."""
     if req.text is None and req.html is None:
         raise SendError(400, "missing_field", "text or html is required")
+    boxes = {"from": (req.sender,), "to": req.to, "cc": req.cc, "bcc": req.bcc, "replyTo": req.reply_to}
+    _check_unicode({"subject": req.subject, "text": req.text, "html": req.html, "headers": dict(req.headers),
+                    "attachments": [a.filename for a in req.attachments],
+                    **{f: [m.name for m in ms] for f, ms in boxes.items()}})
+    if req.subject is not None:
+        _no_breaks("subject", req.subject)
+    for f, ms in boxes.items():
+        for m in ms:
+            if not _ADDR.match(_no_breaks(f, m.address)) or not m.address.isascii():
+                raise SendError(400, "bad_address", f"{f}: {m.address!r} is not an address")
+            if m.name:
+                _no_breaks(f, m.name)
     return req
 
 
@@ -396,7 +410,9 @@ def build(req: SendRequest, original: dict | None, config: Config, now: float | 
         msg["In-Reply-To"] = parent
     if references:
         msg["References"] = " ".join(dict.fromkeys(references))
-    if original is not None and config.send.auto_submitted:
+    if req.auto_submitted:
+        msg["Auto-Submitted"] = req.auto_submitted
+    elif original is not None and config.send.auto_submitted:
         msg["Auto-Submitted"] = "auto-replied"
     for hname, hvalue in req.headers:
         msg[hname] = hvalue

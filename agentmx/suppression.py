@@ -3,12 +3,12 @@ complaint, or by hand), and the one check every send makes before it counts or g
 
     check(store, sender, recipients)   raises send.SendError 422 "suppressed" when one is
 
-Called by the send API's one send path (api/sending.send_one: /v1/send, each recipient of a
-batch, a scheduled send when it is due, MCP's send and reply) and when a scheduled send is parked
-(api/scheduling.park), and by the agent's replies and forwards (agentloop.counted). The domain is
-the sender address's (the From address of the send), lower case: what a suppression is kept under.
+Called in one place, the one send path (sendpath.prepare), whatever the door: /v1/send, each
+recipient of a batch, a scheduled send when it is parked and when it is due, MCP's send and
+reply, the agent's replies and forwards. The domain is the sender address's (the From address of
+the send), lower case: what a suppression is kept under.
 
-The API (api/suppressions.py) and the CLI (suppressionscli.py) read what people give them with
+The API (api/suppressions.py) and the CLI (cli/suppressions.py) read what people give them with
 address(), reason() and note() here, and show a suppression with view().
 """
 from __future__ import annotations

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import re
 
-from agentmx.authservid import authserv_id_of
-
-WORDS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
+from agentmx.authservid import RESULT_WORDS, authserv_id_of
 
 
 def _word(value) -> str:
     value = str(value or "none").lower()
-    return value if value in WORDS else "permerror"
+    return value if value in RESULT_WORDS else "permerror"
 
 
 def empty(authserv_id: str, note: str) -> dict:

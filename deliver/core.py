@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from agentmx import blocklist, urls
-from agentmx.config import Config
+from agentmx.config import AttachmentMode, Config, RouteAction, TrustPolicy
 from agentmx.store import DuplicateEvent, Store, StoreError, open_store
 from agentmx.store.model import EXCERPT, Attempt, DeliveryState
 
@@ -62,7 +62,7 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
         sha = store.put_blob(att.data) if store else hashlib.sha256(att.data).hexdigest()
         blobs.append((sha, att.data))
         name = att.filename or f"attachment-{n + 1}"
-        inline = route is not None and route.attachments == "inline" and len(att.data) <= route.inline_max_bytes
+        inline = route is not None and route.attachments is AttachmentMode.INLINE and len(att.data) <= route.inline_max_bytes
         attachments.append({
             "id": f"{event_id}:{n}",
             "filename": att.filename,
@@ -78,7 +78,7 @@ def build_event(raw: bytes, env: Envelope, config: Config, store: Store | None, 
                 "clientIp": env.client_address or None, "helo": env.client_helo or None,
                 "tls": ev.received_with_tls(parsed)}
     created = ev.accepted_at(parsed) or ev.rfc3339(datetime.fromtimestamp(now, timezone.utc))
-    flagged = bool(route and route.trust == "flag" and auth["dmarc"] != "pass")
+    flagged = bool(route and route.trust is TrustPolicy.FLAG and auth["dmarc"] != "pass")
     event = ev.render(parsed, event_id=event_id, created_at=created, recipient=env.recipient.lower(),
                       mailbox_hash=match.mailbox_hash if match else routing.split(env.recipient)[1],
                       envelope=envelope, auth=auth, attachments=attachments,
@@ -211,11 +211,11 @@ def _deliver(raw: bytes, env: Envelope, config: Config, store: Store, post, cloc
             log.warning("%s: %s, but the attempt was not recorded: %s", env.queue_id or "-", outcome.state, exc)
         return outcome
 
-    if route.trust == "require-dmarc" and event["auth"]["dmarc"] != "pass":
+    if route.trust is TrustPolicy.REQUIRE_DMARC and event["auth"]["dmarc"] != "pass":
         return record(Outcome(EX_OK, DeliveryState.HELD, event_id,
                               reason=f"kept aside: route requires DMARC pass, got {event['auth']['dmarc']}"))
 
-    if route.action == "agent":
+    if route.action is RouteAction.AGENT:
         store.put_job(event_id)
         return record(Outcome(EX_OK, DeliveryState.QUEUED, event_id, reason="queued for the agent (agentmx agent)"))
     if not route.pushes:

@@ -19,22 +19,21 @@ kept within WINDOW (docs/decisions.md, "One event per message across MX hosts").
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Iterator
 
-WINDOW = 7 * 86400.0          # seconds: longer than the 5 days senders and backup MXs keep retrying
+from agentmx import headerblock
 
-_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+WINDOW = 7 * 86400.0          # seconds: longer than the 5 days senders and backup MXs keep retrying
 
 
 def body_chunks(raw: bytes, size: int = 1 << 16) -> Iterator[bytes]:
     """The body after the header block (the first empty line), line ends as LF, in pieces of
     about `size` bytes: a 50 MB message is hashed without a copy of its body. Nothing without
     an empty line."""
-    end = _END_OF_HEADERS.search(raw)
-    if not end:
+    start = headerblock.body_start(raw)
+    if start is None:
         return
-    view, pos, carry = memoryview(raw), end.end(), b""
+    view, pos, carry = memoryview(raw), start, b""
     while pos < len(raw):
         chunk = carry + bytes(view[pos:pos + size])
         pos += size

@@ -126,9 +126,10 @@ class Result:
     @property
     def reply(self) -> str:
         """The LMTP answer after DATA: 250 when done, else 451 (Postfix retries). Never 5xx."""
+        from agentmx import smtpreplies     # lazy: only LMTP answers in SMTP words, the pipe process never
         if self.exit_code == EX_OK:
-            return f"250 2.0.0 {self.state} id={self.event_id or '-'}"
-        return "451 4.3.0 " + (" ".join((self.reason or self.state).split())[:MAX_REPLY] or "deferred")
+            return smtpreplies.DELIVERED.line(state=self.state, event_id=self.event_id or "-")
+        return smtpreplies.DEFERRED.line(reason=" ".join((self.reason or self.state).split())[:MAX_REPLY] or "deferred")
 
 
 def from_outcome(queue_id: str | None, recipient: str, outcome: Outcome) -> Result:

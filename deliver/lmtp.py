@@ -28,6 +28,7 @@ from typing import Any, Callable
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, syntax
 
+from agentmx import smtpreplies
 from agentmx.config import Config
 
 from . import frontend
@@ -50,7 +51,7 @@ class _Lmtp(LMTP):
                 fields[name.upper()] = "" if value.startswith("[") and value in ("[UNAVAILABLE]", "[TEMPUNAVAIL]") \
                     else value
         self.session.xforward = fields
-        await self.push("250 2.0.0 Ok")
+        await self.push(smtpreplies.XFORWARD_OK.line())
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -63,12 +64,12 @@ class _Lmtp(LMTP):
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(smtpreplies.NEED_RCPT.line())
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(smtpreplies.DATA_SYNTAX.line())
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(smtpreplies.START_DATA.line())
         data = bytearray(b"\r\n")        # a line starts here: the first line is like any other
         limit = self.data_size_limit
         state = None                     # or the reply for a message not taken
@@ -84,11 +85,11 @@ class _Lmtp(LMTP):
                 # A run longer than the reader's limit (line_length_limit: here the whole
                 # message's): a message too long, or with a line too long, for another limit.
                 data += await self._reader.read(exc.consumed)
-                state = state or ("552 Error: Too much mail data" if limit and len(data) - 2 > limit
-                                  else "500 Line too long (see RFC5321 4.5.3.1.6)")
+                state = state or (smtpreplies.TOO_MUCH_DATA.line() if limit and len(data) - 2 > limit
+                                  else smtpreplies.LINE_TOO_LONG.line())
             end = data.endswith(b"\r\n.\r\n")      # the end: a line holding only the dot
             if state is None and limit and len(data) - 2 - 3 * end > limit:
-                state = "552 Error: Too much mail data"
+                state = smtpreplies.TOO_MUCH_DATA.line()
             if end:
                 break
             if state is not None:
@@ -105,7 +106,7 @@ class _Lmtp(LMTP):
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(smtpreplies.DATA_OK.line() if status is MISSING else status)
 
 
 class Handler:
@@ -114,7 +115,8 @@ class Handler:
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
-        return responses[:-1] + ["250-XFORWARD " + " ".join(XFORWARD_ATTRS[:6]), responses[-1]]
+        keyword = smtpreplies.XFORWARD_KEYWORD.line(more=True, attributes=" ".join(XFORWARD_ATTRS[:6]))
+        return responses[:-1] + [keyword, responses[-1]]
 
     async def handle_exception(self, error: Exception) -> str:
         """An exception anywhere in the session outside deliver (which frontend.run maps itself):

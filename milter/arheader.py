@@ -8,6 +8,7 @@ from authres.arc import ARCAuthenticationResult
 from authres.core import AuthenticationResultProperty as Prop
 from authres.dmarc import DMARCAuthenticationResult
 
+from agentmx.config import DmarcMode
 
 from .results import AuthResults, DmarcResult
 
@@ -43,7 +44,7 @@ def dmarc_comment(dm: DmarcResult) -> str:
     in rfc9989 mode also np and t when the record has them, and where the walk found the record
     and the Organizational Domain (record=, org=), each only when the whole still fits."""
     rec = dm.record
-    if dm.mode != "rfc9989":
+    if dm.mode != DmarcMode.RFC9989.value:
         return f"p={rec.p} sp={rec.sp or rec.p} pct={rec.pct} dis={dm.disposition}"
     text = (f"p={rec.p} sp={rec.sp or rec.p}" + (f" np={rec.np}" if rec.np else "")
             + (" t=y" if rec.t == "y" else "") + f" dis={dm.disposition}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agentmx import fromheader
+from agentmx import fromheader, headerblock
 from agentmx.config import DmarcMode
 from agentmx.resolver import Lookups
 
@@ -33,8 +33,8 @@ def from_header_values(message: bytes) -> list[str]:
     """Every From field's value, also in the obsolete syntax `From :` that the stdlib parser
     drops as an mbox From_ line (agentmx/fromheader.py). Only the header block is read (the
     stdlib parser reads a whole message even for headers: ~30 ms for a 1 MB attachment,
-    bench/pipeline), cut where the DKIM check cuts it (dkim_check.split_message)."""
-    return fromheader.from_values(dkim_check.split_message(message)[0])
+    bench/pipeline), cut where the DKIM check cuts it (agentmx/headerblock.py)."""
+    return fromheader.from_values(headerblock.split(message)[0])
 
 
 def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float = 0.0,
@@ -45,7 +45,7 @@ def authenticate(message: bytes, env: Envelope, lookups: Lookups, sample: float 
     them, they are computed here from the message's body, with the same hasher, in one pass."""
     notes = []
     rsa = rsa_budget if rsa_budget is not None else RsaBudget()     # DKIM and ARC share it
-    head, body = dkim_check.split_message(message)
+    head, body = headerblock.split(message)
     if body_digests is None:        # dkimpy reads the header block only; the body is hashed once here
         bodies = _guard("dkim body", notes,
                         lambda: Bodies(bodyhash.digests(body, dkim_check.body_wants(head)), body), Bodies(body=body))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from agentmx import smtpreplies
 from agentmx.config import PolicyConfig
 
 from .results import AuthResults
@@ -21,9 +22,13 @@ from .results import AuthResults
 @dataclass(frozen=True)
 class Decision:
     action: str            # "accept", "reject" or "defer"
-    code: str = ""
+    code: str = ""         # the reply (agentmx/smtpreplies.py): code, enhanced code, text
     xcode: str = ""
     text: str = ""
+
+    @classmethod
+    def answer(cls, action: str, reply: smtpreplies.Reply, **values: object) -> Decision:
+        return cls(action, *reply.args(**values))
 
 
 ACCEPT = Decision("accept")
@@ -45,14 +50,11 @@ def decide(res: AuthResults, policy: PolicyConfig) -> Decision:
     decision = ACCEPT
     if (policy.reject_dmarc and res.dmarc.result == "fail" and res.dmarc.disposition == "reject"
             and res.dmarc.override is None):
-        decision = Decision("reject", "550", "5.7.1",
-                            f"Message rejected per DMARC policy of {res.dmarc.record_domain}")
+        decision = Decision.answer("reject", smtpreplies.DMARC_REJECT, domain=res.dmarc.record_domain)
     elif policy.reject_spf_fail and res.spf.result == "fail":
-        decision = Decision("reject", "550", "5.7.23",
-                            f"SPF of {res.spf.domain} does not authorize this host")
+        decision = Decision.answer("reject", smtpreplies.SPF_FAIL, domain=res.spf.domain)
     elif policy.defer_temperror and "temperror" in (res.spf.result, res.dmarc.result):
-        decision = Decision("defer", "451", "4.7.24",
-                            "Temporary DNS failure checking SPF/DMARC, try again later")
+        decision = Decision.answer("defer", smtpreplies.DNS_TEMPERROR)
     if decision.action == "reject" and res.notes:
-        return Decision("defer", "451", "4.3.0", "Temporary local problem verifying the message")
+        return Decision.answer("defer", smtpreplies.VERIFY_BROKEN)
     return decision

@@ -1,10 +1,7 @@
-"""Verdicts as values: what each check found, in RFC 8601 result words."""
+"""Verdicts as values: what each check found, in RFC 8601 result words (agentmx.authservid.RESULT_WORDS)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-# RFC 8601 section 2.7 words used by agentmx (policy is DMARC's "policy" for local overrides).
-RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 import Milter
 import milter as libmilter
 
-from agentmx import blocklist, spamheader
+from agentmx import blocklist, smtpreplies, spamheader
 from agentmx.authservid import claims_id
 from agentmx.config import Config
 from agentmx.resolver import Resolver
@@ -60,7 +60,7 @@ def _tempfail_on_error(callback):
         except Exception:
             self.log.exception("internal error in %s; answering tempfail", callback.__name__)
             try:
-                self.setreply("451", "4.3.0", "Temporary local problem, try again later")
+                self.setreply(*smtpreplies.MILTER_INTERNAL_ERROR.args())
             except Exception:
                 self.log.debug("setreply unavailable in %s", callback.__name__)
             return Milter.TEMPFAIL
@@ -165,7 +165,7 @@ class AuthMilter(Milter.Base):
         if scope:
             self.log.info("refused RCPT %s: sender %s is blocked for %s", rcpt, self.mail_from, scope)
             self.stats.count("blocked")
-            self.setreply("550", "5.7.1", f"Sender blocked: the agent at {rcpt} refuses mail from this sender")
+            self.setreply(*smtpreplies.SENDER_BLOCKED.args(rcpt=rcpt))
             return Milter.REJECT
         self.rcpts.append(rcpt)
         self.rcpt_domains.append(rcpt.rpartition("@")[2].lower())

@@ -16,6 +16,7 @@ import time
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 
+from agentmx import headerblock
 from agentmx.dkimkeys import DkimKey
 
 from . import bodyhash, dkimcrypto
@@ -29,8 +30,7 @@ _NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 
 
 def include_headers(message: bytes) -> list[bytes]:
-    end = message.find(b"\r\n\r\n")
-    names = [n.lower().decode() for n in _NAME.findall(message if end < 0 else message[:end + 2])]
+    names = [n.lower().decode() for n in _NAME.findall(headerblock.split(message)[0])]
     out = []
     for name in SIGNED:
         count = names.count(name) + (1 if name in OVERSIGNED else 0)

@@ -23,7 +23,7 @@ import enum
 from dataclasses import dataclass
 from email.utils import getaddresses
 
-from agentmx.config import Config, allows
+from agentmx.config import Config, RouteAction, allows
 
 from .sign import from_domain
 
@@ -75,7 +75,7 @@ def allowed(who: Submitter, login: str, config: Config) -> tuple[str, ...]:
         return config.signing.sasl_allow(login) or ()
     if who is Submitter.API:
         return tuple(dict.fromkeys([a for k in config.api_keys for a in k.allow] +
-                                   [r.match for r in config.routes if r.action == "agent"]))
+                                   [r.match for r in config.routes if r.action is RouteAction.AGENT]))
     if who in (Submitter.LOCAL, Submitter.TRUSTED):
         return config.signing.local_from
     return ()

@@ -102,12 +102,13 @@ def run(args, cleanup: list) -> int:
     receiver_port, serve_port = free_tcp_port(), free_tcp_port()
     webhook_secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
     api_key = "amx_" + base64.b32encode(os.urandom(20)).decode().lower()
+    admin_key = "amxadm_" + base64.b32encode(os.urandom(20)).decode().lower()
     data = work / "data"
     data.mkdir()
     shutil.chown(data, "nobody", "nogroup")
 
     server = "\n".join([f'data_dir = "{data}"', f'key_dir = "{key_dir}"', f'public_url = "http://127.0.0.1:{serve_port}"',
-                        f'listen = "127.0.0.1:{serve_port}"', f'url_secret = "{base64.b64encode(os.urandom(18)).decode()}"'])
+                        f'listen = "127.0.0.1:{serve_port}"', f'admin_key = "{admin_key}"', f'url_secret = "{base64.b64encode(os.urandom(18)).decode()}"'])
     # Local clients (127.0.0.1) are trusted; the other MTA's client leaves from 127.0.0.2 or .3
     # and is verified like any outside client. The agent's reply goes through the send API's own
     # submission service (master.cf.submit.fragment), which the milter signs for the API key's address.
@@ -213,6 +214,9 @@ submit = "unix:{install_submit(ours)}"
             print(f"   {DIM}agent: {line}{END}")
     ok = "dkim=pass" in ar and "dmarc=pass" in ar and reply["In-Reply-To"] == event["messageId"]
     print(f"\n{GREEN if ok else ''}{BOLD}{'The loop is closed: received, verified, delivered, answered, signed, threaded.' if ok else 'Something did not work: see the logs above.'}{END}")
+    print(f"\n{BOLD}Web console:{END}    http://127.0.0.1:{serve_port}/console   sign in with the admin key "
+          f"{admin_key}\n                (or the agent's API key {api_key}; from another machine: "
+          f"ssh -L {serve_port}:127.0.0.1:{serve_port} this-host)", flush=True)
     if args.once:
         return 0 if ok else 1
     print(f"\nEverything keeps running; try:  {AGENTMX} --config {our_cfg} auth {reply_file} --client-ip 127.0.0.1 "

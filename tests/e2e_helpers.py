@@ -37,7 +37,8 @@ class Ed25519Key:
 
 
 def message(from_addr: str, to: str, subject: str = "Hello", body: str = "Hi there.\n",
-            extra_headers: list[tuple[str, str]] = ()) -> bytes:
+            extra_headers: list[tuple[str, str]] = (), html: str | None = None) -> bytes:
+    """`html`: an HTML alternative to the text `body` (multipart/alternative)."""
     msg = EmailMessage()
     for name, value in extra_headers:
         msg[name] = value
@@ -47,6 +48,8 @@ def message(from_addr: str, to: str, subject: str = "Hello", body: str = "Hi the
     msg["Date"] = formatdate()
     msg["Message-ID"] = make_msgid(domain=from_addr.rpartition("@")[2].rstrip(">"))
     msg.set_content(body)
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
     return msg.as_bytes(policy=email.policy.SMTP)
 
 

@@ -23,6 +23,7 @@ def test_demo_closes_the_loop_and_leaves_nothing_behind():
     assert "iprev=pass policy.iprev=127.0.0.2 (mx.agents.example)" in text.split("Verdicts:")[1]
     assert "arc=none iprev=pass (by mx.agents.example)" in text
     assert "The loop is closed" in text
+    assert "Web console:" in text and "/console   sign in with the admin key amxadm_" in text
     assert set(glob.glob("/tmp/agentmx-demo*")) <= before       # every private instance removed
     masters = subprocess.run(["pgrep", "-af", "agentmx-demo"], capture_output=True, text=True).stdout
     assert "master" not in masters

@@ -10,99 +10,26 @@ Nothing here runs as root but Postfix itself (as on a real host), setup, and the
 from __future__ import annotations
 
 import os
-import shutil
-import smtplib
 import signal
 import stat
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from e2e_helpers import RsaKey, message, our_results, sign, verdicts
-from support.dnszone import zone_from_records
-from support.postfix import MilterProcess, PostfixInstance, agentmx_config, free_tcp_port, listening, wait_for
-from support.receiver import Receiver
-from support.units import Unit, stop
+from e2e_helpers import our_results, verdicts
+from support.install import DOMAIN, UNITS, VENV, api_key, inbound, installed
+from support.install import log as _log
+from support.postfix import wait_for
+from support.units import Unit
 
-from agentmx import dnsrecords
 from agentmx.client import Client
-from agentmx.config import load_config
-
-AGENTMX = str(Path(sys.executable).with_name("agentmx"))
-VENV = str(Path(sys.executable).parent.parent)
-DOMAIN = "agents.test"
-UNITS = ROOT / "systemd"
 
 
 @pytest.fixture(scope="module")
 def install(dns_server):
-    # not under pytest's tmp_path: /tmp/pytest-of-root is root's alone, and the services are not root
-    base = Path(tempfile.mkdtemp(prefix="agentmx-install-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    receiver = Receiver()
-    rx = PostfixInstance("irx", "mx.remote.test", relay_domains="remote.test",
-                         main={"transport_maps": "inline:{ remote.test=sink: }"})
-    rx_cfg, rx_sock = agentmx_config(rx, "mx.remote.test", dns_server.port, milter="trusted_networks = []",
-                                     server=f'data_dir = "{rx.base / "data"}"')
-    rx_milter = MilterProcess(rx_cfg, rx_sock, rx.base / "milter.log").start()
-    rx.start()
-    ix = PostfixInstance("ix", "mx.agents.test", main={"relayhost": f"[127.0.0.1]:{rx.port}", "default_transport": "smtp",
-                                                       "inet_interfaces": "127.0.0.1"})
-    etc, data, sock = base / "etc-agentmx", base / "data", ix.base / "milter" / "milter.sock"
-    out = subprocess.run([AGENTMX, "setup", "--postfix-config", str(ix.etc), "--domain", DOMAIN,
-                          "--endpoint", receiver.url, "--agentmx-dir", str(etc), "--data-dir", str(data),
-                          "--socket", str(sock)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    # What an operator adds by hand: the DNS resolver, which clients are ours, where serve listens.
-    serve_port = free_tcp_port()
-    cfg = etc / "agentmx.toml"
-    text = cfg.read_text().replace("[server]\n", f'[server]\nlisten = "127.0.0.1:{serve_port}"\n', 1)
-    text = text.replace("[milter]\n", '[milter]\ntrusted_networks = ["127.0.0.1/32"]\n', 1)
-    cfg.write_text(text + f'\n[dns]\nservers = ["127.0.0.1:{dns_server.port}"]\ntimeout = 1.0\n')
-
-    config = load_config(cfg)
-    # remote.test: the outside party, whose mail comes from 127.0.0.2 and whose MX is rx
-    outside_key = RsaKey()
-    zone = {"mx.agents.test": {"A": ["127.0.0.1"]}, "remote.test": {"TXT": ["v=spf1 ip4:127.0.0.2 -all"]},
-            "s1._domainkey.remote.test": {"TXT": [outside_key.txt]},
-            "_dmarc.remote.test": {"TXT": ["v=DMARC1; p=reject"]}}
-    zone_from_records(dnsrecords.records(config, DOMAIN), zone)
-    dns_server.set_zone(zone)
-
-    paths = {"/opt/agentmx/venv": VENV, "/etc/agentmx/agentmx.toml": str(cfg),
-             "/var/spool/postfix/agentmx": str(sock.parent), "/var/lib/agentmx": str(data)}
-    units = {name: Unit.read(UNITS / f"agentmx-{name}.service") for name in ("milter", "serve")}
-    procs = []
-    try:
-        for name in ("milter", "serve"):
-            units[name].run_pre(paths)
-            procs.append(units[name].start(paths, base / f"{name}.log"))
-        wait_for(lambda: sock.exists(), timeout=30, what=f"the milter's socket\n{_log(base, 'milter')}")
-        wait_for(lambda: listening(serve_port), timeout=30, what=f"serve\n{_log(base, 'serve')}")
-        ix.start()
-        yield {"ix": ix, "rx": rx, "etc": etc, "data": data, "cfg": cfg, "config": config, "units": units,
-               "receiver": receiver, "api": f"http://127.0.0.1:{serve_port}", "outside_key": outside_key,
-               "zone": zone, "base": base, "procs": procs}
-    finally:
-        for p in procs:
-            stop(p)
-        ix.stop()
-        rx_milter.stop()
-        rx.stop()
-        receiver.stop()
-        if not os.environ.get("AGENTMX_KEEP_TMP"):
-            shutil.rmtree(base, ignore_errors=True)
-
-
-def _log(base: Path, name: str) -> str:
-    try:
-        return (base / f"{name}.log").read_text()[-3000:]
-    except OSError:
-        return ""
+    with installed(dns_server) as inst:       # tests/support/install.py: setup, then the units
+        yield inst
 
 
 @pytest.fixture
@@ -120,17 +47,6 @@ def test_the_services_run_as_their_units_say(inst):
         assert pwd.getpwuid(uid).pw_name == inst["units"][name].user, name
 
 
-def inbound(inst, subject: str) -> dict:
-    """A DKIM-signed message from remote.test, over SMTP from an outside address; its event."""
-    raw = sign(message("Alice <alice@remote.test>", f"agent@{DOMAIN}", subject=subject,
-                       body="Your code is 318273.\n"), "remote.test", "s1", inst["outside_key"])
-    with smtplib.SMTP("127.0.0.1", inst["ix"].port, local_hostname="mail.remote.test", timeout=60,
-                      source_address=("127.0.0.2", 0)) as s:
-        s.sendmail("alice@remote.test", [f"agent@{DOMAIN}"], raw)
-    return wait_for(lambda: next((e for e in inst["receiver"].events() if e.get("subject") == subject), None),
-                    timeout=60, what=f"the event\n{inst['ix'].log()[-3000:]}\n{_log(inst['base'], 'milter')}")
-
-
 def test_mail_flows_in_as_a_verified_event(inst):
     event = inbound(inst, "Install check")
     assert (event["auth"]["spf"], event["auth"]["dkim"], event["auth"]["dmarc"]) == ("pass", "pass", "pass")
@@ -145,7 +61,7 @@ def test_mail_flows_in_as_a_verified_event(inst):
 
 def test_mail_flows_out_signed_through_the_submission_service(inst):
     event = inbound(inst, "Please answer")
-    key = (inst["etc"] / "api.key").read_text().strip()
+    key = api_key(inst)
     result = Client(inst["api"], key).reply(event, text="Thanks, received.")
     assert result["queueId"]
 

@@ -19,10 +19,11 @@ LAYERS = {
     "agentmx.sendevents": 1.5,     # send events: made of the store's values, for the send path and deliver alike
     "agentmx.milter": 2, "agentmx.deliver": 2,
     "agentmx.suppression": 2,                          # the send paths' check (api, agentloop), on the store's values
+    "agentmx.sendpath": 2.5,                           # the one send path every door calls (api, agentloop)
     "agentmx.ops": 3, "agentmx.mcpserver": 3,          # MCP tools on a Mailbox: HTTP (stdio) or serve in process (api/mcp.py)
     "agentmx.api": 4, "agentmx.agentloop": 4,
-    "agentmx.storecli": 5, "agentmx.setup": 5, "agentmx.suppressionscli": 5, "agentmx.blockscli": 5,
-    "agentmx.cli": 6,
+    "agentmx.setup": 5,
+    "agentmx.cli": 6,                                  # the command groups (agentmx/cli/*.py): one unit
     "agentmx.__main__": 7,
 }
 

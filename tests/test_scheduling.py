@@ -26,20 +26,27 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def ctx(tmp_path):
+def unit_context(tmp_path, key: str = KEY, allow: str = "agent@agents.test", more: str = "") -> Context:
+    """serve's Context on an embedded store in tmp_path, on a Clock the test moves; no Postfix at
+    [send] submit. `more`: TOML for the sections after [send] (its own keys first)."""
     config = parse_config(f"""[server]
 authserv_id = "mx.agents.test"
 data_dir = "{tmp_path / 'data'}"
-url_secret = "scheduling-test-url-secret"
+url_secret = "unit-test-url-secret"
 [send]
 submit = "unix:{tmp_path / 'no-postfix-here'}"
+{more}
 [[api_keys]]
 name = "agent"
-key = "{KEY}"
-allow = ["agent@agents.test"]
+key = "{key}"
+allow = ["{allow}"]
 """, tmp_path / "agentmx.toml")
-    c = Context.for_config(config, Clock())
+    return Context.for_config(config, Clock())
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    c = unit_context(tmp_path)
     yield c
     c.store.close()
 

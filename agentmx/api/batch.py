@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from agentmx import send
+from agentmx import send, sendpath
 from agentmx.config import ApiKey
 
 from . import attachments
@@ -76,7 +76,7 @@ def batch_for_key(ctx: Context, key: ApiKey, body: bytes) -> dict:
     # The shared part is checked once (a bad field fails the whole batch, before anything goes),
     # and its attachments resolved once: a URL is fetched once, not per recipient.
     probe = send.parse_request({**shared, "to": recipients[0]["to"]})
-    send.check_sender(key, probe)
+    sendpath.check_sender(sendpath.Caller.api_key(key), probe)
     resolved = attachments.resolve_all(ctx, probe.attachments)
     results, counts = [], {"queued": 0, "scheduled": 0, "failed": 0}
     for r in recipients:

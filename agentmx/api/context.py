@@ -43,6 +43,7 @@ class Context:
     threads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
     news: InboxNews | None = None
     resolver: object = None           # agentmx.resolver.Resolver ([dns] servers): attachment URLs (fetch.py)
+    submit: Callable = send.submit    # the send path's way to Postfix (sendpath.Outbox; a test gives its own)
 
     def __post_init__(self):
         if self.resolver is None:

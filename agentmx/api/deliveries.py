@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agentmx import ops
-from agentmx.config import ApiKey, Route as RouteConfig
+from agentmx.config import ApiKey, Route as RouteConfig, RouteAction
 from agentmx.deliver import route as routing
 from agentmx.store import StoreError
 from agentmx.store.model import InboxRow
@@ -64,12 +64,10 @@ def public_endpoint(url: str | None) -> str | None:
 
 def route_view(route: RouteConfig) -> dict:
     """What GET /api/routes shows of a route: never its secret."""
-    return {"id": route_id(route), "match": route.match, "mode": route.mode, "action": route.action,
+    return {"id": route_id(route), "match": route.match, "mode": route.mode.value, "action": route.action.value,
             "endpoint": public_endpoint(route.endpoint) if route.pushes else None,
             "mailkiteSignature": route.mailkite_signature, "timeout": route.timeout,
-            "attachments": route.attachments, "trust": route.trust,
-            # the route's ack mode (lenient, ack, control) once config.Route has it (issue 15's webhooks part)
-            "ack": str(getattr(route, "ack", "lenient"))}
+            "attachments": route.attachments.value, "trust": route.trust.value, "ack": route.ack.value}
 
 
 def readable_routes(config, key: ApiKey) -> list[RouteConfig]:
@@ -120,7 +118,7 @@ class DeliveryRoutes:
             raise ApiError(409, "no_route", f"no route takes {row.recipient} any more: nothing to POST it to")
         if only is not None and found.route is not only:
             raise ApiError(409, "other_route", f"{row.recipient} goes to route {route_id(found.route)}, not this one")
-        if found.route.action == "agent":
+        if found.route.action is RouteAction.AGENT:
             raise ApiError(409, "agent_route", f"the route for {row.recipient} runs agentmx's agent: nothing to POST")
         if not found.route.pushes:
             raise ApiError(409, "pull_route", f"the route for {row.recipient} is a pull route: the message waits "
@@ -225,7 +223,7 @@ class DeliveryRoutes:
         key = self.ctx.key(request)
         route = self._route(key, request.path_params["id"])
         if not route.pushes:
-            raise ApiError(409, "pull_route" if route.action != "agent" else "agent_route",
+            raise ApiError(409, "pull_route" if route.action is not RouteAction.AGENT else "agent_route",
                            f"route {route_id(route)} does not POST: nothing to deliver")
         ids = list(dict.fromkeys(_ids((await _json(request)).get("messageIds"), "messageIds")))
         if not 0 < len(ids) <= MAX_IDS:

@@ -1,11 +1,11 @@
 """scheduledAt: a send parked in the store until it is due, then sent by serve through the one
-send path (sending.send_one: every guard and limit applies at send time).
+send path (sendpath.py through sending.send_one: every guard and limit applies at send time).
 
     park(ctx, key, data)   POST /v1/send (or a batch recipient) with scheduledAt: checked now as far as
-                           it can be (fields, sender, the original, the message built, attachments
-                           fetched), the attachments kept as uploads (until a week after it is due)
-                           and named in the kept request by signed blob URLs of ours; the send is
-                           SCHEDULED. At most [send] max_schedule_days ahead; up to PAST_GRACE
+                           it can be (sendpath.prepare: fields, sender, attachments fetched, the
+                           original, the message built, suppressions), the attachments kept as
+                           uploads (until a week after it is due) and named in the kept request by
+                           signed blob URLs of ours; the send is SCHEDULED. At most [send] max_schedule_days ahead; up to PAST_GRACE
                            seconds in the past is "now" (clocks differ).
     Scheduler              in every serve: claims due sends (Store.claim_scheduled: one serve on one
                            host gets each, SKIP LOCKED on postgres) every POLL seconds and sends
@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import replace
 
-from agentmx import send, suppression
+from agentmx import send, sendpath
 from agentmx.config import ApiKey
 from agentmx.store import StoreError
 from agentmx.store.model import SendRecord, SendState
@@ -46,9 +46,12 @@ def check_window(ctx, when: float) -> None:
 
 
 def park(ctx, key: ApiKey, data: dict, resolved=None) -> dict:
+    """Checked now by the send path up to what counts or sends (sendpath.prepare: the sender, the
+    original, the message built, the suppressions); all of it again when it is due (send_one)."""
     from . import attachments, sending
-    req, _, out = sending.prepare(ctx, key, data, resolved)
-    suppression.check(ctx.store, req.sender.address, out.recipients)     # and again when it is due (send_one)
+    prep = sendpath.prepare(sending.outbox(ctx), sendpath.Caller.api_key(key), send.parse_request(data),
+                            sending.resolver(ctx, resolved))
+    req, out = prep.req, prep.out
     check_window(ctx, req.scheduled_at)
     expires = max(req.scheduled_at, ctx.clock()) + KEEP_AFTER_DUE
     kept = []

@@ -1,14 +1,12 @@
-"""POST /v1/send, GET and DELETE /v1/send/{id}: the send path (agentmx/send.py) behind the HTTP API.
+"""POST /v1/send, GET and DELETE /v1/send/{id}: the HTTP door of the one send path (agentmx/sendpath.py).
 
-ONE function sends: send_one(). POST /v1/send, each recipient of POST /v1/send/batch (batch.py)
-and each scheduled send when it is due (scheduling.py) go through it, so every guard, limit and
-record applies to all three:
+send_one() is what POST /v1/send, each recipient of POST /v1/send/batch (batch.py), each scheduled
+send when it is due (scheduling.py) and MCP's send and reply (mcp.py) call: the JSON parsed into a
+SendRequest, the key made the Caller, the attachments by URL loaded by the path's `resolve`
+(attachments.py), the answer made JSON. Every guard, limit and record is the path's.
 
-    parse_request -> check_sender -> attachments (inline, a blob of ours, or fetched: attachments.py)
-    -> the original (inReplyTo an event) -> build -> take_limits -> submit -> put_send
-
-A request with scheduledAt is checked as far as it can be now (fields, sender, attachments, the
-time window) and parked in the store (scheduling.park); it goes through send_one when due.
+A request with scheduledAt is checked as far as it can be now (sendpath.prepare, the time
+window) and parked in the store (scheduling.park); it goes through send_one when due.
 
 The API key is checked from the headers before one byte of the body is read; the body is then
 read within the guard's size and time limits; the rest (the store, a fetch, SMTP) runs in the
@@ -23,10 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from agentmx import send, sendevents, suppression
-from agentmx.address import split
+from agentmx import send, sendpath
 from agentmx.config import ApiKey
-from agentmx.store import StoreError
 from agentmx.store.model import SendEvent, SendRecord, SendState
 from agentmx.times import rfc3339
 
@@ -37,49 +33,27 @@ from .errors import ApiError
 log = logging.getLogger("agentmx.serve")
 
 
-def prepare(ctx: Context, key: ApiKey, data, resolved: tuple[send.Attachment, ...] | None = None):
-    """(request, the original event or None, the message built) of one request of an authorized
-    key; a scheduled send is checked this far when it is parked. Raises send.SendError."""
-    req = send.parse_request(data)
-    send.check_sender(key, req)
-    req = attachments.resolve_request(ctx, req, resolved)
-    original = None
-    if req.in_reply_to and req.in_reply_to.startswith("msg_"):
-        raw_event = ctx.store.get_event(req.in_reply_to)
-        if raw_event is None:
-            raise send.SendError(404, "unknown_event", f"no stored event {req.in_reply_to}")
-        original = json.loads(raw_event)
-        if not key.may_send_as(split(original.get("recipient", ""))[0]):
-            raise send.SendError(403, "forbidden_event", "this key may not answer mail sent to another address")
-    return req, original, send.build(req, original, ctx.config)
+def outbox(ctx: Context) -> sendpath.Outbox:
+    return sendpath.Outbox(ctx.config, ctx.store, ctx.clock, ctx.submit)
+
+
+def resolver(ctx: Context, resolved: tuple[send.Attachment, ...] | None = None):
+    """The path's `resolve` for this API: attachments by URL loaded (or those a batch loaded once)."""
+    return lambda req: attachments.resolve_request(ctx, req, resolved)
 
 
 def send_one(ctx: Context, key: ApiKey, data, send_id: str | None = None,
              resolved: tuple[send.Attachment, ...] | None = None) -> dict:
-    """THE send path: one request of an authorized key, sent now. `send_id`: a scheduled send's
-    own id (the record is then updated, not added); `resolved`: attachments resolved already (a
-    batch fetches a URL once for all its recipients). Raises send.SendError."""
-    req, original, out = prepare(ctx, key, data, resolved)
-    suppression.check(ctx.store, req.sender.address, out.recipients)     # 422 suppressed: before any limit counts it
-    taken = send.take_limits(ctx.store, ctx.config, out.correspondents,
-                             out.thread_id if original is not None or out.in_reply_to else None)
-    send_id = send_id or send.new_send_id()
-    out = send.with_return_path(out, send_id, ctx.config)
-    try:
-        queue_id = send.submit(out, ctx.config)
-    except send.SendError:
-        ctx.store.give_back(taken)                # Postfix refused it: it does not count
-        raise
-    result = {"id": send_id, "status": SendState.QUEUED.value, "messageId": out.message_id, "queueId": queue_id,
-              "threadId": out.thread_id, "inReplyTo": out.in_reply_to, "recipients": list(out.recipients)}
-    try:
-        sendevents.record_send(ctx.store, ctx.config, send_id, key.name, req.sender.address, out, queue_id,
-                                original.get("id") if original else None, ctx.clock(), req.scheduled_at)
-    except StoreError as exc:                     # it is in Postfix's queue: the answer says so all the same
-        log.warning("%s: sent as %s but not recorded: %s", send_id, queue_id, exc)
-    log.info("%s: queued as %s from=%s to=%s key=%s", send_id, queue_id, req.sender.address,
-             ",".join(out.recipients), key.name)
-    return result
+    """One request of an authorized key, sent now through the one send path (sendpath.py).
+    `send_id`: a scheduled send's own id (the record is then updated, not added); `resolved`:
+    attachments resolved already (a batch fetches a URL once for all its recipients). Raises
+    send.SendError."""
+    sent = sendpath.send_message(outbox(ctx), sendpath.Caller.api_key(key), send.parse_request(data),
+                                 send_id=send_id, resolve=resolver(ctx, resolved))
+    out = sent.out
+    return {"id": sent.send_id, "status": SendState.QUEUED.value, "messageId": out.message_id,
+            "queueId": sent.queue_id, "threadId": out.thread_id, "inReplyTo": out.in_reply_to,
+            "recipients": list(out.recipients)}
 
 
 def send_or_park(ctx: Context, key: ApiKey, data, resolved=None) -> dict:

@@ -9,7 +9,7 @@
     embedded.py    the embedded backend; legacy.py imports an earlier version's data directory into it
     listener.py    serve's wake-ups (deliver's datagrams, agentmx/notify.py); pglisten.py adds LISTEN/NOTIFY
     transfer.py    moving a store to another backend, verified (`agentmx store migrate --to postgres`)
-    (the `agentmx store` commands are agentmx/storecli.py, beside the other commands)
+    (the `agentmx store` commands are agentmx/cli/storage.py, beside the other commands)
 
 `open_store(config)` gives the configured backend. Nothing is imported here that deliver's
 per-message path does not need: the backends are imported when opened.

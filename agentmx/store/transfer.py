@@ -1,4 +1,4 @@
-"""Moving a store to another backend (`agentmx store migrate --to postgres`, cli.py): copied,
+"""Moving a store to another backend (`agentmx store migrate --to postgres`, cli/storage.py): copied,
 then verified. Through the Store interface only (blob_names, get_blob, put_blob, export_records,
 import_records), so it moves any backend to any other, the reverse direction included.
 

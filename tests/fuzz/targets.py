@@ -21,12 +21,14 @@ from pathlib import Path
 
 import jsonschema
 
+from agentmx.authservid import RESULT_WORDS
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "email.received.v1.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA) if "2020-12" in SCHEMA.get("$schema", "") \
     else jsonschema.validators.validator_for(SCHEMA)(SCHEMA)
 OURS = "mx.agentmx.test"
-WORDS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
+WORDS = RESULT_WORDS                 # RFC 8601 section 2.7, as agentmx defines them once
 CONFIG_PATH = Path("/etc/agentmx/fuzz.toml")
 NOW = 1_795_000_000.0
 

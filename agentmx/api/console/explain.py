@@ -13,6 +13,10 @@ class Explained:
     line: str            # as `agentmx auth` prints it: "DKIM d=x s=y a=rsa-sha256: pass"
     meaning: str         # what it means, in a sentence
 
+    @property
+    def badge(self) -> str:
+        return "not verified" if self.method == "note" else f"{self.method}={self.result}"
+
 
 MEANING = {
     "spf": {"pass": "The sending server is one {domain} lists as allowed to send its mail.",
@@ -23,6 +27,10 @@ MEANING = {
             "temperror": "DNS did not answer in time: SPF could not be checked (a temporary error, not a failure).",
             "permerror": "{domain}'s SPF record is broken, so it cannot be evaluated.",
             "policy": "Not evaluated, by local policy."},
+    "spf-helo": {"pass": "The server's HELO name {domain} lists this server as allowed to use it.",
+                 "fail": "{domain}'s SPF record says this server may NOT use that HELO name.",
+                 "none": "No SPF record for the HELO name {domain} (common; the MAIL FROM check above is the one DMARC uses).",
+                 "temperror": "DNS did not answer in time: the HELO name was not checked (temporary)."},
     "dkim": {"pass": "The signature verifies: {domain} vouches for this message's content and the signed headers.",
              "fail": "The signature by {domain} does not verify: the message was altered, or the signature is forged.",
              "neutral": "The signature by {domain} could not be used.",
@@ -52,8 +60,8 @@ MEANING = {
 
 
 def _meaning(method: str, result: str, domain: str | None) -> str:
-    text = MEANING.get(method, {}).get(result) or f"Result {result}."
-    return text.format(domain=domain or "the domain")
+    text = (MEANING.get(method, {}).get(result) or f"Result {result}.").format(domain=domain or "the domain")
+    return text[:1].upper() + text[1:]
 
 
 def _reason(d: dict | None) -> str:
@@ -63,6 +71,10 @@ def _reason(d: dict | None) -> str:
 
 def explain(auth: dict) -> list[Explained]:
     details = auth.get("details") or {}
+    if details.get("note"):         # no header of ours (or unreadable): nothing was verified
+        return [Explained("note", "none", f"note: {details['note']}",
+                          "Our milter did not verify this message: SPF, DKIM and DMARC all say none. "
+                          "Do not believe its From address.")]
     out = []
     spf = details.get("spf") or {}
     spf_result = auth.get("spf", "none")
@@ -72,7 +84,8 @@ def explain(auth: dict) -> list[Explained]:
     if helo:
         out.append(Explained("spf-helo", helo.get("result", "none"),
                              f"SPF  HELO {helo.get('helo') or '-'}: {helo.get('result', 'none')}{_reason(helo)}",
-                             _meaning("spf", helo.get("result", "none"), helo.get("helo"))))
+                             _meaning("spf-helo" if helo.get("result", "none") in MEANING["spf-helo"] else "spf",
+                                      helo.get("result", "none"), helo.get("helo"))))
     sigs = details.get("dkim") or []
     if not sigs:
         out.append(Explained("dkim", "none", "DKIM: none (the message has no DKIM-Signature)",
@@ -103,6 +116,4 @@ def explain(auth: dict) -> list[Explained]:
     sd = details.get("spam") or {}
     score = f" (score {sd.get('score')} of {sd.get('required')})" if sd.get("score") is not None else ""
     out.append(Explained("spam", spam, f"spam: {spam}{score}", _meaning("spam", spam, None)))
-    if details.get("note"):
-        out.append(Explained("note", "none", f"note: {details['note']}", "The message was not verified by our milter."))
     return out

@@ -53,8 +53,8 @@ def routes(console: Console, inbox: InboxRoutes) -> list[Route]:
             if not params["before"].isdigit() or len(params["before"]) > 18:
                 raise ApiError(400, "bad_before", "before is a value an earlier page gave")
             before = int(params["before"])
+        last = await ctx.run(ctx.store.last_seq)        # first: a message between the two is streamed, not lost
         rows, next_before = await ctx.run(listing, viewer, q, to, unread, before)
-        last = await ctx.run(ctx.store.last_seq)
         live = not (q or to or unread or before)           # live rows only on the plain newest-first view
         return console.render(request, viewer, "inbox.html", title="Inbox", rows=rows, q=q or "", to=to or "",
                               unread=unread, next_before=next_before, live=live, last_seq=last,

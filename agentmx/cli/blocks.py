@@ -12,16 +12,23 @@ config has exactly one route. Blocks in the config (a route's block_senders) are
 changed only in the config. Exit 0 when done (also when there was nothing to remove, said so), 2
 for input that is not a sender or a route's match.
 
-Imported by the CLI's parser on every command (deliver's too): argparse only, here.
+Imported by the CLI's parser on every command (deliver's too): argparse only, here; the handlers
+import the store inside them, so that the per-message `agentmx deliver` does not pay for it.
 """
 from __future__ import annotations
 
 import sys
+from contextlib import closing
+
+from agentmx.config import Service, block_sender, load_config
+from agentmx.times import rfc3339
+
+from .common import config_path
 
 EX_USAGE = 2
 
 
-def add_commands(sub, config_path) -> None:
+def add_blocks(sub) -> None:
     bp = sub.add_parser("blocks", help="senders refused at RCPT for a route's addresses: list, add, remove")
     commands = bp.add_subparsers(dest="blocks_command", required=True)
     ls = commands.add_parser("list", help="every block, the config's and the store's, by route")
@@ -32,14 +39,17 @@ def add_commands(sub, config_path) -> None:
     rm = commands.add_parser("remove", help="take SENDER's mail for a route's addresses again")
     rm.add_argument("sender")
     rm.add_argument("--scope", help="the route's match (default: the config's only route)")
-    for parser, run in ((ls, cmd_list), (ad, cmd_change), (rm, cmd_change)):
-        parser.set_defaults(func=lambda args, run=run: run(args, config_path(args.config)))
+    ls.set_defaults(func=cmd_list)
+    ad.set_defaults(func=cmd_change)
+    rm.set_defaults(func=cmd_change)
 
 
-def _setup(args, path, what: str):
+COMMANDS = {"blocks": add_blocks}
+
+
+def _setup(args, what: str):
     """(config, sender or None, the route) for add and remove; None (said) for bad input."""
-    from agentmx.config import Service, block_sender, load_config
-    config = load_config(path, Service.APP)
+    config = load_config(config_path(args.config), Service.APP)
     try:
         sender = block_sender(args.sender) if what != "list" else None
     except ValueError as exc:
@@ -61,13 +71,11 @@ def _publish(store, config) -> None:
         print(f"the milter's block list written ({blocklist.path_in(config.data_dir)})")
 
 
-def cmd_list(args, path) -> int:
-    from contextlib import closing
+def cmd_list(args) -> int:
     from agentmx import blocklist
     from agentmx.api.guard import printable
     from agentmx.store import open_store
-    from agentmx.times import rfc3339
-    got = _setup(args, path, "list")
+    got = _setup(args, "list")
     if got is None:
         return EX_USAGE
     config, _, route = got
@@ -82,13 +90,12 @@ def cmd_list(args, path) -> int:
     return 0
 
 
-def cmd_change(args, path) -> int:
+def cmd_change(args) -> int:
     """add or remove (args.blocks_command) one sender for one route, then publish the block list."""
-    from contextlib import closing
     from agentmx import blocklist
     from agentmx.store import open_store
     what = args.blocks_command
-    got = _setup(args, path, what)
+    got = _setup(args, what)
     if got is None:
         return EX_USAGE
     config, sender, route = got

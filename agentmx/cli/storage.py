@@ -10,17 +10,23 @@
                               verify it table by table (transfer.py): exit 0 when everything
                               matches, 1 with what does not. Safe to run again and to resume.
 
-Imported by the CLI's parser on every command (deliver's too): argparse only, here.
+Imported by the CLI's parser on every command (deliver's too): argparse only, here; the handlers
+import the store and deliver's routing inside them, so that the per-message `agentmx deliver` does
+not pay for them.
 """
 from __future__ import annotations
 
 import sys
 
+from agentmx.config import Service, StoreBackend, load_config
+
+from .common import config_path
+
 EX_MISMATCH = 1
 EX_CONFIG = 78
 
 
-def add_commands(sub, config_path) -> None:
+def add_store(sub) -> None:
     st = sub.add_parser("store", help="the store: schema migrations, importing an earlier data directory, "
                                       "moving to PostgreSQL")
     commands = st.add_subparsers(dest="store_command", required=True)
@@ -34,11 +40,13 @@ def add_commands(sub, config_path) -> None:
     mg.add_argument("--workers", type=int, default=4, help="with --to: blobs copied at once (default 4)")
     mg.add_argument("--batch", type=int, default=500, help="with --to: records per transaction, blobs per listing "
                                                           "(default 500)")
-    mg.set_defaults(func=lambda args: cmd_migrate(args, config_path))
+    mg.set_defaults(func=cmd_migrate)
 
 
-def cmd_migrate(args, config_path) -> int:
-    from agentmx.config import Service, StoreBackend, load_config
+COMMANDS = {"store": add_store}
+
+
+def cmd_migrate(args) -> int:
     from agentmx.store import open_store
     path = config_path(args.config)
     config = load_config(path, Service.APP)
@@ -75,7 +83,6 @@ def _import_legacy(store, config) -> None:
 
 def cmd_move(config, path, args) -> int:
     """The embedded store in data_dir -> the configured postgres store, copied and verified."""
-    from agentmx.config import StoreBackend
     from agentmx.store import SchemaMismatch, StoreError, StoreUnavailable, open_store, transfer
     from agentmx.store.embedded import FILE, EmbeddedStore
     if config.store.backend is not StoreBackend.POSTGRES:

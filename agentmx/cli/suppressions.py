@@ -9,16 +9,24 @@ store directly (the same store the send path checks: agentmx/suppression.py).
 entry. Exit 0 when done (also when there was nothing to remove, said so), 2 for input that is
 not an address, a reason or a one-line note.
 
-Imported by the CLI's parser on every command (deliver's too): argparse only, here.
+Imported by the CLI's parser on every command (deliver's too): argparse only, here; the handlers
+import the store inside them, so that the per-message `agentmx deliver` does not pay for it.
 """
 from __future__ import annotations
 
+import json
 import sys
+import time
+from contextlib import closing
+
+from agentmx.config import Service, load_config
+
+from .common import config_path
 
 EX_USAGE = 2
 
 
-def add_commands(sub, config_path) -> None:
+def add_suppressions(sub) -> None:
     sp = sub.add_parser("suppressions", help="addresses agents may not send to, per sending domain: list, add, remove")
     commands = sp.add_subparsers(dest="suppressions_command", required=True)
     ls = commands.add_parser("list", help="the suppressions, in (domain, address) order")
@@ -33,13 +41,16 @@ def add_commands(sub, config_path) -> None:
     rm = commands.add_parser("remove", help="let agents send to ADDRESS from a sending domain again")
     rm.add_argument("address")
     rm.add_argument("--domain", help="the sending domain (default: the config's only [domains] entry)")
-    for parser, run in ((ls, cmd_list), (ad, cmd_change), (rm, cmd_change)):
-        parser.set_defaults(func=lambda args, run=run: run(args, config_path(args.config)))
+    ls.set_defaults(func=cmd_list)
+    ad.set_defaults(func=cmd_change)
+    rm.set_defaults(func=cmd_change)
 
 
-def _config(path):
-    from agentmx.config import Service, load_config
-    return load_config(path, Service.APP)
+COMMANDS = {"suppressions": add_suppressions}
+
+
+def _config(args):
+    return load_config(config_path(args.config), Service.APP)
 
 
 def _domain(config, given: str | None) -> str | None:
@@ -53,13 +64,11 @@ def _domain(config, given: str | None) -> str | None:
     return None
 
 
-def cmd_list(args, path) -> int:
-    from contextlib import closing
-    import json
+def cmd_list(args) -> int:
     from agentmx import suppression
     from agentmx.api.guard import printable
     from agentmx.store import open_store
-    config = _config(path)
+    config = _config(args)
     domains = (args.domain.strip().lower().rstrip("."),) if args.domain else None
     left, after = max(1, args.limit), None
     with closing(open_store(config)) as store:
@@ -79,15 +88,13 @@ def cmd_list(args, path) -> int:
     return 0
 
 
-def cmd_change(args, path) -> int:
+def cmd_change(args) -> int:
     """add or remove (args.suppressions_command) one address for one sending domain."""
-    from contextlib import closing
-    import time
     from agentmx import suppression
     from agentmx.store import open_store
     from agentmx.store.model import Suppression
     what = args.suppressions_command
-    config = _config(path)
+    config = _config(args)
     try:
         address = suppression.address(args.address)
         if what == "add":
