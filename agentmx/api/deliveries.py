@@ -100,14 +100,19 @@ class DeliveryRoutes:
 
     # --- sync parts, run in the thread pool -----------------------------------------------------
 
-    def _owned(self, key: ApiKey, delivery_id: str) -> InboxRow:
+    # (the web console's deliveries pages call owned, pushing_route, retry_one and attempts_of too)
+
+    def owned(self, key: ApiKey, delivery_id: str) -> InboxRow:
+        """The delivery's inbox row, if this key may read its recipient; else 404 (never 403:
+        another key's delivery is not there for this one)."""
         row = self.ctx.store.inbox_row(delivery_id)
         if row is None or not key.may_send_as(row.address):
             raise ApiError(404, "unknown_delivery", f"no delivery {delivery_id[:100]} for this key")
         return row
 
-    def _retry(self, key: ApiKey, delivery_id: str, only: RouteConfig | None = None) -> dict:
-        row = self._owned(key, delivery_id)
+    def pushing_route(self, row: InboxRow, only: RouteConfig | None = None) -> RouteConfig:
+        """The route a retry of `row` POSTs to; 409 when there is none to POST to (no route any
+        more, another route than `only`, an agent route, a pull route)."""
         found = routing.match(row.recipient, self.ctx.config.routes)
         if found is None:
             raise ApiError(409, "no_route", f"no route takes {row.recipient} any more: nothing to POST it to")
@@ -118,6 +123,10 @@ class DeliveryRoutes:
         if not found.route.pushes:
             raise ApiError(409, "pull_route", f"the route for {row.recipient} is a pull route: the message waits "
                                               f"in GET /api/messages, nothing to POST")
+        return found.route
+
+    def retry_one(self, key: ApiKey, delivery_id: str, only: RouteConfig | None = None) -> dict:
+        self.pushing_route(self.owned(key, delivery_id), only)
         try:
             status, why = ops.replay(self.ctx.config, self.ctx.store, delivery_id, clock=self.ctx.clock)
         except LookupError:
@@ -127,8 +136,8 @@ class DeliveryRoutes:
         return {"id": delivery_id, "ok": 200 <= status < 300, "status": delivery.state.value if delivery else None,
                 "httpStatus": status, "reason": why, "attempts": delivery.attempts if delivery else None}
 
-    def _attempts(self, key: ApiKey, delivery_id: str) -> dict:
-        self._owned(key, delivery_id)
+    def attempts_of(self, key: ApiKey, delivery_id: str) -> dict:
+        self.owned(key, delivery_id)
         delivery = self.ctx.store.delivery(delivery_id)
         attempts = list(reversed(self.ctx.store.attempts(delivery_id)))[:MAX_ATTEMPTS]
         return {"id": delivery_id, "status": delivery.state.value if delivery else None,
@@ -143,11 +152,11 @@ class DeliveryRoutes:
 
     async def retry(self, request: Request):
         key = self.ctx.key(request)
-        return JSONResponse(await self.ctx.run(self._retry, key, request.path_params["id"]))
+        return JSONResponse(await self.ctx.run(self.retry_one, key, request.path_params["id"]))
 
     async def attempts(self, request: Request):
         key = self.ctx.key(request)
-        return JSONResponse(await self.ctx.run(self._attempts, key, request.path_params["id"]))
+        return JSONResponse(await self.ctx.run(self.attempts_of, key, request.path_params["id"]))
 
     async def _each(self, key: ApiKey, ids: list[str], only: RouteConfig | None = None) -> list[dict]:
         """Retry each id, PARALLEL at a time; every id gets a result, a failure its code."""
@@ -156,7 +165,7 @@ class DeliveryRoutes:
         async def one(delivery_id: str) -> dict:
             async with gate:
                 try:
-                    return await self.ctx.run(self._retry, key, delivery_id, only)
+                    return await self.ctx.run(self.retry_one, key, delivery_id, only)
                 except ApiError as exc:
                     return {"id": delivery_id, "ok": False, "code": exc.code, "error": exc.message}
                 except StoreError:

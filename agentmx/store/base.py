@@ -16,8 +16,10 @@ from __future__ import annotations
 import abc
 from typing import Callable, Iterable
 
-from .model import (Activity, Attempt, Blob, Block, Delivery, DeliveryState, GcReport, InboxRow, Job, JobState, Metrics,
-                    PostState, RecordKind, SendEvent, SendEventType, SendRecord, Suppression, Upload)
+from agentmx.address import DELIMITER
+
+from .model import (Activity, Attempt, Blob, Block, Delivery, DeliveryRow, DeliveryState, GcReport, InboxRow, Job, JobRow, JobState,
+                    Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord, SendRow, Suppression, Upload)
 
 
 class StoreError(Exception):
@@ -39,6 +41,28 @@ class DuplicateEvent(StoreError):
     def __init__(self, first: str):
         super().__init__(f"duplicate of {first}")
         self.first = first
+
+
+def like(text: str) -> str:
+    """`text` as a LIKE pattern's literal part (ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def sender_scope(addresses: tuple[str, ...], param: str) -> tuple[str, list]:
+    """list_sends' scope in SQL both backends read (`param`: their placeholder): the sends table's
+    sender (kept as given) is, lower-cased, one of `addresses`, a plus address of one (agent+tag@x,
+    config.allows' rule), or in one of their @domains; "" for none."""
+    scope, args = [], []
+    for a in addresses:
+        a = a.lower()
+        if a.startswith("@"):
+            scope.append(f"lower(sender) LIKE {param} ESCAPE '\\'")
+            args.append("%" + like(a))
+        elif "@" in a:
+            local, _, domain = a.rpartition("@")
+            scope.append(f"(lower(sender) = {param} OR lower(sender) LIKE {param} ESCAPE '\\')")
+            args += [a, like(local + DELIMITER) + "%@" + like(domain)]
+    return ("(" + " OR ".join(scope) + ")" if scope else ""), args
 
 
 class Store(abc.ABC):
@@ -127,6 +151,14 @@ class Store(abc.ABC):
     def recent_deliveries(self, limit: int = 20) -> list[Delivery]:
         """Newest change first (`agentmx status`)."""
 
+    @abc.abstractmethod
+    def list_deliveries(self, addresses: tuple[str, ...], *, state: DeliveryState | None = None,
+                        before_seq: int | None = None, limit: int = 50) -> list[DeliveryRow]:
+        """The deliveries of events whose base address is one of `addresses` ("agent@x") or in one
+        of their domains ("@x") (inbox_query's scope), in `state` (any when None), newest event
+        first (by seq, before `before_seq`), at most `limit` (1..500); each with its last
+        attempt's excerpt."""
+
     # --- the inbox index (pull mode, waits, event streams) ----------------------------------------
 
     @abc.abstractmethod
@@ -165,6 +197,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_send(self, send_id: str) -> SendRecord | None: ...
+
+    @abc.abstractmethod
+    def list_sends(self, addresses: tuple[str, ...], *, before: tuple[float, str] | None = None,
+                   limit: int = 50) -> list[SendRow]:
+        """The sends whose sender's base address (any case, agent+tag@x as agent@x) is one of
+        `addresses` ("agent@x") or in one of their domains ("@x"), newest first (by (created, id),
+        before the cursor `before`), at most `limit` (1..500); each with its newest send event's
+        type and time (None before any)."""
 
     @abc.abstractmethod
     def claim_scheduled(self, lease: float) -> SendRecord | None:
@@ -237,6 +277,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def job_counts(self) -> dict[JobState, int]:
         """Every JobState, with 0 for those no job is in."""
+
+    @abc.abstractmethod
+    def list_jobs(self, routes: tuple[str, ...], *, state: JobState | None = None, before_seq: int | None = None,
+                  limit: int = 50) -> list[JobRow]:
+        """The jobs whose event's delivery went to one of `routes` (route matches, exactly as
+        kept), in `state` (any when None), newest event first (by seq, before `before_seq`), at
+        most `limit` (1..500)."""
 
     @abc.abstractmethod
     def put_transcript(self, event_id: str, record: dict) -> None: ...

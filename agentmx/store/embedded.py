@@ -45,10 +45,10 @@ from agentmx import notify
 from agentmx.ownership import NotOurs, hand_over, no_other_access, refuse_links, writable_like, write_atomically
 
 from . import migrations
-from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryState, GcReport,
-                    InboxRow, Job, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
-                    SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
+from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable, like as _like, sender_scope
+from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryRow, DeliveryState,
+                    GcReport, InboxRow, Job, JobRow, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
+                    SendRow, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
                     Upload, base_address, delivered_at, export_after, stored_events)
 
 FILE = "agentmx.sqlite"
@@ -559,6 +559,23 @@ class EmbeddedStore(Store):
         return [_delivery(r) for r in self._all(f"SELECT {_DELIVERY} FROM deliveries ORDER BY updated DESC, rowid DESC "
                                                 "LIMIT ?", (max(1, min(limit, 10_000)),))]
 
+    def list_deliveries(self, addresses: tuple[str, ...], *, state: DeliveryState | None = None,
+                        before_seq: int | None = None, limit: int = 50) -> list[DeliveryRow]:
+        scope, args = _scope("e.address", addresses)
+        if not scope:
+            return []
+        where = [scope]
+        for cond, value in (("d.state = ?", state.value if state else None), ("e.seq < ?", before_seq)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        d = ", ".join("d." + c for c in _DELIVERY.split(", "))
+        sql = (f"SELECT e.seq, {d}, e.sender, e.subject, COALESCE((SELECT a.excerpt FROM attempts a "
+               f"WHERE a.event_id = e.id ORDER BY a.id DESC LIMIT 1), '') FROM events e JOIN deliveries d "
+               f"ON d.event_id = e.id WHERE {' AND '.join(where)} ORDER BY e.seq DESC LIMIT ?")
+        return [DeliveryRow(r[0], _delivery(r[1:11]), r[11], r[12], r[13])
+                for r in self._all(sql, (*args, max(1, min(limit, 500))))]
+
     # --- the inbox -----------------------------------------------------------------------------------
 
     def inbox_query(self, addresses: tuple[str, ...], *, to: str | None = None, sender: str | None = None,
@@ -622,6 +639,21 @@ class EmbeddedStore(Store):
     def get_send(self, send_id: str) -> SendRecord | None:
         r = self._one(f"SELECT {_SEND} FROM sends WHERE id = ?", (send_id,))
         return _send(r) if r else None
+
+    def list_sends(self, addresses: tuple[str, ...], *, before: tuple[float, str] | None = None,
+                   limit: int = 50) -> list[SendRow]:
+        scope, args = sender_scope(addresses, "?")
+        if not scope:
+            return []
+        where = [scope]
+        if before is not None:
+            where.append("(created < ? OR (created = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        latest = "FROM send_events v WHERE v.send_id = sends.id ORDER BY v.seq DESC LIMIT 1"
+        sql = (f"SELECT {_SEND}, (SELECT v.type {latest}), (SELECT v.at {latest}) FROM sends "
+               f"WHERE {' AND '.join(where)} ORDER BY created DESC, id DESC LIMIT ?")
+        return [SendRow(_send(r), SendEventType(r[15]) if r[15] else None, r[16])
+                for r in self._all(sql, (*args, max(1, min(limit, 500))))]
 
     def claim_scheduled(self, lease: float) -> SendRecord | None:
         now = self.clock()
@@ -739,6 +771,21 @@ class EmbeddedStore(Store):
     def job_counts(self) -> dict[JobState, int]:
         counts = dict(self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
         return {s: counts.get(s.value, 0) for s in JobState}
+
+    def list_jobs(self, routes: tuple[str, ...], *, state: JobState | None = None, before_seq: int | None = None,
+                  limit: int = 50) -> list[JobRow]:
+        if not routes:
+            return []
+        where, args = [f"d.route IN ({', '.join('?' * len(routes))})"], list(routes)
+        for cond, value in (("j.state = ?", state.value if state else None), ("e.seq < ?", before_seq)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        j = ", ".join("j." + c for c in _JOB.split(", "))
+        sql = (f"SELECT e.seq, {j}, d.route, e.recipient, e.sender, e.subject, j.created, j.updated FROM jobs j "
+               f"JOIN deliveries d ON d.event_id = j.id JOIN events e ON e.id = j.id "
+               f"WHERE {' AND '.join(where)} ORDER BY e.seq DESC LIMIT ?")
+        return [JobRow(r[0], _job(r[1:7]), *r[7:]) for r in self._all(sql, (*args, max(1, min(limit, 500))))]
 
     def put_transcript(self, event_id: str, record: dict) -> None:
         text = json.dumps(record, ensure_ascii=False)
@@ -1253,10 +1300,6 @@ def _accepted(event: dict, default: float) -> float:
         return datetime.fromisoformat(str(event.get("createdAt")).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return default
-
-
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def rebuild_counters(db: sqlite3.Connection) -> None:

@@ -200,6 +200,37 @@ class Job:
     next_at: float
 
 
+@dataclass(frozen=True)
+class DeliveryRow:
+    """A delivery as a listing shows it (store.list_deliveries): its event's place and sender."""
+    seq: int                         # the event's seq (the listing's order and cursor)
+    delivery: Delivery
+    sender: str
+    subject: str
+    excerpt: str                     # the last attempt's answer excerpt ("" before any attempt)
+
+
+@dataclass(frozen=True)
+class SendRow:
+    """A send as a listing shows it (store.list_sends): with its newest send event, if any."""
+    record: SendRecord
+    latest: SendEventType | None     # the type of the newest send event kept for it
+    latest_at: float | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """An agent job as a listing shows it (store.list_jobs): its event's place, route and sender."""
+    seq: int                         # the event's seq (the listing's order and cursor)
+    job: Job
+    route: str                       # the route's match (the delivery's route)
+    recipient: str
+    sender: str
+    subject: str
+    created: float
+    updated: float
+
+
 def base_address(recipient: str) -> str:
     """agent@example.com for Agent+tag@Example.com: the inbox's scope, deliver's own routing rule."""
     from agentmx.address import split

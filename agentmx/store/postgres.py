@@ -36,10 +36,10 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from . import migrations
-from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable
-from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryState, GcReport,
-                    InboxRow, Job, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
-                    SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
+from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable, like as _like, sender_scope
+from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryRow, DeliveryState,
+                    GcReport, InboxRow, Job, JobRow, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
+                    SendRow, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
                     Upload, delivered_at, export_after, stored_events)
 from .s3 import BlobStore
 
@@ -333,6 +333,23 @@ class PostgresStore(Store):
                          (max(0, int(limit)),))
         return [_delivery(r) for r in rows]
 
+    def list_deliveries(self, addresses: tuple[str, ...], *, state: DeliveryState | None = None,
+                        before_seq: int | None = None, limit: int = 50) -> list[DeliveryRow]:
+        scope, args = _scope(addresses, domain="i.domain")
+        if not scope:
+            return []
+        where = [scope]
+        for cond, value in (("d.state = %s", state.value if state else None), ("i.seq < %s", before_seq)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        d = ", ".join("d." + c for c in _DELIVERY.split(", "))
+        sql = (f"SELECT i.seq, {d}, i.sender, i.subject, COALESCE((SELECT a.excerpt FROM attempts a "
+               f"WHERE a.event_id = i.id ORDER BY a.id DESC LIMIT 1), '') FROM inbox i JOIN deliveries d "
+               f"ON d.event_id = i.id WHERE {' AND '.join(where)} ORDER BY i.seq DESC LIMIT %s")
+        return [DeliveryRow(seq=r[0], delivery=_delivery(r[1:11]), sender=r[11], subject=r[12], excerpt=r[13])
+                for r in self._all(sql, (*args, max(1, min(int(limit), 500))))]
+
     # --- the inbox -----------------------------------------------------------------------------------------
 
     def inbox_query(self, addresses: tuple[str, ...], *, to: str | None = None, sender: str | None = None,
@@ -405,6 +422,21 @@ class PostgresStore(Store):
     def get_send(self, send_id: str) -> SendRecord | None:
         r = self._one(f"SELECT {_SEND} FROM sends WHERE id = %s", (send_id,))
         return _send(r) if r else None
+
+    def list_sends(self, addresses: tuple[str, ...], *, before: tuple[float, str] | None = None,
+                   limit: int = 50) -> list[SendRow]:
+        scope, args = sender_scope(tuple(_text(a) for a in addresses), "%s")
+        if not scope:
+            return []
+        where = [scope]
+        if before is not None:
+            where.append("(created < %s OR (created = %s AND id < %s COLLATE \"C\"))")
+            args += [before[0], before[0], _text(before[1])]
+        latest = "FROM send_events v WHERE v.send_id = sends.id ORDER BY v.seq DESC LIMIT 1"
+        sql = (f"SELECT {_SEND}, (SELECT v.type {latest}), (SELECT v.at {latest}) FROM sends "
+               f"WHERE {' AND '.join(where)} ORDER BY created DESC, id COLLATE \"C\" DESC LIMIT %s")
+        return [SendRow(record=_send(r), latest=SendEventType(r[15]) if r[15] else None, latest_at=r[16])
+                for r in self._all(sql, (*args, max(1, min(int(limit), 500))))]
 
     def claim_scheduled(self, lease: float) -> SendRecord | None:
         now = self.clock()
@@ -518,6 +550,21 @@ class PostgresStore(Store):
         counts = {state: 0 for state in JobState}
         counts.update({JobState(s): n for s, n in self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state", ())})
         return counts
+
+    def list_jobs(self, routes: tuple[str, ...], *, state: JobState | None = None, before_seq: int | None = None,
+                  limit: int = 50) -> list[JobRow]:
+        if not routes:
+            return []
+        where, args = ["d.route = ANY(%s)"], [[_text(r) for r in routes]]
+        for cond, value in (("j.state = %s", state.value if state else None), ("i.seq < %s", before_seq)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        j = ", ".join("j." + c for c in _JOB.split(", "))
+        sql = (f"SELECT i.seq, {j}, d.route, i.recipient, i.sender, i.subject, j.created, j.updated FROM jobs j "
+               f"JOIN deliveries d ON d.event_id = j.id JOIN inbox i ON i.id = j.id "
+               f"WHERE {' AND '.join(where)} ORDER BY i.seq DESC LIMIT %s")
+        return [JobRow(r[0], _job(r[1:7]), *r[7:]) for r in self._all(sql, (*args, max(1, min(int(limit), 500))))]
 
     def put_transcript(self, event_id: str, record: dict) -> None:
         self._rowcount("INSERT INTO transcripts (event_id, record, created) VALUES (%s, %s, %s) ON CONFLICT "
@@ -1256,10 +1303,6 @@ def _text(value) -> str:
 
 def _opt_text(value) -> str | None:
     return None if value is None else _text(value)
-
-
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -251,6 +251,33 @@ def test_recent_deliveries_newest_change_first(store, clock):
     assert [d.event_id for d in store.recent_deliveries(limit=2)] == [a, c]
 
 
+def test_list_deliveries_by_scope_state_and_cursor_with_the_last_answer(store, clock):
+    a = put(store, 1, recipient="agent@agents.test", subject="first")
+    b = put(store, 2, recipient="Other+tag@Agents.test")
+    c = put(store, 3, recipient="agent@sub.agents.test")
+    d = put(store, 4, recipient="agent+x@agents.test", sender="eve@remote.test")
+    clock.advance(1)
+    store.record_attempt(a, attempt(store, DeliveryState.DEFERRED, 503, excerpt="busy"), "busy")
+    store.record_attempt(a, attempt(store, DeliveryState.DELIVERED, 200, excerpt='{"ok":true}'), "accepted")
+    store.record_attempt(d, attempt(store, DeliveryState.REFUSED, 406, excerpt="<b>x</b>"), "refused")
+
+    def listed(*scope, **kw) -> list[str]:
+        return [r.delivery.event_id for r in store.list_deliveries(scope, **kw)]
+    assert listed("agent@agents.test") == listed("Agent@AGENTS.test") == [d, a]      # newest event first
+    assert listed("@agents.test") == [d, b, a]                                         # not its subdomains
+    assert listed("@Agents.test", "agent@sub.agents.test") == [d, c, b, a]
+    assert listed() == [] and listed("@gents.test") == [] and listed("%@agents.test") == []
+    assert listed("@agents.test", state=DeliveryState.DELIVERED) == [a]
+    assert listed("@agents.test", state=DeliveryState.RECEIVED) == [b]
+    seqs = {r.delivery.event_id: r.seq for r in store.list_deliveries(("@agents.test",))}
+    assert listed("@agents.test", before_seq=seqs[b]) == [a]
+    assert listed("@agents.test", limit=2) == [d, b] and listed("@agents.test", limit=0) == [d]
+    rows = {r.delivery.event_id: r for r in store.list_deliveries(("@agents.test",))}
+    assert rows[a].delivery == store.delivery(a) and rows[a].delivery.attempts == 2
+    assert (rows[a].excerpt, rows[a].subject, rows[a].sender) == ('{"ok":true}', "first", "bob@remote.test")
+    assert (rows[d].excerpt, rows[d].sender, rows[b].excerpt) == ("<b>x</b>", "eve@remote.test", "")
+
+
 # --- the inbox --------------------------------------------------------------------------------------
 
 def test_inbox_query_scopes_by_address_and_domain(store):
@@ -438,6 +465,34 @@ def test_job_counts_by_every_state(store):
     store.claim_job(60)
     store.job_done(store.claim_job(60).id)
     assert store.job_counts() == {JobState.QUEUED: 1, JobState.RUNNING: 1, JobState.DONE: 1, JobState.PARKED: 0}
+
+
+def test_list_jobs_by_route_state_and_cursor(store, clock):
+    a = put(store, 1, route="@agents.test", subject="job a")
+    b = put(store, 2, route="agent@other.test", recipient="agent@other.test")
+    c = put(store, 3, route="@agents.test", sender="eve@remote.test")
+    put(store, 4, route="@agents.test")                                    # no job: not listed
+    for e in (a, b, c):
+        assert store.put_job(e)
+    clock.advance(1)
+    store.claim_job(60)                                                    # a: running, then failed
+    store.job_failed(a, "model down", 5, 1)
+    store.job_did(c, "replied")
+
+    def listed(*routes, **kw) -> list[str]:
+        return [r.job.id for r in store.list_jobs(routes, **kw)]
+    assert listed("@agents.test") == [c, a]                                # newest event first
+    assert listed("@agents.test", "agent@other.test") == [c, b, a]
+    assert listed() == [] and listed("@AGENTS.test") == [] and listed("%") == []   # the match as kept
+    assert listed("@agents.test", state=JobState.QUEUED) == [c, a]
+    assert listed("@agents.test", state=JobState.DONE) == []
+    rows = {r.job.id: r for r in store.list_jobs(("@agents.test", "agent@other.test"))}
+    assert listed("@agents.test", "agent@other.test", before_seq=rows[b].seq) == [a]
+    assert listed("@agents.test", "agent@other.test", limit=0) == [c]
+    assert rows[a].job == store.job(a) and (rows[a].job.attempts, rows[a].job.last_error) == (1, "model down")
+    assert (rows[a].route, rows[a].subject, rows[a].recipient) == ("@agents.test", "job a", "agent@agents.test")
+    assert (rows[c].job.actions, rows[c].sender, rows[b].route) == (("replied",), "eve@remote.test", "agent@other.test")
+    assert rows[a].created <= rows[a].updated == clock.now
 
 
 def test_claim_job_gives_each_job_to_exactly_one_of_concurrent_callers(store):
@@ -1046,6 +1101,38 @@ def test_list_send_events_by_scope_type_and_cursor(store, clock):
     assert listed("@agents.test", after_seq=seqs["evt_a1"], oldest_first=True) == ["b1", "a2"]
     assert listed("@agents.test", after_seq=seqs["evt_a1"], limit=1, oldest_first=True) == ["b1"]
     assert listed("@agents.test", limit=0) == ["a2"]                      # at least one
+
+
+def test_list_sends_by_sender_scope_with_the_newest_event_and_cursor(store, clock):
+    def a_send_from(n: str, sender: str) -> SendRecord:
+        rec = SendRecord("snd_" + n * 26, "ops", sender, ("bob@remote.test",), "", "Q1", None, None, None,
+                         SendState.QUEUED, clock.now)
+        store.put_send(rec)
+        return rec
+    a = a_send_from("a", "Agent@Agents.test")
+    b = a_send_from("b", "agent+tag@agents.test")
+    c = a_send_from("c", "other@agents.test")
+    clock.advance(1)
+    d = a_send_from("d", "agent@sub.agents.test")
+    e = a_send_from("e", "agentx@agents.test")
+    assert store.put_send_event(send_event("1", a.id, SendEventType.SENT, "", at=clock.now))
+    assert store.put_send_event(send_event("2", a.id, SendEventType.BOUNCED, at=clock.now + 1))
+    assert store.put_send_event(send_event("3", c.id, SendEventType.SENT, "", at=clock.now))
+
+    def listed(*scope, **kw) -> list[str]:
+        return [r.record.id[4] for r in store.list_sends(scope, **kw)]
+    assert listed("agent@agents.test") == listed("AGENT@agents.test") == ["b", "a"]    # plus addresses too
+    assert listed("@agents.test") == ["e", "c", "b", "a"]                               # not its subdomains
+    assert listed("@agents.test", "agent@sub.agents.test") == ["e", "d", "c", "b", "a"]
+    assert listed() == [] and listed("@gents.test") == [] and listed("%@agents.test") == [] and listed("agent") == []
+    assert listed("ag_nt@agents.test") == []                                             # LIKE's wildcards are text
+    assert listed("@agents.test", limit=2) == ["e", "c"] and listed("@agents.test", limit=0) == ["e"]
+    assert listed("@agents.test", before=(e.created, e.id)) == ["c", "b", "a"]
+    assert listed("@agents.test", before=(c.created, c.id)) == ["b", "a"]
+    rows = {r.record.id: r for r in store.list_sends(("@agents.test",))}
+    assert rows[a.id].record == a and (rows[a.id].latest, rows[a.id].latest_at) == (SendEventType.BOUNCED, clock.now + 1)
+    assert rows[c.id].latest is SendEventType.SENT and (rows[b.id].latest, rows[b.id].latest_at) == (None, None)
+    assert d.id not in rows
 
 
 def test_claim_send_events_leases_them(store, clock):

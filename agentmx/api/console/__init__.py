@@ -7,6 +7,9 @@ updates, and every page works without it. Each page module gives its routes; thi
     /console/signin, /console/signout                 signin.py (session.py: cookie, CSRF, limit)
     /console/inbox, /console/live                     inbox.py
     /console/messages/{id}[/html|/raw|/attachments/n] message.py
+    /console/deliveries[/{id}[/retry]]                deliveries.py
+    /console/sends[/{id}]                             sends.py
+    /console/agent[/{event id}]                       agent.py
     /console/suppressions[/remove]                    suppressions.py
     /console/blocks[/remove]                          blocks.py
     /console/domains, /console/domains/check          domains.py
@@ -23,7 +26,8 @@ from starlette.staticfiles import StaticFiles
 from ..context import Context
 from ..domains import DomainRoutes
 from ..inbox import InboxRoutes
-from . import blocks, domains as domain_pages, inbox, message, queue, signin, stats, suppressions
+from . import agent, blocks, deliveries, inbox, message, queue, sends, signin, stats, suppressions
+from . import domains as domain_pages
 from .core import PREFIX, Console
 from .render import HERE
 
@@ -36,7 +40,8 @@ def mount(ctx: Context, inbox_routes: InboxRoutes, domains: DomainRoutes | None 
         return RedirectResponse(PREFIX + "/inbox", 303)
 
     pages = [*signin.routes(console), *inbox.routes(console, inbox_routes),
-             *message.routes(console, inbox_routes),
+             *message.routes(console, inbox_routes), *sends.routes(console), *deliveries.routes(console),
+             *agent.routes(console),
              *suppressions.routes(console), *blocks.routes(console), *domain_pages.routes(console, domains),
              *queue.routes(console), *stats.routes(console)]
     return [Route(PREFIX, home), Route(PREFIX + "/", home),

@@ -25,8 +25,9 @@ log = logging.getLogger("agentmx.serve.console")
 
 PREFIX = "/console"
 # The navigation, in order: (label, path). A page not yet built is not listed.
-NAV = [("Inbox", "/inbox"), ("Suppressions", "/suppressions"), ("Blocks", "/blocks"), ("Domains", "/domains"),
-       ("Queue", "/queue"), ("Stats", "/stats")]
+NAV = [("Inbox", "/inbox"), ("Sends", "/sends"), ("Deliveries", "/deliveries"), ("Agent", "/agent"),
+       ("Suppressions", "/suppressions"), ("Blocks", "/blocks"), ("Domains", "/domains"), ("Queue", "/queue"),
+       ("Stats", "/stats")]
 MAX_FORM = 65536
 
 

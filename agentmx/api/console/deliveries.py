@@ -1,0 +1,94 @@
+"""The viewer's deliveries (what became of each inbound event's POST) and a retry:
+
+    GET  /console/deliveries[?state=&before=]   newest event first: state, route, attempts, last answer
+    GET  /console/deliveries/{id}               every attempt (as GET /api/deliveries/{id}/attempts gives
+                                                them), the message, and a retry form when there is a POST
+    POST /console/deliveries/{id}/retry         what POST /api/deliveries/{id}/retry does (ops.replay),
+                                                then back to the page, its new attempt on top
+
+Scope: the deliveries of the recipients the viewer's key may read (store.list_deliveries with the
+key's allow list; one delivery through api/deliveries.py's `owned`: another key's is a 404). A
+pull route or an agent route has nothing to POST: the page says so and has no retry button.
+"""
+from __future__ import annotations
+
+import urllib.parse
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Route
+
+from agentmx.store.model import DeliveryState
+
+from ..deliveries import DeliveryRoutes, route_id
+from ..errors import ApiError
+from . import session
+from .core import PREFIX, Console
+
+PAGE = 50
+STATES = tuple(s.value for s in DeliveryState)
+
+
+def cursor(value: str | None) -> int | None:
+    """A listing's `before` (an event's seq an earlier page gave), checked."""
+    if not value:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise ApiError(400, "bad_before", "before is a value an earlier page gave")
+    return int(value)
+
+
+def valid_id(value: str, prefix: str, what: str) -> str:
+    """An id from the path, as ids of this kind look; else 404 (`what`: delivery, send, job)."""
+    if not value.startswith(prefix) or len(value) > 80:
+        raise ApiError(404, f"unknown_{what}", f"no such {what}")
+    return value
+
+
+def routes(console: Console) -> list[Route]:
+    ctx = console.ctx
+    api = DeliveryRoutes(ctx)
+
+    def listing(viewer: session.Viewer, state: DeliveryState | None, before: int | None):
+        rows = ctx.store.list_deliveries(viewer.key.allow, state=state, before_seq=before, limit=PAGE + 1)
+        more = len(rows) > PAGE
+        rows = rows[:PAGE]
+        return rows, (rows[-1].seq if more and rows else None)
+
+    async def index(request: Request, viewer: session.Viewer):
+        params = request.query_params
+        state = params.get("state") or ""
+        if state and state not in STATES:
+            raise ApiError(400, "bad_state", "state is one of " + ", ".join(STATES))
+        rows, next_before = await ctx.run(listing, viewer, DeliveryState(state) if state else None,
+                                          cursor(params.get("before")))
+        return console.render(request, viewer, "deliveries.html", title="Deliveries", rows=rows, state=state,
+                              states=STATES, next_before=next_before)
+
+    def detail(viewer: session.Viewer, delivery_id: str):
+        row = api.owned(viewer.key, valid_id(delivery_id, "msg_", "delivery"))
+        attempts = api.attempts_of(viewer.key, row.id)
+        delivery = ctx.store.delivery(row.id)
+        try:
+            route, no_post = api.pushing_route(row), ""
+        except ApiError as exc:                       # a pull or agent route, or none: nothing to POST
+            route, no_post = None, exc.message
+        return row, delivery, attempts["attempts"], route, no_post
+
+    async def show(request: Request, viewer: session.Viewer):
+        row, delivery, attempts, route, no_post = await ctx.run(detail, viewer, request.path_params["id"])
+        return console.render(request, viewer, "delivery.html", title=f"Delivery {row.id}", row=row,
+                              delivery=delivery, attempts=attempts, no_post=no_post,
+                              route_id=route_id(route) if route else "",
+                              retried=request.query_params.get("done") == "retry")
+
+    async def retry(request: Request, viewer: session.Viewer):
+        await console.form(request, viewer)
+        delivery_id = valid_id(request.path_params["id"], "msg_", "delivery")
+        await ctx.run(api.retry_one, viewer.key, delivery_id)
+        target = f"{PREFIX}/deliveries/{urllib.parse.quote(delivery_id)}?done=retry#attempts"
+        return RedirectResponse(target, 303, headers={"cache-control": "no-store"})
+
+    return [Route("/deliveries", console.page(index)),
+            Route("/deliveries/{id:str}", console.page(show)),
+            Route("/deliveries/{id:str}/retry", console.page(retry), methods=["POST"])]
