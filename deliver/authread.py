@@ -50,14 +50,17 @@ def read_spam(headers: list[tuple[str, str]], authserv_id: str) -> tuple[str, di
             if fields.get("authserv-id") != authserv_id.lower():
                 continue
             verdict = fields.get("verdict") if fields.get("verdict") in ("ham", "spam", "unknown") else "unknown"
-            def num(k):
-                try:
-                    return float(fields[k])
-                except (KeyError, ValueError):
-                    return None
-            return verdict, {"verdict": verdict, "score": num("score"), "required": num("required"),
-                             "action": fields.get("action"), "reason": fields.get("reason")}
+            return verdict, {"verdict": verdict, "score": _number(fields, "score"),
+                             "required": _number(fields, "required"), "action": fields.get("action"),
+                             "reason": fields.get("reason")}
     return "unknown", None
+
+
+def _number(fields: dict, key: str) -> float | None:
+    try:
+        return float(fields[key])
+    except (KeyError, ValueError):
+        return None
 
 
 OVERRIDES = {"trusted_forwarder"}          # milter/arc_override.py (RFC 9990's PolicyOverrideType)

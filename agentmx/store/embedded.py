@@ -1096,8 +1096,8 @@ _EXPORT = {
 
 
 def _export_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
-    rows = db.execute(f"SELECT e.seq, e.id, b.body, e.recipient, e.address, e.sender, e.subject, e.thread_id, "
-                      f"e.message_id, e.received, e.accepted, e.read, e.spf, e.dkim, e.dmarc, e.arc, "
+    rows = db.execute("SELECT e.seq, e.id, b.body, e.recipient, e.address, e.sender, e.subject, e.thread_id, "
+                      "e.message_id, e.received, e.accepted, e.read, e.spf, e.dkim, e.dmarc, e.arc, "
                       + ", ".join(f"d.{c}" for c in _DELIVERY.split(", ")) + ", e.fingerprint "
                       "FROM events e JOIN event_bodies b ON b.seq = e.seq JOIN deliveries d ON d.event_id = e.id "
                       "WHERE e.seq > ? ORDER BY e.seq LIMIT ?", (after, limit)).fetchall()

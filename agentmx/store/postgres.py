@@ -674,7 +674,7 @@ class PostgresStore(Store):
                 return True
             return False
         for sha, length, modified in list(self.blobs.list()):
-            if modified < older_than and self._run(lambda cur: orphan(cur, sha)):
+            if modified < older_than and self._run(lambda cur, sha=sha: orphan(cur, sha)):
                 removed += 1
                 size += length
         return removed, size
