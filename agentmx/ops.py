@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 
 from .config import Config
+from .deliver import control, route as routing
+from .deliver.core import excerpt
+from .milter.stats import LATENCY_BUCKETS_MS, total
 from .store import Store
 from .store.model import Attempt, DeliveryState, GcReport, SendEvent, SendEventType, SendRecord
 
@@ -30,11 +33,10 @@ def postfix_queue(config_dir: str | None = None) -> list[dict]:
 
 def waiting_for_agents(config: Config, queue: list[dict]) -> list[tuple[str, str, str, str]]:
     """(queue id, queue name, recipient, reason) for queued mail to a routed address or domain."""
-    from agentmx.deliver.route import match
     out = []
     for item in queue:
         for rcpt in item.get("recipients", []):
-            if match(rcpt.get("address", ""), config.routes):
+            if routing.match(rcpt.get("address", ""), config.routes):
                 out.append((item.get("queue_id", ""), item.get("queue_name", ""), rcpt.get("address", ""),
                             rcpt.get("delay_reason", "")))
     return out
@@ -67,8 +69,6 @@ def replay(config: Config, store: Store, event_id: str, clock=time.time, post=No
     """POST a stored event again, with its original webhook-id; the answer is read as deliver
     reads it (the route's ack mode: a control answer drops, marks or blocks, 406 refuses it;
     deliver/control.py) and kept as one more attempt. Returns (HTTP status, reason)."""
-    from agentmx.deliver import control, route as routing
-    from agentmx.deliver.core import excerpt
     body = store.get_event(event_id)
     if body is None:
         known = store.delivery(event_id)
@@ -138,7 +138,6 @@ def metrics(config: Config, store: Store, status_posts: dict | None = None) -> s
 
 def _milter_metrics(stats_dir: Path) -> list[str]:
     """The counters of every milter process, summed (milter/stats.py)."""
-    from agentmx.milter.stats import LATENCY_BUCKETS_MS, total
     data = total(stats_dir)
     if not data:
         return []
