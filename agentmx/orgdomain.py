@@ -12,7 +12,7 @@ from functools import lru_cache
 
 @lru_cache(maxsize=1)
 def _psl():
-    from publicsuffixlist import PublicSuffixList   # lazy: 0.4 ms; deliver imports this module for normalize only
+    from publicsuffixlist import PublicSuffixList
     return PublicSuffixList()
 
 

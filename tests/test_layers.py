@@ -10,11 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import agentmx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 LINT = Path(sys.executable).parent / "lint-imports"
 
 
@@ -26,14 +24,12 @@ def lint_imports(*pythonpath: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.unit
 def test_the_import_contracts_hold():
     run = lint_imports()
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Contracts: 2 kept, 0 broken." in run.stdout, run.stdout
 
 
-@pytest.mark.unit
 def test_the_contracts_catch_a_sideways_an_upward_an_unplaced_and_a_cyclic_import(tmp_path):
     """The contracts themselves, on a copy of the package: deliver importing the milter inside a
     function, the store importing serve, a module in no layer, and two modules of the api
