@@ -33,6 +33,7 @@ from typing import Callable
 from . import replies, send, sendpath, untrusted
 from .address import split
 from .config import AgentConfig, Config, Route, RouteAction
+from .deliver import route as routing
 from .sendpath import route_key, route_limit
 from .store import Store, StoreError, StoreUnavailable, open_store
 from .store.model import JobState
@@ -257,7 +258,6 @@ class _Unrunnable(Exception):
 
 
 def _job_input(config: Config, store: Store, job_id: str) -> tuple[dict, Route]:
-    from agentmx.deliver import route as routing
     raw = store.get_event(job_id)
     if raw is None:
         raise _Unrunnable("the stored event is gone")

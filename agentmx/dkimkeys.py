@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nacl.signing
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 ALGORITHMS = ("rsa", "ed25519")
 _SELECTOR = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -61,8 +65,6 @@ def path_for(key_dir: Path, domain: str, selector: str, algorithm: str) -> Path:
 def generate(domain: str, selector: str, algorithm: str, rsa_bits: int = 2048) -> DkimKey:
     domain, selector = check_names(domain, selector)
     if algorithm == "rsa":
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
         key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                     serialization.NoEncryption())
@@ -70,7 +72,6 @@ def generate(domain: str, selector: str, algorithm: str, rsa_bits: int = 2048) -
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
         return DkimKey(domain, selector, "rsa", private, base64.b64encode(public).decode(), key)
     if algorithm == "ed25519":
-        import nacl.signing
         sk = nacl.signing.SigningKey.generate()
         return DkimKey(domain, selector, "ed25519", base64.b64encode(bytes(sk)),
                        base64.b64encode(bytes(sk.verify_key)).decode(), sk)
@@ -98,8 +99,6 @@ def load(path: Path, domain: str) -> DkimKey:
     except OSError as exc:
         raise KeyError_(f"{path}: cannot be read ({exc.strerror})") from None
     if name.endswith(".rsa.pem"):
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
@@ -110,7 +109,6 @@ def load(path: Path, domain: str) -> DkimKey:
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
         return DkimKey(domain, name[:-len(".rsa.pem")], "rsa", data, base64.b64encode(public).decode(), key)
     if name.endswith(".ed25519"):
-        import nacl.signing
         try:
             sk = nacl.signing.SigningKey(base64.b64decode(data.strip(), validate=True))
         except Exception as exc:      # binascii.Error, nacl's ValueError

@@ -21,6 +21,7 @@ result says `incomplete`, and DMARC can then never pass.
 """
 from __future__ import annotations
 
+import email.header
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -348,7 +349,6 @@ def _display_name(tokens: list[tuple[str, str]]) -> str | None:
             parts.append(text)
     raw = " ".join("".join(parts).split())
     if "=?" in raw:
-        import email.header
         try:
             raw = str(email.header.make_header(email.header.decode_header(raw)))
         except Exception:                        # a broken encoded word: keep the text as sent

@@ -32,6 +32,8 @@ from typing import Callable, Protocol
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.transport_security import TransportSecuritySettings
 
 from . import untrusted
 from .client import ApiError, Client, reply_from
@@ -222,8 +224,6 @@ def http_endpoint(mailbox_for: Callable[[Context], Mailbox]):
     each POST is one call, answered whole. No DNS-rebinding check: it only guards ambient
     credentials (cookies, a loopback service with none), and every request here must carry its
     own API key, which a browser never adds by itself."""
-    from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
-    from mcp.server.transport_security import TransportSecuritySettings
     server = build(mailbox_for)
     server.streamable_http_app(stateless_http=True, json_response=True,
                                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))

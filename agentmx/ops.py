@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
+from .deliver import control, route as routing
+from .deliver.core import excerpt
+from .milter.stats import LATENCY_BUCKETS_MS, total
 from .store import Store
 from .store.model import Attempt, DeliveryState, GcReport, SendEvent, SendEventType, SendRecord
 
@@ -141,8 +144,6 @@ def replay(config: Config, store: Store, event_id: str, clock=time.time, post=No
     """POST a stored event again, with its original webhook-id; the answer is read as deliver
     reads it (the route's ack mode: a control answer drops, marks or blocks, 406 refuses it;
     deliver/control.py) and kept as one more attempt. Returns (HTTP status, reason)."""
-    from agentmx.deliver import control, route as routing
-    from agentmx.deliver.core import excerpt
     body = store.get_event(event_id)
     if body is None:
         known = store.delivery(event_id)
@@ -212,7 +213,6 @@ def metrics(config: Config, store: Store, status_posts: dict | None = None) -> s
 
 def _milter_metrics(stats_dir: Path) -> list[str]:
     """The counters of every milter process, summed (milter/stats.py)."""
-    from agentmx.milter.stats import LATENCY_BUCKETS_MS, total
     data = total(stats_dir)
     if not data:
         return []

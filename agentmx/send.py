@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.policy
 import hmac
 import os
 import re
 import smtplib
 import socket
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
@@ -306,7 +308,6 @@ def scheduled_time(value) -> float | None:
     if not isinstance(value, str) or not _RFC3339.match(value):
         raise SendError(400, "bad_scheduled_at", "scheduledAt is an RFC 3339 time with a zone, "
                                                  "e.g. 2026-12-05T09:00:00Z")
-    from datetime import datetime
     text = value.upper().replace(" ", "T").replace("Z", "+00:00")
     if "." in text:                        # fromisoformat takes at most 6 digits of a fraction
         head, _, rest = text.partition(".")
@@ -515,7 +516,6 @@ def _connect(target: SubmitTarget, helo: str) -> smtplib.SMTP:
 def submit(out: Outgoing, config: Config) -> str:
     """Hand the message to Postfix's submission service for the send API ([send] submit: its
     milter_macro_daemon_name tells the milter that the send API submitted it); returns the queue id."""
-    import email.policy
     data = out.message.as_bytes(policy=email.policy.SMTP)
     where = str(config.send.submit)
     try:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import difflib
+import grp
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dkimkeys, dnsrecords
+from .config import load_config
+from .deliver.route import postfix_map
 from .ownership import NotOurs, set_owner
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +192,6 @@ def ensure_keys(plan: Plan) -> None:
 def ensure_user(name: str, home: Path, groups: tuple[str, ...] = ()):
     """A user's passwd entry; our own system users (agentmx, agentmx-milter) are made if missing,
     each with a group of its own name and no login."""
-    import pwd
     try:
         return pwd.getpwnam(name)
     except KeyError:
@@ -235,7 +238,6 @@ def layout(plan: Plan, app, milter) -> list[Owned]:
 
 
 def _gid(group: str) -> int:
-    import grp
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
@@ -244,8 +246,6 @@ def _gid(group: str) -> int:
 
 def apply(plan: Plan) -> str:
     """Run setup; returns the DNS records to publish (zone-file lines)."""
-    from .config import load_config
-    from .deliver.route import postfix_map
     for name in ("main.cf", "master.cf"):
         backup = plan.postfix_dir / (name + BACKUP)
         if not backup.exists():

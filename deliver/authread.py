@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 
+import authres
+
 from agentmx.authservid import RESULT_WORDS, authserv_id_of
+from agentmx.spamheader import HEADER, parse
 
 
 def _word(value) -> str:
@@ -40,7 +43,6 @@ def _iprev(r, header: str) -> dict:
 
 def read_spam(headers: list[tuple[str, str]], authserv_id: str) -> tuple[str, dict | None]:
     """(verdict, details) from our X-Agentmx-Spam header above every Received line, else unknown."""
-    from agentmx.spamheader import HEADER, parse
     for name, value in headers:
         lname = name.lower()
         if lname == "received":
@@ -50,14 +52,17 @@ def read_spam(headers: list[tuple[str, str]], authserv_id: str) -> tuple[str, di
             if fields.get("authserv-id") != authserv_id.lower():
                 continue
             verdict = fields.get("verdict") if fields.get("verdict") in ("ham", "spam", "unknown") else "unknown"
-            def num(k):
-                try:
-                    return float(fields[k])
-                except (KeyError, ValueError):
-                    return None
-            return verdict, {"verdict": verdict, "score": num("score"), "required": num("required"),
-                             "action": fields.get("action"), "reason": fields.get("reason")}
+            return verdict, {"verdict": verdict, "score": _number(fields, "score"),
+                             "required": _number(fields, "required"), "action": fields.get("action"),
+                             "reason": fields.get("reason")}
     return "unknown", None
+
+
+def _number(fields: dict, key: str) -> float | None:
+    try:
+        return float(fields[key])
+    except (KeyError, ValueError):
+        return None
 
 
 OVERRIDES = {"trusted_forwarder"}          # milter/arc_override.py (RFC 9990's PolicyOverrideType)
@@ -100,7 +105,6 @@ def _read_auth(headers: list[tuple[str, str]], authserv_id: str) -> dict:
             break
     if ours is None:
         return empty(authserv_id, "no Authentication-Results header of ours: not verified")
-    import authres
     try:
         parsed = authres.all_features().parse_value(" ".join(ours.split()))
     except Exception as exc:

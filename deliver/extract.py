@@ -11,6 +11,8 @@ import re
 from email.utils import getaddresses, parsedate_to_datetime
 from html import unescape
 
+from email_reply_parser import EmailReplyParser
+
 from .codes import codes as find_codes
 from .parse import Parsed
 
@@ -18,7 +20,7 @@ from .parse import Parsed
 
 
 def html_to_text(html: str) -> str:
-    import html2text
+    import html2text      # lazy: 2 ms a message, for HTML-only mail
     h = html2text.HTML2Text()
     h.body_width = 0
     h.ignore_images = True
@@ -32,7 +34,6 @@ def html_to_text(html: str) -> str:
 
 def reply_text(text: str) -> str:
     """The new text of a reply: quoted history and signature removed (the full text stays in `text`)."""
-    from email_reply_parser import EmailReplyParser
     try:
         reply = EmailReplyParser.parse_reply(text)
     except Exception:
@@ -173,7 +174,7 @@ def calendar_entries(calendars: list[str], defects: list[str]) -> list[dict]:
     if not calendars:
         return []
     try:
-        import icalendar
+        import icalendar      # lazy: 20 ms a message, for invitations only
     except ImportError:     # pragma: no cover - a dependency
         defects.append("calendar: icalendar is not installed")
         return []

@@ -17,23 +17,29 @@ Here, once for all three:
                    connections to the endpoints (http.Connections), once per process too
     serve_unix()   N processes on one unix socket (the residents' prefork)
 
-Only light modules at import time: the pipe process imports this once per message.
+The pipe process imports this once per message, with deliver's core: every `agentmx` command's
+parser imports only deliver's arguments (arguments.py).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
+import socket
+import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from agentmx import smtpreplies
 from agentmx.config import Config, ConfigError, Service, load_config
+from agentmx.store import StoreError, open_store as open_configured_store
 
-if TYPE_CHECKING:
-    import socket
-
-    from .core import Envelope, Outcome
+from .arguments import add_envelope_arguments
+from .core import deliver
+from .http import Connections
+from .outcome import Envelope, Outcome
 
 log = logging.getLogger("agentmx.deliver.frontend")
 
@@ -47,16 +53,6 @@ MAX_REPLY = 400                  # characters of reason in an SMTP reply
 
 class BadRequest(ValueError):
     """A command line or an LMTP transaction we cannot read: the message stays in Postfix's queue."""
-
-
-def add_envelope_arguments(parser: argparse.ArgumentParser) -> None:
-    """deliver's arguments, as master.cf passes them (pipe(8)'s macros)."""
-    parser.add_argument("--sender", default="", help="${sender}")
-    parser.add_argument("--recipient", required=True, help="${recipient}")
-    parser.add_argument("--queue-id", help="${queue_id}")
-    parser.add_argument("--client-address", help="${client_address}")
-    parser.add_argument("--client-helo", help="${client_helo}")
-    parser.add_argument("--original-recipient", help="${original_recipient}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +78,6 @@ def command_line_parser() -> argparse.ArgumentParser:
 
 def envelope_from_args(args: argparse.Namespace) -> Envelope:
     """The envelope from deliver's parsed arguments (empty macros are absent values)."""
-    from .core import Envelope
     return Envelope(sender=args.sender or "", recipient=args.recipient, queue_id=args.queue_id or None,
                     client_address=args.client_address or None, client_helo=args.client_helo or None,
                     original_recipient=args.original_recipient or None)
@@ -98,7 +93,6 @@ def envelope_from_command_line(argv: list[str], parser: argparse.ArgumentParser)
 def envelope_from_lmtp(mail_from: str | None, rcpt_tos: list[str], xforward: dict[str, str]) -> Envelope:
     """The envelope of one LMTP transaction: MAIL FROM, its one RCPT TO, and what Postfix's
     XFORWARD said about the SMTP client (ADDR, HELO) and the queue id (IDENT)."""
-    from .core import Envelope
     if len(rcpt_tos) != 1:
         raise BadRequest("one recipient per transaction (set agentmx_destination_recipient_limit = 1)")
     return Envelope(sender=mail_from or "", recipient=rcpt_tos[0], queue_id=xforward.get("IDENT") or None,
@@ -126,7 +120,6 @@ class Result:
     @property
     def reply(self) -> str:
         """The LMTP answer after DATA: 250 when done, else 451 (Postfix retries). Never 5xx."""
-        from agentmx import smtpreplies     # lazy: only LMTP answers in SMTP words, the pipe process never
         if self.exit_code == EX_OK:
             return smtpreplies.DELIVERED.line(state=self.state, event_id=self.event_id or "-")
         return smtpreplies.DEFERRED.line(reason=" ".join((self.reason or self.state).split())[:MAX_REPLY] or "deferred")
@@ -146,20 +139,11 @@ def deferred(queue_id: str | None, why: str) -> Result:
     return Result(EX_TEMPFAIL, f"{queue_id or NOQUEUE}: {why} (deferred)", "deferred", queue_id, None, why)
 
 
-def _is_store_error(exc: BaseException) -> bool:
-    """The store's own error type, imported only on this path (the pipe starts once per message)."""
-    try:
-        from agentmx.store.base import StoreError
-    except Exception:                     # a broken install: the error is then reported as a bug
-        return False
-    return isinstance(exc, StoreError)
-
-
 def failure(queue_id: str | None, exc: BaseException, frontend: str, logger: logging.Logger) -> Result:
     """Any exception of ours, or one we were handed, as a deferral; logged here, a traceback for a bug."""
     if isinstance(exc, (BadRequest, ConfigError)):
         result = deferred(queue_id, str(exc))
-    elif _is_store_error(exc):
+    elif isinstance(exc, StoreError):
         result = deferred(queue_id, f"the store: {exc.__class__.__name__}: {exc}")
     else:
         result = deferred(queue_id, f"internal error {exc.__class__.__name__} in agentmx {frontend}")
@@ -175,8 +159,7 @@ def open_store(config: Config) -> Any:
     """The store of this process (one per process: a resident front-end reuses it for every
     message), its schema checked: an old schema defers (StoreError -> 75 / 451) until
     `agentmx store migrate` has run."""
-    from agentmx.store import open_store as _open
-    store = _open(config)
+    store = open_configured_store(config)
     store.check_schema()
     return store
 
@@ -267,7 +250,6 @@ class Current:
         if self._connections_pid != os.getpid():
             with self._lock:
                 if self._connections_pid != os.getpid():
-                    from .http import Connections
                     self._connections = Connections()
                     self._connections_pid = os.getpid()
         return self._connections.post
@@ -284,7 +266,6 @@ def run(frontend: str, receive: Callable[[], tuple[Envelope, bytes]], current: C
         env, raw = receive()
         queue_id = env.queue_id
         config, store = current.get()
-        from .core import deliver
         post = current.post()
         outcome = deliver(raw, env, config, store=store, **({"post": post} if post else {}))
         result = from_outcome(queue_id, env.recipient, outcome)
@@ -298,7 +279,6 @@ def run(frontend: str, receive: Callable[[], tuple[Envelope, bytes]], current: C
 
 def bind_unix(socket_path: Path, mode: int, backlog: int = 128) -> socket.socket:
     """A listening unix socket at socket_path (a stale one removed), created with `mode`."""
-    import socket
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         socket_path.unlink()
@@ -320,11 +300,7 @@ def serve_unix(name: str, socket_path: Path, mode: int, processes: int,
     """Listen on socket_path and run serve(sock) in `processes` processes (this one and forks of
     it): deliver holds the GIL while it parses, so one process uses one core. serve() returns on
     SIGTERM or SIGINT; then the children are stopped and waited for, and the socket removed."""
-    import signal
-    import sys
     sock = bind_unix(socket_path, mode, backlog)
-    import agentmx.deliver.core  # noqa: F401   the delivery path warm before forking
-    import agentmx.deliver.extract  # noqa: F401
     children = []
     for _ in range(max(0, processes - 1)):
         pid = os.fork()

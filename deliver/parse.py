@@ -11,6 +11,7 @@ What could not be decoded is named in `defects`; nothing is dropped silently.
 """
 from __future__ import annotations
 
+import binascii
 import codecs
 import email
 import email.header
@@ -18,6 +19,8 @@ import email.headerregistry
 import email.parser
 import email.policy
 import email.utils
+import os
+import quopri
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
@@ -260,7 +263,6 @@ def _lift(raw: bytes, out: Parsed) -> bytes:
         runs.append((start, end))
     if not runs:
         return raw
-    import os
     nonce = os.urandom(6).hex()
     pieces, last = [], 0
     for i, (start, end) in enumerate(runs):
@@ -287,14 +289,12 @@ def _lifted_bytes(part: Message, out: Parsed) -> bytes | None:
     data = memoryview(out.raw)[span[0]:span[1]]
     cte = str(part.get("content-transfer-encoding", "") or "").strip().lower()
     if cte == "base64":
-        import binascii
         try:
             return binascii.a2b_base64(data)
         except binascii.Error:
             out.defects.append("a large base64 part could not be decoded; raw kept")
             return bytes(data)
     if cte == "quoted-printable":
-        import quopri
         return quopri.decodestring(bytes(data))
     return bytes(data)
 
@@ -511,7 +511,7 @@ def _embedded_bytes(part: Message, out: Parsed) -> bytes:
 def _unpack_tnef(data: bytes, out: Parsed) -> bool:
     """Replace winmail.dat by the files it carries (and its body, if the message had none)."""
     try:
-        from tnefparse import TNEF
+        from tnefparse import TNEF      # lazy: 5 ms a message, for winmail.dat only
         tnef = TNEF(data)
     except Exception as exc:
         out.defects.append(f"winmail.dat could not be unpacked ({exc.__class__.__name__}); kept as is")

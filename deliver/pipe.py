@@ -1,5 +1,5 @@
 """`agentmx deliver`: the Postfix pipe program. One process per message and recipient; the message
-on stdin, the envelope on the command line (frontend.add_envelope_arguments); exit 0 or 75 and
+on stdin, the envelope on the command line (arguments.add_envelope_arguments); exit 0 or 75 and
 nothing else (pipe(8) bounces on any other status).
 
 The outcome line goes to stderr: pipe(8) puts it into the status text of the delivery, so the

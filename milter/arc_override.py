@@ -33,6 +33,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import authres
+
 from .results import ArcResult, DmarcResult, PolicyOverride
 
 TRUSTED_FORWARDER = "trusted_forwarder"
@@ -86,7 +88,6 @@ def earliest_dmarc(aar: str) -> tuple[str, str] | None:
     m = _INSTANCE.match(aar or "")
     if not m:
         return None
-    import authres
     try:
         parsed = authres.all_features().parse_value(" ".join(aar[m.end():].split()))
     except Exception:             # hostile or broken: authres raises its own and Python errors

@@ -254,7 +254,7 @@ def body_wants(head: bytes) -> set[tuple[bytes, int | None]]:
         instance = _instance(value)
         if 1 <= instance <= ARC_MAX_INSTANCES:
             per_instance.setdefault((instance, name), []).append(value)
-    for (_, name), found in per_instance.items():
+    for found in per_instance.values():
         if len(found) == 1:
             values.append(found[0])
             defaults.append(b"relaxed/relaxed")

@@ -30,6 +30,7 @@ import milter as libmilter
 from agentmx import blocklist, smtpreplies, spamheader
 from agentmx.authservid import claims_id
 from agentmx.config import Config
+from agentmx.dkimkeys import load, path_for as key_path_for
 from agentmx.resolver import Resolver
 
 from . import arheader, dkim_check, policy, procs, sign, spam_check
@@ -329,12 +330,11 @@ def _assemble(headers: list[bytes], body: bytes) -> bytes:
 
 def signing_keys(config: Config) -> dict[str, list]:
     """The keys that sign for each domain ([domains."d"] dkim_selectors), loaded once at start."""
-    from agentmx.dkimkeys import path_for, load
     out: dict[str, list] = {}
     for d in config.domains:
         for sel in d.dkim_selectors:
             for alg in ("rsa", "ed25519"):
-                path = path_for(config.key_dir, d.name, sel, alg)
+                path = key_path_for(config.key_dir, d.name, sel, alg)
                 if path.exists():
                     out.setdefault(d.name, []).append(load(path, d.name))
     return out

@@ -18,6 +18,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from agentmx import headerblock
 from agentmx.dkimkeys import DkimKey
+from agentmx.fromheader import authors
 
 from . import bodyhash, dkimcrypto
 
@@ -73,5 +74,4 @@ def _signature(headers: list, include: list[bytes], bh: bytes, t: bytes, key: Dk
 def from_domain(from_values: list[str]) -> str | None:
     """The one domain of the From header, or None (no From, several From fields, several
     domains, or one that is no domain name): read as DMARC reads it (agentmx/fromheader.py)."""
-    from agentmx.fromheader import authors
     return authors(from_values).single_domain

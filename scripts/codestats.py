@@ -30,7 +30,7 @@ def stats() -> dict:
         package = name.rsplit(".", 1)[0] if path.name != "__init__.py" else name
         per_package[package] += 1
         lines[package] += len(path.read_text().splitlines())
-        def visit(node, in_function: bool) -> None:
+        def visit(node, in_function: bool, name: str = name) -> None:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     functions.append((child.end_lineno - child.lineno + 1, f"{name}.{child.name}"))

@@ -29,7 +29,7 @@ from test_deliver import ENV, config as deliver_config, raw, receiver  # noqa: F
 from agentmx import blocklist
 from agentmx.api.server import start
 from agentmx.config import ConfigError, Route, load_config, parse_config
-from agentmx.deliver.core import EX_OK, Envelope, deliver
+from agentmx.deliver.core import EX_OK, deliver
 from agentmx.store.model import DeliveryState
 
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))

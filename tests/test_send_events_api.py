@@ -18,7 +18,6 @@ import pytest
 
 from support.backends import BACKENDS
 from support.mcpclient import mcp_calls
-from support.postfix import wait_for
 from support.sendstatus import AGENTMX, DOMAIN, KEY, a_send, kept, served_world
 
 from agentmx.store.model import DeliveryState, SendEventType

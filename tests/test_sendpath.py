@@ -15,7 +15,7 @@ import pytest
 
 from agentmx import client, send, sendpath
 from agentmx.agentloop import run_job, send_effects
-from agentmx.api import batch, mcp, scheduling, sending
+from agentmx.api import batch, mcp, scheduling, sendnow, sending
 from agentmx.config import AgentConfig
 from agentmx.store.model import DeliveryState, SendEventType, SendState, Suppression, SuppressionReason
 from agentmx.times import rfc3339
@@ -63,7 +63,7 @@ sends_per_hour = 5""")
 
 
 def box(ctx) -> sendpath.Outbox:
-    return sending.outbox(ctx)
+    return sendnow.outbox(ctx)
 
 
 def key_caller(ctx) -> sendpath.Caller:

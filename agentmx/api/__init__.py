@@ -5,7 +5,7 @@
     context.py  what the routes share (config, store, inbox readers, listener, thread pool)
     inbox.py    the inbox API, long-poll and event stream
     news.py     one read of new inbox rows per wake-up, for every open wait and stream
-    sending.py  POST /v1/send
+    sending.py  POST /v1/send (batch.py, scheduling.py; sendnow.py: one request sent now)
     blobs.py    signed raw-message and attachment URLs
     streams.py  caps on open waits and streams
     server.py   Hypercorn: foreground, or in a thread

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from agentmx.ops import metrics
 from agentmx.store import StoreError
 
 from . import blocklist_api, console, deliveries, domains, mailkite, messages, realtime, suppressions
@@ -91,7 +92,6 @@ class Metrics:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise ApiError(401, "unauthorized", "send the metrics token as: Authorization: Bearer <token>")
         if time.monotonic() - self._at > self.min_interval:
-            from agentmx.ops import metrics
             posts = dict(self.dispatcher.posts) if self.dispatcher is not None else None
             self._text = await self.ctx.run(metrics, self.ctx.config, self.ctx.store, posts)
             self._at = time.monotonic()

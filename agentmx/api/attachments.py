@@ -33,6 +33,7 @@ from starlette.routing import Route
 from agentmx import fetch, send, urls
 from agentmx.config import ApiKey
 from agentmx.store.model import Upload
+from agentmx.times import rfc3339
 
 from .context import Context
 from .errors import ApiError
@@ -209,7 +210,6 @@ def upload(ctx: Context, key: ApiKey, content_type: str, query: dict, body: byte
         raise send.SendError(400, "empty_file", "the file is empty")
     up = store_file(ctx, key, data, filename, ctype, ctx.clock() + days * DAY)
     log.info("%s: uploaded %d bytes for key %s, kept %d days", up.id, up.size, key.name, days)
-    from agentmx.times import rfc3339
     return {"id": up.id, "url": signed_url(ctx, up), "filename": up.filename, "contentType": up.content_type,
             "size": up.size, "expiresAt": rfc3339(up.expires)}
 

@@ -3,7 +3,7 @@
     {"from": ..., "subject": ..., "text"/"html": ..., "headers": {...}, "attachments": [...],
      "scheduledAt": ..., "recipients": [{"to": "a@x", "headers": {...}}, ...]}
 
-Each recipient is its own send through the one send path (sending.send_or_park: now, or parked
+Each recipient is its own send through the one send path (scheduling.send_or_park: now, or parked
 for scheduledAt), with its own id; its headers are merged over the shared ones (its own win).
 The answer is 200 for any well-formed batch, with each recipient's result in order, so a batch
 can partly succeed:
@@ -23,7 +23,7 @@ import logging
 from agentmx import send, sendpath
 from agentmx.config import ApiKey
 
-from . import attachments
+from . import attachments, scheduling, sendnow
 from .context import Context
 
 log = logging.getLogger("agentmx.serve")
@@ -71,8 +71,7 @@ def one(shared: dict, r: dict) -> dict:
 
 
 def batch_for_key(ctx: Context, key: ApiKey, body: bytes) -> dict:
-    from .sending import parse_json, send_or_park
-    shared, recipients = split_batch(parse_json(body))
+    shared, recipients = split_batch(sendnow.parse_json(body))
     # The shared part is checked once (a bad field fails the whole batch, before anything goes),
     # and its attachments resolved once: a URL is fetched once, not per recipient.
     probe = send.parse_request({**shared, "to": recipients[0]["to"]})
@@ -81,7 +80,7 @@ def batch_for_key(ctx: Context, key: ApiKey, body: bytes) -> dict:
     results, counts = [], {"queued": 0, "scheduled": 0, "failed": 0}
     for r in recipients:
         try:
-            got = send_or_park(ctx, key, one(shared, r), resolved)
+            got = scheduling.send_or_park(ctx, key, one(shared, r), resolved)
             results.append({"to": r["to"], "id": got["id"], "status": got["status"]})
         except send.SendError as exc:
             results.append({"to": r["to"], "status": "failed", "error": exc.message, "code": exc.code})

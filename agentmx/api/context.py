@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from agentmx import send
 from agentmx.config import ApiKey, Config
+from agentmx.resolver import Resolver
 from agentmx.store import Store, open_store
 
 from .errors import ApiError
@@ -47,7 +48,6 @@ class Context:
 
     def __post_init__(self):
         if self.resolver is None:
-            from agentmx.resolver import Resolver
             self.resolver = Resolver.from_config(self.config.dns)
         if self.news is None:
             scope = tuple(dict.fromkeys(a for key in self.config.api_keys for a in key.allow))   # every key's

@@ -1,5 +1,5 @@
 """scheduledAt: a send parked in the store until it is due, then sent by serve through the one
-send path (sendpath.py through sending.send_one: every guard and limit applies at send time).
+send path (sendpath.py through sendnow.send_one: every guard and limit applies at send time).
 
     park(ctx, key, data)   POST /v1/send (or a batch recipient) with scheduledAt: checked now as far as
                            it can be (sendpath.prepare: fields, sender, attachments fetched, the
@@ -27,6 +27,8 @@ from agentmx.store import StoreError
 from agentmx.store.model import SendRecord, SendState
 from agentmx.times import rfc3339
 
+from . import attachments, sendnow
+
 log = logging.getLogger("agentmx.serve.scheduler")
 
 POLL = 1.0                  # seconds between looks for due sends
@@ -45,12 +47,18 @@ def check_window(ctx, when: float) -> None:
         raise send.SendError(400, "bad_scheduled_at", f"scheduledAt is at most {days} days ahead")
 
 
+def send_or_park(ctx, key: ApiKey, data, resolved=None) -> dict:
+    """POST /v1/send's body (and a batch recipient's): now, or parked for its scheduledAt."""
+    if isinstance(data, dict) and data.get("scheduledAt") is not None:
+        return park(ctx, key, data, resolved)
+    return sendnow.send_one(ctx, key, data, resolved=resolved)
+
+
 def park(ctx, key: ApiKey, data: dict, resolved=None) -> dict:
     """Checked now by the send path up to what counts or sends (sendpath.prepare: the sender, the
     original, the message built, the suppressions); all of it again when it is due (send_one)."""
-    from . import attachments, sending
-    prep = sendpath.prepare(sending.outbox(ctx), sendpath.Caller.api_key(key), send.parse_request(data),
-                            sending.resolver(ctx, resolved))
+    prep = sendpath.prepare(sendnow.outbox(ctx), sendpath.Caller.api_key(key), send.parse_request(data),
+                            sendnow.resolver(ctx, resolved))
     req, out = prep.req, prep.out
     check_window(ctx, req.scheduled_at)
     expires = max(req.scheduled_at, ctx.clock()) + KEEP_AFTER_DUE
@@ -71,12 +79,11 @@ def park(ctx, key: ApiKey, data: dict, resolved=None) -> dict:
 
 def send_due(ctx, rec: SendRecord) -> SendState:
     """One claimed send, through the one send path; its record says what became of it."""
-    from .sending import send_one
     key = next((k for k in ctx.config.api_keys if k.name == rec.key), None)
     try:
         if key is None:
             raise send.SendError(403, "forbidden_sender", f"the API key {rec.key!r} is no longer in the config")
-        send_one(ctx, key, json.loads(rec.request or "{}"), send_id=rec.id)
+        sendnow.send_one(ctx, key, json.loads(rec.request or "{}"), send_id=rec.id)
         return SendState.QUEUED
     except send.SendError as exc:
         log.warning("%s: scheduled send refused at its time (%s %s): %s", rec.id, exc.status, exc.code, exc.message)

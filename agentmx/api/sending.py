@@ -1,9 +1,9 @@
 """POST /v1/send, GET and DELETE /v1/send/{id}: the HTTP door of the one send path (agentmx/sendpath.py).
 
-send_one() is what POST /v1/send, each recipient of POST /v1/send/batch (batch.py), each scheduled
-send when it is due (scheduling.py) and MCP's send and reply (mcp.py) call: the JSON parsed into a
-SendRequest, the key made the Caller, the attachments by URL loaded by the path's `resolve`
-(attachments.py), the answer made JSON. Every guard, limit and record is the path's.
+sendnow.send_one() is what POST /v1/send, each recipient of POST /v1/send/batch (batch.py), each
+scheduled send when it is due (scheduling.py) and MCP's send and reply (mcp.py) call: the JSON
+parsed into a SendRequest, the key made the Caller, the attachments by URL loaded by the path's
+`resolve` (attachments.py), the answer made JSON. Every guard, limit and record is the path's.
 
 A request with scheduledAt is checked as far as it can be now (sendpath.prepare, the time
 window) and parked in the store (scheduling.park); it goes through send_one when due.
@@ -14,65 +14,28 @@ thread pool. An Idempotency-Key header makes a retry answer the first answer (id
 """
 from __future__ import annotations
 
-import json
 import logging
+from functools import partial
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from agentmx import send, sendpath
+from agentmx import send
 from agentmx.config import ApiKey
 from agentmx.store.model import SendEvent, SendRecord, SendState
 from agentmx.times import rfc3339
 
-from . import attachments, idempotency, scheduling, timeline
+from . import attachments, batch, idempotency, scheduling, sendnow, timeline
 from .context import Context
 from .errors import ApiError
 
 log = logging.getLogger("agentmx.serve")
 
 
-def outbox(ctx: Context) -> sendpath.Outbox:
-    return sendpath.Outbox(ctx.config, ctx.store, ctx.clock, ctx.submit)
-
-
-def resolver(ctx: Context, resolved: tuple[send.Attachment, ...] | None = None):
-    """The path's `resolve` for this API: attachments by URL loaded (or those a batch loaded once)."""
-    return lambda req: attachments.resolve_request(ctx, req, resolved)
-
-
-def send_one(ctx: Context, key: ApiKey, data, send_id: str | None = None,
-             resolved: tuple[send.Attachment, ...] | None = None) -> dict:
-    """One request of an authorized key, sent now through the one send path (sendpath.py).
-    `send_id`: a scheduled send's own id (the record is then updated, not added); `resolved`:
-    attachments resolved already (a batch fetches a URL once for all its recipients). Raises
-    send.SendError."""
-    sent = sendpath.send_message(outbox(ctx), sendpath.Caller.api_key(key), send.parse_request(data),
-                                 send_id=send_id, resolve=resolver(ctx, resolved))
-    out = sent.out
-    return {"id": sent.send_id, "status": SendState.QUEUED.value, "messageId": out.message_id,
-            "queueId": sent.queue_id, "threadId": out.thread_id, "inReplyTo": out.in_reply_to,
-            "recipients": list(out.recipients)}
-
-
-def send_or_park(ctx: Context, key: ApiKey, data, resolved=None) -> dict:
-    """POST /v1/send's body (and a batch recipient's): now, or parked for its scheduledAt."""
-    if isinstance(data, dict) and data.get("scheduledAt") is not None:
-        return scheduling.park(ctx, key, data, resolved)
-    return send_one(ctx, key, data, resolved=resolved)
-
-
-def parse_json(body: bytes):
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise send.SendError(400, "bad_json", "the body is not JSON") from None
-
-
 def send_for_key(ctx: Context, key: ApiKey, body: bytes) -> dict:
     """POST /v1/send's body of an authorized key. Raises send.SendError."""
-    return send_or_park(ctx, key, parse_json(body))
+    return scheduling.send_or_park(ctx, key, sendnow.parse_json(body))
 
 
 async def sending_route(ctx: Context, handler, what: str, request: Request):
@@ -138,8 +101,6 @@ async def cancel_route(ctx: Context, request: Request):
 
 
 def routes(ctx: Context) -> list[Route]:
-    from functools import partial
-    from . import batch
     return [Route("/v1/send", partial(sending_route, ctx, send_for_key, "send"), methods=["POST"]),
             Route("/v1/send/batch", partial(sending_route, ctx, batch.batch_for_key, "batch"), methods=["POST"]),
             Route("/v1/send/{id:str}", partial(get_send_route, ctx), methods=["GET"]),

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.h11 import H11Protocol
 
 from agentmx.config import Config, ServerLimits
+
+from .app import create_app
+from .context import Context
 
 log = logging.getLogger("agentmx.serve")
 
@@ -67,7 +71,6 @@ def http1_only() -> None:
     speaks HTTP/1.1 to it, so the check that would switch protocols is turned off: a preface is
     then an unknown request (404) followed by garbage (400, closed), an h2c upgrade is ignored.
     Hypercorn has no setting for this; tests/test_serve_limits.py holds it to the behaviour."""
-    from hypercorn.protocol.h11 import H11Protocol
 
     async def stay_on_http1(self, event) -> None:
         return None
@@ -94,8 +97,6 @@ async def serve_app(app, sock: socket.socket, limits: ServerLimits, shutdown=Non
 def create(config: Config):
     """The application for `config`, its store's schema checked first (SchemaMismatch: run
     `agentmx store migrate`; StoreUnavailable: the store cannot be reached)."""
-    from .app import create_app
-    from .context import Context
     ctx = Context.for_config(config)
     ctx.store.check_schema()
     return create_app(ctx)

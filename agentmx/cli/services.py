@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from agentmx.config import Service, load_config
-from agentmx.deliver.frontend import add_envelope_arguments     # the pipe's own arguments, beside its parsing
+from agentmx.deliver.arguments import add_envelope_arguments     # the pipe's own arguments (argparse only)
 
 from .common import checked_store, config_path
 

@@ -20,6 +20,8 @@ import importlib
 import time
 from typing import Callable
 
+from agentmx.config import StoreBackend
+
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable  # noqa: F401
 
 
@@ -27,10 +29,9 @@ def open_store(config, clock: Callable[[], float] = time.time, pool_size: int = 
     """The store `config.store` names (the postgres backend imported only when configured).
     `pool_size`: PostgreSQL connections the process may use at once (1: one connection, no pool,
     for a process that makes one call at a time; serve's threads take a pool)."""
-    from agentmx.config import StoreBackend
     backend = config.store.backend
     if backend is StoreBackend.EMBEDDED:
-        from .embedded import EmbeddedStore
+        from .embedded import EmbeddedStore     # lazy: sqlite3 and the backend, ~2 ms a message on a postgres host
         return EmbeddedStore(config.data_dir, clock)
     if backend is StoreBackend.POSTGRES:
         try:

@@ -50,12 +50,13 @@ from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt,
                     GcReport, InboxRow, Job, JobRow, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
                     SendRow, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
                     Upload, base_address, delivered_at, export_after, stored_events)
+from . import legacy
+from .counters import CHECKS, bump, latency
 
 FILE = "agentmx.sqlite"
 BACKEND = "embedded"
 CHUNK = 256 * 1024
 BUSY_TIMEOUT = 20.0             # seconds a write waits for another's transaction
-CHECKS = ("spf", "dkim", "dmarc", "arc")
 # What earlier versions kept in the data directory: imported once by `agentmx store migrate`.
 LEGACY = ("inbox.sqlite", "agent-jobs.sqlite", "events", "state", "sent", "transcripts")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -329,7 +330,6 @@ class EmbeddedStore(Store):
         """Import an earlier version's data directory once (agentmx/store/legacy.py); {} when there
         is nothing to import or it was imported already. `route_of(recipient)` names the route of
         an old delivery (default: its base address)."""
-        from . import legacy
         db = self._connection()
         try:
             if self._version(db) != migrations.LATEST:
@@ -478,7 +478,7 @@ class EmbeddedStore(Store):
                 db.execute("INSERT INTO event_bodies (seq, body) VALUES (?, ?)", (seq, body))
                 db.execute("INSERT INTO deliveries (event_id, route, recipient, state, created, updated) "
                            "VALUES (?, ?, ?, ?, ?, ?)", (event_id, route, recipient, state.value, now, now))
-                _bump(db, [("received", "", 1), ("state", state.value, 1),
+                bump(db, [("received", "", 1), ("state", state.value, 1),
                            *(("verdict", f"{c}={v}", 1) for c, v in zip(CHECKS, verdicts))])
                 first = True
             # the blobs of the body as last sent (a copy taken by another host names its own raw message)
@@ -541,8 +541,8 @@ class EmbeddedStore(Store):
             if old != new:
                 changes += [("state", old, -1), ("state", new, 1)]
                 if attempt.outcome is DeliveryState.DELIVERED:
-                    changes += _latency(attempt.at - row[2])
-            _bump(db, changes)
+                    changes += latency(attempt.at - row[2])
+            bump(db, changes)
             return _delivery(db.execute(f"SELECT {_DELIVERY} FROM deliveries WHERE event_id = ?", (event_id,)).fetchone())
 
     def delivery(self, event_id: str) -> Delivery | None:
@@ -627,7 +627,7 @@ class EmbeddedStore(Store):
         return self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0]
 
     def listener(self, fallback: float = 3.0):
-        from .listener import Listener       # asyncio: serve's, never deliver's import
+        from .listener import Listener       # lazy: asyncio (6-14 ms) is serve's, never deliver's import
         return Listener(self.data_dir, check=self.last_seq, fallback=fallback)
 
     # --- sends ---------------------------------------------------------------------------------------
@@ -886,7 +886,7 @@ class EmbeddedStore(Store):
                 for check in CHECKS:
                     changes += [("verdict", f"{check}={v}", -n) for v, n in db.execute(
                         f"SELECT {check}, COUNT(*) FROM events WHERE received < :t GROUP BY {check}", t)]
-                _bump(db, changes)
+                bump(db, changes)
             if not dry_run:
                 for where in doomed.values():
                     db.execute(f"DELETE {where}", t)
@@ -1160,8 +1160,8 @@ _EXPORT = {
 
 
 def _export_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
-    rows = db.execute(f"SELECT e.seq, e.id, b.body, e.recipient, e.address, e.sender, e.subject, e.thread_id, "
-                      f"e.message_id, e.received, e.accepted, e.read, e.spf, e.dkim, e.dmarc, e.arc, "
+    rows = db.execute("SELECT e.seq, e.id, b.body, e.recipient, e.address, e.sender, e.subject, e.thread_id, "
+                      "e.message_id, e.received, e.accepted, e.read, e.spf, e.dkim, e.dmarc, e.arc, "
                       + ", ".join(f"d.{c}" for c in _DELIVERY.split(", ")) + ", e.fingerprint "
                       "FROM events e JOIN event_bodies b ON b.seq = e.seq JOIN deliveries d ON d.event_id = e.id "
                       "WHERE e.seq > ? ORDER BY e.seq LIMIT ?", (after, limit)).fetchall()
@@ -1201,8 +1201,8 @@ def _import_event(db: sqlite3.Connection, r: StoredEvent) -> int:
                *(("verdict", f"{c}={v}", 1) for c, v in zip(CHECKS, r.verdicts))]
     if r.accepted is not None:
         for at in delivered_at(r.attempts):
-            changes += _latency(at - r.accepted)
-    _bump(db, changes)
+            changes += latency(at - r.accepted)
+    bump(db, changes)
     return 1
 
 
@@ -1282,37 +1282,9 @@ def _first(db: sqlite3.Connection, recipient: str, message_id: str, fingerprint:
     return row[0] if row else None
 
 
-def _bump(db: sqlite3.Connection, changes: list[tuple[str, str, float]]) -> None:
-    db.executemany("INSERT INTO counters (kind, label, value) VALUES (?, ?, ?) "
-                   "ON CONFLICT (kind, label) DO UPDATE SET value = value + excluded.value", changes)
-
-
-def _latency(seconds: float) -> list[tuple[str, str, float]]:
-    """One observation of the time from acceptance by Postfix to the agent's 2xx."""
-    seconds = max(0.0, seconds)
-    bucket = next((f"{b:g}" for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
-    return [("latency", bucket, 1), ("latency_sum", "", seconds), ("latency_count", "", 1)]
-
-
 def _accepted(event: dict, default: float) -> float:
     """The event's createdAt (RFC 3339, when Postfix accepted the message) as unix seconds."""
     try:
         return datetime.fromisoformat(str(event.get("createdAt")).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return default
-
-
-def rebuild_counters(db: sqlite3.Connection) -> None:
-    """The counters recomputed from the records (after an import; and the contract's check that
-    the counters kept as records are written say what the records say)."""
-    db.execute("DELETE FROM counters")
-    changes = [("received", "", db.execute("SELECT COUNT(*) FROM events").fetchone()[0]),
-               ("attempts", "", db.execute("SELECT COALESCE(SUM(attempts), 0) FROM deliveries").fetchone()[0])]
-    changes += [("state", s, n) for s, n in db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")]
-    for check in CHECKS:
-        changes += [("verdict", f"{check}={v}", n) for v, n in db.execute(
-            f"SELECT {check}, COUNT(*) FROM events GROUP BY {check}")]
-    for (latency,) in db.execute("SELECT d.updated - e.accepted FROM deliveries d JOIN events e ON e.id = d.event_id "
-                                 "WHERE d.state = ?", (DeliveryState.DELIVERED.value,)):
-        changes += _latency(latency)
-    _bump(db, changes)

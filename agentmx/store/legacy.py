@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from .counters import CHECKS, rebuild_counters
 from .model import DeliveryState, JobState, SendState, base_address
 
 _ID = re.compile(r"^(msg|snd)_[a-z0-9]{16,64}$")
@@ -105,7 +106,6 @@ def _state(value, default: DeliveryState) -> DeliveryState:
 
 def import_all(store, db: sqlite3.Connection, route_of: Callable[[str], str] | None = None) -> dict[str, int]:
     """Everything of the old layout under store.data_dir into `db`; the counts imported."""
-    from .embedded import CHECKS, rebuild_counters
     root = store.data_dir
     route_of = route_of or base_address
     counts = {"events": 0, "skipped": 0, "sends": 0, "transcripts": 0, "jobs": 0, "uses": 0}

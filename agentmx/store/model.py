@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from agentmx.address import split
+
 EXCERPT = 200                  # characters of an endpoint's answer kept with each attempt
 MESSAGE_ID_MAX = 998           # characters of an event's Message-ID kept (and compared by find_event)
 
@@ -233,7 +235,6 @@ class JobRow:
 
 def base_address(recipient: str) -> str:
     """agent@example.com for Agent+tag@Example.com: the inbox's scope, deliver's own routing rule."""
-    from agentmx.address import split
     return split(recipient)[0]
 
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import threading
 import time
 from typing import Callable, Iterable, Iterator
@@ -35,13 +36,16 @@ from typing import Callable, Iterable, Iterator
 import psycopg
 from psycopg import errors as pgerrors
 
+from agentmx.address import split
+
 from . import migrations
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable, like as _like, sender_scope
 from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryRow, DeliveryState,
                     GcReport, InboxRow, Job, JobRow, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
                     SendRow, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
                     Upload, delivered_at, export_after, stored_events)
-from .s3 import BlobStore
+from .pglisten import PgListener
+from .s3 import BlobStore, blob_store
 
 log = logging.getLogger("agentmx.store.postgres")
 
@@ -74,7 +78,6 @@ class PostgresStore(Store):
     @classmethod
     def from_config(cls, store_config, clock: Callable[[], float] = time.time, pool_size: int = 1) -> "PostgresStore":
         """From config.store (agentmx.config.StoreConfig)."""
-        from .s3 import blob_store
         return cls(store_config.database_url, blob_store(store_config.s3), clock, pool_size=pool_size)
 
     def __repr__(self) -> str:
@@ -192,7 +195,6 @@ class PostgresStore(Store):
 
     def put_event(self, event: dict, body: bytes, route: str, state: DeliveryState,
                   fingerprint: str | None = None, since: float | None = None) -> bool:
-        from agentmx.address import split
         event_id = event["id"]
         recipient = _text(event.get("recipient") or "").lower()
         message_id = _text(event.get("messageId") or "")[:MESSAGE_ID_MAX]
@@ -356,7 +358,6 @@ class PostgresStore(Store):
                     subject: str | None = None, since: float | None = None, unread: bool = False,
                     before_seq: int | None = None, after_seq: int | None = None, thread_id: str | None = None,
                     limit: int = 50, oldest_first: bool = False, search: str | None = None) -> list[InboxRow]:
-        from agentmx.address import split
         scope, args = _scope(addresses)
         if not scope:
             return []
@@ -408,7 +409,6 @@ class PostgresStore(Store):
         return self._one("SELECT COALESCE(MAX(seq), 0) FROM inbox", ())[0]
 
     def listener(self, fallback: float = 3.0):
-        from .pglisten import PgListener
         return PgListener(self.url, self._kwargs, self.last_seq, fallback)
 
     # --- sends --------------------------------------------------------------------------------------------
@@ -737,7 +737,7 @@ class PostgresStore(Store):
                 return True
             return False
         for sha, length, modified in list(self.blobs.list()):
-            if modified < older_than and self._run(lambda cur: orphan(cur, sha)):
+            if modified < older_than and self._run(lambda cur, sha=sha: orphan(cur, sha)):
                 removed += 1
                 size += length
         return removed, size
@@ -906,7 +906,6 @@ class _NoPool(Exception):
 
 def _PoolTimeout() -> type[Exception]:
     """psycopg_pool's PoolTimeout when the pool module is loaded (deliver never loads it)."""
-    import sys
     mod = sys.modules.get("psycopg_pool")
     return mod.PoolTimeout if mod else _NoPool
 
@@ -954,7 +953,7 @@ class _Pool:
     def _open(self):
         with self._lock:
             if self._pool is None:
-                from psycopg_pool import ConnectionPool
+                from psycopg_pool import ConnectionPool     # lazy: 3-7 ms; only serve (pool_size > 1) pools
                 self._pool = ConnectionPool(self.url, kwargs=self.kwargs, min_size=1, max_size=self.size,
                                             timeout=self.timeout, open=False, name="agentmx",
                                             check=ConnectionPool.check_connection, reconnect_timeout=0,

@@ -128,7 +128,7 @@ class Console:
         """Until `old` (an element of the page before) is gone and the new page is loaded."""
         def loaded():
             try:
-                old.tag_name
+                old.tag_name  # noqa: B018  (reading it raises once the page is gone)
                 return False
             except StaleElementReferenceException:
                 pass

@@ -50,7 +50,7 @@ def test_a_resident_posts_every_message_on_one_connection(tmp_path, receiver):
 
 def test_the_pipe_closes_its_one_connection(tmp_path, receiver):
     assert frontend.Current(tmp_path / "agentmx.toml").post() is None     # the pipe: http.post
-    for n in range(2):
+    for _ in range(2):
         assert post(receiver.url, b"{}", {}, 2).status == 200
     assert receiver.connections == 2
     time.sleep(0.2)

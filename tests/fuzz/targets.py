@@ -16,7 +16,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import time
 from pathlib import Path
 
 import jsonschema

@@ -17,7 +17,8 @@ import pytest
 from agentmx.config import parse_config
 from agentmx.deliver.core import EX_TEMPFAIL, Envelope, deliver
 from agentmx.store import SchemaMismatch, StoreError, StoreUnavailable, migrations, open_store
-from agentmx.store.embedded import EmbeddedStore, rebuild_counters
+from agentmx.store.counters import rebuild_counters
+from agentmx.store.embedded import EmbeddedStore
 from agentmx.store.model import Attempt, DeliveryState, JobState
 
 from store.test_contract import event, put

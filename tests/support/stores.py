@@ -64,7 +64,7 @@ def postgres_store(postgres_store_factory):
     return postgres_store_factory()
 
 
-def store_section(backend: str, where: Path, pg_server=None, s3_server=None, owner: str = "nobody",
+def store_section(backend: str, where: Path, pg_server=None, s3_server=None, owner: str = "nobody",  # noqa: F811
                   database: str | None = None) -> str:
     """The [store] tables of an agentmx.toml for `backend` ("embedded" or "postgres"), as an
     operator writes them: the secrets in files of their own, mode 0400, owned by `owner` (the user
