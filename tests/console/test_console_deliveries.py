@@ -307,7 +307,7 @@ def test_each_list_pages_by_its_cursor(world, monkeypatch):
     jobs = [put(w, f"job {n}", "agent@agent.test", f"J{n}") for n in range(3)]
     sent = [a_send(w, n, "agent@push.test", ("bob@remote.test",)) for n in ("d", "dd", "ddd")]
     s = signed_in(w, KEY_A)
-    for path, table, newest_first in (("deliveries?state=stored", "deliveries", events[::-1]),
+    for path, _table, newest_first in (("deliveries?state=stored", "deliveries", events[::-1]),
                                       ("agent", "jobs", jobs[::-1]), ("sends", "sends", [r.id for r in sent[::-1]])):
         page = s.get(f"{w['url']}/console/{path}", timeout=5)
         assert re.findall(r'<tr data-id="([^"]+)"', page.text) == newest_first[:2], path
