@@ -8,10 +8,14 @@ the list's own tests expect); it is loaded once per process, on first use.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                    # annotations only: the list is imported when first needed
+    from publicsuffixlist import PublicSuffixList
 
 
 @lru_cache(maxsize=1)
-def _psl():
+def _psl() -> PublicSuffixList:
     from publicsuffixlist import PublicSuffixList
     return PublicSuffixList()
 
@@ -32,7 +36,8 @@ def registrable(domain: str) -> str | None:
     domain = normalize(domain)
     if not domain:
         return None
-    return _psl().privatesuffix(domain)
+    found: str | None = _psl().privatesuffix(domain)
+    return found
 
 
 def org_domain(domain: str) -> str:

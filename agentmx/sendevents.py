@@ -26,11 +26,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from typing import TYPE_CHECKING, Any
 
 from agentmx.config import Config
 from agentmx.times import rfc3339
 from agentmx.routing import match
 from agentmx.store.model import PostState, SendEvent, SendEventType, SendRecord, SendState, base_address
+
+if TYPE_CHECKING:                    # annotations only: send and the store import more than events need
+    from agentmx.send import Outgoing
+    from agentmx.store.base import Store
 
 FIELDS = ("action", "status", "permanent", "diagnosticCode", "remoteMta", "reportingMta", "feedbackType",
           "suppressed")
@@ -42,19 +47,19 @@ def event_id(send_id: str, type_: SendEventType, recipient: str, source: str) ->
 
 
 
-def body(event: dict) -> bytes:
+def body(event: dict[str, Any]) -> bytes:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def make(send: SendRecord, type_: SendEventType, at: float, config: Config, source: str, recipient: str = "",
-         **fields) -> SendEvent:
+         **fields: Any) -> SendEvent:
     """The event for `send`, to the route that takes its sender (PENDING: to be POSTed; KEPT: the
     route does not push, or none takes the sender). `fields`: those of FIELDS the report gives."""
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise TypeError(f"not a send event field: {sorted(unknown)}")
     eid = event_id(send.id, type_, recipient, source)
-    doc = {"id": eid, "type": type_.value, "createdAt": rfc3339(at), "sendId": send.id,
+    doc: dict[str, Any] = {"id": eid, "type": type_.value, "createdAt": rfc3339(at), "sendId": send.id,
            "messageId": send.message_id or None, "threadId": send.thread_id, "from": send.sender,
            "recipient": recipient.lower() or None, "recipients": list(send.recipients), "queueId": send.queue_id}
     doc.update({f: fields.get(f) for f in FIELDS})
@@ -66,7 +71,7 @@ def make(send: SendRecord, type_: SendEventType, at: float, config: Config, sour
                      PostState.PENDING if pushes else PostState.KEPT, next_at=at)
 
 
-def record_send(store, config: Config, send_id: str, key_name: str, sender: str, out, queue_id: str,
+def record_send(store: Store, config: Config, send_id: str, key_name: str, sender: str, out: Outgoing, queue_id: str,
                 reply_to_event: str | None, now: float, scheduled_at: float | None = None) -> SendRecord:
     """Keep a send Postfix took (`out`: send.Outgoing, as submitted) and its `email.sent` event for
     the sender's route. StoreError is the caller's: the message is in Postfix's queue all the same."""

@@ -38,7 +38,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from . import replies, send, sendevents, suppression
 from .address import split
@@ -100,7 +100,7 @@ class Outbox:
 @dataclass(frozen=True)
 class Prepared:
     req: SendRequest                # its attachments resolved
-    original: dict | None           # the stored event it answers
+    original: dict[str, Any] | None           # the stored event it answers
     out: Outgoing                   # built, without its return path yet
 
 
@@ -109,7 +109,7 @@ class Sent:
     send_id: str
     queue_id: str
     req: SendRequest
-    original: dict | None
+    original: dict[str, Any] | None
     out: Outgoing                   # as submitted
 
 
@@ -121,17 +121,18 @@ def check_sender(caller: Caller, req: SendRequest) -> None:
                                                  f"(allowed: {', '.join(caller.allow)})")
 
 
-def original_of(store: Store, req: SendRequest) -> dict | None:
+def original_of(store: Store, req: SendRequest) -> dict[str, Any] | None:
     """The stored event the request answers (inReplyTo msg_...), or None; 404 unknown_event."""
     if not (req.in_reply_to and req.in_reply_to.startswith("msg_")):
         return None
     raw = store.get_event(req.in_reply_to)
     if raw is None:
         raise SendError(404, "unknown_event", f"no stored event {req.in_reply_to}")
-    return json.loads(raw)
+    event: dict[str, Any] = json.loads(raw)
+    return event
 
 
-def check_reply_scope(caller: Caller, original: dict | None, out: Outgoing) -> None:
+def check_reply_scope(caller: Caller, original: dict[str, Any] | None, out: Outgoing) -> None:
     """A caller answers only mail sent to an address it may send as (403 forbidden_event); a
     caller with a `reach` (an agent acting on mail, no person deciding) sends only to those
     addresses and to the authenticated sender of the mail it answers (replies.reply_address:

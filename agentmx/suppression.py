@@ -14,11 +14,14 @@ address(), reason() and note() here, and show a suppression with view().
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from agentmx.send import SendError
 from agentmx.store.model import Suppression, SuppressionReason
 from agentmx.times import rfc3339
+
+if TYPE_CHECKING:                    # annotations only
+    from agentmx.store.base import Store
 
 MAX_NOTE = 500          # characters of a note given by hand: one line
 SHOWN = 3               # suppressed recipients a refusal names (the rest are counted)
@@ -33,7 +36,7 @@ def domain_of(sender: str) -> str:
     return sender.strip().strip("<>").rpartition("@")[2].lower()
 
 
-def check(store, sender: str, recipients: Iterable[str]) -> None:
+def check(store: Store, sender: str, recipients: Iterable[str]) -> None:
     """SendError 422 `suppressed` when any recipient is suppressed for the sender's domain."""
     domain = domain_of(sender)
     found = store.suppressed(domain, recipients)
@@ -45,7 +48,7 @@ def check(store, sender: str, recipients: Iterable[str]) -> None:
     raise SendError(422, "suppressed", said + more)
 
 
-def address(value) -> str:
+def address(value: object) -> str:
     """A recipient address as given by hand, lower case; ValueError otherwise."""
     v = value.strip().lower() if isinstance(value, str) else ""
     if len(v) > 254 or not v.isascii() or not _ADDRESS.match(v):
@@ -53,7 +56,7 @@ def address(value) -> str:
     return v
 
 
-def reason(value) -> SuppressionReason:
+def reason(value: object) -> SuppressionReason:
     """manual (the default), bounced or complained; ValueError otherwise."""
     if value is None:
         return SuppressionReason.MANUAL
@@ -63,7 +66,7 @@ def reason(value) -> SuppressionReason:
         raise ValueError("manual, bounced or complained") from None
 
 
-def note(value) -> str:
+def note(value: object) -> str:
     """A note given by hand: one line of at most MAX_NOTE characters; ValueError otherwise."""
     if value is None:
         return ""
@@ -72,7 +75,7 @@ def note(value) -> str:
     return value.strip()
 
 
-def view(s: Suppression) -> dict:
+def view(s: Suppression) -> dict[str, Any]:
     """A suppression as the API shows it (MailKite's `email`, our domain and reason)."""
     return {"email": s.address, "domain": s.domain, "reason": s.reason.value, "note": s.note or None,
             "createdAt": rfc3339(s.created), "eventId": s.event_id or None}

@@ -44,7 +44,7 @@ def label(tag: str) -> str:
             "The metadata above the fence is agentmx's own.")
 
 
-def metadata(obj, indent: int | None = None) -> str:
+def metadata(obj: object, indent: int | None = None) -> str:
     """JSON for a model to read as agentmx's own: non-ASCII stays readable, but no character a
     model could take for a line break is left raw (json.dumps escapes the C0 controls itself)."""
     return _UNESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False, indent=indent))

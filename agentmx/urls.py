@@ -55,7 +55,7 @@ def check(key: str, sha: str, exp: str | None, ctype: str, name: str, sig: str, 
     """'' when valid, else the reason (for the log; the client only ever sees 403)."""
     if not SHA256.match(sha or ""):
         return "not a sha256"
-    if not re.fullmatch(r"[0-9]{1,12}", exp or ""):        # not isdigit(): "²" is a digit to it
+    if exp is None or not re.fullmatch(r"[0-9]{1,12}", exp):   # not isdigit(): "²" is a digit to it
         return "bad exp"
     if not _SIG.match(sig or ""):
         return "bad signature"

@@ -44,6 +44,8 @@ def dmarc_comment(dm: DmarcResult) -> str:
     in rfc9989 mode also np and t when the record has them, and where the walk found the record
     and the Organizational Domain (record=, org=), each only when the whole still fits."""
     rec = dm.record
+    if rec is None:                 # no record, no policy to tell (render() calls this only with one)
+        return ""
     if dm.mode != DmarcMode.RFC9989.value:
         return f"p={rec.p} sp={rec.sp or rec.p} pct={rec.pct} dis={dm.disposition}"
     text = (f"p={rec.p} sp={rec.sp or rec.p}" + (f" np={rec.np}" if rec.np else "")
@@ -94,7 +96,7 @@ def render(authserv_id: str, res: AuthResults) -> str:
     return str(header).split(":", 1)[1].strip()
 
 
-def _override(dm) -> list[Prop]:
+def _override(dm: DmarcResult) -> list[Prop]:
     """authentication_milter's properties for an override (the event reads them back: authread)."""
     o = dm.override
     if o is None:

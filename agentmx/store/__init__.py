@@ -24,6 +24,8 @@ from agentmx.config import StoreBackend
 
 from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable  # noqa: F401
 
+__all__ = ["DuplicateEvent", "SchemaMismatch", "Store", "StoreError", "StoreUnavailable", "open_store"]
+
 
 def open_store(config, clock: Callable[[], float] = time.time, pool_size: int = 1) -> Store:
     """The store `config.store` names (the postgres backend imported only when configured).

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from agentmx.address import split
 
@@ -19,7 +19,7 @@ class _Named(enum.Enum):
     """An enum that prints as its value ("delivered"), in log lines and f-strings alike."""
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
 class DeliveryState(_Named):
@@ -250,16 +250,16 @@ class GcReport:
     events: int
     blobs: int
     bytes: int
-    other: dict                      # table -> rows removed (attempts, sends, transcripts, jobs, ...)
+    other: dict[str, int]            # table -> rows removed (attempts, sends, transcripts, jobs, ...)
 
 
 @dataclass(frozen=True)
 class Metrics:
     """What GET /metrics shows of the store, from counters kept as records are written."""
     received: int
-    by_state: dict                   # DeliveryState -> current count
+    by_state: dict[DeliveryState, int]   # DeliveryState -> current count
     attempts: int
-    verdicts: dict                   # (check, result) -> count, of events as stored
+    verdicts: dict[tuple[str, str], int]  # (check, result) -> count, of events as stored
     latency_buckets: tuple[tuple[float, int], ...]    # (le seconds, cumulative count) acceptance -> 2xx
     latency_sum: float
     latency_count: int
@@ -345,7 +345,7 @@ class StoredUses:
     count: int                       # uses under this key at this instant
 
 
-def record_key(record):
+def record_key(record: Any) -> Any:
     """The key a record is exported in order of (and imported once by)."""
     if isinstance(record, StoredEvent):
         return record.seq
@@ -362,7 +362,8 @@ def record_key(record):
     return record.id                 # SendRecord, StoredJob, Upload
 
 
-def stored_events(rows, attempt_rows, blob_rows) -> list[StoredEvent]:
+def stored_events(rows: Iterable[Sequence[Any]], attempt_rows: Iterable[Sequence[Any]],
+                  blob_rows: Iterable[tuple[str, str]]) -> list[StoredEvent]:
     """Both backends' export of events, from rows of (seq, id, body, recipient, address, sender,
     subject, thread_id, message_id, received, accepted, read, spf, dkim, dmarc, arc, and the
     delivery's event_id, route, recipient, state, attempts, status, reason, queue_id, created,
@@ -377,12 +378,12 @@ def stored_events(rows, attempt_rows, blob_rows) -> list[StoredEvent]:
     return [StoredEvent(seq=r[0], id=r[1], body=bytes(r[2]), recipient=r[3], address=r[4], sender=r[5], subject=r[6],
                         thread_id=r[7], message_id=r[8] or "", received=r[9], accepted=r[10], read=bool(r[11]),
                         verdicts=tuple(r[12:16]), blobs=tuple(sorted(blobs.get(r[1], ()))),
-                        delivery=Delivery(*r[16:19], DeliveryState(r[19]), *r[20:26]),
+                        delivery=Delivery(r[16], r[17], r[18], DeliveryState(r[19]), *r[20:26]),
                         attempts=tuple(attempts.get(r[1], ())), fingerprint=r[26])
             for r in rows]
 
 
-def export_after(kind: RecordKind, after) -> tuple:
+def export_after(kind: RecordKind, after: Any) -> tuple[Any, ...]:
     """The query arguments that select a kind's records after the key `after` (None: all):
     (key,) for one-column keys, (key, key, at) for uses: `key > ? OR (key = ? AND at > ?)`, and
     (sender, sender, scope) for blocks, (domain, domain, address) for suppressions alike."""
@@ -397,10 +398,11 @@ def export_after(kind: RecordKind, after) -> tuple:
     return (after or "",)
 
 
-def delivered_at(attempts) -> list[float]:
+def delivered_at(attempts: Iterable[Attempt]) -> list[float]:
     """When each attempt took the delivery into DELIVERED (from another state): the observations
     of the latency histogram, as record_attempt counts them, for an imported event."""
-    out, before = [], None
+    out: list[float] = []
+    before: DeliveryState | None = None
     for a in attempts:
         if a.outcome is DeliveryState.DELIVERED and before is not DeliveryState.DELIVERED:
             out.append(a.at)
