@@ -45,6 +45,7 @@ def read_queue(config_dir: str | Path | None = None, timeout: float = QUEUE_TIME
         return QueueRead(error=f"postqueue could not be started: {exc.strerror or exc}")
     out, err, truncated, timed_out = bytearray(), bytearray(), False, False
     deadline = time.monotonic() + timeout
+    assert proc.stdout is not None and proc.stderr is not None      # both PIPE above
     with proc, selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ, out)
         sel.register(proc.stderr, selectors.EVENT_READ, err)

@@ -555,8 +555,10 @@ class PostgresStore(Store):
                   limit: int = 50) -> list[JobRow]:
         if not routes:
             return []
-        where, args = ["d.route = ANY(%s)"], [[_text(r) for r in routes]]
-        for cond, value in (("j.state = %s", state.value if state else None), ("i.seq < %s", before_seq)):
+        where: list[str] = ["d.route = ANY(%s)"]
+        args: list[object] = [[_text(r) for r in routes]]
+        conds: tuple[tuple[str, object], ...] = (("j.state = %s", state.value if state else None), ("i.seq < %s", before_seq))
+        for cond, value in conds:
             if value is not None:
                 where.append(cond)
                 args.append(value)

@@ -44,7 +44,9 @@ def dmarc_group(result: str) -> str:
 def totals(act: Activity, first: int) -> dict:
     """Counts of the buckets from `first` on."""
     inbound = [r for r in act.inbound if r[0] >= first]
-    states, dmarc, sends = Counter(), Counter(), Counter()
+    states: Counter[str] = Counter()
+    dmarc: Counter[str] = Counter()
+    sends: Counter[str] = Counter()
     for _, state, result, n in inbound:
         states[state] += n
         dmarc[result] += n
@@ -54,9 +56,10 @@ def totals(act: Activity, first: int) -> dict:
     return {"received": sum(states.values()), "states": states, "dmarc": dmarc, "sends": sends}
 
 
-def series(act: Activity, first: int, bars: int, per: int) -> dict[str, list[Counter]]:
+def series(act: Activity, first: int, bars: int, per: int) -> dict[str, list[Counter[str]]]:
     """Per bar (of `per` hourly buckets from `first`): delivery groups and DMARC groups."""
-    out = {"deliveries": [Counter() for _ in range(bars)], "dmarc": [Counter() for _ in range(bars)]}
+    out: dict[str, list[Counter[str]]] = {"deliveries": [Counter() for _ in range(bars)],
+                                          "dmarc": [Counter() for _ in range(bars)]}
     for b, state, result, n in act.inbound:
         i = (b - first) // per
         if 0 <= i < bars:
@@ -65,14 +68,14 @@ def series(act: Activity, first: int, bars: int, per: int) -> dict[str, list[Cou
     return out
 
 
-def chart(counts: list[Counter], kinds: list[tuple[str, str, str]], starts: list[float]) -> dict:
+def chart(counts: list[Counter[str]], kinds: list[tuple[str, str, str]], starts: list[int]) -> dict:
     """Stacked bars as SVG rectangles: [{x, y, w, h, fill, label}], and the scale's top."""
     top = max([sum(c.values()) for c in counts] + [1])
     inner_h = HEIGHT - 2 * PAD
     slot = (WIDTH - 2 * PAD) / max(len(counts), 1)
     rects = []
     for i, c in enumerate(counts):
-        y = HEIGHT - PAD
+        y: float = HEIGHT - PAD
         for name, label, fill in kinds:
             n = c.get(name, 0)
             if not n:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.routing import Route
 
-from agentmx import suppression
+from agentmx.store.model import SuppressionReason
 
 from ..suppressions import SuppressionRoutes, key_domains
 from . import session
@@ -17,7 +17,7 @@ from .core import Console
 from .notice import back
 
 PAGE = 100
-REASONS = [r.value for r in suppression.SuppressionReason]
+REASONS = [r.value for r in SuppressionReason]
 
 
 def routes(console: Console) -> list[Route]:
