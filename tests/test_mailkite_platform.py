@@ -32,8 +32,8 @@ from agentmx.config import parse_config
 # Every public method of mailkite.MailKite and what it does against agentmx:
 #   ("works", where its test is)   ("local",): no network, works as is   ("501",): a JSON 501 with the reason
 #   ("raw",): the SDK's low-level transport, used by all the others
-OTHERS = {"sending": "tests/test_sdk_send.py", "reading": "tests/test_mailkite_reading.py",
-          "webhooks": "tests/test_webhook.py", "suppressions": "tests/test_suppressions.py"}
+OTHERS = {"sending": "tests/e2e/test_sdk_send.py", "reading": "tests/e2e/test_mailkite_reading.py",
+          "webhooks": "tests/test_webhook.py", "suppressions": "tests/e2e/test_suppressions.py"}
 HERE = "tests/test_mailkite_platform.py"
 TABLE: dict[str, tuple] = {
     "request": ("raw",), "requestBinary": ("raw",),

@@ -27,7 +27,7 @@ from support.backends import BACKENDS, store_config
 from support.model import ModelServer, tool_call
 from support.postfix import wait_for
 from support.world import build, delivered_at_rx, sent_to_at_rx
-from test_mailkite_platform import mcp_calls
+from support.mcpclient import mcp_calls
 
 from agentmx.store import open_store
 from agentmx.store.model import DeliveryState, JobState, Suppression, SuppressionReason

@@ -249,7 +249,7 @@ def test_mcp_reply_goes_to_the_sender_alone(w):
 
 def test_the_agent_guide_sign_up_example_runs(w, monkeypatch):
     """docs/agent-developer.md's pull example, run as written against this world."""
-    text = (Path(__file__).parents[1] / "docs" / "agent-developer.md").read_text()
+    text = (Path(__file__).parents[2] / "docs" / "agent-developer.md").read_text()
     block = text.split("The sign-up loop, in one call", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.setenv("AGENTMX_URL", w["api"])
     monkeypatch.setenv("AGENTMX_API_KEY", KEY)

@@ -45,7 +45,7 @@ AGENTMX = str(Path(sys.executable).with_name("agentmx"))
 # Postfix stopped under the senders (their copies under new queue ids are one event) and the
 # logs' secrets. The other faults are the endpoint's, the milter's, Postfix's, DNS's, the
 # program's: embedded only, to keep the suite's time (test_e2e_deliver runs an endpoint down and
-# a 500 on both backends). PostgreSQL and S3 themselves going down: tests/test_store_faults.py.
+# a 500 on both backends). PostgreSQL and S3 themselves going down: tests/e2e/test_store_faults.py.
 embedded_only = pytest.mark.parametrize("world", ["embedded"], indirect=True)
 POSTGRES_BATCH = min(BATCH, 40)
 
