@@ -23,7 +23,7 @@ from test_cli_deliver import write_config
 from agentmx.deliver.parse import MAX_BOUNDARY_LINES, MAX_DEPTH, MAX_PARTS, parse
 
 AGENTMX = str(Path(sys.executable).with_name("agentmx"))
-PEAK = Path(__file__).parent / "support" / "peak.py"
+PEAK = Path(__file__).parents[1] / "support" / "peak.py"
 SCHEMA = json.loads((ROOT / "docs" / "email.received.v1.schema.json").read_text())
 # Peak resident memory of one deliver process: the interpreter and imports (~30 MB) plus this
 # many times the message's size. Issue 7 tightens this for large attachments.
