@@ -4,7 +4,7 @@ JSON the SDK reads (MailKiteError with our status and message, never a JSONDecod
 and a table of EVERY public method of mailkite.MailKite: a method missing from it fails, every
 method the table calls 501 is called here and must answer 501 with a reason.
 
-serve runs in a thread of this process (tests/test_serve_limits.Served: the real app on Hypercorn,
+serve runs in a thread of this process (tests/api/test_serve_limits.Served: the real app on Hypercorn,
 a real socket, an embedded store); messages come in through deliver itself."""
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from agentmx.config import parse_config
 #   ("raw",): the SDK's low-level transport, used by all the others
 OTHERS = {"sending": "tests/e2e/test_sdk_send.py", "reading": "tests/e2e/test_mailkite_reading.py",
           "webhooks": "tests/test_webhook.py", "suppressions": "tests/e2e/test_suppressions.py"}
-HERE = "tests/test_mailkite_platform.py"
+HERE = "tests/api/test_mailkite_platform.py"
 TABLE: dict[str, tuple] = {
     "request": ("raw",), "requestBinary": ("raw",),
     # sending (the sending helper's tests)
@@ -122,7 +122,7 @@ def test_every_sdk_method_is_in_the_table():
 def test_every_method_that_works_is_called_through_the_sdk_by_the_test_named():
     """A "works" entry names the test file that calls the SDK method itself (mk.<method>): the
     claim is checked, not taken on trust."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     for name, entry in TABLE.items():
         if entry[0] == "works":
             text = (root / entry[1]).read_text()

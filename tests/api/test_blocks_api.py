@@ -24,7 +24,7 @@ import pytest
 from e2e_helpers import message, send
 from support.backends import BACKENDS, migrate, store_config
 from support.postfix import MilterProcess, PostfixInstance, agentmx_config
-from test_deliver import ENV, config as deliver_config, raw, receiver  # noqa: F401  (receiver: a fixture)
+from deliver.test_deliver import ENV, config as deliver_config, raw, receiver  # noqa: F401  (receiver: a fixture)
 
 from agentmx import blocklist
 from agentmx.api.server import start
