@@ -33,7 +33,7 @@ from agentmx.config import parse_config
 #   ("works", where its test is)   ("local",): no network, works as is   ("501",): a JSON 501 with the reason
 #   ("raw",): the SDK's low-level transport, used by all the others
 OTHERS = {"sending": "tests/e2e/test_sdk_send.py", "reading": "tests/e2e/test_mailkite_reading.py",
-          "webhooks": "tests/test_webhook.py", "suppressions": "tests/e2e/test_suppressions.py"}
+          "webhooks": "tests/core/test_webhook.py", "suppressions": "tests/e2e/test_suppressions.py"}
 HERE = "tests/api/test_mailkite_platform.py"
 TABLE: dict[str, tuple] = {
     "request": ("raw",), "requestBinary": ("raw",),

@@ -1,6 +1,6 @@
 """The one table of SMTP replies (agentmx/smtpreplies.py): every reply well-formed, the values put
 into them made safe, and no other module spelling a reply itself. The source is read with ast (no
-import runs), like tests/test_layers.py."""
+import runs), like tests/core/test_layers.py."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +14,7 @@ import pytest
 from agentmx import smtpreplies
 from agentmx.smtpreplies import MAX_LINE, Reply
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("agentmx", "milter", "deliver")
 
 # A reply code starting a string ("451", "250 OK", "250-XFORWARD "), or an enhanced status code

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"agentmx": "agentmx", "milter": "agentmx.milter", "deliver": "agentmx.deliver"}
 
 # Higher numbers may import lower ones; one unit never imports another of its own layer, except

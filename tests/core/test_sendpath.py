@@ -19,7 +19,7 @@ from agentmx.api import batch, mcp, scheduling, sending
 from agentmx.config import AgentConfig
 from agentmx.store.model import DeliveryState, SendEventType, SendState, Suppression, SuppressionReason
 from agentmx.times import rfc3339
-from test_scheduling import unit_context
+from api.test_scheduling import unit_context
 
 pytestmark = pytest.mark.unit
 
