@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from conftest import CORPUS, report
 
-sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
+sys.path.insert(0, str(Path(__file__).parent))
 import targets  # noqa: E402
 
-FUZZ = Path(__file__).parent / "fuzz"
+FUZZ = Path(__file__).parent
 RUNS = {"event": 1000, "authres": 15000, "config": 15000, "send": 6000, "dsn": 4000}
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -75,7 +75,7 @@ def _seeds(target: str, tmp: Path) -> Path:
                                     "header.s=s1; dmarc=pass (p=reject dis=none) header.from=b.test; arc=none")
         (seeds / "theirs").write_text("evil.test; dkim=pass header.d=bank.test")
     elif target == "config":
-        shutil.copy(Path(__file__).parents[1] / "config" / "agentmx.toml", seeds / "example.toml")
+        shutil.copy(Path(__file__).parents[2] / "config" / "agentmx.toml", seeds / "example.toml")
     elif target == "dsn":
         reports = sorted(p for p in (CORPUS / "flufl-bounce").rglob("*.txt")) + \
             sorted((CORPUS / "sisimai-set-of-emails").rglob("*.eml"))
