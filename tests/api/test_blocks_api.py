@@ -181,6 +181,7 @@ def http(mx, method: str, path: str, body=None, key: str = KEY):
         return e.code, json.loads(e.read())
 
 
+@pytest.mark.e2e
 def test_config_blocks_are_refused_at_rcpt_and_never_delivered(mx):
     for sender in ("spammer@bad-sender.test", "Anyone@Junk-Domain.test"):
         refused, marker = smtp(mx, sender, ["agent@blocks.test", "agent+tag@blocks.test", "other@blocks.test"])
@@ -194,6 +195,7 @@ def test_config_blocks_are_refused_at_rcpt_and_never_delivered(mx):
     assert "sender spammer@bad-sender.test is blocked for agent@blocks.test" in mx["milter"].log()
 
 
+@pytest.mark.e2e
 def test_an_api_block_is_refused_at_rcpt_at_once_and_lifted_again(mx):
     sender = f"pest{time.time_ns()}@annoying.test"
     status, got = http(mx, "POST", "/v1/blocks", {"sender": sender.upper()})      # the key's own route
@@ -213,6 +215,7 @@ def test_an_api_block_is_refused_at_rcpt_at_once_and_lifted_again(mx):
     assert http(mx, "DELETE", f"/v1/blocks/{urllib.parse.quote(sender)}")[1]["removed"] is False
 
 
+@pytest.mark.e2e
 def test_an_api_domain_block_covers_every_sender_of_it_for_that_route_only(mx):
     domain = f"d{time.time_ns()}.test"
     assert http(mx, "POST", "/v1/blocks", {"sender": f"@{domain}", "scope": "@blocks.test"}, key=ADMIN)[0] == 200
@@ -224,6 +227,7 @@ def test_an_api_domain_block_covers_every_sender_of_it_for_that_route_only(mx):
     assert refused == {} and delivered(mx, marker)
 
 
+@pytest.mark.e2e
 def test_a_key_sees_and_changes_only_its_own_routes_blocks(mx):
     sender = f"x{time.time_ns()}@annoying.test"
     assert http(mx, "POST", "/v1/blocks", {"sender": sender}, key=KEY)[0] == 200
@@ -246,11 +250,13 @@ def test_a_key_sees_and_changes_only_its_own_routes_blocks(mx):
 @pytest.mark.parametrize("body,code", [({"sender": "nobody"}, "bad_sender"), ({"sender": "@x"}, "bad_sender"),
                                        ({"sender": "a@b.test", "why": "x"}, "bad_field"),
                                        ({"sender": ["a@b.test"]}, "bad_sender"), ([], "bad_json")])
+@pytest.mark.e2e
 def test_bad_input_is_a_clear_400(mx, body, code):
     status, got = http(mx, "POST", "/v1/blocks", body)
     assert (status, got["code"]) == (400, code)
 
 
+@pytest.mark.e2e
 def test_listing_pages_with_a_cursor(mx):
     base = f"p{time.time_ns()}"
     for n in range(4):
@@ -275,6 +281,7 @@ def cli(mx, *args) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+@pytest.mark.e2e
 def test_the_operators_cli_blocks_and_lifts_at_once(mx):
     sender = f"cli{time.time_ns()}@annoying.test"
     out = cli(mx, "add", sender, "--scope", "agent@blocks.test")

@@ -9,7 +9,6 @@ import pytest
 from agentmx import blocklist
 from agentmx.config import Route
 
-pytestmark = pytest.mark.unit
 
 SECRET = "whsec_" + "A" * 24
 # vip@ has a route of its own (another agent); every other address of agents.test is the domain's.
@@ -18,6 +17,7 @@ ROUTES = (Route("vip@agents.test", "http://127.0.0.1:1/vip", SECRET),
           Route("@agents.test", "http://127.0.0.1:1/all", SECRET))
 
 
+@pytest.mark.unit
 def test_written_atomically_once_and_read_again_when_it_changes(tmp_path):
     path = blocklist.path_in(tmp_path)
     assert blocklist.write(path, [("a@x.test", "agent@agents.test")]) is True
@@ -31,6 +31,7 @@ def test_written_atomically_once_and_read_again_when_it_changes(tmp_path):
     assert snap.blocked("b@y.test", "agent@agents.test") == "agent@agents.test"
 
 
+@pytest.mark.unit
 def test_a_domain_block_covers_only_the_addresses_its_route_takes(tmp_path):
     """The @domain route's agent blocks a sender: mail from it to addresses with routes of their own
     (other agents) still passes; they never reached the blocking agent (found by review)."""
@@ -44,6 +45,7 @@ def test_a_domain_block_covers_only_the_addresses_its_route_takes(tmp_path):
     assert snap.blocked("a@x.test", "someone@elsewhere.test") is None                   # no route: nothing to block
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("content", [b"", b"not json", b'{"version": 1}', b'{"blocks": [[1, 2, 3]]}', b"[]",
                                      b'{"blocks": "a@x.test"}', b"\xff\xfe"])
 def test_a_bad_file_blocks_nothing(tmp_path, content, caplog):
@@ -55,6 +57,7 @@ def test_a_bad_file_blocks_nothing(tmp_path, content, caplog):
     assert len([r for r in caplog.records if "no sender blocked" in r.getMessage()]) == 1      # once per change
 
 
+@pytest.mark.unit
 def test_a_missing_unreadable_or_oversized_file_blocks_nothing(tmp_path, monkeypatch):
     path = blocklist.path_in(tmp_path)
     snap = blocklist.Snapshot(path, ROUTES)

@@ -99,6 +99,7 @@ def test_lmtp_never_answers_5xx_for_an_error_of_ours(tmp_path, receiver):
         srv.stop()
 
 
+@pytest.mark.e2e
 def test_lmtp_behind_postfix(tmp_path, dns_server):
     dns_server.set_zone({})
     receiver = Receiver()

@@ -143,6 +143,7 @@ def test_worker_reloads_a_changed_config(tmp_path, receiver):
         w.kill()
 
 
+@pytest.mark.e2e
 def test_worker_behind_postfix(tmp_path, dns_server):
     """The transport line we ship for the worker, on a private Postfix, the pipe run as nobody."""
     dns_server.set_zone({})

@@ -143,6 +143,7 @@ def _verifying_pids(m: MilterProcess) -> set[int]:
     return {int(p) for p in re.findall(r"agentmx\.milter\[(\d+)\]: INFO \w+: spf=pass", m.log())}
 
 
+@pytest.mark.e2e
 def test_mail_is_verified_by_both_processes_and_metrics_sums_their_counters(stack, rsa, milter):
     from agentmx.config import load_config
     from agentmx.ops import metrics
@@ -167,6 +168,7 @@ def test_mail_is_verified_by_both_processes_and_metrics_sums_their_counters(stac
     assert f'agentmx_milter_messages_total{{action="accept"}} {sum(per_process)}' in text
 
 
+@pytest.mark.e2e
 def test_a_killed_process_is_replaced_and_mail_goes_on(stack, rsa, milter):
     pf, config, sock = stack
     victim, other = milter.children()
@@ -178,6 +180,7 @@ def test_a_killed_process_is_replaced_and_mail_goes_on(stack, rsa, milter):
     _mail(pf, rsa, 6)
 
 
+@pytest.mark.e2e
 def test_a_process_stopped_alone_leaves_the_socket_to_the_others(stack, rsa, milter):
     """One process stopped with SIGTERM is replaced, and the socket stays. (As root libmilter never
     unlinks its socket: the defect this guards against shows as the service's non-root user, in
@@ -192,6 +195,7 @@ def test_a_process_stopped_alone_leaves_the_socket_to_the_others(stack, rsa, mil
     _mail(pf, rsa, 6, 2)
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_the_supervisor_and_every_process_promptly(stack, rsa, milter):
     """A process idle in accept() on the shared socket must still hear SIGTERM: without the
     non-blocking listening socket it slept in accept() until the next connection, and was killed."""

@@ -68,6 +68,7 @@ def test_rspamd_hanging_is_unknown_after_the_timeout():
         srv.close()
 
 
+@pytest.mark.e2e
 def test_milter_writes_the_verdict_and_deliver_reads_it(rspamd, dns_server):
     dns_server.set_zone({"sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
                          "mail.sender.test": {"A": ["127.0.0.1"]}})
@@ -117,6 +118,7 @@ def test_smtputf8_envelopes_are_asked_about_not_crashed_on(rspamd):
     assert check(rspamd.url, message("Lunch?"), odd, 10).verdict in ("ham", "spam")   # asked, not raised
 
 
+@pytest.mark.e2e
 def test_an_smtputf8_sender_through_postfix_gets_a_verdict(rspamd, dns_server):
     """The envelope as Postfix (smtputf8_enable = yes) hands it to the milter."""
     dns_server.set_zone({"sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
