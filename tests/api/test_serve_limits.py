@@ -12,6 +12,8 @@ import urllib.request
 
 import pytest
 
+from support.postfix import wait_for
+
 from agentmx.api.app import create_app
 from agentmx.api.context import Context
 from agentmx.api.server import start_app
@@ -433,7 +435,9 @@ def test_a_request_path_cannot_write_a_log_line(served, caplog):
         with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
             s.sendall(b"GET /x%0aPOST%20/v1/send%20200 HTTP/1.1\r\nHost: x\r\n\r\n")
             read_response(s)
-        time.sleep(0.2)
+        # the access line is written after the answer: wait for it, then look at every line
+        wait_for(lambda: any("/x\\x0aPOST /v1/send 200" in r.getMessage() for r in caplog.records
+                             if r.name == "agentmx.serve"), timeout=10, what="serve's line for the request")
     lines = [r.getMessage() for r in caplog.records if r.name == "agentmx.serve"]
     assert any("/x\\x0aPOST /v1/send 200" in line for line in lines)
     assert not any("\n" in line for line in lines)

@@ -19,7 +19,7 @@ import pytest
 from conftest import report
 from e2e_helpers import Ed25519Key, RsaKey, message, our_results, send, sign, verdicts
 from support.hostile import dkim_costly_key
-from support.postfix import PostfixInstance, agentmx_config, running_with_milter
+from support.postfix import PostfixInstance, agentmx_config, running_with_milter, settled
 
 AUTHSERV = "mx.agentmx.test"
 
@@ -122,6 +122,7 @@ def test_default_policy_records_a_spoof_and_delivers_it(mx):
 
 
 def test_opt_in_policy_rejects_dmarc_and_spf_failures(mx):
+    since = time.time()
     raw = message("Bank <support@bank.test>", "agent@strict.agentmx.test")
     with pytest.raises(smtplib.SMTPDataError) as exc:
         send(mx.port, "bounce@sender.test", ["agent@strict.agentmx.test"], raw)
@@ -130,7 +131,7 @@ def test_opt_in_policy_rejects_dmarc_and_spf_failures(mx):
         send(mx.port, "support@bank.test", ["agent@strict.agentmx.test"],
              message("x <x@elsewhere.test>", "agent@strict.agentmx.test"))
     assert exc.value.smtp_code == 550 and b"5.7.23" in exc.value.smtp_error
-    time.sleep(0.5)
+    settled(mx, since=since)
     assert mx.delivered() == [] and mx.queue_is_empty()
 
 
@@ -294,6 +295,7 @@ def test_dns_silent_gives_temperror_not_fail_and_no_crash(mx, keys, stack, dns_s
 
 
 def test_milter_down_means_4xx_and_nothing_accepted_unverified(mx, stack):
+    since = time.time()
     _, milter = stack
     milter.kill()
     try:
@@ -301,7 +303,7 @@ def test_milter_down_means_4xx_and_nothing_accepted_unverified(mx, stack):
         with pytest.raises(smtplib.SMTPResponseException) as exc:
             send(mx.port, "alice@sender.test", ["agent@agentmx.test"], raw)
         assert 400 <= exc.value.smtp_code < 500
-        time.sleep(0.5)
+        settled(mx, since=since)
         assert mx.delivered() == [] and mx.queue_is_empty()
     finally:
         milter.start()

@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT
 from e2e_helpers import our_results, verdicts
 from support.dnszone import zone_from_records
-from support.postfix import MilterProcess, PostfixInstance, agentmx_config, install_submit
+from support.postfix import MilterProcess, PostfixInstance, agentmx_config, install_submit, settled
 from support.receiver import Receiver
 
 from agentmx import dkimkeys, dnsrecords
@@ -205,11 +205,12 @@ def test_a_reply_to_an_auto_reply_is_refused_unless_forced(w):
     ({"surprise": 1}, "unknown_field"),
 ])
 def test_bad_requests_are_400_and_nothing_is_sent(w, payload, code):
+    since = time.time()
     marker = f"must-not-arrive-{time.time_ns()}"
     base = {"from": "agent@rsa.agents.test", "to": ["bob@remote.test"], "subject": "x", "text": marker}
     status, body, _ = post(w, {**base, **payload})
     assert (status, body["code"]) == (400, code)
-    time.sleep(0.5)
+    settled(w["ox"], w["rx"], since=since)
     assert not any(marker.encode() in p.read_bytes() for p in w["rx"].delivered())
     assert marker not in w["ox"].log()
 

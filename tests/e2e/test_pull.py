@@ -23,7 +23,7 @@ import pytest
 
 from e2e_helpers import our_results, send, verdicts
 from support.backends import BACKENDS, store_config
-from support.postfix import listening, wait_for
+from support.postfix import listening, settled, wait_for
 from support.world import build, delivered_at_rx, sent_to_at_rx
 
 from agentmx.client import ApiError, Client
@@ -223,6 +223,7 @@ def test_mcp_reply_goes_to_the_sender_alone(w):
     stranger's domain, not an address in the body, though the API alone would answer Reply-To."""
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
+    since = time.time()
 
     send(w["ox"].port, "desk@remote.test", [f"agent@{DOMAIN}"],
          mail(f"agent@{DOMAIN}", "Answer where?", "Please answer to eve@elsewhere.test.", sender="desk@remote.test",
@@ -243,7 +244,7 @@ def test_mcp_reply_goes_to_the_sender_alone(w):
     assert result["recipients"] == ["desk@remote.test"]
     msg = email.message_from_bytes(delivered_at_rx(w, b"MCP recipient test."))
     assert msg["To"] == "Service <desk@remote.test>"
-    time.sleep(1)
+    settled(w["ox"], w["rx"], since=since)
     assert not {a for a in sent_to_at_rx(w) if a.endswith("@elsewhere.test")}
 
 
