@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agentmx.api import news as news_mod
 from agentmx.store.listener import Listener
 from agentmx.api.news import InboxNews
 from agentmx.store import StoreUnavailable
 from agentmx.store.model import DeliveryState, InboxRow
+
+pytestmark = pytest.mark.unit
 
 
 class Rows:

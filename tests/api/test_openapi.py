@@ -4,11 +4,15 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from openapi_spec_validator import validate
 
 from conftest import ROOT
 
 from agentmx import send
+
+pytestmark = pytest.mark.unit
 
 DOC = json.loads((ROOT / "docs" / "openapi.json").read_text())
 

@@ -9,6 +9,8 @@ import pytest
 
 from agentmx import fromheader as fh
 
+pytestmark = pytest.mark.unit
+
 
 def domains_of(raw: bytes) -> tuple[int, tuple[str, ...], str]:
     who = fh.authors(fh.from_values(raw))

@@ -13,6 +13,8 @@ import pytest
 from agentmx import replies, send
 from agentmx.config import Config
 
+pytestmark = pytest.mark.unit
+
 CONFIG = Config(path=Path("agentmx.toml"), authserv_id="mx.agents.test")
 BREAKS = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00"
 

@@ -7,6 +7,8 @@ import pytest
 from agentmx.deliver import extract
 from agentmx.deliver.parse import parse
 
+pytestmark = pytest.mark.unit
+
 REPLIES = {
     "gmail": ("Sounds good, see you Thursday.\n\nOn Mon, Nov 23, 2026 at 10:02 AM Alice Example "
               "<alice@example.org> wrote:\n> Shall we meet on Thursday?\n> \n> Alice\n"),

@@ -9,6 +9,8 @@ import pytest
 
 from agentmx.deliver.parse import parse
 
+pytestmark = pytest.mark.unit
+
 
 def msg(headers: str, body: bytes = b"", ctype: str | None = "text/plain; charset=utf-8", cte: str | None = None) -> bytes:
     head = "From: a@example.org\r\nTo: agent@example.com\r\nMIME-Version: 1.0\r\n" + headers

@@ -11,6 +11,8 @@ from agentmx.authservid import claims_id as claims_our_id
 from agentmx.milter.arheader import COMMENT_MAX, dmarc_comment, fold, render
 from agentmx.milter.results import ArcResult, AuthResults, DkimResult, DmarcRecord, DmarcResult, SpfResult
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("value,expected", [
     ("mx.example.com; spf=pass", "mx.example.com"),

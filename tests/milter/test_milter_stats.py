@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from agentmx.milter.stats import LATENCY_BUCKETS_MS, MilterStats, read
+
+pytestmark = pytest.mark.unit
 
 
 def test_counts_and_interval(tmp_path):

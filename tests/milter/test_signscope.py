@@ -9,6 +9,8 @@ import pytest
 from agentmx.config import ConfigError, SubmitVia, parse_config
 from agentmx.milter.signscope import Client, Submitter, decide, single_from, submitter
 
+pytestmark = pytest.mark.unit
+
 P = Path("/etc/agentmx/agentmx.toml")
 MIN = '[server]\nauthserv_id = "mx.example.com"\nurl_secret = "0123456789abcdef"\n'
 CONFIG = parse_config(MIN + """
