@@ -175,7 +175,8 @@ def test_a_scheduled_at_without_a_zone_or_not_a_time_is_refused(value):
     ({"cc": (Mailbox("bób@remote.test"),)}, "bad_address"),
 ])
 def test_check_request_holds_a_request_made_in_code_to_the_same_rules(change, code):
-    req = dataclasses.replace(SendRequest(sender=Mailbox(AGENT), to=(Mailbox("bob@remote.test"),), text="Hi."), **change)
+    req = SendRequest(sender=Mailbox(AGENT), to=(Mailbox("bob@remote.test"),), text="Hi.")
+    req = dataclasses.replace(req, **change)
     with pytest.raises(SendError) as info:
         send.check_request(req)
     assert (info.value.status, info.value.code) == (400, code)
