@@ -1,7 +1,7 @@
 """Every SMTP reply agentmx gives, in one table: the reply code, the enhanced status code (RFC
 3463; none on the replies aiosmtpd words without one) and the text, with {placeholders}. The milter
 and the LMTP server take their answers from here and spell none themselves
-(tests/test_smtpreplies.py checks the source tree for a reply written anywhere else).
+(tests/core/test_smtpreplies.py checks the source tree for a reply written anywhere else).
 
     reply.args(**values) -> (code, xcode, text)    for the milter's setreply()
     reply.line(**values) -> "451 4.3.0 text"       for an SMTP/LMTP answer (aiosmtpd's push);

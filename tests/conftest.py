@@ -14,6 +14,7 @@ CORPUS = SHARED / "corpus"
 
 sys.path.insert(0, str(TESTS))          # tests/support as the package `support`
 
+from support import unitguard  # noqa: E402
 from support.dnszone import DnsServer  # noqa: E402
 from support.pg import pg_server  # noqa: E402,F401  (session fixtures: a private PostgreSQL, SeaweedFS S3,
 from support.s3 import s3_server  # noqa: E402,F401   and postgres-backend stores on them)
@@ -35,6 +36,32 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("agentmx measurements")
         for line in _REPORT:
             terminalreporter.write_line(f"REPORT {line}")
+
+
+_BOUNDARY = pytest.StashKey[unitguard.Boundary]()
+
+
+@pytest.hookimpl(tryfirst=True)        # before -m selects: the marks must be final by then
+def pytest_collection_modifyitems(config, items):
+    """tests/e2e/ is `e2e`; `unit` is checked (tests/support/unitguard.py)."""
+    unitguard.mark_items(items, TESTS / "e2e")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """A test is held to its marks from before its first fixture is set up (unitguard.Boundary)."""
+    if item.get_closest_marker("e2e") is None:
+        unit = item.get_closest_marker("unit") is not None
+        item.stash[_BOUNDARY] = unitguard.Boundary(unit).__enter__()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    boundary = item.stash.get(_BOUNDARY, None)
+    if boundary is not None:
+        boundary.__exit__(None, None, None)
+    yield
 
 
 def pytest_report_header(config):

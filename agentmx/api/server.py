@@ -70,7 +70,7 @@ def http1_only() -> None:
     also a way past a front proxy's rules. serve sits behind the operator's TLS proxy, which
     speaks HTTP/1.1 to it, so the check that would switch protocols is turned off: a preface is
     then an unknown request (404) followed by garbage (400, closed), an h2c upgrade is ignored.
-    Hypercorn has no setting for this; tests/test_serve_limits.py holds it to the behaviour."""
+    Hypercorn has no setting for this; tests/api/test_serve_limits.py holds it to the behaviour."""
 
     async def stay_on_http1(self, event) -> None:
         return None

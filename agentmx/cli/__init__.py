@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info")
     sub = p.add_subparsers(dest="command", required=True)
     adders = {name: add for group in GROUPS for name, add in group.COMMANDS.items()}
-    for name in ORDER:         # every group's commands are in ORDER (tests/test_cli_groups.py)
+    for name in ORDER:         # every group's commands are in ORDER (tests/core/test_cli_groups.py)
         adders[name](sub)
     return p
 

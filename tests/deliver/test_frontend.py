@@ -8,7 +8,7 @@ worker.handle over a socket pair, lmtp.Handler.deliver_one), against a real endp
   a configuration that does not load  -> 75 (pipe: per message); residents do not start
   a configuration edit that breaks    -> residents keep the last good one
 
-The end-to-end behaviour (processes, Postfix) is in tests/test_cli_deliver.py, test_worker.py and
+The end-to-end behaviour (processes, Postfix) is in tests/deliver/test_cli_deliver.py, test_worker.py and
 test_lmtp.py."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """deliver/reports.py: a report to a send's own envelope sender becomes send events and
 suppressions in a real embedded store; a forged one, one about no send, or one naming strangers
-becomes nothing. (Through two Postfix instances: tests/test_bounces_e2e.py.)"""
+becomes nothing. (Through two Postfix instances: tests/e2e/test_bounces_e2e.py.)"""
 from __future__ import annotations
 
 import json

@@ -6,7 +6,7 @@
 Bytes become the target's input: `event` and `dsn` take them as the raw message; `authres` and `config`
 as UTF-8 text (surrogateescape); `send` as JSON when they parse, else as the `from` field of an
 otherwise valid request. A crash is printed with the input's path (crash-<sha1>): turn it into a
-regression test in tests/test_fuzz.py (REGRESSIONS) with that input.
+regression test in tests/fuzz/test_fuzz.py (REGRESSIONS) with that input.
 """
 import json
 import sys

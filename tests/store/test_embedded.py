@@ -63,7 +63,6 @@ def test_files_are_not_readable_by_others_whatever_the_umask(tmp_path):
     store.close()
 
 
-@pytest.mark.unit
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the case is a root process led by a planted link")
 def test_a_link_planted_in_the_data_directory_is_never_followed_by_root(tmp_path):
     """The data directory is user agentmx's: a link it plants (`agentmx.sqlite-wal -> /etc/passwd`,
@@ -348,7 +347,6 @@ def _as_nobody(data, code: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, cwd="/")
 
 
-@pytest.mark.unit
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the store's files are made as another user")
 def test_a_side_file_left_read_only_gets_its_owner_write_bit_back():
     """SQLite makes a new -shm with the database file's mode of that moment: one made while the

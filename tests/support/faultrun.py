@@ -1,4 +1,4 @@
-"""One fault run, shared by tests/test_faults.py and tests/test_store_faults.py: a batch of signed
+"""One fault run, shared by tests/e2e/test_faults.py and tests/e2e/test_store_faults.py: a batch of signed
 messages offered over SMTP (as an MTA's sending side does: a 4xx or a refused connection is
 retried shortly), one fault applied while they flow, then Postfix's queue flushed until every
 accepted message reached the endpoint. The world `w` has: pf (PostfixInstance), receiver

@@ -1,4 +1,4 @@
-"""Hostile messages, built on demand (never stored): what tests/test_hostile.py checks and
+"""Hostile messages, built on demand (never stored): what tests/deliver/test_hostile.py checks and
 bench/hostile-input measures. Each builder returns the raw bytes of one message."""
 from __future__ import annotations
 

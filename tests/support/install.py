@@ -2,7 +2,7 @@
 then the milter and serve started exactly as their systemd units say (tests/support/units.py: the
 unit's user, groups, UMask, ExecStartPre, ExecStart, through setpriv). Outside it: a remote MX (rx,
 for remote.test, with its own milter), the agent's endpoint (a Receiver), and DNS on the loopback
-server. Used by tests/test_install.py and the console's browser tests (tests/console/).
+server. Used by tests/e2e/test_install.py and the console's browser tests (tests/console/).
 
     with installed(dns_server, extra_config=...) as inst:
         event = inbound(inst, "Subject")            # DKIM-signed by remote.test, over SMTP; its event

@@ -7,6 +7,7 @@ that writes each delivered copy into <base>/out (or to whatever transport a test
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -51,6 +52,18 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def settled(*instances: "PostfixInstance", since: float, timeout: float = 30.0) -> None:
+    """Wait until none of the instances holds a message that arrived at or after `since` (a
+    time.time() taken before the test made its mail): whatever they took since then has been
+    delivered, refused or bounced. The event a negative assertion (no other copy, nothing for that
+    address) waits for, instead of a fixed sleep. Older mail left deferred by another test does not
+    count."""
+    def done() -> bool:
+        return all(not any(m.get("arrival_time", 0) >= int(since) for m in pf.queued()) for pf in instances)
+    wait_for(done, timeout=timeout, what="the mail taken since the test began to leave the queues of "
+             + ", ".join(pf.name for pf in instances))
 
 
 def _run(*cmd, check=True) -> subprocess.CompletedProcess:
@@ -150,6 +163,11 @@ class PostfixInstance:
 
     def queue_is_empty(self) -> bool:
         return "Mail queue is empty" in self.queue()
+
+    def queued(self) -> list[dict]:
+        """The messages in the queue (postqueue -j: queue_name, queue_id, arrival_time, recipients...)."""
+        out = _run("postqueue", "-c", str(self.etc), "-j", check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     def flush(self) -> None:
         _run("postqueue", "-c", str(self.etc), "-f", check=False)
