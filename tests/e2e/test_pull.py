@@ -23,7 +23,7 @@ import pytest
 
 from e2e_helpers import our_results, send, verdicts
 from support.backends import BACKENDS, store_config
-from support.postfix import listening, settled, wait_for
+from support.postfix import settled, wait_for
 from support.world import build, delivered_at_rx, sent_to_at_rx
 
 from agentmx.client import ApiError, Client
