@@ -318,6 +318,7 @@ class Config:
     metrics_token: str = field(default="", repr=False)  # Bearer token for GET /metrics ("" : /metrics is off)
     admin_key: str = field(default="", repr=False)     # signs in to the web console with every key's view ("" : none)
     postfix_config: Path | None = None              # Postfix's config dir for postqueue -c (None: Postfix's default)
+    proxy_hops: int = 0                             # reverse proxies in front of serve whose X-Forwarded-* it believes
     service: Service = Service.ALL                  # who loaded it: which secrets and keys were read
     url_secret: str = field(default="", repr=False)  # HMAC key of signed attachment URLs
     url_ttl: int = 7 * 24 * 3600                    # seconds an attachment URL stays valid
@@ -469,6 +470,7 @@ def _server(sec: _Section) -> Config:
         metrics_token=_secret(sec, "metrics_token", min_len=16) or "",
         admin_key=_secret(sec, "admin_key", min_len=24) or "",
         postfix_config=sec.get("postfix_config", None, _path, "a path (Postfix's config directory)"),
+        proxy_hops=sec.get("proxy_hops", Config.proxy_hops, _non_negative_int, "a whole number >= 0"),
         status_first_retry=sec.get("status_first_retry", Config.status_first_retry, _positive_number,
                                    "a number of seconds > 0"),
         status_retry_hours=sec.get("status_retry_hours", Config.status_retry_hours, _positive_number,

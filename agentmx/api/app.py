@@ -27,6 +27,7 @@ import time
 from contextlib import asynccontextmanager
 from functools import partial
 
+from hypercorn.middleware import ProxyFixMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -154,7 +155,13 @@ def create_app(ctx: Context):
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         ApiError: _error, HTTPException: _http_error, StoreError: _store_error, Exception: _internal})
     limits = ctx.config.limits
-    return Guard(app, Limits(max_body=ctx.config.send.max_request_bytes,
-                             max_upload_body=body_limit(ctx.config.send.max_upload_bytes),
-                             request_timeout=limits.request_timeout,
-                             write_timeout=limits.write_timeout, max_requests=limits.max_requests))
+    guarded = Guard(app, Limits(max_body=ctx.config.send.max_request_bytes,
+                                max_upload_body=body_limit(ctx.config.send.max_upload_bytes),
+                                request_timeout=limits.request_timeout,
+                                write_timeout=limits.write_timeout, max_requests=limits.max_requests))
+    if ctx.config.proxy_hops:
+        # Behind [server] proxy_hops reverse proxies: the client's address, scheme and host are the
+        # ones the outermost trusted proxy saw (X-Forwarded-For/-Proto/-Host, counted from the
+        # right), so that the console's sign-in limit is per person and its cookie Secure behind TLS.
+        return ProxyFixMiddleware(guarded, mode="legacy", trusted_hops=ctx.config.proxy_hops)
+    return guarded

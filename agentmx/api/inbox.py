@@ -382,25 +382,32 @@ class InboxRoutes:
             return await self.stream_for(key, last)
         return JSONResponse(await self.events_for(key, request.query_params))
 
-    async def stream_for(self, key: ApiKey, last: str | None):
+    async def stream_for(self, key: ApiKey, last: str | None, slot: str | None = None):
         """Server-sent events: every new message for the key, as `email.received`, and every new
         send event of its addresses, under its type, with the stream's position after it as the
-        event id (a client resumes with Last-Event-ID, `last`); a comment line as keep-alive."""
+        event id (a client resumes with Last-Event-ID, `last`); a comment line as keep-alive.
+        `slot`: whose stream slots it counts against (default the key's; the console's own
+        "console:<key>", so that a person's open tabs never take the agent's)."""
+        slot = slot or key.name
         try:
             after, after_send = position(last)
         except ApiError:                      # not ours: from now on, as without one
             after, after_send = None, None
-        if after is None:                     # before the answer starts: a store down is still a 503
-            after = await self.ctx.run(self.ctx.store.last_seq)
-            after_send = await self.ctx.run(last_send_seq, self.ctx.store, key.allow)
-        self.ctx.streams.acquire(key.name)
+        self.ctx.streams.acquire(slot)        # first: a client over its cap costs no query
         released = False
+        if after is None:                     # before the answer starts: a store down is still a 503
+            try:
+                after = await self.ctx.run(self.ctx.store.last_seq)
+                after_send = await self.ctx.run(last_send_seq, self.ctx.store, key.allow)
+            except BaseException:
+                self.ctx.streams.release(slot)
+                raise
 
         def release():
             nonlocal released
             if not released:
                 released = True
-                self.ctx.streams.release(key.name)
+                self.ctx.streams.release(slot)
 
         async def stream() -> AsyncIterator[bytes]:
             seq, send_seq = after, after_send

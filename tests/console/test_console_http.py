@@ -4,6 +4,7 @@ test_console_browser.py drives the same pages in Chromium)."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import requests
@@ -128,6 +129,9 @@ def test_a_bad_key_a_forged_or_foreign_cookie_and_a_form_without_csrf(served):
     r = s.post(f"{base}/console/signout", data={"csrf": csrf_of(s.get(f"{base}/console/inbox").text)},
                headers={"origin": "https://evil.example"}, timeout=5, allow_redirects=False)
     assert r.status_code == 403                          # another site's Origin
+    r = s.post(f"{base}/console/signout", data={"csrf": "nope"}, headers={"origin": "null"}, timeout=5,
+               allow_redirects=False)
+    assert r.status_code == 403                          # Origin null (a sandboxed frame's): the token decides
     # the sign-in form without its pre-session token: login CSRF refused
     r = requests.post(f"{base}/console/signin", data={"key": KEY_A}, timeout=5, allow_redirects=False)
     assert r.status_code == 403 and "agentmx_console=" not in r.headers.get("set-cookie", "")
@@ -178,8 +182,17 @@ def test_a_message_is_escaped_and_its_html_served_only_sandboxed(served):
     csp = frame.headers["content-security-policy"]
     assert csp.startswith("sandbox;") and "default-src 'none'" in csp and "img-src data:;" in csp
     assert "script-src" not in csp                       # default-src 'none': no script at all
-    remote = s.get(f"{base}/console/messages/{event_id}/html?remote=1", timeout=5)
+    # remote images: only with the token the page's own button carries (this session, this message);
+    # remote=1, which a link in the message could set by navigating its own frame, does nothing
+    forged = s.get(f"{base}/console/messages/{event_id}/html?remote=1", timeout=5)
+    assert "http:" not in forged.headers["content-security-policy"]
+    button = re.search(r'id="load-remote" class="button" href="([^"#]+)', page.text).group(1)
+    token = button.split("remote=")[1]
+    remote = s.get(f"{base}/console/messages/{event_id}/html?remote={token}", timeout=5)
     assert "img-src data: http: https:" in remote.headers["content-security-policy"]
+    other, _ = sign_in(base, KEY_A)                           # another session of the same key: not its token
+    assert "http:" not in other.get(f"{base}/console/messages/{event_id}/html?remote={token}",
+                                    timeout=5).headers["content-security-policy"]
     raw = s.get(f"{base}/console/messages/{event_id}/raw", timeout=5)
     assert raw.content == HOSTILE and raw.headers["content-type"] == "application/octet-stream"
     assert raw.headers["content-disposition"].startswith("attachment")
@@ -198,3 +211,72 @@ def test_bad_input_gets_a_page_not_a_traceback(served):
     r = s.post(f"{base}/console/signout", data=b"\xff\xfe", headers={"content-type": "application/x-www-form-urlencoded"},
                timeout=5)
     assert r.status_code in (400, 403)
+
+
+def test_behind_a_proxy_each_forwarded_client_has_its_own_sign_in_limit(tmp_path):
+    """[server] proxy_hops = 1: serve believes its TLS proxy's X-Forwarded-For; without it every
+    client of the proxy would share one limit, and one stranger's wrong keys would lock everyone out."""
+    cfg = _config(tmp_path, "proxy_hops = 1")
+    running = start(cfg)
+    try:
+        def attempt(client: str, key: str) -> int:
+            s = requests.Session()
+            page = s.get(f"{running.url}/console/signin", headers={"x-forwarded-for": client}, timeout=5)
+            return s.post(f"{running.url}/console/signin", data={"key": key, "csrf": csrf_of(page.text)},
+                          headers={"x-forwarded-for": client}, timeout=5, allow_redirects=False).status_code
+        assert [attempt("203.0.113.9", "wrong-key-000000000000000000") for _ in range(11)][-1] == 429
+        assert attempt("198.51.100.7", KEY_A) == 303              # another person, through the same proxy
+        assert attempt("198.51.100.7, 203.0.113.9", KEY_A) == 429  # only the proxy's own hop is believed
+    finally:
+        running.stop()
+
+
+def test_the_consoles_live_streams_never_take_the_agents_stream_slots(tmp_path):
+    cfg = _config(tmp_path, "max_streams_per_key = 1")
+    running = start(cfg)
+    try:
+        s, _ = sign_in(running.url, KEY_A)
+        with s.get(f"{running.url}/console/live", stream=True, timeout=5) as live:
+            lines = live.iter_lines()                            # kept: a dropped iterator closes the stream
+            assert live.status_code == 200 and next(lines).startswith(b"retry:")
+            with requests.get(f"{running.url}/v1/events", headers={"authorization": f"Bearer {KEY_A}",
+                                                                  "accept": "text/event-stream"},
+                              stream=True, timeout=5) as agent:
+                assert agent.status_code == 200                  # the agent's one slot is still its own
+            again = s.get(f"{running.url}/console/live", stream=True, timeout=5)
+            assert again.status_code == 429                      # the console's own cap
+            again.close()
+    finally:
+        running.stop()
+
+
+def test_a_burst_of_queue_pages_is_refused_at_once_not_queued(served, monkeypatch):
+    """Each queue page runs postqueue (up to 10 s): a third one while two run is a 503 at once, so
+    that waiting pages never hold all of serve's request slots."""
+    import threading
+    from agentmx import ops
+    base, cfg, store = served
+    gate, inside = threading.Event(), threading.Semaphore(0)
+
+    def slow(*args, **kw):
+        inside.release()
+        gate.wait(10)
+        return ops.QueueRead(error="test: no queue")
+    monkeypatch.setattr(ops, "read_queue", slow)
+    s, _ = sign_in(base, KEY_A)
+    results = []
+    readers = [threading.Thread(target=lambda: results.append(s.get(f"{base}/console/queue", timeout=15).status_code))
+               for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        assert inside.acquire(timeout=5) and inside.acquire(timeout=5)     # both pages are reading the queue
+        started = time.monotonic()
+        r = s.get(f"{base}/console/queue", timeout=5)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5" and "try again" in r.text
+        assert time.monotonic() - started < 2                              # at once, not after a wait
+    finally:
+        gate.set()
+        for t in readers:
+            t.join(15)
+    assert results == [200, 200]

@@ -259,6 +259,7 @@ def queue_rows(page: str) -> list[str]:
     return rows_of(page, "queue")
 
 
+@pytest.mark.e2e                # a private Postfix holds the message
 def test_queue_lists_what_waits_for_the_viewers_addresses_only(serve, held_postfix):
     base, cfg = serve(extra=f'postfix_config = "{held_postfix.etc}"')
     a, b, admin = sign_in(base, KEY_A), sign_in(base, KEY_B), sign_in(base, ADMIN)
@@ -282,6 +283,7 @@ def test_queue_without_postfix_says_so(serve, tmp_path):
     assert 'id="queue"' not in page.text
 
 
+@pytest.mark.e2e                # a private Postfix holds the message
 def test_postqueue_as_serves_unit_user(held_postfix):
     """serve runs as agentmx with the group postdrop and NoNewPrivileges (systemd/agentmx-serve.service):
     postqueue's setgid bit does nothing then, and the showq socket (public/, group postdrop) is
@@ -302,6 +304,7 @@ def test_postqueue_as_serves_unit_user(held_postfix):
     assert ids == [] and "postqueue failed" in error
 
 
+@pytest.mark.e2e                # a private Postfix holds the message
 def test_postqueue_is_bounded_in_output_and_time(held_postfix, tmp_path, monkeypatch):
     """ops.read_queue reads at most max_bytes (the cut line dropped, `truncated` said) and waits at
     most `timeout` (then postqueue is killed); a missing postqueue is said, not raised."""

@@ -62,6 +62,8 @@ class Console:
         """A POSTed form (application/x-www-form-urlencoded), its CSRF token checked: the session's,
         or `expected` (the sign-in form's). One value per name (the first)."""
         origin = request.headers.get("origin")
+        # "null" passes: Chromium sends it for every form of a page whose Referrer-Policy is no-referrer
+        # (ours); the CSRF token, not the Origin, is what refuses another site's form.
         if origin and origin != "null" and not _same_origin(origin, request):
             raise ApiError(403, "cross_site", "this form was posted from another site")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -60,7 +60,8 @@ MEANING = {
 
 
 def _meaning(method: str, result: str, domain: str | None) -> str:
-    text = (MEANING.get(method, {}).get(result) or f"Result {result}.").format(domain=domain or "the domain")
+    known = MEANING.get(method, {}).get(result)
+    text = known.format(domain=domain or "the domain") if known else f"Result {result}."
     return text[:1].upper() + text[1:]
 
 

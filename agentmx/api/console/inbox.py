@@ -62,7 +62,7 @@ def routes(console: Console, inbox: InboxRoutes) -> list[Route]:
 
     async def live(request: Request, viewer: session.Viewer):
         after = request.query_params.get("after") or None
-        return await inbox.stream_for(viewer.key, after)
+        return await inbox.stream_for(viewer.key, after, slot="console:" + viewer.name)
 
     return [Route("/inbox", console.page(show)), Route("/live", console.page(live))]
 

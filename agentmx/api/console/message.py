@@ -1,13 +1,14 @@
 """One message: GET /console/messages/{id} (headers, the verdicts explained, text, HTML, attachments,
 links), and the parts it shows from the store:
 
-    GET /console/messages/{id}/html[?remote=1]   the message's HTML, as the document of a sandboxed iframe
+    GET /console/messages/{id}/html[?remote=T]   the message's HTML, as the document of a sandboxed iframe
     GET /console/messages/{id}/raw               the raw message, as stored (text/plain, a download)
     GET /console/messages/{id}/attachments/{n}   an attachment (application/octet-stream, a download)
 
 The message's HTML is never our HTML: it is served alone, under a Content-Security-Policy that
 allows no script, no form, no frame, no plugin and no remote request (images: data: only; with
-remote=1, which the user asks for with a button, http: and https: images too), with `sandbox` in
+remote=<a token of the session and the message>, which the user asks for with a button, http: and
+https: images too; a "remote=1" the message's own links could set does nothing), with `sandbox` in
 the policy itself (an opaque origin even when the document is opened on its own) and a sandboxed
 iframe without allow-scripts or allow-same-origin around it. Its links do nothing there (no
 allow-popups, no navigation of the page); the message page lists them as text the user may follow.
@@ -39,6 +40,10 @@ FRAME_CSP_REMOTE = FRAME_CSP.replace("img-src data:", "img-src data: http: https
 FRAME_HEAD = '<!doctype html><meta charset="utf-8"><base target="_blank">'
 
 
+def _remote(request: Request, viewer: session.Viewer, event_id: str) -> bool:
+    return session.same(request.query_params.get("remote", ""), viewer.remote_token(event_id))
+
+
 def routes(console: Console, inbox: InboxRoutes) -> list[Route]:
     ctx = console.ctx
 
@@ -60,7 +65,7 @@ def routes(console: Console, inbox: InboxRoutes) -> list[Route]:
         return console.render(request, viewer, "message.html", title=event.get("subject") or "(no subject)",
                               row=row, event=event, verdicts=explain(event.get("auth") or {}),
                               text=text[:MAX_TEXT], text_cut=len(text) > MAX_TEXT, delivery=delivery,
-                              remote=request.query_params.get("remote") == "1",
+                              remote=_remote(request, viewer, row.id), remote_token=viewer.remote_token(row.id),
                               headers_list=event.get("headers") or [],
                               attachments=list(enumerate(event.get("attachments") or [])),
                               links=event.get("links") or [], defects=event.get("defects") or [],
@@ -69,7 +74,7 @@ def routes(console: Console, inbox: InboxRoutes) -> list[Route]:
     async def html(request: Request, viewer: session.Viewer):
         _, event = await ctx.run(load, viewer, request.path_params["id"])
         body = (event.get("html") or "")[:MAX_HTML]
-        remote = request.query_params.get("remote") == "1"
+        remote = _remote(request, viewer, request.path_params["id"])
         return Response(FRAME_HEAD + body, 200, media_type="text/html; charset=utf-8", headers={
             "content-security-policy": FRAME_CSP_REMOTE if remote else FRAME_CSP,
             "x-content-type-options": "nosniff", "referrer-policy": "no-referrer",

@@ -19,6 +19,7 @@ from agentmx import ops
 from agentmx.store.model import base_address
 
 from ..guard import printable
+from ..errors import ApiError
 from . import session
 from .core import Console
 
@@ -36,6 +37,9 @@ def routes(console: Console) -> list[Route]:
         return mine, got
 
     async def show(request: Request, viewer: session.Viewer):
+        if slots.locked():      # refused at once: a request waiting here would hold one of serve's request slots
+            raise ApiError(503, "busy", "the queue is being read for other pages: try again in a few seconds",
+                           retry_after=5)
         async with slots:
             entries, got = await ctx.run(read, viewer)
         for e in entries:                        # Postfix's words, from mail of strangers: one line, bounded

@@ -34,7 +34,8 @@ PRE_COOKIE = "agentmx_console_pre"
 SESSION_TTL = 12 * 3600
 LIMIT, WINDOW = 10, 300           # sign-in attempts per client address per window (seconds)
 MAX_COOKIE = 600
-ADMIN = "admin"                   # the admin session's name (never an API key's: see keys())
+ADMIN = "\0admin"                 # the admin session's name: no config's key name starts with NUL
+
 _DOMAIN = b"agentmx console session v1\0"
 
 
@@ -53,6 +54,16 @@ class Viewer:
     def csrf(self) -> str:
         return _mac(self.key.key, b"csrf" + self.nonce.encode())[:32]
 
+    def remote_token(self, event_id: str) -> str:
+        """What ?remote= must be for a message's remote images to load: bound to this session and
+        that message, so that the message itself (a link in its HTML navigating its frame) or a
+        link someone sends cannot turn them on."""
+        return _mac(self.key.key, b"remote" + self.nonce.encode() + b"\0" + event_id.encode())[:22]
+
+    @property
+    def label(self) -> str:
+        return "admin" if self.admin else self.key.name
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
@@ -69,7 +80,7 @@ def _mac(secret: str, data: bytes) -> str:
 def keys(config: Config) -> dict[str, ApiKey]:
     """Every key that may sign in, by name: the API keys, and the admin key as an ApiKey that
     allows every key's addresses and every configured domain."""
-    out = {k.name: k for k in config.api_keys if k.name != ADMIN}
+    out = {k.name: k for k in config.api_keys}
     if config.admin_key:
         allow = [a for k in config.api_keys for a in k.allow]
         allow += ["@" + d.name for d in config.domains]

@@ -53,7 +53,7 @@ def routes(console: Console) -> list[Route]:
         if key is None:
             log.info("console sign-in failed from %s", client)
             return form_page(request, 401, "That key is not one of this server's API keys.", values.get("next", ""))
-        log.info("console sign-in as %s from %s", key.name, client)
+        log.info("console sign-in as %s from %s", "admin" if key.name == session.ADMIN else key.name, client)
         response = RedirectResponse(next_target(values.get("next")), 303, headers={"cache-control": "no-store"})
         response.set_cookie(session.COOKIE, session.open_session(key, ctx.clock()), max_age=session.SESSION_TTL,
                             path=PREFIX, httponly=True, samesite="strict", secure=secure(ctx, request))

@@ -35,7 +35,7 @@ def routes(console: Console) -> list[Route]:
     async def add(request: Request, viewer: session.Viewer):
         form = await console.form(request, viewer)
         body = {"email": form.get("address", ""), "reason": form.get("reason") or None,
-                "note": form.get("note") or f"in the console by {viewer.name}", "domain": form.get("domain") or None}
+                "note": form.get("note") or f"in the console by {viewer.label}", "domain": form.get("domain") or None}
         got = await ctx.run(api.add_one, viewer.key, body)
         return back("/suppressions", done="added" if got["created"] else "already", what=got["email"])
 
