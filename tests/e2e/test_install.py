@@ -54,7 +54,9 @@ def test_mail_flows_in_as_a_verified_event(inst):
     # stored by deliver (user agentmx, through pipe) where nobody else can read it
     data = inst["data"]
     files = [*data.glob("agentmx.sqlite*"), *(data / "blobs").glob("*/*")]
-    assert data / "agentmx.sqlite" in files and len(files) > 3
+    # the database and the raw message's blob at least (SQLite's -wal and -shm files exist only
+    # while a connection is open: counting them made this test depend on serve's timing)
+    assert data / "agentmx.sqlite" in files and any(p.parent.parent == data / "blobs" for p in files)
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) & 0o007 == 0, p
 
