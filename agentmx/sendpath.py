@@ -132,13 +132,19 @@ def original_of(store: Store, req: SendRequest) -> dict[str, Any] | None:
     return event
 
 
-def check_reply_scope(caller: Caller, original: dict[str, Any] | None, out: Outgoing) -> None:
-    """A caller answers only mail sent to an address it may send as (403 forbidden_event); a
-    caller with a `reach` (an agent acting on mail, no person deciding) sends only to those
-    addresses and to the authenticated sender of the mail it answers (replies.reply_address:
-    403 unauthenticated_sender, else 403 forbidden_recipient)."""
+def check_event_scope(caller: Caller, original: dict[str, Any] | None) -> None:
+    """A caller answers only mail sent to an address it may send as (403 forbidden_event): checked
+    before the reply is built, so that building it tells nothing of another address's mail (its
+    Reply-To count, its From, whether it was automated)."""
     if original is not None and not caller.may_send_as(split(original.get("recipient", ""))[0]):
         raise SendError(403, "forbidden_event", "this key may not answer mail sent to another address")
+
+
+def check_reply_scope(caller: Caller, original: dict[str, Any] | None, out: Outgoing) -> None:
+    """A caller with a `reach` (an agent acting on mail, no person deciding) sends only to those
+    addresses and to the authenticated sender of the mail it answers (replies.reply_address:
+    403 unauthenticated_sender, else 403 forbidden_recipient). (check_event_scope comes first.)"""
+    check_event_scope(caller, original)
     if caller.reach is None:
         return
     outside = [r for r in out.recipients if r.lower() not in caller.reach]
@@ -161,6 +167,7 @@ def prepare(box: Outbox, caller: Caller, req: SendRequest,
     if resolve is not None:
         req = resolve(req)
     original = original_of(box.store, req)
+    check_event_scope(caller, original)
     out = send.build(req, original, box.config, box.clock())
     check_reply_scope(caller, original, out)
     suppression.check(box.store, req.sender.address, out.recipients)
@@ -189,9 +196,9 @@ def send_message(box: Outbox, caller: Caller, req: SendRequest, *, send_id: str 
     is updated, not added)."""
     prep = prepare(box, caller, req, resolve)
     taken = take(box, caller, prep)
-    send_id = send_id or send.new_send_id()
-    out = send.with_return_path(prep.out, send_id, box.config)
     try:
+        send_id = send_id or send.new_send_id()
+        out = send.with_return_path(prep.out, send_id, box.config)
         queue_id = box.submit(out, box.config)
     except BaseException:
         box.store.give_back(taken)                # refused: it does not count

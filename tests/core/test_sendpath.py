@@ -169,6 +169,26 @@ def test_the_reply_scope_a_key_answers_only_its_own_mail(ctx):
     assert (err.value.status, err.value.code) == (404, "unknown_event")
 
 
+def test_another_addresss_mail_is_refused_before_the_reply_is_built_so_nothing_of_it_leaks(ctx):
+    """Building a reply reads the original (Reply-To, From, Auto-Submitted): a key answering
+    another address's mail must get 403 before any of that can answer 409 loop_risk or a 400
+    quoting it (found by the review of the one send path)."""
+    other = put_event(ctx, "msg_" + "a" * 16, recipient="someone@other.test", autoSubmitted="auto-replied")
+    with pytest.raises(send.SendError) as err:
+        sendpath.send_message(box(ctx), key_caller(ctx), request(in_reply_to=other["id"]))
+    assert (err.value.status, err.value.code) == (403, "forbidden_event")
+    assert "auto" not in err.value.message
+
+
+def test_counts_are_given_back_when_the_return_path_cannot_be_made(ctx, monkeypatch):
+    def broken(*a, **kw):
+        raise RuntimeError("return path")
+    monkeypatch.setattr(send, "with_return_path", broken)
+    with pytest.raises(RuntimeError):
+        sendpath.send_message(box(ctx), key_caller(ctx), request())
+    assert free(ctx, f"to:{BOB}", 3) == 3                                     # nothing kept
+
+
 def test_the_reply_scope_an_agent_reaches_its_forward_to_and_the_authenticated_sender_alone(ctx):
     event = put_event(ctx)
     forged = put_event(ctx, "msg_" + "a" * 16, auth={"spf": "none", "dkim": "none", "dmarc": "fail"})
