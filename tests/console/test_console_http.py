@@ -280,3 +280,21 @@ def test_a_burst_of_queue_pages_is_refused_at_once_not_queued(served, monkeypatc
         for t in readers:
             t.join(15)
     assert results == [200, 200]
+
+
+def test_a_refused_form_keeps_the_connection_for_the_next_request(served):
+    """A form refused before its body was read (another site's Origin) made serve close the
+    kept-alive connection under the client's next request (seen as RemoteDisconnected)."""
+    import http.client
+    base, cfg, store = served
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    for _ in range(3):
+        conn.request("POST", "/console/signout", body=b"csrf=" + b"x" * 20000,
+                     headers={"origin": "https://evil.example", "content-type": "application/x-www-form-urlencoded"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status in (303, 403)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read() == b"ok\n"
+    conn.close()

@@ -61,6 +61,9 @@ class Console:
     async def form(self, request: Request, viewer: session.Viewer | None, expected: str | None = None) -> dict[str, str]:
         """A POSTed form (application/x-www-form-urlencoded), its CSRF token checked: the session's,
         or `expected` (the sign-in form's). One value per name (the first)."""
+        # The body first, whatever is refused below: a refusal with the body unread made the server
+        # close the kept-alive connection under the client's next request. (The guard bounds it.)
+        body = await request.body()
         origin = request.headers.get("origin")
         # "null" passes: Chromium sends it for every form of a page whose Referrer-Policy is no-referrer
         # (ours); the CSRF token, not the Origin, is what refuses another site's form.
@@ -69,7 +72,6 @@ class Console:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/x-www-form-urlencoded":
             raise ApiError(415, "not_a_form", "post the console's forms as the page sends them")
-        body = await request.body()
         if len(body) > MAX_FORM:
             raise ApiError(413, "too_large", "the form is too large")
         try:
@@ -93,6 +95,7 @@ class Console:
         async def handler(request: Request) -> Response:
             viewer = self.viewer(request)
             if viewer is None:
+                await _drain(request)
                 target = PREFIX + "/signin"
                 if request.method == "GET" and request.url.path != PREFIX + "/signin":
                     target += "?" + urllib.parse.urlencode({"next": _local(request.url.path, request.url.query)})
@@ -111,6 +114,7 @@ class Console:
         try:
             return await fn(request, *args)
         except ApiError as exc:
+            await _drain(request)
             return self.error(request, viewer, exc)
         except StoreError as exc:
             log.warning("503 for %s: the store: %s", printable(request.url.path), exc)
@@ -119,6 +123,16 @@ class Console:
         except Exception:                # a bug of ours: logged once, here; the page says nothing of it
             log.exception("500 for %s", printable(request.url.path))
             return self.error(request, viewer, ApiError(500, "internal", "internal error (logged); try again later"))
+
+
+async def _drain(request: Request) -> None:
+    """Read what is left of a refused request's body (the guard bounds it): answering with it
+    unread makes the server close the connection under the client's next request."""
+    if request.method not in ("GET", "HEAD"):
+        try:
+            await request.body()
+        except Exception as exc:               # the client went, or the guard refused the body: nothing to keep
+            log.debug("body of a refused %s not read: %s", request.method, exc.__class__.__name__)
 
 
 def _same_origin(origin: str, request: Request) -> bool:
