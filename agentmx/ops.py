@@ -98,11 +98,10 @@ def queued_for(config: Config, queue: list[dict], readable=lambda address: True)
     """The queue's entries with only their recipients that a route takes and `readable(address)`
     allows (a console viewer's scope), entries left with none dropped; each
     {queue_id, queue_name, arrival_time, sender, size, recipients: [{address, delay_reason}]}."""
-    from agentmx.deliver.route import match
     out = []
     for item in queue:
         rcpts = [r for r in item.get("recipients") or () if isinstance(r, dict) and isinstance(r.get("address"), str)
-                 and match(r["address"], config.routes) and readable(r["address"])]
+                 and routing.match(r["address"], config.routes) and readable(r["address"])]
         if rcpts:
             out.append({"queue_id": str(item.get("queue_id", "")), "queue_name": str(item.get("queue_name", "")),
                         "arrival_time": item.get("arrival_time"), "sender": str(item.get("sender", "")),

@@ -43,6 +43,15 @@ class DuplicateEvent(StoreError):
         self.first = first
 
 
+def conditions(where: list[str], args: list, pairs) -> None:
+    """Add each (SQL condition, value) whose value is not None to `where` and `args`: the optional
+    filters of a listing."""
+    for cond, value in pairs:
+        if value is not None:
+            where.append(cond)
+            args.append(value)
+
+
 def like(text: str) -> str:
     """`text` as a LIKE pattern's literal part (ESCAPE '\\')."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -45,7 +45,8 @@ from agentmx import notify
 from agentmx.ownership import NotOurs, hand_over, no_other_access, refuse_links, writable_like, write_atomically
 
 from . import migrations
-from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable, like as _like, sender_scope
+from .base import (DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable, conditions, like as _like,
+                   sender_scope)
 from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryRow, DeliveryState,
                     GcReport, InboxRow, Job, JobRow, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
                     SendRow, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
@@ -565,10 +566,7 @@ class EmbeddedStore(Store):
         if not scope:
             return []
         where = [scope]
-        for cond, value in (("d.state = ?", state.value if state else None), ("e.seq < ?", before_seq)):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
+        conditions(where, args, (("d.state = ?", state.value if state else None), ("e.seq < ?", before_seq)))
         d = ", ".join("d." + c for c in _DELIVERY.split(", "))
         sql = (f"SELECT e.seq, {d}, e.sender, e.subject, COALESCE((SELECT a.excerpt FROM attempts a "
                f"WHERE a.event_id = e.id ORDER BY a.id DESC LIMIT 1), '') FROM events e JOIN deliveries d "
@@ -599,11 +597,8 @@ class EmbeddedStore(Store):
         if search:
             where.append("(e.subject LIKE ? ESCAPE '\\' OR e.sender LIKE ? ESCAPE '\\')")
             args += ["%" + _like(search) + "%", "%" + _like(search.lower()) + "%"]
-        for cond, value in (("e.received >= ?", since), ("e.seq < ?", before_seq), ("e.seq > ?", after_seq),
-                            ("e.thread_id = ?", thread_id)):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
+        conditions(where, args, (("e.received >= ?", since), ("e.seq < ?", before_seq), ("e.seq > ?", after_seq),
+                            ("e.thread_id = ?", thread_id)))
         if unread:
             where.append("e.read = 0")
         sql = (f"SELECT {_INBOX_COLUMNS} FROM events e JOIN deliveries d ON d.event_id = e.id "
@@ -777,10 +772,7 @@ class EmbeddedStore(Store):
         if not routes:
             return []
         where, args = [f"d.route IN ({', '.join('?' * len(routes))})"], list(routes)
-        for cond, value in (("j.state = ?", state.value if state else None), ("e.seq < ?", before_seq)):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
+        conditions(where, args, (("j.state = ?", state.value if state else None), ("e.seq < ?", before_seq)))
         j = ", ".join("j." + c for c in _JOB.split(", "))
         sql = (f"SELECT e.seq, {j}, d.route, e.recipient, e.sender, e.subject, j.created, j.updated FROM jobs j "
                f"JOIN deliveries d ON d.event_id = j.id JOIN events e ON e.id = j.id "
@@ -983,10 +975,7 @@ class EmbeddedStore(Store):
         if types:
             where.append(f"type IN ({', '.join('?' * len(types))})")
             args += [t.value for t in types]
-        for cond, value in (("seq < ?", before_seq), ("seq > ?", after_seq)):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
+        conditions(where, args, (("seq < ?", before_seq), ("seq > ?", after_seq)))
         sql = (f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE {' AND '.join(where)} "
                f"ORDER BY seq {'ASC' if oldest_first else 'DESC'} LIMIT ?")
         return [_send_event(r) for r in self._all(sql, (*args, max(1, min(limit, 500))))]

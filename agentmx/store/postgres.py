@@ -39,7 +39,8 @@ from psycopg import errors as pgerrors
 from agentmx.address import split
 
 from . import migrations
-from .base import DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable, like as _like, sender_scope
+from .base import (DuplicateEvent, SchemaMismatch, Store, StoreError, StoreUnavailable, conditions, like as _like,
+                   sender_scope)
 from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt, Blob, Block, Delivery, DeliveryRow, DeliveryState,
                     GcReport, InboxRow, Job, JobRow, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
                     SendRow, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
@@ -341,10 +342,7 @@ class PostgresStore(Store):
         if not scope:
             return []
         where = [scope]
-        for cond, value in (("d.state = %s", state.value if state else None), ("i.seq < %s", before_seq)):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
+        conditions(where, args, (("d.state = %s", state.value if state else None), ("i.seq < %s", before_seq)))
         d = ", ".join("d." + c for c in _DELIVERY.split(", "))
         sql = (f"SELECT i.seq, {d}, i.sender, i.subject, COALESCE((SELECT a.excerpt FROM attempts a "
                f"WHERE a.event_id = i.id ORDER BY a.id DESC LIMIT 1), '') FROM inbox i JOIN deliveries d "
@@ -557,11 +555,7 @@ class PostgresStore(Store):
             return []
         where: list[str] = ["d.route = ANY(%s)"]
         args: list[object] = [[_text(r) for r in routes]]
-        conds: tuple[tuple[str, object], ...] = (("j.state = %s", state.value if state else None), ("i.seq < %s", before_seq))
-        for cond, value in conds:
-            if value is not None:
-                where.append(cond)
-                args.append(value)
+        conditions(where, args, (("j.state = %s", state.value if state else None), ("i.seq < %s", before_seq)))
         j = ", ".join("j." + c for c in _JOB.split(", "))
         sql = (f"SELECT i.seq, {j}, d.route, i.recipient, i.sender, i.subject, j.created, j.updated FROM jobs j "
                f"JOIN deliveries d ON d.event_id = j.id JOIN inbox i ON i.id = j.id "
@@ -802,10 +796,7 @@ class PostgresStore(Store):
         if types:
             where.append("type = ANY(%s)")
             args.append([t.value for t in types])
-        for cond, value in (("seq < %s", before_seq), ("seq > %s", after_seq)):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
+        conditions(where, args, (("seq < %s", before_seq), ("seq > %s", after_seq)))
         return [_send_event(r) for r in self._all(
             f"SELECT seq, {_SEND_EVENT} FROM send_events WHERE {' AND '.join(where)} "
             f"ORDER BY seq {'ASC' if oldest_first else 'DESC'} LIMIT %s", (*args, max(1, min(int(limit), 500))))]

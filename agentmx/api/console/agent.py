@@ -23,7 +23,7 @@ from ..deliveries import readable_routes
 from ..errors import ApiError
 from . import session
 from .core import Console
-from .deliveries import cursor, valid_id
+from .listing import cursor, page, state, valid_id
 
 PAGE = 50
 MAX_TEXT = 4000          # characters of one turn's text, of one tool call's arguments
@@ -106,20 +106,16 @@ def routes(console: Console) -> list[Route]:
         return tuple(r.match for r in readable_routes(ctx.config, viewer.key))
 
     def listing(viewer: session.Viewer, state: JobState | None, before: int | None):
-        rows = ctx.store.list_jobs(route_matches(viewer), state=state, before_seq=before, limit=PAGE + 1)
-        more = len(rows) > PAGE
-        rows = rows[:PAGE]
-        return rows, (rows[-1].seq if more and rows else None)
+        rows, last = page(ctx.store.list_jobs(route_matches(viewer), state=state, before_seq=before,
+                                              limit=PAGE + 1), PAGE)
+        return rows, (last.seq if last else None)
 
     async def index(request: Request, viewer: session.Viewer):
         params = request.query_params
-        state = params.get("state") or ""
-        if state and state not in STATES:
-            raise ApiError(400, "bad_state", "state is one of " + ", ".join(STATES))
-        rows, next_before = await ctx.run(listing, viewer, JobState(state) if state else None,
-                                          cursor(params.get("before")))
-        return console.render(request, viewer, "agent.html", title="Agent", rows=rows, state=state, states=STATES,
-                              next_before=next_before)
+        chosen = state(params.get("state"), JobState)
+        rows, next_before = await ctx.run(listing, viewer, chosen, cursor(params.get("before")))
+        return console.render(request, viewer, "agent.html", title="Agent", rows=rows,
+                              state=chosen.value if chosen else "", states=STATES, next_before=next_before)
 
     def detail(viewer: session.Viewer, event_id: str):
         job = ctx.store.job(valid_id(event_id, "msg_", "job"))
@@ -131,6 +127,6 @@ def routes(console: Console) -> list[Route]:
     async def show(request: Request, viewer: session.Viewer):
         job, delivery, row, (shown, left_out) = await ctx.run(detail, viewer, request.path_params["id"])
         return console.render(request, viewer, "job.html", title=f"Agent job {job.id}", job=job, delivery=delivery,
-                              row=row, runs=shown, left_out=left_out, max_text=MAX_TEXT)
+                              row=row, runs=shown, left_out=left_out)
 
     return [Route("/agent", console.page(index)), Route("/agent/{id:str}", console.page(show))]

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from ..blocklist_api import BlockRoutes
 from ..deliveries import readable_routes
-from . import session
+from . import notice, session
 from .core import Console
 from .notice import back
 
@@ -25,10 +25,11 @@ def routes(console: Console) -> list[Route]:
     async def show(request: Request, viewer: session.Viewer):
         q = request.query_params
         found = await ctx.run(api.page, viewer.key, {"cursor": q.get("cursor"), "limit": str(PAGE)})
+        done, what = notice.read(q)
         return console.render(request, viewer, "blocks.html", title="Blocks", rows=found["blocks"],
                               next_cursor=found["nextCursor"],
                               scopes=[r.match for r in readable_routes(ctx.config, viewer.key)],
-                              done=q.get("done", ""), what=q.get("what", "")[:254], unpublished=bool(q.get("unpublished")))
+                              done=done, what=what, unpublished=bool(q.get("unpublished")))
 
     async def add(request: Request, viewer: session.Viewer):
         form = await console.form(request, viewer)

@@ -45,15 +45,15 @@ class Console:
     def viewer(self, request: Request) -> session.Viewer | None:
         return session.read_session(self.ctx.config, request.cookies.get(session.COOKIE), self.ctx.clock())
 
-    def render(self, request: Request, viewer: session.Viewer | None, template: str, status: int = 200,
-               headers: dict | None = None, **values) -> Response:
+    def render(self, request: Request, viewer: session.Viewer | None, template: str, *, status: int = 200,
+               headers: dict | None = None, **values: object) -> Response:
         return render_page(template, status, headers, viewer=viewer, csrf=viewer.csrf() if viewer else "",
                            nav=[(label, PREFIX + path) for label, path in NAV], path=request.url.path,
                            prefix=PREFIX, **values)
 
     def error(self, request: Request, viewer, exc: ApiError) -> Response:
         headers = {"retry-after": str(int(exc.retry_after))} if exc.retry_after is not None else None
-        return self.render(request, viewer, "error.html", exc.status, headers, title=f"{exc.status}",
+        return self.render(request, viewer, "error.html", status=exc.status, headers=headers, title=f"{exc.status}",
                            message=exc.message, code=exc.code)
 
     # --- forms ----------------------------------------------------------------------------------

@@ -24,25 +24,10 @@ from ..deliveries import DeliveryRoutes, route_id
 from ..errors import ApiError
 from . import session
 from .core import PREFIX, Console
+from .listing import cursor, page, state, valid_id
 
 PAGE = 50
 STATES = tuple(s.value for s in DeliveryState)
-
-
-def cursor(value: str | None) -> int | None:
-    """A listing's `before` (an event's seq an earlier page gave), checked."""
-    if not value:
-        return None
-    if not value.isdigit() or len(value) > 18:
-        raise ApiError(400, "bad_before", "before is a value an earlier page gave")
-    return int(value)
-
-
-def valid_id(value: str, prefix: str, what: str) -> str:
-    """An id from the path, as ids of this kind look; else 404 (`what`: delivery, send, job)."""
-    if not value.startswith(prefix) or len(value) > 80:
-        raise ApiError(404, f"unknown_{what}", f"no such {what}")
-    return value
 
 
 def routes(console: Console) -> list[Route]:
@@ -50,20 +35,16 @@ def routes(console: Console) -> list[Route]:
     api = DeliveryRoutes(ctx)
 
     def listing(viewer: session.Viewer, state: DeliveryState | None, before: int | None):
-        rows = ctx.store.list_deliveries(viewer.key.allow, state=state, before_seq=before, limit=PAGE + 1)
-        more = len(rows) > PAGE
-        rows = rows[:PAGE]
-        return rows, (rows[-1].seq if more and rows else None)
+        rows, last = page(ctx.store.list_deliveries(viewer.key.allow, state=state, before_seq=before,
+                                                    limit=PAGE + 1), PAGE)
+        return rows, (last.seq if last else None)
 
     async def index(request: Request, viewer: session.Viewer):
         params = request.query_params
-        state = params.get("state") or ""
-        if state and state not in STATES:
-            raise ApiError(400, "bad_state", "state is one of " + ", ".join(STATES))
-        rows, next_before = await ctx.run(listing, viewer, DeliveryState(state) if state else None,
-                                          cursor(params.get("before")))
-        return console.render(request, viewer, "deliveries.html", title="Deliveries", rows=rows, state=state,
-                              states=STATES, next_before=next_before)
+        chosen = state(params.get("state"), DeliveryState)
+        rows, next_before = await ctx.run(listing, viewer, chosen, cursor(params.get("before")))
+        return console.render(request, viewer, "deliveries.html", title="Deliveries", rows=rows,
+                              state=chosen.value if chosen else "", states=STATES, next_before=next_before)
 
     def detail(viewer: session.Viewer, delivery_id: str):
         row = api.owned(viewer.key, valid_id(delivery_id, "msg_", "delivery"))

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..domains import DomainRoutes, key_domains
-from . import session
+from . import notice, session
 from .core import Console
 from .notice import back
 
@@ -24,8 +24,9 @@ def routes(console: Console, checks: DomainRoutes) -> list[Route]:
         names = key_domains(ctx.config, viewer.key)
         views = await asyncio.gather(*(checks.view(d) for d in names))
         q = request.query_params
+        done, what = notice.read(q)
         return console.render(request, viewer, "domains.html", title="Domains", domains=list(views),
-                              done=q.get("done", ""), what=q.get("what", "")[:254])
+                              done=done, what=what)
 
     async def check(request: Request, viewer: session.Viewer):
         form = await console.form(request, viewer)

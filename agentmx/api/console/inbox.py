@@ -18,6 +18,7 @@ from ..inbox import InboxRoutes
 from ..messages import _search
 from . import session
 from .core import Console
+from .listing import cursor, page
 
 PAGE = 50
 
@@ -35,24 +36,18 @@ def routes(console: Console, inbox: InboxRoutes) -> list[Route]:
     ctx = console.ctx
 
     def listing(viewer: session.Viewer, q: str | None, to: str | None, unread: bool, before: int | None):
-        rows = ctx.store.inbox_query(viewer.key.allow, to=to, search=q, unread=unread, before_seq=before,
-                                     limit=PAGE + 1)
-        more = len(rows) > PAGE
-        rows = rows[:PAGE]
-        return [_summary(r, inbox.message(r)) for r in rows], (rows[-1].seq if more and rows else None)
+        rows, last = page(ctx.store.inbox_query(viewer.key.allow, to=to, search=q, unread=unread,
+                                                before_seq=before, limit=PAGE + 1), PAGE)
+        return [_summary(r, inbox.message(r)) for r in rows], (last.seq if last else None)
 
     async def show(request: Request, viewer: session.Viewer):
         params = request.query_params
         q = _search((params.get("q") or "").strip() or None)
         to = (params.get("to") or "").strip().lower() or None
-        if to and ("@" not in to or not viewer.key.may_send_as(base_address(to))):
+        if to and (len(to) > 254 or "@" not in to or not viewer.key.may_send_as(base_address(to))):
             raise ApiError(403, "forbidden_address", "you may not read mail sent to that address")
         unread = params.get("unread") in ("1", "on", "true")
-        before = None
-        if params.get("before"):
-            if not params["before"].isdigit() or len(params["before"]) > 18:
-                raise ApiError(400, "bad_before", "before is a value an earlier page gave")
-            before = int(params["before"])
+        before = cursor(params.get("before"))
         last = await ctx.run(ctx.store.last_seq)        # first: a message between the two is streamed, not lost
         rows, next_before = await ctx.run(listing, viewer, q, to, unread, before)
         live = not (q or to or unread or before)           # live rows only on the plain newest-first view

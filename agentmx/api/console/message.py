@@ -29,6 +29,7 @@ from ..inbox import InboxRoutes
 from . import session
 from .core import Console
 from .explain import explain
+from .listing import valid_id
 
 MAX_HTML = 5_000_000          # characters of a message's HTML served into the frame (the rest cut)
 MAX_TEXT = 2_000_000
@@ -48,9 +49,7 @@ def routes(console: Console, inbox: InboxRoutes) -> list[Route]:
     ctx = console.ctx
 
     def load(viewer: session.Viewer, event_id: str) -> tuple[object, dict]:
-        if not event_id.startswith("msg_") or len(event_id) > 80:
-            raise ApiError(404, "unknown_message", "no such message")
-        row = ctx.store.inbox_row(event_id)
+        row = ctx.store.inbox_row(valid_id(event_id, "msg_", "message"))
         if row is None or not viewer.key.may_send_as(base_address(row.recipient)):
             raise ApiError(404, "unknown_message", "no such message (or not yours to read)")
         event = inbox.message(row)

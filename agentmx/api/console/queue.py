@@ -42,11 +42,13 @@ def routes(console: Console) -> list[Route]:
                            retry_after=5)
         async with slots:
             entries, got = await ctx.run(read, viewer)
+        more = max(0, len(entries) - SHOWN)
+        entries = entries[:SHOWN]                # what the page shows, and only that, made printable
         for e in entries:                        # Postfix's words, from mail of strangers: one line, bounded
             e["sender"] = printable(e["sender"], 300)
             for r in e["recipients"]:
                 r["address"], r["delay_reason"] = printable(r["address"], 300), printable(r["delay_reason"], 500)
-        return console.render(request, viewer, "queue.html", title="Queue", entries=entries[:SHOWN],
-                              more=max(0, len(entries) - SHOWN), error=got.error, truncated=got.truncated)
+        return console.render(request, viewer, "queue.html", title="Queue", entries=entries,
+                              more=more, error=got.error, truncated=got.truncated)
 
     return [Route("/queue", console.page(show))]

@@ -22,7 +22,7 @@ from ..errors import ApiError
 from ..sending import describe
 from . import session
 from .core import Console
-from .deliveries import valid_id
+from .listing import page, valid_id
 
 PAGE = 50
 MAX_SUBJECT = 200
@@ -57,10 +57,8 @@ def routes(console: Console) -> list[Route]:
     ctx = console.ctx
 
     def listing(viewer: session.Viewer, before: tuple[float, str] | None):
-        rows = ctx.store.list_sends(viewer.key.allow, before=before, limit=PAGE + 1)
-        more = len(rows) > PAGE
-        rows = rows[:PAGE]
-        last = rows[-1].record if more and rows else None
+        rows, last_row = page(ctx.store.list_sends(viewer.key.allow, before=before, limit=PAGE + 1), PAGE)
+        last = last_row.record if last_row is not None else None
         return ([(r, subject_of(r.record)) for r in rows],
                 f"{last.created!r}:{last.id}" if last is not None else None)
 

@@ -25,7 +25,7 @@ def routes(console: Console) -> list[Route]:
         pre = request.cookies.get(session.PRE_COOKIE) or ""
         if len(pre) != 24:
             pre = session.new_pre()
-        response = console.render(request, None, "signin.html", status, pre=pre, message=message,
+        response = console.render(request, None, "signin.html", status=status, pre=pre, message=message,
                                   next=next_target(nxt or request.query_params.get("next")),
                                   title="Sign in")
         response.set_cookie(session.PRE_COOKIE, pre, max_age=3600, path=PREFIX + "/signin", httponly=True,

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from agentmx.store.model import SuppressionReason
 
 from ..suppressions import SuppressionRoutes, key_domains
-from . import session
+from . import notice, session
 from .core import Console
 from .notice import back
 
@@ -27,10 +27,11 @@ def routes(console: Console) -> list[Route]:
     async def show(request: Request, viewer: session.Viewer):
         q = request.query_params
         found = await ctx.run(api.page, viewer.key, {"cursor": q.get("cursor"), "limit": str(PAGE)})
+        done, what = notice.read(q)
         return console.render(request, viewer, "suppressions.html", title="Suppressions",
                               rows=found["suppressions"], next_cursor=found["nextCursor"],
                               domains=key_domains(viewer.key), reasons=REASONS,
-                              done=q.get("done", ""), what=q.get("what", "")[:254])
+                              done=done, what=what)
 
     async def add(request: Request, viewer: session.Viewer):
         form = await console.form(request, viewer)
