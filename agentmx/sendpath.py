@@ -19,11 +19,12 @@ send is checked against when it is parked, and again, whole, when it is due):
     check_sender                       403  forbidden_sender: an address the caller may send as
     resolve (the door's, optional)          attachments by URL (api/attachments.py)
     the original (inReplyTo an event)  404  unknown_event
-    check_reply_scope                  403  forbidden_event: only mail sent to the caller is answered;
-                                            forbidden_recipient / unauthenticated_sender: a caller with a
+    check_event_scope                  403  forbidden_event: only mail sent to the caller is answered
+                                            (before build: building reads the original)
+    send.build                         409  loop_risk; threading headers (In-Reply-To, References)
+    check_reply_scope                  403  forbidden_recipient / unauthenticated_sender: a caller with a
                                             `reach` (the agent) mails only those addresses and the
                                             authenticated sender of the mail it answers
-    send.build                         409  loop_risk; threading headers (In-Reply-To, References)
     suppression.check                  422  suppressed: before any limit counts the message
     take (store.take)                  429  per correspondent, per thread (the loop breaker), the
                                             caller's own (the agent route's sends_per_hour): in the
@@ -108,8 +109,6 @@ class Prepared:
 class Sent:
     send_id: str
     queue_id: str
-    req: SendRequest
-    original: dict[str, Any] | None
     out: Outgoing                   # as submitted
 
 
@@ -143,8 +142,7 @@ def check_event_scope(caller: Caller, original: dict[str, Any] | None) -> None:
 def check_reply_scope(caller: Caller, original: dict[str, Any] | None, out: Outgoing) -> None:
     """A caller with a `reach` (an agent acting on mail, no person deciding) sends only to those
     addresses and to the authenticated sender of the mail it answers (replies.reply_address:
-    403 unauthenticated_sender, else 403 forbidden_recipient). (check_event_scope comes first.)"""
-    check_event_scope(caller, original)
+    403 unauthenticated_sender, else 403 forbidden_recipient). check_event_scope comes before it."""
     if caller.reach is None:
         return
     outside = [r for r in out.recipients if r.lower() not in caller.reach]
@@ -211,4 +209,4 @@ def send_message(box: Outbox, caller: Caller, req: SendRequest, *, send_id: str 
         log.warning("%s: sent as %s but not recorded: %s", send_id, queue_id, exc)
     log.info("%s: queued as %s from=%s to=%s key=%s", send_id, queue_id, req.sender.address,
              ",".join(out.recipients), caller.name)
-    return Sent(send_id, queue_id, req, original, out)
+    return Sent(send_id, queue_id, out)

@@ -35,16 +35,18 @@ class _Lazy:
     process per message) imports this module for every message, and compiling these took ~5.5 ms
     of its start-up (python -X importtime; _LABEL alone ~3 ms); a message without a code-shaped
     number (most mail) never needs the labels, the scores or the penalties."""
-    __slots__ = ("_args", "_compiled")
 
     def __init__(self, *args):
         self._args = args
-        self._compiled = None
 
     def __getattr__(self, name: str):
-        if self._compiled is None:         # two threads may both compile: the same pattern
-            self._compiled = re.compile(*self._args)
-        return getattr(self._compiled, name)
+        """Called only for a name not yet on the instance: the pattern's bound method is kept on it,
+        so each later .search/.finditer is a plain attribute (a resident worker pays nothing)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(re.compile(*self._args), name)   # re caches compiled patterns: compiled once
+        setattr(self, name, value)         # two threads may both set it: the same pattern's method
+        return value
 
 
 # Not codes, masked before anything else: links, addresses, IPv4 addresses, IBANs, dates, times,

@@ -20,7 +20,7 @@ from agentmx import headerblock
 from agentmx.dkimkeys import DkimKey
 from agentmx.fromheader import authors
 
-from . import bodyhash, dkimcrypto
+from . import dkimcrypto
 
 SIGNED = ("from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to",
           "references", "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
@@ -47,14 +47,13 @@ def sign(message: bytes, keys: list[DkimKey], now: float | None = None,
     headers, body = dkim.rfc822_parse(message)
     include = include_headers(message)
     if body_digest is None:
-        body_digest = bodyhash.digests(body, [_RELAXED_BODY])[_RELAXED_BODY]
+        body_digest = dkimcrypto.Bodies(body=body).hash(_RELAXED)
     bh = base64.b64encode(body_digest)
     t = str(int(time.time() if now is None else now)).encode()
     return [_signature(headers, include, bh, t, key) for key in keys]
 
 
 _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
-_RELAXED_BODY = (bodyhash.RELAXED, None)      # the body hash we sign: relaxed, whole body (no l=)
 _NAME_LEN = len(b"DKIM-Signature")
 
 

@@ -138,7 +138,10 @@ class DeliveryRoutes:
 
     def attempts_of(self, key: ApiKey, delivery_id: str) -> dict:
         self.owned(key, delivery_id)
-        delivery = self.ctx.store.delivery(delivery_id)
+        return self.attempts_answer(delivery_id, self.ctx.store.delivery(delivery_id))
+
+    def attempts_answer(self, delivery_id: str, delivery) -> dict:
+        """GET /api/deliveries/{id}/attempts's answer for a delivery already known to be the key's."""
         attempts = list(reversed(self.ctx.store.attempts(delivery_id)))[:MAX_ATTEMPTS]
         return {"id": delivery_id, "status": delivery.state.value if delivery else None,
                 "attempts": [{"at": rfc3339(a.at), "status": a.status, "durationMs": a.duration_ms,

@@ -45,6 +45,7 @@ from .model import (EXCERPT, LATENCY_BUCKETS, MESSAGE_ID_MAX, Activity, Attempt,
                     GcReport, InboxRow, Job, JobRow, JobState, Metrics, PostState, RecordKind, SendEvent, SendEventType, SendRecord,
                     SendRow, SendState, StoredEvent, StoredJob, StoredTranscript, StoredUses, Suppression, SuppressionReason,
                     Upload, delivered_at, export_after, stored_events)
+from .counters import CHECKS
 from .pglisten import PgListener
 from .s3 import BlobStore, blob_store
 
@@ -58,7 +59,6 @@ LOCK_MIGRATE = 2
 LOCK_SEND_EVENTS = 3                      # send events' seq, taken in commit order like the inbox's
 LOCK_NS_TAKE = LOCK_NS + 1
 LOCK_NS_BLOB = LOCK_NS + 2
-CHECKS = ("spf", "dkim", "dmarc", "arc")
 _SHA = re.compile(r"[0-9a-f]{64}")
 _RETRIES = 3                              # a deadlock or serialization failure: the transaction again
 

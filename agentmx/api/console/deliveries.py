@@ -48,8 +48,8 @@ def routes(console: Console) -> list[Route]:
 
     def detail(viewer: session.Viewer, delivery_id: str):
         row = api.owned(viewer.key, valid_id(delivery_id, "msg_", "delivery"))
-        attempts = api.attempts_of(viewer.key, row.id)
         delivery = ctx.store.delivery(row.id)
+        attempts = api.attempts_answer(row.id, delivery)           # row: the key's (owned), read once
         try:
             route, no_post = api.pushing_route(row), ""
         except ApiError as exc:                       # a pull or agent route, or none: nothing to POST
