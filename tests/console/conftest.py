@@ -98,12 +98,6 @@ class Console:
         return self.driver.execute_script(
             "const e = performance.getEntriesByType('navigation')[0]; return e ? e.responseStatus : null;")
 
-    def built(self, path: str) -> bool:
-        """Whether serve has a page at `path` (a list page: it answers 404 only when it does not
-        exist). Opens it."""
-        self.open(path)
-        return self.status() != 404
-
     def find(self, css: str):
         return self.driver.find_element(By.CSS_SELECTOR, css)
 
